@@ -1,0 +1,101 @@
+"""ftkit: fine-tune a registry chat model on a chat dataset, then register, deploy and test it.
+
+The public objects load lazily, so ``import ftkit`` stays fast and never imports torch, mlflow or Azure;
+each is imported from its module on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import (
+    AuthError,
+    BackendError,
+    ComputeValidationError,
+    ConflictError,
+    DatasetValidationError,
+    DeploymentError,
+    FtkitError,
+    JobFailedError,
+    JobFileError,
+    JobTimeoutError,
+    MissingDependencyError,
+    NotFoundError,
+    ParameterError,
+    ProbeFailedError,
+    Problem,
+    QuotaError,
+    ScoringError,
+    TagError,
+    TransientBackendError,
+    ValidationError,
+)
+from .retry import is_testing, set_testing
+
+if TYPE_CHECKING:
+    from .component import ComponentSchema
+    from .compute import ClusterInfo, ComputeValidator, VmSize
+    from .finetune import FinetunePipelineSpec
+    from .jobfile import JobFile
+    from .model import FoundationModelRef
+
+# Public name -> module that defines it (imported on first attribute access).
+_LAZY: dict[str, str] = {
+    "ClusterInfo": "compute",
+    "ComponentSchema": "component",
+    "ComputeValidator": "compute",
+    "FinetunePipelineSpec": "finetune",
+    "FoundationModelRef": "model",
+    "JobFile": "jobfile",
+    "VmSize": "compute",
+}
+
+__all__ = [
+    "AuthError",
+    "BackendError",
+    "ClusterInfo",
+    "ComponentSchema",
+    "ComputeValidationError",
+    "ComputeValidator",
+    "ConflictError",
+    "DatasetValidationError",
+    "DeploymentError",
+    "FinetunePipelineSpec",
+    "FoundationModelRef",
+    "FtkitError",
+    "JobFailedError",
+    "JobFile",
+    "JobFileError",
+    "JobTimeoutError",
+    "MissingDependencyError",
+    "NotFoundError",
+    "ParameterError",
+    "ProbeFailedError",
+    "Problem",
+    "QuotaError",
+    "ScoringError",
+    "TagError",
+    "TransientBackendError",
+    "ValidationError",
+    "VmSize",
+    "is_testing",
+    "set_testing",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from importlib.metadata import version
+
+        return version("ftkit")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ftkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,56 @@
+"""Entry point of the ``ftkit`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from ..exceptions import FtkitError, ValidationError
+from . import jobs
+
+# Each command module adds its subcommands here; keep this list sorted by command name.
+COMMAND_MODULES: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
+    jobs.register,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the ``ftkit`` argument parser with every command registered."""
+    parser = argparse.ArgumentParser(
+        prog="ftkit",
+        description="Fine-tune a chat model, register, deploy and test it, on Azure ML or locally.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for register in COMMAND_MODULES:
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``ftkit`` command line.
+
+    Args:
+        argv: Arguments without the program name; ``sys.argv[1:]`` when omitted.
+
+    Returns:
+        The exit status: 0 on success, 1 on an ftkit error, 2 on a usage error.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ValidationError as exc:
+        print(f"error: {exc.render()}", file=sys.stderr)
+        return 1
+    except FtkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

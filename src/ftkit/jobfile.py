@@ -1,0 +1,443 @@
+"""The YAML job file: one run, end to end, as typed values.
+
+``JobFile.load(path)`` reads the file and reports every problem at once (file, line, key, reason, the nearest
+valid key); it does no other I/O and checks nothing that needs a service. See ``examples/phi3-ultrachat.yaml``
+and docs/jobfile.md for every key.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import attrs
+import yaml
+
+from .exceptions import JobFileError, Problem, closest
+from .finetune import FinetunePipelineSpec
+from .model import FoundationModelRef
+
+__all__ = [
+    "ComputeSection",
+    "DataSection",
+    "DeploySection",
+    "JobFile",
+    "LocalSection",
+    "ModelSection",
+    "RegisterSection",
+    "ScoreSection",
+]
+
+BackendName = Literal["azureml", "local"]
+S = TypeVar("S")
+
+
+@attrs.frozen(kw_only=True)
+class ModelSection:
+    """``model:`` which foundation model to fine-tune.
+
+    Attributes:
+        name: The registry model's name (azureml), or a local registry entry / label for the local backend.
+        registry: The registry to read it from.
+        version: A pinned version; ``latest`` (or unset) means the label ``latest``.
+        label: A label to resolve when no version is pinned.
+        path: A local Hugging Face model directory (local backend); nothing is ever downloaded.
+    """
+
+    name: str
+    registry: str = "azureml"
+    version: str | None = None
+    label: str | None = None
+    path: str | None = None
+
+    def ref(self) -> FoundationModelRef:
+        """Return the :class:`~ftkit.model.FoundationModelRef` this section names."""
+        version = self.version
+        label = self.label
+        if version is not None and version.lower() == "latest":
+            version, label = None, "latest"
+        return FoundationModelRef(name=self.name, registry=self.registry, version=version, label=label)
+
+
+@attrs.frozen(kw_only=True)
+class ComputeSection:
+    """``compute:`` the training cluster (azureml) or device (local).
+
+    Attributes:
+        cluster: The Azure ML compute cluster's name.
+        size: Its VM size, used when ftkit creates the cluster.
+        max_instances: Node ceiling when ftkit creates the cluster.
+        min_instances: Node floor when ftkit creates the cluster (0 scales to zero when idle).
+        tier: ``dedicated`` or ``low_priority``.
+        low_priority_fallback: Retry creation as low priority when dedicated fails (as the notebook does).
+        gpus_per_node: GPUs per node; checked against the SKU list when given, required for offline render.
+    """
+
+    cluster: str = "gpu-cluster-big"
+    size: str | None = None
+    max_instances: int = 2
+    min_instances: int = 0
+    tier: Literal["dedicated", "low_priority"] = "dedicated"
+    low_priority_fallback: bool = True
+    gpus_per_node: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class DataSection:
+    """``data:`` where the chat data comes from and how much of it to use.
+
+    Attributes:
+        source: A Hugging Face dataset id (its local cache only), a local parquet/JSONL file or directory.
+        train_split: The split to train on.
+        test_split: The split to evaluate on.
+        score_split: The split the sample scoring request is drawn from (``None``: none).
+        percent: Percent of each split to keep (the notebook uses 5).
+        rows: Rows of each split to keep (instead of ``percent``).
+        sample: ``first`` (the notebook's behaviour) or a seeded ``random`` sample.
+        seed: Seed of the random sample.
+        strict: Fail on the first rejected row instead of dropping and reporting.
+        out_dir: Where the built JSONL files go, relative to the job file.
+        train_file: An already-built train file (local path or ``azureml://`` / ``name:version``), skipping the build.
+        test_file: An already-built test file, as ``train_file``.
+    """
+
+    source: str | None = None
+    train_split: str = "train_sft"
+    test_split: str = "test_sft"
+    score_split: str | None = "test_gen"
+    percent: float | None = None
+    rows: int | None = None
+    sample: Literal["first", "random"] = "first"
+    seed: int = 0
+    strict: bool = False
+    out_dir: str = "data"
+    train_file: str | None = None
+    test_file: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class RegisterSection:
+    """``register:`` how the fine-tuned model is registered.
+
+    Attributes:
+        name: The registered model's name (default: ``{model}-ultrachat-200k`` as in the notebook).
+        version: Its version (default: a timestamp).
+        description: Its description.
+    """
+
+    name: str | None = None
+    version: str | None = None
+    description: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class DeploySection:
+    """``deploy:`` the online endpoint and its deployment.
+
+    Attributes:
+        endpoint_name: The endpoint's name (default: ``{job name}-{timestamp}``).
+        deployment_name: The deployment's name.
+        instance_type: VM size of the deployment (checked against the model's inference allow-list).
+        instance_count: Instances.
+        request_timeout_ms: Scoring request timeout.
+        liveness_initial_delay_s: Seconds before the first liveness probe (model loading takes a while).
+        max_concurrent_requests: Requests handled at once per instance.
+        keep: Keep the endpoint after the run (it costs money while it exists).
+    """
+
+    endpoint_name: str | None = None
+    deployment_name: str = "demo"
+    instance_type: str = "Standard_NC6s_v3"
+    instance_count: int = 1
+    request_timeout_ms: int = 90000
+    liveness_initial_delay_s: int = 600
+    max_concurrent_requests: int = 1
+    keep: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class ScoreSection:
+    """``score:`` the sample scoring request sent to the deployed endpoint.
+
+    Attributes:
+        temperature: Sampling temperature.
+        top_p: Nucleus sampling mass.
+        do_sample: Sample (true) or decode greedily (false).
+        max_new_tokens: Longest answer.
+    """
+
+    temperature: float = 0.6
+    top_p: float = 0.9
+    do_sample: bool = True
+    max_new_tokens: int = 200
+
+
+@attrs.frozen(kw_only=True)
+class LocalSection:
+    """``local:`` settings of the local backend.
+
+    Attributes:
+        home: ftkit's state directory (MLflow store, registry, endpoints); default ``$FTKIT_HOME`` or ``~/.ftkit``.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+    """
+
+    home: str | None = None
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+_SECTIONS: Mapping[str, type] = {
+    "model": ModelSection,
+    "compute": ComputeSection,
+    "data": DataSection,
+    "register": RegisterSection,
+    "deploy": DeploySection,
+    "score": ScoreSection,
+    "local": LocalSection,
+}
+_TOP_LEVEL = ("name", "backend", "experiment_name", *_SECTIONS, "finetune")
+
+
+@attrs.frozen(kw_only=True)
+class JobFile:
+    """A whole run: model, compute, data, fine-tuning, registration, deployment, scoring.
+
+    Attributes:
+        name: The run's name (used for the experiment, endpoint and output names).
+        backend: ``azureml`` or ``local``.
+        experiment_name: The experiment to file the job under (default: ``chat_completion_{model}``).
+        model: See :class:`ModelSection`.
+        compute: See :class:`ComputeSection`.
+        data: See :class:`DataSection`.
+        finetune: See :class:`~ftkit.finetune.FinetunePipelineSpec`.
+        register: See :class:`RegisterSection`.
+        deploy: See :class:`DeploySection`.
+        score: See :class:`ScoreSection`.
+        local: See :class:`LocalSection`.
+        source: The file it was loaded from, if any.
+        lines: Line numbers of keys in ``source`` (``finetune.learning_rate`` -> 14).
+    """
+
+    name: str
+    backend: BackendName = "local"
+    experiment_name: str | None = None
+    model: ModelSection
+    compute: ComputeSection = attrs.field(factory=ComputeSection)
+    data: DataSection = attrs.field(factory=DataSection)
+    finetune: FinetunePipelineSpec = attrs.field(factory=FinetunePipelineSpec)
+    register: RegisterSection = attrs.field(factory=RegisterSection)
+    deploy: DeploySection = attrs.field(factory=DeploySection)
+    score: ScoreSection = attrs.field(factory=ScoreSection)
+    local: LocalSection = attrs.field(factory=LocalSection)
+    source: Path | None = attrs.field(default=None, eq=False)
+    lines: Mapping[str, int] = attrs.field(factory=dict, eq=False, repr=False)
+
+    @classmethod
+    def load(cls, path: str | Path) -> JobFile:
+        """Read and check a YAML job file.
+
+        Args:
+            path: The file.
+
+        Returns:
+            The job.
+
+        Raises:
+            JobFileError: The file is missing or unreadable, is not YAML, or has bad keys or values (all listed).
+        """
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            reason = "no such file" if isinstance(exc, FileNotFoundError) else exc.strerror or str(exc)
+            raise JobFileError([Problem("", reason, source=str(path))], "cannot read the job file") from None
+        return cls.from_yaml(text, source=str(path))
+
+    @classmethod
+    def from_yaml(cls, text: str, *, source: str = "<string>") -> JobFile:
+        """Parse a job file's text (see :meth:`load`).
+
+        Args:
+            text: The YAML.
+            source: A name for messages.
+
+        Returns:
+            The job.
+
+        Raises:
+            JobFileError: The text is not YAML or has bad keys or values.
+        """
+        try:
+            node = yaml.compose(text, Loader=yaml.SafeLoader)
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = mark.line + 1 if mark is not None else None
+            reason = getattr(exc, "problem", None) or str(exc)
+            raise JobFileError([Problem("", f"not valid YAML: {reason}", source=source, line=line)], "cannot parse the job file") from None
+        lines: dict[str, int] = {}
+        if node is not None:
+            _collect_lines(node, "", lines)
+        if not isinstance(data, dict):
+            raise JobFileError([Problem("", "expected a mapping of sections at the top level", source=source, line=1)], "invalid job file")
+        job = cls.from_mapping(data, source=source, lines=lines)
+        return attrs.evolve(job, source=Path(source) if source != "<string>" else None)
+
+    @classmethod
+    def from_mapping(
+        cls, data: Mapping[str, Any], *, source: str | None = None, lines: Mapping[str, int] | None = None
+    ) -> JobFile:
+        """Build a job from already-parsed data (see :meth:`load`).
+
+        Args:
+            data: The top-level mapping.
+            source: The file it came from, for messages.
+            lines: Line numbers of keys.
+
+        Returns:
+            The job.
+
+        Raises:
+            JobFileError: Every bad key or value.
+        """
+        lines = dict(lines or {})
+        problems: list[Problem] = []
+
+        def problem(where: str, message: str, suggestion: str | None = None) -> None:
+            problems.append(Problem(where, message, suggestion, source, lines.get(where)))
+
+        for key in data:
+            if key not in _TOP_LEVEL:
+                near = closest(str(key), _TOP_LEVEL)
+                problem(str(key), "unknown top-level key", f"did you mean {near[0]}?" if near else f"valid keys: {', '.join(_TOP_LEVEL)}")
+        kwargs: dict[str, Any] = {}
+        for key in ("name", "experiment_name"):
+            if key in data:
+                kwargs[key] = _convert(data[key], str | None if key != "name" else str, key, problem)
+        if "name" not in data:
+            problem("name", "is required", "name the run, e.g. name: phi3-ultrachat")
+        if "backend" in data:
+            kwargs["backend"] = _convert(data["backend"], BackendName, "backend", problem)
+        for key, section_cls in _SECTIONS.items():
+            if key in data:
+                kwargs[key] = _build_section(section_cls, data[key], key, problem)
+        if "model" not in data:
+            problem("model", "is required", "e.g. model: {name: Phi-3-mini-4k-instruct, registry: azureml, version: latest}")
+        if "finetune" in data:
+            section = data["finetune"]
+            if isinstance(section, dict):
+                kwargs["finetune"] = FinetunePipelineSpec.from_mapping({str(k): v for k, v in section.items()})
+                policy = section.get("model_defaults", "model")
+                if policy not in ("model", "job", "ignore"):
+                    problem("finetune.model_defaults", f"{policy!r} is not allowed", "choose one of: model, job, ignore")
+            elif section is not None:
+                problem("finetune", "expected a mapping of parameters")
+        if problems:
+            raise JobFileError(problems, f"{len(problems)} problem(s) in {source or 'the job file'}")
+        return cls(**kwargs, source=Path(source) if source else None, lines=lines)
+
+    @property
+    def base_dir(self) -> Path:
+        """The directory relative paths in the job file are resolved against."""
+        return self.source.parent if self.source is not None else Path.cwd()
+
+    def finetune_lines(self) -> dict[str, int]:
+        """Line numbers of the ``finetune`` keys, by parameter name."""
+        prefix = "finetune."
+        return {k.removeprefix(prefix): v for k, v in self.lines.items() if k.startswith(prefix)}
+
+    def resolve_path(self, path: str) -> Path:
+        """Resolve a path from the job file against :attr:`base_dir`."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.base_dir / p
+
+
+def _collect_lines(node: yaml.Node, prefix: str, out: dict[str, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{prefix}{key_node.value}"
+            out[key] = key_node.start_mark.line + 1
+            _collect_lines(value_node, f"{key}.", out)
+
+
+def _build_section(cls: type[S], raw: object, prefix: str, problem: Any) -> S | None:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problem(prefix, f"expected a mapping, got {type(raw).__name__}")
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {a.name: a for a in attrs.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    ok = True
+    for key, value in raw.items():
+        where = f"{prefix}.{key}"
+        if key not in fields:
+            near = closest(str(key), fields)
+            problem(where, "unknown key", f"did you mean {near[0]}?" if near else f"valid keys: {', '.join(fields)}")
+            ok = False
+            continue
+        converted = _convert(value, hints[key], where, problem)
+        if converted is _BAD:
+            ok = False
+        else:
+            kwargs[key] = converted
+    for name, field in fields.items():
+        if field.default is attrs.NOTHING and name not in raw:
+            problem(f"{prefix}.{name}", "is required")
+            ok = False
+    return cls(**kwargs) if ok else None
+
+
+_BAD: Any = object()
+
+
+def _convert(value: object, hint: Any, where: str, problem: Any) -> Any:
+    """Strictly private: check ``value`` against a simple annotation; report and return _BAD on mismatch."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], where, problem)
+    if origin is Literal:
+        if value in args:
+            return value
+        near = closest(str(value), [str(a) for a in args])
+        hint_text = f"did you mean {near[0]}? " if near else ""
+        problem(where, f"{value!r} is not allowed", f"{hint_text}choose one of: {', '.join(map(str, args))}")
+        return _BAD
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        problem(where, f"expected true or false, got {value!r}")
+        return _BAD
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 0:
+                problem(where, f"expected a non-negative integer, got {value}")
+                return _BAD
+            return value
+        problem(where, f"expected an integer, got {type(value).__name__} {value!r}")
+        return _BAD
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 5e-6 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        problem(where, f"expected a number, got {type(value).__name__} {value!r}")
+        return _BAD
+    if hint is str:
+        if isinstance(value, str) and value:
+            return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return str(value)  # versions such as 0.0.82 or 7 are fine as numbers in YAML
+        problem(where, f"expected a non-empty string, got {value!r}")
+        return _BAD
+    return value
