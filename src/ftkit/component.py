@@ -40,9 +40,7 @@ DEFAULT_COMPONENT = "chat_completion_pipeline"
 DEFAULT_COMPONENT_VERSION = "0.0.82"
 
 # Input ports (not literals): passed as azure-ai-ml ``Input(type=..., path=...)``.
-PORT_TYPES = frozenset(
-    {"uri_file", "uri_folder", "mltable", "mlflow_model", "custom_model", "triton_model"}
-)
+PORT_TYPES = frozenset({"uri_file", "uri_folder", "mltable", "mlflow_model", "custom_model", "triton_model"})
 
 
 @attrs.frozen
@@ -223,9 +221,7 @@ def _encode_one(spec: ComponentInput, value: object, where: str) -> tuple[object
         if text not in spec.enum:
             near = closest(text, spec.enum)
             hint = f"did you mean {near[0]}? " if near else ""
-            return None, Problem(
-                where, f"{value!r} is not allowed", f"{hint}choose one of: {', '.join(spec.enum)}"
-            )
+            return None, Problem(where, f"{value!r} is not allowed", f"{hint}choose one of: {', '.join(spec.enum)}")
         return text, None
     if kind == "integer":
         number: object = value
@@ -304,17 +300,13 @@ def encode_parameters(
         where = f"{prefix}.{key}" if prefix else key
         line = lines.get(key)
         if key in reserved:
-            problems.append(
-                Problem(where, "is set by ftkit", f"set it with {reserved[key]} instead", source, line)
-            )
+            problems.append(Problem(where, "is set by ftkit", f"set it with {reserved[key]} instead", source, line))
             continue
         declared = schema.inputs.get(key)
         if declared is None:
             near = closest(key, schema.inputs)
             hint = f"did you mean {' or '.join(near)}?" if near else "see `ftkit validate --list-parameters`"
-            problems.append(
-                Problem(where, f"unknown parameter for {schema.name} {schema.version}", hint, source, line)
-            )
+            problems.append(Problem(where, f"unknown parameter for {schema.name} {schema.version}", hint, source, line))
             continue
         if value is None:
             continue

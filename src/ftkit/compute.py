@@ -115,7 +115,11 @@ class ComputeValidator:
                 )
         elif size in UNSUPPORTED_SIZES:
             problems.append(
-                Problem(f"{where}.size", f"{cluster.size} (K80) is not supported for fine-tuning", "use NCv3 or NDv2 sizes")
+                Problem(
+                    f"{where}.size",
+                    f"{cluster.size} (K80) is not supported for fine-tuning",
+                    "use NCv3 or NDv2 sizes",
+                )
             )
         by_name = {v.name.lower(): v for v in available}
         sku = by_name.get(size)

@@ -50,8 +50,8 @@ __all__ = [
     "MissingDependencyError",
     "NotFoundError",
     "ParameterError",
-    "Problem",
     "ProbeFailedError",
+    "Problem",
     "QuotaError",
     "ScoringError",
     "TagError",
@@ -238,9 +238,7 @@ class JobFailedError(FtkitError):
         message: Extra detail from the service.
     """
 
-    def __init__(
-        self, job_name: str, status: str, studio_url: str | None = None, message: str | None = None
-    ) -> None:
+    def __init__(self, job_name: str, status: str, studio_url: str | None = None, message: str | None = None) -> None:
         self.job_name = job_name
         self.status = status
         self.studio_url = studio_url
@@ -282,9 +280,7 @@ class DeploymentError(FtkitError):
         logs: The deployment's container logs, when ftkit could fetch them.
     """
 
-    def __init__(
-        self, message: str, *, endpoint: str, deployment: str | None = None, logs: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, endpoint: str, deployment: str | None = None, logs: str | None = None) -> None:
         self.endpoint = endpoint
         self.deployment = deployment
         self.logs = logs
@@ -305,9 +301,7 @@ class ScoringError(FtkitError):
         deployment: The deployment that answered, if known.
     """
 
-    def __init__(
-        self, message: str, *, status_code: int, endpoint: str, deployment: str | None = None
-    ) -> None:
+    def __init__(self, message: str, *, status_code: int, endpoint: str, deployment: str | None = None) -> None:
         self.status_code = status_code
         self.endpoint = endpoint
         self.deployment = deployment

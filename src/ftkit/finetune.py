@@ -226,9 +226,7 @@ class FinetunePipelineSpec:
                 )
             )
         try:
-            encoded = encode_parameters(
-                self.parameters(), schema, reserved=RESERVED_INPUTS, source=source, lines=lines
-            )
+            encoded = encode_parameters(self.parameters(), schema, reserved=RESERVED_INPUTS, source=source, lines=lines)
         except ParameterError as exc:
             problems.extend(exc.problems)
             encoded = {}
@@ -262,9 +260,9 @@ class FinetunePipelineSpec:
                 overrides.append(ParameterOverride(key, job_value, model_value, "job"))
         typed = set(self.typed_parameter_names())
         # Fields the merge did not touch keep their value; explicit None keeps "component default".
-        changes = {k: v for k, v in merged.items() if k in typed}
+        changes: dict[str, Any] = {k: v for k, v in merged.items() if k in typed}
         extra = {k: v for k, v in merged.items() if k not in typed}
-        spec = attrs.evolve(self, **changes, extra=extra)  # type: ignore[misc]
+        spec = attrs.evolve(self, **changes, extra=extra)
         return spec, tuple(overrides)
 
     def display_name(self, model_name: str, gpus_per_node: int, dataset: str = "ultrachat") -> str:

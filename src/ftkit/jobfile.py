@@ -7,6 +7,7 @@ and docs/jobfile.md for every key.
 
 from __future__ import annotations
 
+import contextlib
 import types
 import typing
 from collections.abc import Mapping
@@ -276,12 +277,18 @@ class JobFile:
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark is not None else None
             reason = getattr(exc, "problem", None) or str(exc)
-            raise JobFileError([Problem("", f"not valid YAML: {reason}", source=source, line=line)], "cannot parse the job file") from None
+            raise JobFileError(
+                [Problem("", f"not valid YAML: {reason}", source=source, line=line)],
+                "cannot parse the job file",
+            ) from None
         lines: dict[str, int] = {}
         if node is not None:
             _collect_lines(node, "", lines)
         if not isinstance(data, dict):
-            raise JobFileError([Problem("", "expected a mapping of sections at the top level", source=source, line=1)], "invalid job file")
+            raise JobFileError(
+                [Problem("", "expected a mapping of sections at the top level", source=source, line=1)],
+                "invalid job file",
+            )
         job = cls.from_mapping(data, source=source, lines=lines)
         return attrs.evolve(job, source=Path(source) if source != "<string>" else None)
 
@@ -311,7 +318,11 @@ class JobFile:
         for key in data:
             if key not in _TOP_LEVEL:
                 near = closest(str(key), _TOP_LEVEL)
-                problem(str(key), "unknown top-level key", f"did you mean {near[0]}?" if near else f"valid keys: {', '.join(_TOP_LEVEL)}")
+                problem(
+                    str(key),
+                    "unknown top-level key",
+                    f"did you mean {near[0]}?" if near else f"valid keys: {', '.join(_TOP_LEVEL)}",
+                )
         kwargs: dict[str, Any] = {}
         for key in ("name", "experiment_name"):
             if key in data:
@@ -324,14 +335,22 @@ class JobFile:
             if key in data:
                 kwargs[key] = _build_section(section_cls, data[key], key, problem)
         if "model" not in data:
-            problem("model", "is required", "e.g. model: {name: Phi-3-mini-4k-instruct, registry: azureml, version: latest}")
+            problem(
+                "model",
+                "is required",
+                "e.g. model: {name: Phi-3-mini-4k-instruct, registry: azureml, version: latest}",
+            )
         if "finetune" in data:
             section = data["finetune"]
             if isinstance(section, dict):
                 kwargs["finetune"] = FinetunePipelineSpec.from_mapping({str(k): v for k, v in section.items()})
                 policy = section.get("model_defaults", "model")
                 if policy not in ("model", "job", "ignore"):
-                    problem("finetune.model_defaults", f"{policy!r} is not allowed", "choose one of: model, job, ignore")
+                    problem(
+                        "finetune.model_defaults",
+                        f"{policy!r} is not allowed",
+                        "choose one of: model, job, ignore",
+                    )
             elif section is not None:
                 problem("finetune", "expected a mapping of parameters")
         if problems:
@@ -376,7 +395,11 @@ def _build_section(cls: type[S], raw: object, prefix: str, problem: Any) -> S | 
         where = f"{prefix}.{key}"
         if key not in fields:
             near = closest(str(key), fields)
-            problem(where, "unknown key", f"did you mean {near[0]}?" if near else f"valid keys: {', '.join(fields)}")
+            problem(
+                where,
+                "unknown key",
+                f"did you mean {near[0]}?" if near else f"valid keys: {', '.join(fields)}",
+            )
             ok = False
             continue
         converted = _convert(value, hints[key], where, problem)
@@ -425,10 +448,8 @@ def _convert(value: object, hint: Any, where: str, problem: Any) -> Any:
         return _BAD
     if hint is float:
         if isinstance(value, str):  # YAML 1.1 reads 5e-6 (no dot) as a string
-            try:
+            with contextlib.suppress(ValueError):
                 value = float(value)
-            except ValueError:
-                pass
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
         problem(where, f"expected a number, got {type(value).__name__} {value!r}")

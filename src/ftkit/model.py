@@ -97,11 +97,11 @@ class FoundationModelRef:
                         )
                     ]
                 )
-            return cls(
-                name=m["name"], registry=m["registry"], version=m["version"], label=m["label"]
-            )
+            return cls(name=m["name"], registry=m["registry"], version=m["version"], label=m["label"])
         if not text or "/" in text:
-            raise ValidationError([Problem("model", f"not a model name: {text!r}", "use NAME, NAME:VERSION or NAME@LABEL")])
+            raise ValidationError(
+                [Problem("model", f"not a model name: {text!r}", "use NAME, NAME:VERSION or NAME@LABEL")]
+            )
         if ":" in text:
             name, version = text.split(":", 1)
             return cls(name=name, registry=registry, version=version)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 
 from ..exceptions import FtkitError, ValidationError
-from . import jobs
 
-# Each command module adds its subcommands here; keep this list sorted by command name.
-COMMAND_MODULES: tuple[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None], ...] = (
-    jobs.register,
-)
+# Modules of ftkit.cli whose register(subparsers) adds commands; keep sorted. Each is imported only here,
+# and heavy libraries are imported inside the command handlers, so `ftkit --help` stays fast.
+COMMAND_MODULES: tuple[str, ...] = ("jobs",)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,8 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Fine-tune a chat model, register, deploy and test it, on Azure ML or locally.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for register in COMMAND_MODULES:
-        register(sub)
+    for module in COMMAND_MODULES:
+        importlib.import_module(f"{__package__}.{module}").register(sub)
     return parser
 
 

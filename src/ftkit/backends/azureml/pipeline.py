@@ -1,0 +1,123 @@
+"""Build the ``chat_completion_pipeline`` job with azure-ai-ml, offline.
+
+The same code builds the job that is submitted and the one ``ftkit render`` prints, so what you see is
+what is sent. At submit time the component comes from the registry (by its pinned version); offline, a
+stand-in component with the same inputs, outputs and registry id is built from the schema, which produces
+the same REST body because a registry component is sent by id.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from ...component import ComponentSchema
+from ...plan import RunPlan
+
+__all__ = ["build_pipeline_job", "component_from_schema", "data_input", "rest_body"]
+
+# ftkit wires these inputs; the rest of the parameters come from the plan.
+COMPUTE_INPUTS = (
+    "compute_model_import",
+    "compute_preprocess",
+    "compute_finetune",
+    "compute_model_evaluation",
+)
+
+
+def _quiet_azure() -> None:
+    # azure-ai-ml logs a warning per experimental schema class at import time; they are noise for users.
+    logging.getLogger("azure.ai.ml").setLevel(logging.ERROR)
+
+
+def component_from_schema(schema: ComponentSchema) -> Any:
+    """Return an azure-ai-ml pipeline component with ``schema``'s inputs and its registry asset id.
+
+    Args:
+        schema: The component's declared inputs and outputs.
+
+    Returns:
+        A ``PipelineComponent`` usable inside ``@pipeline``.
+    """
+    _quiet_azure()
+    from azure.ai.ml import Input, Output
+    from azure.ai.ml.entities import PipelineComponent
+
+    inputs = {}
+    for name, spec in schema.inputs.items():
+        kwargs: dict[str, Any] = {"type": spec.type, "optional": spec.optional}
+        if spec.default is not None and not spec.is_port:
+            kwargs["default"] = spec.default
+        if spec.enum is not None:
+            kwargs["enum"] = list(spec.enum)
+        if spec.min is not None:
+            kwargs["min"] = spec.min
+        if spec.max is not None:
+            kwargs["max"] = spec.max
+        inputs[name] = Input(**kwargs)
+    outputs = {name: Output(type=kind) for name, kind in schema.outputs.items()}
+    component = PipelineComponent(name=schema.name, version=schema.version, inputs=inputs, outputs=outputs, jobs={})
+    # A registry component is referenced by id in the job body; give the stand-in the same id.
+    component._id = schema.registry_asset_id
+    return component
+
+
+def data_input(path: str) -> Any:
+    """Return a ``uri_file`` input for a local path, an ``azureml://`` URI or an ``azureml:name:version`` asset."""
+    from azure.ai.ml import Input
+
+    return Input(type="uri_file", path=path)
+
+
+def build_pipeline_job(plan: RunPlan, *, component: Any, cluster: str) -> Any:
+    """Build the pipeline job the notebook builds, from a checked plan.
+
+    Args:
+        plan: The checked run plan (parameters in the component's encoding).
+        component: The pipeline component (from the registry, or :func:`component_from_schema`).
+        cluster: The compute cluster every step runs on.
+
+    Returns:
+        An azure-ai-ml ``PipelineJob`` with ``force_rerun=True`` and ``continue_on_step_failure=False``.
+    """
+    _quiet_azure()
+    from azure.ai.ml import Input
+    from azure.ai.ml.dsl import pipeline
+
+    parameters: dict[str, Any] = {}
+    for name, value in plan.parameters.items():
+        declared = plan.schema.inputs[name]
+        parameters[name] = Input(type=declared.type, path=str(value)) if declared.is_port else value
+
+    @pipeline(None, name=plan.display_name, display_name=plan.display_name)
+    def chat_completion() -> dict[str, Any]:
+        node = component(
+            mlflow_model_path=Input(type="mlflow_model", path=plan.model.asset_id),
+            **dict.fromkeys(COMPUTE_INPUTS, cluster),
+            train_file_path=data_input(plan.train_data),
+            test_file_path=data_input(plan.test_data),
+            number_of_gpu_to_use_finetuning=plan.gpus_per_node,
+            **parameters,
+        )
+        return {"trained_model": node.outputs.mlflow_model_folder}
+
+    job = chat_completion()
+    settings = job.settings
+    assert settings is not None  # a dsl pipeline always has settings
+    settings.force_rerun = True
+    settings.continue_on_step_failure = False
+    job.experiment_name = plan.experiment_name
+    job.tags = {
+        "ftkit.created_by": "ftkit",
+        "ftkit.job": plan.job.name,
+        "ftkit.component": f"{plan.schema.name}:{plan.schema.version}",
+        "ftkit.base_model": plan.model.asset_id,
+    }
+    return job
+
+
+def rest_body(job: Any) -> Mapping[str, Any]:
+    """Return the REST body azure-ai-ml sends for ``job`` (``PUT .../jobs/{name}``)."""
+    body: Mapping[str, Any] = job._to_rest_object().as_dict()
+    return body

@@ -1,0 +1,369 @@
+"""The backend protocol and the values that cross it.
+
+A backend offers a few coarse, typed operations. It takes and returns ftkit values (never SDK entities),
+raises only ftkit errors, and owns its retries (see :mod:`ftkit.retry`). Operations are idempotent where
+the service allows it: deleting something that is gone is not an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import attrs
+
+from ..compute import ComputeCheck, ComputeValidator
+from ..finetune import FinetunePipelineSpec
+from ..jobfile import ComputeSection, JobFile
+from ..model import FoundationModelRef
+
+__all__ = [
+    "TERMINAL_JOB_STATES",
+    "Backend",
+    "DeploymentInfo",
+    "DeploymentSpec",
+    "EndpointInfo",
+    "EndpointKeys",
+    "EndpointSpec",
+    "FinetuneRequest",
+    "JobHandle",
+    "MetricPoint",
+    "MetricsTable",
+    "RegisterRequest",
+    "RegisteredModel",
+]
+
+TERMINAL_JOB_STATES = frozenset({"Completed", "Failed", "Canceled", "NotResponding"})
+
+
+@attrs.frozen(kw_only=True)
+class FinetuneRequest:
+    """Everything a backend needs to start one fine-tuning job.
+
+    Attributes:
+        job: The job file the run comes from.
+        model: The resolved base model.
+        spec: The fine-tuning parameters, already merged with the model's defaults.
+        parameters: ``spec``'s parameters in the component's encoding (checked).
+        display_name: The job's display name.
+        experiment_name: The experiment to file it under.
+        compute: The checked compute (cluster and GPUs per node); ``None`` for the local backend.
+        train_data: The training data (a local path or a service URI).
+        test_data: The test data (a local path or a service URI).
+    """
+
+    job: JobFile
+    model: FoundationModelRef
+    spec: FinetunePipelineSpec
+    parameters: Mapping[str, object]
+    display_name: str
+    experiment_name: str
+    compute: ComputeCheck | None
+    train_data: str
+    test_data: str
+
+
+@attrs.frozen(kw_only=True)
+class JobHandle:
+    """A submitted (or finished) fine-tuning job.
+
+    Attributes:
+        name: The job's name (its id in the backend).
+        status: ``NotStarted``, ``Queued``, ``Running``, ``Completed``, ``Failed``, ``Canceled``...
+        display_name: The display name.
+        experiment_name: The experiment.
+        studio_url: Where to watch it (Azure ML Studio or the local MLflow UI), if any.
+        backend: The backend's name.
+        error: The failure message, when ``status`` is a failure.
+    """
+
+    name: str
+    status: str
+    display_name: str | None = None
+    experiment_name: str | None = None
+    studio_url: str | None = None
+    backend: str = "local"
+    error: str | None = None
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether the job has finished, one way or the other."""
+        return self.status in TERMINAL_JOB_STATES
+
+
+@attrs.frozen
+class MetricPoint:
+    """One logged value of one metric.
+
+    Attributes:
+        key: The metric (``loss``, ``eval_loss``, ``learning_rate``, ``grad_norm``, ``tokens_per_second``...).
+        step: The training step.
+        value: The value.
+        timestamp_ms: When it was logged, if known.
+    """
+
+    key: str
+    step: int
+    value: float
+    timestamp_ms: int | None = None
+
+
+@attrs.frozen
+class MetricsTable:
+    """A run's metrics, by key and step.
+
+    Attributes:
+        run_id: The run the metrics belong to.
+        points: Every logged point, ordered by key then step.
+    """
+
+    run_id: str
+    points: tuple[MetricPoint, ...] = ()
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The metrics present, sorted."""
+        return tuple(sorted({p.key for p in self.points}))
+
+    def series(self, key: str) -> tuple[tuple[int, float], ...]:
+        """Return ``(step, value)`` pairs of one metric, by step."""
+        return tuple(sorted((p.step, p.value) for p in self.points if p.key == key))
+
+    def last(self, key: str) -> float | None:
+        """Return the metric's value at its last step, or ``None`` if it was never logged."""
+        s = self.series(key)
+        return s[-1][1] if s else None
+
+
+@attrs.frozen(kw_only=True)
+class RegisterRequest:
+    """Register a job's output as a model.
+
+    Attributes:
+        job: The finished job.
+        name: The registered model's name.
+        version: Its version.
+        description: Its description.
+        tags: Lineage tags (job, base model and version, data files and hashes, parameters).
+    """
+
+    job: JobHandle
+    name: str
+    version: str
+    description: str = ""
+    tags: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class RegisteredModel:
+    """A model in the backend's registry.
+
+    Attributes:
+        name: Its name.
+        version: Its version.
+        id: Its id as deployments reference it (``azureml:...`` or ``models:/name/version``).
+        tags: Its tags.
+        path: Where its files are, if local.
+    """
+
+    name: str
+    version: str
+    id: str
+    tags: Mapping[str, str] = attrs.field(factory=dict)
+    path: Path | None = None
+
+
+@attrs.frozen(kw_only=True)
+class EndpointSpec:
+    """An online endpoint to create.
+
+    Attributes:
+        name: The endpoint's name.
+        description: Its description.
+        auth_mode: ``key`` (the only mode ftkit uses).
+        tags: Tags (ftkit tags everything it creates, for ``ftkit cleanup``).
+    """
+
+    name: str
+    description: str = ""
+    auth_mode: Literal["key"] = "key"
+    tags: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
+class DeploymentSpec:
+    """A deployment of a registered model behind an endpoint.
+
+    Attributes:
+        name: The deployment's name (``demo``, ``blue``, ``green``...).
+        endpoint: The endpoint's name.
+        model: The model to serve.
+        instance_type: VM size (ignored locally).
+        instance_count: Instances.
+        request_timeout_ms: Scoring request timeout.
+        liveness_initial_delay_s: Seconds before the first liveness probe.
+        max_concurrent_requests: Requests handled at once per instance.
+        max_queue: Requests waiting beyond those before the endpoint answers 503 (local).
+    """
+
+    name: str
+    endpoint: str
+    model: RegisteredModel
+    instance_type: str = "Standard_NC6s_v3"
+    instance_count: int = 1
+    request_timeout_ms: int = 90000
+    liveness_initial_delay_s: int = 600
+    max_concurrent_requests: int = 1
+    max_queue: int = 64
+
+
+@attrs.frozen(kw_only=True)
+class DeploymentInfo:
+    """A deployment as the backend reports it.
+
+    Attributes:
+        name: Its name.
+        endpoint: Its endpoint.
+        provisioning_state: ``Creating``, ``Succeeded``, ``Failed``...
+        model_id: The model it serves.
+        instance_type: Its VM size.
+    """
+
+    name: str
+    endpoint: str
+    provisioning_state: str
+    model_id: str | None = None
+    instance_type: str | None = None
+
+
+@attrs.frozen(kw_only=True)
+class EndpointInfo:
+    """An endpoint as the backend reports it.
+
+    Attributes:
+        name: Its name.
+        scoring_uri: Where to POST scoring requests.
+        provisioning_state: ``Creating``, ``Succeeded``, ``Failed``...
+        traffic: Deployment name to percent of traffic.
+        deployments: Its deployments' names.
+        openai_uri: The OpenAI-compatible chat completions URL, where the backend serves one.
+        tags: Its tags.
+    """
+
+    name: str
+    scoring_uri: str
+    provisioning_state: str = "Succeeded"
+    traffic: Mapping[str, int] = attrs.field(factory=dict)
+    deployments: tuple[str, ...] = ()
+    openai_uri: str | None = None
+    tags: Mapping[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class EndpointKeys:
+    """An endpoint's two keys. Never printed: the repr hides them.
+
+    Attributes:
+        primary: The primary key.
+        secondary: The secondary key.
+    """
+
+    primary: str = attrs.field(repr=False)
+    secondary: str = attrs.field(repr=False)
+
+
+StatusCallback = Callable[[JobHandle], None]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """The operations a run needs from a service (Azure ML) or from this machine.
+
+    Every method raises only :class:`~ftkit.exceptions.FtkitError` subclasses.
+    """
+
+    name: str
+
+    def resolve_model(self, ref: FoundationModelRef) -> FoundationModelRef:
+        """Pin ``ref`` to a concrete version and read its tags (:class:`~ftkit.exceptions.NotFoundError` if absent)."""
+        ...
+
+    def ensure_compute(self, section: ComputeSection, validator: ComputeValidator) -> ComputeCheck | None:
+        """Get or create the training compute and check it; ``None`` where there is no cluster (local)."""
+        ...
+
+    def upload_data(self, files: Mapping[str, Path | str], *, name_prefix: str) -> dict[str, str]:
+        """Make data files reachable by the job; returns the same keys mapped to URIs the job can read."""
+        ...
+
+    def submit_finetune(self, request: FinetuneRequest) -> JobHandle:
+        """Start a fine-tuning job and return at once with its handle."""
+        ...
+
+    def get_job(self, name: str) -> JobHandle:
+        """Return the job's current state (:class:`~ftkit.exceptions.NotFoundError` if unknown)."""
+        ...
+
+    def cancel_job(self, name: str) -> None:
+        """Ask the job to stop (no error when it has already finished)."""
+        ...
+
+    def read_metrics(self, job: JobHandle) -> MetricsTable:
+        """Return the training and evaluation metrics the job logged."""
+        ...
+
+    def register_model(self, request: RegisterRequest) -> RegisteredModel:
+        """Register the job's trained model with lineage tags."""
+        ...
+
+    def create_endpoint(self, spec: EndpointSpec) -> EndpointInfo:
+        """Create (or update) an online endpoint with key auth and wait until it is ready."""
+        ...
+
+    def create_deployment(self, spec: DeploymentSpec) -> DeploymentInfo:
+        """Create (or update) a deployment and wait until it serves; raise with its logs if it fails."""
+        ...
+
+    def set_traffic(self, endpoint: str, traffic: Mapping[str, int]) -> EndpointInfo:
+        """Route traffic between an endpoint's deployments (percentages summing to 100 or 0)."""
+        ...
+
+    def get_endpoint(self, name: str) -> EndpointInfo:
+        """Return the endpoint (:class:`~ftkit.exceptions.NotFoundError` if absent)."""
+        ...
+
+    def list_endpoints(self) -> list[EndpointInfo]:
+        """Return the endpoints ftkit created."""
+        ...
+
+    def get_keys(self, endpoint: str) -> EndpointKeys:
+        """Return the endpoint's keys."""
+        ...
+
+    def regenerate_key(self, endpoint: str, which: Literal["primary", "secondary"]) -> EndpointKeys:
+        """Replace one of the endpoint's keys; returns both."""
+        ...
+
+    def score(
+        self,
+        endpoint: str,
+        body: Mapping[str, Any],
+        *,
+        deployment: str | None = None,
+        timeout_s: float = 90.0,
+    ) -> Any:
+        """POST ``body`` to the endpoint's scoring URI with its key (naming ``deployment`` when given)."""
+        ...
+
+    def get_logs(self, endpoint: str, deployment: str, *, lines: int = 200) -> str:
+        """Return the last lines of the deployment's container logs."""
+        ...
+
+    def delete_deployment(self, endpoint: str, deployment: str) -> None:
+        """Delete a deployment (no error if it is gone)."""
+        ...
+
+    def delete_endpoint(self, name: str) -> None:
+        """Delete an endpoint and its deployments and wait until they are gone (no error if already gone)."""
+        ...
