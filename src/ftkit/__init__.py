@@ -4,10 +4,8 @@ The public objects load lazily, so ``import ftkit`` stays fast and never imports
 each is imported from its module on first use.
 """
 
-from __future__ import annotations
-
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import typing as _typing
 
 from .exceptions import (
     AuthError,
@@ -33,7 +31,7 @@ from .exceptions import (
 )
 from .retry import is_testing, set_testing
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from .component import ComponentSchema
     from .compute import ClusterInfo, ComputeValidator, VmSize
     from .finetune import FinetunePipelineSpec
@@ -84,7 +82,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     if name == "__version__":
         from importlib.metadata import version
 
@@ -92,7 +90,7 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'ftkit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(_importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
 
