@@ -1,0 +1,87 @@
+"""``ftkit run JOB.yaml`` and ``ftkit demo``: the whole flow, with progress."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, TextIO
+
+from ..jobfile import JobFile
+from ..runner import JobRunner, RunResult, StageEvent
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``run`` and ``demo`` to the ``ftkit`` parser."""
+    run = sub.add_parser("run", help="run a job file end to end", description=_run.__doc__)
+    run.add_argument("job", type=Path, help="the YAML job file")
+    run.add_argument("--no-deploy", action="store_true", help="stop after registering the model")
+    run.add_argument("--timeout", type=float, default=24 * 3600.0, help="seconds to wait for the fine-tuning job")
+    run.add_argument("--poll", type=float, default=30.0, help="seconds between job status polls")
+    run.set_defaults(handler=_run)
+
+    demo = sub.add_parser(
+        "demo",
+        help="the whole flow on this machine with a tiny model (no Azure, nothing downloaded)",
+        description=_demo.__doc__,
+    )
+    demo.add_argument("--dir", type=Path, default=Path("ftkit-demo"), help="where to write the demo (./ftkit-demo)")
+    demo.add_argument("--seed", type=int, default=0, help="seed for the data and the model")
+    demo.add_argument("--steps", type=int, default=None, help="training steps (default: two epochs)")
+    demo.set_defaults(handler=_demo)
+
+
+class ProgressPrinter:
+    """Prints stage events: one line each, timed from the start of the run.
+
+    Args:
+        stream: Where to print.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.start = time.monotonic()
+
+    def __call__(self, event: StageEvent) -> None:
+        """Print one event."""
+        mark = "done" if event.done else "...."
+        elapsed = time.monotonic() - self.start
+        print(f"[{elapsed:6.1f}s] {event.stage:<8} {mark}  {event.message}", file=self.stream, flush=True)
+
+
+def _execute(job: JobFile, **options: Any) -> RunResult:
+    result = JobRunner(job, on_event=ProgressPrinter(sys.stderr), **options).run()
+    out = sys.stdout
+    print(f"fine-tuning job  {result.job.name} ({result.job.status})", file=out)
+    print(f"registered model {result.registered.name}:{result.registered.version}", file=out)
+    if result.endpoint is not None:
+        print(f"endpoint         {result.endpoint.name} ({'kept' if job.deploy.keep else 'deleted'})", file=out)
+    if result.score_response is not None:
+        print(f"sample answer    {result.score_response}", file=out)
+    print(f"run record       {result.run_dir / 'run.json'}", file=out)
+    return result
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run a job file end to end: model, compute, data, fine-tune, metrics, register, deploy, score, clean up."""
+    job = JobFile.load(args.job)
+    _execute(job, deploy=not args.no_deploy, wait_timeout_s=args.timeout, poll_s=args.poll)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    """Run the notebook's whole flow locally: tiny model, generated chat data, LoRA, MLflow, endpoint."""
+    from ..demo import prepare_demo
+
+    directory: Path = args.dir.resolve()
+    print(f"preparing the demo in {directory}", file=sys.stderr)
+    job = JobFile.load(prepare_demo(directory, seed=args.seed, steps=args.steps))
+    if job.local.home is None:
+        # Keep the demo's MLflow store, registry and endpoints beside it unless FTKIT_HOME says otherwise.
+        import os
+
+        if "FTKIT_HOME" not in os.environ:
+            os.environ["FTKIT_HOME"] = str(directory / "home")
+    _execute(job, poll_s=1.0)
+    return 0

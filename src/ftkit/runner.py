@@ -1,0 +1,384 @@
+"""`JobRunner`: the notebook's whole flow, stage by stage, on any backend.
+
+::
+
+    job file ──► model ──► compute ──► data ──► finetune ──► metrics ──► register ──► deploy ──► score ──► cleanup
+
+Each stage is a call on the :class:`~ftkit.backends.base.Backend` (or on ``ChatDatasetBuilder`` and
+``EndpointDeployer``), and each reports a :class:`StageEvent`. Everything the run resolved (model and
+component versions, data files and their hashes, parameters, job name, registered model) is written to
+``run.json`` in the run directory, and the endpoint is deleted at the end unless ``deploy.keep`` is set,
+also when scoring fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .backends import get_backend
+from .backends.base import (
+    Backend,
+    EndpointInfo,
+    FinetuneRequest,
+    JobHandle,
+    MetricsTable,
+    RegisteredModel,
+    RegisterRequest,
+)
+from .compute import ComputeCheck, ComputeValidator
+from .home import ftkit_home
+from .jobfile import JobFile
+from .model import FoundationModelRef
+from .plan import RunPlan, plan_run
+from .waiting import wait_for_job
+
+__all__ = ["JobRunner", "RunResult", "StageEvent", "run"]
+
+STAGES = ("model", "compute", "data", "finetune", "metrics", "register", "deploy", "score", "cleanup")
+
+
+@attrs.frozen
+class StageEvent:
+    """Progress of a run: a stage started, reported something, or finished.
+
+    Attributes:
+        stage: One of ``model``, ``compute``, ``data``, ``finetune``, ``metrics``, ``register``, ``deploy``,
+            ``score``, ``cleanup``.
+        message: A one-line, human-readable account.
+        done: Whether the stage has finished.
+    """
+
+    stage: str
+    message: str
+    done: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class RunResult:
+    """What a run produced.
+
+    Attributes:
+        job_file: The job file.
+        plan: The checked plan that was submitted.
+        compute: The compute check, where there is a cluster.
+        data_files: The data files used (``train``, ``test``, ``score`` when present).
+        job: The finished fine-tuning job.
+        metrics: Its metrics.
+        registered: The registered model.
+        endpoint: The endpoint it was deployed to (``None`` when not deployed).
+        score_request: The sample request sent to the endpoint.
+        score_response: The endpoint's answer.
+        run_dir: Where ``run.json`` and the loss curves are.
+    """
+
+    job_file: JobFile
+    plan: RunPlan
+    compute: ComputeCheck | None
+    data_files: Mapping[str, str]
+    job: JobHandle
+    metrics: MetricsTable
+    registered: RegisteredModel
+    endpoint: EndpointInfo | None
+    score_request: Mapping[str, Any] | None
+    score_response: Any
+    run_dir: Path
+
+
+def _endpoint_name(job_name: str, stamp: str) -> str:
+    # Azure: 3-32 characters, letters, digits and hyphens, starting with a letter; unique in the region.
+    base = re.sub(r"[^a-z0-9-]+", "-", job_name.lower()).strip("-") or "ftkit"
+    if not base[0].isalpha():
+        base = f"ft-{base}"
+    return f"{base[: 31 - len(stamp)]}-{stamp}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _pick_conversation(path: Path, seed: int) -> list[dict[str, str]]:
+    """Pick one conversation from a JSONL file, reproducibly (the notebook samples without a seed)."""
+    with path.open(encoding="utf-8") as fh:
+        lines = [line for line in fh if line.strip()]
+    row = json.loads(random.Random(seed).choice(lines))
+    messages: list[dict[str, str]] = row["messages"]
+    # Ask the model for the next assistant turn: drop a trailing assistant answer.
+    if len(messages) > 1 and messages[-1]["role"] == "assistant":
+        messages = messages[:-1]
+    return messages
+
+
+class JobRunner:
+    """Runs one job file end to end on a backend.
+
+    Args:
+        job: The job file.
+        backend: Where to run; by default the job's ``backend`` with its settings.
+        run_dir: Where ``run.json`` and plots go (default ``{ftkit home}/runs/{name}-{timestamp}``).
+        on_event: Called with each :class:`StageEvent`.
+        wait_timeout_s: How long to wait for the fine-tuning job.
+        poll_s: Seconds between job status polls.
+        deploy: Whether to deploy and score (``False`` stops after registration).
+    """
+
+    def __init__(
+        self,
+        job: JobFile,
+        backend: Backend | None = None,
+        *,
+        run_dir: Path | None = None,
+        on_event: Callable[[StageEvent], None] | None = None,
+        wait_timeout_s: float = 24 * 3600.0,
+        poll_s: float = 30.0,
+        deploy: bool = True,
+    ) -> None:
+        self.job = job
+        self.backend = backend if backend is not None else _default_backend(job)
+        self.stamp = time.strftime("%Y%m%d%H%M%S")
+        home = ftkit_home(job.local.home)
+        self.run_dir = run_dir if run_dir is not None else home / "runs" / f"{job.name}-{self.stamp}"
+        self._on_event = on_event
+        self.wait_timeout_s = wait_timeout_s
+        self.poll_s = poll_s
+        self.deploy = deploy
+        self._record: dict[str, Any] = {"job": job.name, "backend": self.backend.name, "started": self.stamp}
+
+    def _emit(self, stage: str, message: str, *, done: bool = False) -> None:
+        if self._on_event is not None:
+            self._on_event(StageEvent(stage, message, done))
+
+    def _save(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.run_dir / "run.json.tmp"
+        tmp.write_text(json.dumps(self._record, indent=2, default=str) + "\n", encoding="utf-8")
+        tmp.replace(self.run_dir / "run.json")
+
+    def run(self) -> RunResult:
+        """Run every stage in order.
+
+        Returns:
+            The run's result.
+
+        Raises:
+            FtkitError: The first stage that failed, after the endpoint (if any) was deleted.
+        """
+        try:
+            return self._run()
+        finally:
+            self._save()
+
+    def _run(self) -> RunResult:
+        job, backend = self.job, self.backend
+        self._emit("model", f"resolving {job.model.ref().asset_id if not job.model.path else job.model.path}")
+        model = backend.resolve_model(job.model.ref())
+        self._record["model"] = {"name": model.name, "version": model.version, "id": model.asset_id}
+        self._emit("model", f"{model.name} version {model.version}", done=True)
+
+        self._emit("compute", f"checking {job.compute.cluster}" if backend.name == "azureml" else "checking device")
+        validator = ComputeValidator(
+            allow_list=model.finetune_compute_allow_list, expected_gpus_per_node=job.compute.gpus_per_node
+        )
+        compute = backend.ensure_compute(job.compute, validator)
+        if compute is not None:
+            self._record["compute"] = {"cluster": compute.cluster.name, "gpus_per_node": compute.gpus_per_node}
+            self._emit(
+                "compute",
+                f"{compute.cluster.name}: {compute.cluster.size}, {compute.gpus_per_node} GPU(s)/node",
+                done=True,
+            )
+        else:
+            self._emit("compute", "this machine", done=True)
+
+        # Plan before touching data: a bad parameter should fail in seconds, not after the data step.
+        plan = plan_run(job, model=model, gpus_per_node=compute.gpus_per_node if compute else None)
+        for override in plan.overrides:
+            self._emit("finetune", f"model default: {override}")
+
+        files = self._data()
+        uris = backend.upload_data({k: v for k, v in files.items() if k in ("train", "test")}, name_prefix=job.name)
+        plan = attrs.evolve(plan, train_data=uris["train"], test_data=uris["test"])
+        self._record["component"] = f"{plan.schema.name}:{plan.schema.version}"
+        self._record["parameters"] = plan.parameters
+        self._record["display_name"] = plan.display_name
+
+        request = FinetuneRequest(
+            job=job,
+            model=model,
+            spec=plan.spec,
+            parameters=plan.parameters,
+            display_name=plan.display_name,
+            experiment_name=plan.experiment_name,
+            compute=compute,
+            train_data=plan.train_data,
+            test_data=plan.test_data,
+        )
+        self._emit("finetune", f"submitting {plan.display_name}")
+        handle = backend.submit_finetune(request)
+        self._record["finetune_job"] = {"name": handle.name, "url": handle.studio_url}
+        self._emit(
+            "finetune", f"job {handle.name} {handle.status}" + (f" ({handle.studio_url})" if handle.studio_url else "")
+        )
+        handle = wait_for_job(
+            backend,
+            handle.name,
+            timeout_s=self.wait_timeout_s,
+            poll_s=self.poll_s,
+            on_status=lambda h: self._emit("finetune", f"job {h.name} {h.status}"),
+        )
+        self._record["finetune_job"]["status"] = handle.status
+        self._emit("finetune", f"job {handle.name} completed", done=True)
+
+        metrics = backend.read_metrics(handle)
+        self._emit("metrics", self._review(metrics), done=True)
+
+        registered = self._register(handle, model, plan, files)
+        self._record["registered_model"] = {"name": registered.name, "version": registered.version, "id": registered.id}
+        self._emit("register", f"{registered.name} version {registered.version}", done=True)
+
+        endpoint: EndpointInfo | None = None
+        request_body: Mapping[str, Any] | None = None
+        response: Any = None
+        if self.deploy:
+            endpoint, request_body, response = self._deploy_and_score(registered, model, files)
+        return RunResult(
+            job_file=job,
+            plan=plan,
+            compute=compute,
+            data_files=files,
+            job=handle,
+            metrics=metrics,
+            registered=registered,
+            endpoint=endpoint,
+            score_request=request_body,
+            score_response=response,
+            run_dir=self.run_dir,
+        )
+
+    def _data(self) -> dict[str, str]:
+        job = self.job
+        data = job.data
+        if data.train_file and data.test_file:
+            files = {"train": data.train_file, "test": data.test_file}
+            self._emit("data", "using the given train and test files", done=True)
+        else:
+            from .data import ChatDatasetBuilder
+
+            self._emit("data", f"building from {data.source}")
+            build = ChatDatasetBuilder.from_job(job).build()
+            files = {"train": str(build.files[data.train_split]), "test": str(build.files[data.test_split])}
+            if data.score_split and data.score_split in build.files:
+                files["score"] = str(build.files[data.score_split])
+            self._emit("data", build.report.summary_line(), done=True)
+        hashes = {k: _sha256(Path(v)) for k, v in files.items() if "://" not in v and Path(v).is_file()}
+        self._record["data"] = {"files": files, "sha256": hashes}
+        return files
+
+    def _review(self, metrics: MetricsTable) -> str:
+        from .metrics import plot_loss_curves, summarize
+
+        summary = summarize(metrics)
+        self._record["metrics"] = attrs.asdict(summary)
+        try:
+            plot = plot_loss_curves(metrics, self.run_dir / "loss.png")
+            self._record["loss_curves"] = str(plot)
+        except ImportError:
+            pass  # matplotlib is optional; the summary still stands
+        return str(summary)
+
+    def _register(
+        self, handle: JobHandle, model: FoundationModelRef, plan: RunPlan, files: Mapping[str, str]
+    ) -> RegisteredModel:
+        job = self.job
+        name = job.register.name or f"{model.name}-ultrachat-200k".replace("/", "-")
+        tags = {
+            "ftkit.job": job.name,
+            "ftkit.finetune_job": handle.name,
+            "ftkit.base_model": model.asset_id,
+            "ftkit.base_model_version": str(model.version),
+            "ftkit.component": f"{plan.schema.name}:{plan.schema.version}",
+            "ftkit.parameters": json.dumps(plan.parameters, sort_keys=True),
+            **{f"ftkit.data.{k}": v for k, v in files.items()},
+            **{f"ftkit.data.{k}.sha256": v for k, v in self._record["data"]["sha256"].items()},
+        }
+        self._emit("register", f"registering {name}")
+        return self.backend.register_model(
+            RegisterRequest(
+                job=handle,
+                name=name,
+                version=job.register.version or self.stamp,
+                description=job.register.description or f"{model.name} fine tuned with ftkit ({job.name})",
+                tags=tags,
+            )
+        )
+
+    def _deploy_and_score(
+        self, registered: RegisteredModel, model: FoundationModelRef, files: Mapping[str, str]
+    ) -> tuple[EndpointInfo, Mapping[str, Any] | None, Any]:
+        from .deploy import EndpointDeployer
+
+        job = self.job
+        name = job.deploy.endpoint_name or _endpoint_name(job.name, self.stamp[-8:])
+        self._record["endpoint"] = {"name": name, "kept": job.deploy.keep}
+        deployer = EndpointDeployer.from_job(self.backend, job, name=name, model_ref=model)
+        self._emit("deploy", f"creating endpoint {name}")
+        with deployer.session(keep=job.deploy.keep):
+            info = deployer.deploy(registered)
+            self._emit("deploy", f"{name}/{job.deploy.deployment_name} serving at {info.scoring_uri}", done=True)
+            request_body: Mapping[str, Any] | None = None
+            response: Any = None
+            source = files.get("score") or files.get("test")
+            if source and "://" not in source:
+                conversation = _pick_conversation(Path(source), self.job.data.seed)
+                request_body = deployer.request_body(conversation)
+                self._emit("score", f"scoring one conversation from {Path(source).name}")
+                response = deployer.invoke(request_body)
+                self._record["score"] = {"request": request_body, "response": response}
+                self._emit("score", f"answer: {str(response)[:120]}", done=True)
+            if not job.deploy.keep:
+                self._emit("cleanup", f"deleting endpoint {name}")
+        self._emit(
+            "cleanup", "endpoint kept (deploy.keep)" if job.deploy.keep else f"endpoint {name} deleted", done=True
+        )
+        return info, request_body, response
+
+
+def _default_backend(job: JobFile) -> Backend:
+    if job.backend == "local":
+        return get_backend("local", home=job.local.home, device=job.local.device)
+    return get_backend(job.backend)
+
+
+def run(
+    job: JobFile | str | Path,
+    backend: Backend | None = None,
+    *,
+    on_event: Callable[[StageEvent], None] | None = None,
+    **options: Any,
+) -> RunResult:
+    """Run a job file end to end (see :class:`JobRunner`).
+
+    Args:
+        job: A :class:`~ftkit.jobfile.JobFile` or the path of one.
+        backend: Where to run; by default the job's ``backend``.
+        on_event: Called with each :class:`StageEvent`.
+        **options: More :class:`JobRunner` options.
+
+    Returns:
+        The run's result.
+    """
+    if not isinstance(job, JobFile):
+        job = JobFile.load(job)
+    return JobRunner(job, backend, on_event=on_event, **options).run()
