@@ -34,29 +34,37 @@ from .retry import is_testing, set_testing
 if _typing.TYPE_CHECKING:
     from .component import ComponentSchema
     from .compute import ClusterInfo, ComputeValidator, VmSize
+    from .data import ChatDatasetBuilder, DatasetBuild, DatasetReport, SplitSelection
     from .finetune import FinetunePipelineSpec
     from .jobfile import JobFile
     from .model import FoundationModelRef
 
 # Public name -> module that defines it (imported on first attribute access).
 _LAZY: dict[str, str] = {
+    "ChatDatasetBuilder": "data",
     "ClusterInfo": "compute",
     "ComponentSchema": "component",
     "ComputeValidator": "compute",
+    "DatasetBuild": "data",
+    "DatasetReport": "data",
     "FinetunePipelineSpec": "finetune",
     "FoundationModelRef": "model",
     "JobFile": "jobfile",
+    "SplitSelection": "data",
     "VmSize": "compute",
 }
 
 __all__ = [
     "AuthError",
     "BackendError",
+    "ChatDatasetBuilder",
     "ClusterInfo",
     "ComponentSchema",
     "ComputeValidationError",
     "ComputeValidator",
     "ConflictError",
+    "DatasetBuild",
+    "DatasetReport",
     "DatasetValidationError",
     "DeploymentError",
     "FinetunePipelineSpec",
@@ -73,6 +81,7 @@ __all__ = [
     "Problem",
     "QuotaError",
     "ScoringError",
+    "SplitSelection",
     "TagError",
     "TransientBackendError",
     "ValidationError",

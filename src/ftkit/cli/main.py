@@ -12,6 +12,7 @@ from ..exceptions import FtkitError, ValidationError
 # Modules of ftkit.cli whose register(subparsers) adds commands; keep sorted. Each is imported only here,
 # and heavy libraries are imported inside the command handlers, so `ftkit --help` stays fast.
 COMMAND_MODULES: tuple[str, ...] = (
+    "data",
     "jobs",
     "run",
 )
