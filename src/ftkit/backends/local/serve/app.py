@@ -1,0 +1,677 @@
+"""The endpoint server's FastAPI application.
+
+Routes (all JSON; errors are ``{"error": {"message", "type", "param", "code"}}``, OpenAI's error shape):
+
+* ``POST /score`` — Azure ML's chat-completion scoring contract (see :mod:`.requests`), key auth;
+* ``POST /v1/chat/completions`` — OpenAI's chat completions, ``stream`` false or true (server-sent events);
+* ``GET /v1/models`` — the deployments, as OpenAI models;
+* ``GET /health/live``, ``GET /health/ready`` — probes (no auth, like a container's);
+* ``GET /openapi.json``, ``GET /docs`` — the OpenAPI document;
+* ``POST /-/admin/reload`` — strictly private: load the deployments ``endpoint.json`` now lists (admin key).
+
+Which deployment answers: the ``azureml-model-deployment`` header if present, else (chat completions) a
+``model`` that names a deployment, else a weighted random pick by the endpoint's traffic. Keys and traffic are
+re-read from the state files when they change, so regenerating a key or moving traffic needs no restart.
+Statuses: 400 bad body (naming the field), 401 no or wrong key, 404 unknown deployment or no traffic,
+408 past ``request_timeout_ms``, 413 body too large, 503 queue full (``Retry-After``) or deployment not ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from .batching import Batcher, Job, QueueFull
+from .generation import LoadedModel
+from .requests import BadRequest, GenParams, parse_chat, parse_score
+from .state import DEFAULT_SETTINGS, EndpointFiles, stat_key
+
+__all__ = ["DEPLOYMENT_HEADER", "ServerState", "create_app"]
+
+log = logging.getLogger("ftkit.serve")
+
+DEPLOYMENT_HEADER = "azureml-model-deployment"
+RETRY_AFTER_S = 1
+
+
+class HTTPError(Exception):
+    """Strictly private: an error answer (status, message, field)."""
+
+    def __init__(
+        self, status: int, message: str, *, param: str | None = None, headers: Mapping[str, str] | None = None
+    ) -> None:
+        self.status = status
+        self.message = message
+        self.param = param
+        self.headers = dict(headers or {})
+        super().__init__(message)
+
+
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "invalid_request_error",
+    503: "overloaded_error",
+}
+
+
+def _error(
+    status: int, message: str, *, param: str | None = None, headers: Mapping[str, str] | None = None
+) -> Response:
+    body = {
+        "error": {"message": message, "type": _ERROR_TYPES.get(status, "server_error"), "param": param, "code": status}
+    }
+    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+class Deployment:
+    """Strictly private: a loaded deployment (its spec from ``endpoint.json``, model and batcher)."""
+
+    def __init__(self, name: str, spec: Mapping[str, Any], model: LoadedModel, batcher: Batcher) -> None:
+        self.name = name
+        self.spec = dict(spec)
+        self.model = model
+        self.batcher = batcher
+
+    @property
+    def timeout_s(self) -> float:
+        """The per-request timeout."""
+        return max(0.001, float(self.spec.get("request_timeout_ms", 90000)) / 1000.0)
+
+
+def _fingerprint(spec: Mapping[str, Any]) -> str:
+    """What, when changed, means a deployment must be reloaded."""
+    keys = ("model_id", "model_path", "max_queue", "max_batch_size", "revision")
+    return json.dumps({k: spec.get(k) for k in keys}, sort_keys=True, default=str)
+
+
+class ServerState:
+    """What the server knows: settings, keys, traffic and loaded deployments.
+
+    Args:
+        files: The endpoint's files.
+    """
+
+    def __init__(self, files: EndpointFiles) -> None:
+        self.files = files
+        config = files.read_config()
+        settings = {**DEFAULT_SETTINGS, **{k: v for k, v in config.get("settings", {}).items() if isinstance(v, int)}}
+        self.max_batch_size = settings["max_batch_size"]
+        self.window_s = settings["batch_window_ms"] / 1000.0
+        self.max_body_bytes = settings["max_body_bytes"]
+        self.max_new_tokens_cap = settings["max_new_tokens_cap"]
+        self.deployments: dict[str, Deployment] = {}
+        self.failed: dict[str, str] = {}
+        self.traffic: dict[str, int] = {}
+        self.wanted: dict[str, dict[str, Any]] = {}
+        self._keys: tuple[bytes, ...] = ()
+        self._admin: bytes = b""
+        self._config_stat: tuple[int, int, int] | None = None
+        self._keys_stat: tuple[int, int, int] | None = None
+        self._reload_lock = asyncio.Lock()
+        self.refresh()
+
+    def __repr__(self) -> str:
+        return f"ServerState({self.files.name!r}, deployments={sorted(self.deployments)})"
+
+    def refresh(self) -> None:
+        """Re-read traffic and keys if their files changed (two ``stat`` calls otherwise)."""
+        cstat = stat_key(self.files.config_path)
+        if cstat != self._config_stat:
+            config = self.files.read_config()
+            traffic = config.get("traffic", {})
+            self.traffic = {k: int(v) for k, v in traffic.items() if isinstance(v, int)}
+            wanted = config.get("deployments", {})
+            self.wanted = {k: v for k, v in wanted.items() if isinstance(v, dict)}
+            self._config_stat = cstat
+        kstat = stat_key(self.files.keys_path)
+        if kstat != self._keys_stat:
+            keys = self.files.read_keys()
+            self._keys = tuple(keys[k].encode() for k in ("primary", "secondary") if keys.get(k))
+            self._admin = keys.get("admin", "").encode()
+            self._keys_stat = kstat
+
+    def check_key(self, authorization: str | None, *, admin: bool = False) -> None:
+        """Accept ``Authorization: Bearer <key>`` with the primary or secondary (or admin) key.
+
+        Raises:
+            HTTPError: 401, without ever echoing what was sent.
+        """
+        self.refresh()
+        scheme, _, token = (authorization or "").partition(" ")
+        given = token.strip().encode()
+        expected = (self._admin,) if admin else self._keys
+        # Compare against every key, always, in constant time: no early exit that tells which one was close.
+        ok = False
+        for key in expected:
+            ok |= bool(key) and hmac.compare_digest(given, key)
+        if scheme.lower() != "bearer" or not ok:
+            raise HTTPError(
+                401,
+                "missing or invalid key: send 'Authorization: Bearer <key>' with the endpoint's primary or "
+                "secondary key",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    def pick(self, header: str | None, model: str | None = None) -> Deployment:
+        """Choose the deployment that answers (header, else a ``model`` naming one, else traffic).
+
+        Raises:
+            HTTPError: 404 for an unknown deployment or no traffic; 503 for one that is not ready.
+        """
+        self.refresh()
+        names = sorted(self.wanted)
+        name = header.strip() if header and header.strip() else None
+        if name is None and model in self.wanted:
+            name = model
+        if name is not None:
+            if name not in self.wanted:
+                listed = ", ".join(names) or "none"
+                raise HTTPError(
+                    404, f"deployment {name[:64]!r} not found; deployments: {listed}", param=DEPLOYMENT_HEADER
+                )
+            if name not in self.deployments:
+                state = "failed to load" if name in self.failed else "is not ready yet"
+                raise HTTPError(503, f"deployment {name!r} {state}", headers={"Retry-After": "5"})
+            return self.deployments[name]
+        live = [(n, w) for n, w in sorted(self.traffic.items()) if w > 0 and n in self.deployments]
+        if not live:
+            raise HTTPError(
+                404,
+                "No valid deployments to route to. Please check that the endpoint has at least one deployment with "
+                f"positive weight values or use a deployment specific header ({DEPLOYMENT_HEADER}) to route.",
+            )
+        chosen = random.choices([n for n, _ in live], weights=[w for _, w in live])[0]
+        return self.deployments[chosen]
+
+    async def reload(self) -> dict[str, str]:
+        """Load the deployments ``endpoint.json`` lists, reload changed ones, unload removed ones.
+
+        Returns:
+            Each wanted deployment's state: ``Succeeded`` or ``Failed: <why>``.
+        """
+        async with self._reload_lock:
+            self._config_stat = None
+            self.refresh()
+            for name in list(self.deployments):
+                if name not in self.wanted:
+                    self.deployments.pop(name).batcher.close()
+                    log.info("deployment %s removed", name)
+            for name in list(self.failed):
+                if name not in self.wanted:
+                    del self.failed[name]
+            results: dict[str, str] = {}
+            for name, spec in sorted(self.wanted.items()):
+                current = self.deployments.get(name)
+                if current is not None and _fingerprint(current.spec) == _fingerprint(spec):
+                    current.spec = dict(spec)  # timeouts apply at once
+                    results[name] = "Succeeded"
+                    continue
+                try:
+                    deployment = await run_in_threadpool(self._load, name, spec)
+                except Exception as exc:
+                    message = f"{type(exc).__name__}: {exc}"
+                    log.exception("deployment %s failed to load", name)
+                    self.failed[name] = message
+                    results[name] = f"Failed: {message}"
+                    continue
+                self.failed.pop(name, None)
+                self.deployments[name] = deployment
+                if current is not None:
+                    current.batcher.close()
+                results[name] = "Succeeded"
+            return results
+
+    def _load(self, name: str, spec: Mapping[str, Any]) -> Deployment:
+        path = spec.get("model_path")
+        if not isinstance(path, str) or not path:
+            raise ValueError("the deployment's model has no local path")
+        started = time.monotonic()
+        log.info("deployment %s: loading model %s from %s", name, spec.get("model_id"), path)
+        model = LoadedModel(Path(path))
+        batcher = Batcher(
+            name,
+            model,
+            max_batch_size=int(spec.get("max_batch_size") or self.max_batch_size),
+            window_s=self.window_s,
+            max_queue=int(spec.get("max_queue", 64)),
+        )
+        log.info("deployment %s: ready in %.1fs", name, time.monotonic() - started)
+        return Deployment(name, spec, model, batcher)
+
+    def close(self) -> None:
+        """Stop every deployment's worker."""
+        for deployment in self.deployments.values():
+            deployment.batcher.close()
+
+
+async def _read_body(request: Request, limit: int) -> object:
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise HTTPError(413, f"body: {length} bytes is over the limit of {limit} bytes", param="body")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPError(413, f"body: over the limit of {limit} bytes", param="body")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise HTTPError(400, "body: is empty; send a JSON object", param="body")
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise HTTPError(400, f"body: not valid JSON: {str(exc)[:200]}", param="body") from None
+
+
+def _encode(
+    deployment: Deployment, conversations: Sequence[Any], fields: Sequence[str], params: GenParams
+) -> list[list[int]]:
+    try:
+        return [
+            deployment.model.encode(c, f, params.max_new_tokens) for c, f in zip(conversations, fields, strict=True)
+        ]
+    except BadRequest as exc:
+        raise HTTPError(400, str(exc), param=exc.field) from None
+
+
+def _submit(deployment: Deployment, prompts: Sequence[Sequence[int]], params: GenParams, *, stream: bool) -> list[Job]:
+    loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + deployment.timeout_s
+    jobs = [
+        Job(prompt=p, params=params, loop=loop, events=asyncio.Queue(), deadline=deadline, stream=stream)
+        for p in prompts
+    ]
+    try:
+        deployment.batcher.submit(jobs)
+    except QueueFull:
+        raise HTTPError(
+            503,
+            f"deployment {deployment.name!r} is at capacity ({deployment.batcher.max_queue} requests queued); "
+            "retry later",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        ) from None
+    return jobs
+
+
+async def _finish(job: Job) -> str:
+    """Wait for a job's end; return its finish reason."""
+    while True:
+        kind, value = await job.events.get()
+        if kind == "done":
+            return str(value)
+        if kind == "error":
+            raise HTTPError(
+                503, f"the deployment could not answer: {value}", headers={"Retry-After": str(RETRY_AFTER_S)}
+            )
+
+
+async def _wait_all(deployment: Deployment, jobs: Sequence[Job]) -> list[str]:
+    try:
+        return await asyncio.wait_for(asyncio.gather(*(_finish(j) for j in jobs)), timeout=deployment.timeout_s)
+    except TimeoutError:
+        raise HTTPError(
+            408,
+            "the request took longer than the deployment's request_timeout_ms "
+            f"({deployment.spec.get('request_timeout_ms')})",
+        ) from None
+    finally:
+        for job in jobs:
+            job.cancelled = True
+
+
+def _openapi_schemas() -> dict[str, Any]:
+    message = {
+        "type": "object",
+        "required": ["role", "content"],
+        "properties": {
+            "role": {"type": "string", "enum": ["system", "user", "assistant"]},
+            "content": {"type": "string"},
+        },
+    }
+    conversation = {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Message"}}
+    return {
+        "Message": message,
+        "Conversation": conversation,
+        "ScoreRequest": {
+            "type": "object",
+            "required": ["input_data"],
+            "properties": {
+                "input_data": {
+                    "type": "object",
+                    "required": ["input_string"],
+                    "properties": {
+                        "input_string": {
+                            "description": "A list of conversations (or one flat conversation).",
+                            "oneOf": [
+                                {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "items": {"$ref": "#/components/schemas/Conversation"},
+                                },
+                                {"$ref": "#/components/schemas/Conversation"},
+                            ],
+                        },
+                        "parameters": {
+                            "type": "object",
+                            "properties": {
+                                "temperature": {"type": "number", "minimum": 0, "maximum": 100},
+                                "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                                "do_sample": {"type": "boolean"},
+                                "max_new_tokens": {"type": "integer", "minimum": 1},
+                            },
+                        },
+                    },
+                },
+                "params": {"type": "object"},
+            },
+        },
+        "ScoreResponse": {
+            "type": "object",
+            "required": ["output"],
+            "properties": {"output": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}},
+        },
+        "ChatCompletionRequest": {
+            "type": "object",
+            "required": ["messages"],
+            "properties": {
+                "model": {"type": "string"},
+                "messages": {"$ref": "#/components/schemas/Conversation"},
+                "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+                "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+                "max_tokens": {"type": "integer", "minimum": 1},
+                "n": {"type": "integer", "enum": [1]},
+                "stream": {"type": "boolean"},
+                "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+            },
+        },
+        "ChatCompletion": {
+            "type": "object",
+            "required": ["id", "object", "created", "model", "choices", "usage"],
+            "properties": {
+                "id": {"type": "string"},
+                "object": {"type": "string"},
+                "created": {"type": "integer"},
+                "model": {"type": "string"},
+                "choices": {"type": "array"},
+                "usage": {"type": "object"},
+            },
+        },
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "properties": {
+                        "message": {"type": "string"},
+                        "type": {"type": "string"},
+                        "param": {"type": ["string", "null"]},
+                        "code": {"type": "integer"},
+                    },
+                }
+            },
+        },
+    }
+
+
+def _route_doc(request_schema: str, response_schema: str, *, streams: bool = False) -> dict[str, Any]:
+    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    ok: dict[str, Any] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{response_schema}"}}}
+    if streams:
+        ok["text/event-stream"] = {"schema": {"type": "string"}}
+    return {
+        "security": [{"bearerAuth": []}],
+        "parameters": [{"name": DEPLOYMENT_HEADER, "in": "header", "required": False, "schema": {"type": "string"}}],
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{request_schema}"}}},
+        },
+        "responses": {
+            "200": {"description": "The answer.", "content": ok},
+            **{
+                str(code): {"description": text, **error}
+                for code, text in (
+                    (400, "Malformed body; the message names the field."),
+                    (401, "No or wrong key."),
+                    (404, "Unknown deployment, or no deployment has traffic."),
+                    (408, "Past the deployment's request_timeout_ms."),
+                    (413, "Body too large."),
+                    (503, "Queue full (Retry-After) or deployment not ready."),
+                )
+            },
+        },
+    }
+
+
+def create_app(state: ServerState, *, on_ready: Any = None) -> FastAPI:
+    """Build the application over a server state.
+
+    Args:
+        state: The endpoint's state (deployments are loaded at startup).
+        on_ready: Called with no arguments once startup is complete (the server writes ``server.json`` then).
+
+    Returns:
+        The FastAPI application.
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        results = await state.reload()
+        for name, result in results.items():
+            log.info("deployment %s: %s", name, result)
+        if on_ready is not None:
+            on_ready()
+        try:
+            yield
+        finally:
+            state.close()
+
+    app = FastAPI(
+        title=f"ftkit local endpoint {state.files.name}",
+        version="1",
+        description="Azure ML chat-completion scoring (/score) and OpenAI chat completions, behind key auth.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(HTTPError)
+    async def _http_error(_request: Request, exc: HTTPError) -> Response:
+        return _error(exc.status, exc.message, param=exc.param, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:  # pragma: no cover - a bug if reached
+        log.exception("unexpected error on %s", request.url.path)
+        return _error(500, f"internal error: {type(exc).__name__}")
+
+    @app.get("/health/live", tags=["probes"])
+    async def live() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "alive"}
+
+    @app.get("/health/ready", tags=["probes"], responses={503: {"description": "Some deployment is not loaded."}})
+    async def ready() -> Response:
+        """Readiness: every deployment the endpoint lists is loaded."""
+        state.refresh()
+        pending = sorted(n for n in state.wanted if n not in state.deployments)
+        body = {
+            "status": "ready" if not pending else "not ready",
+            "deployments": sorted(state.deployments),
+            "pending": pending,
+        }
+        return JSONResponse(body, status_code=200 if not pending else 503)
+
+    @app.post("/score", tags=["scoring"], openapi_extra=_route_doc("ScoreRequest", "ScoreResponse"))
+    async def score(request: Request) -> Response:
+        """Azure ML chat-completion scoring: one output per conversation."""
+        state.check_key(request.headers.get("authorization"))
+        body = await _read_body(request, state.max_body_bytes)
+        deployment = state.pick(request.headers.get(DEPLOYMENT_HEADER))
+        try:
+            parsed = parse_score(body, max_new_tokens_cap=state.max_new_tokens_cap)
+        except BadRequest as exc:
+            raise HTTPError(400, str(exc), param=exc.field) from None
+        prompts = _encode(deployment, parsed.conversations, parsed.fields, parsed.params)
+        jobs = _submit(deployment, prompts, parsed.params, stream=False)
+        await _wait_all(deployment, jobs)
+        texts = [deployment.model.decode(j.tokens) for j in jobs]
+        output: str | list[str] = texts[0] if parsed.single else texts
+        return JSONResponse({"output": output}, headers={DEPLOYMENT_HEADER: deployment.name})
+
+    @app.post(
+        "/v1/chat/completions",
+        tags=["openai"],
+        openapi_extra=_route_doc("ChatCompletionRequest", "ChatCompletion", streams=True),
+    )
+    async def chat_completions(request: Request) -> Response:
+        """OpenAI chat completions (``stream`` false or true)."""
+        state.check_key(request.headers.get("authorization"))
+        body = await _read_body(request, state.max_body_bytes)
+        try:
+            parsed = parse_chat(body, max_new_tokens_cap=state.max_new_tokens_cap)
+        except BadRequest as exc:
+            raise HTTPError(400, str(exc), param=exc.field) from None
+        deployment = state.pick(request.headers.get(DEPLOYMENT_HEADER), parsed.model)
+        (prompt,) = _encode(deployment, [parsed.messages], ["messages"], parsed.params)
+        (job,) = _submit(deployment, [prompt], parsed.params, stream=parsed.stream)
+        ident = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        headers = {DEPLOYMENT_HEADER: deployment.name}
+        if parsed.stream:
+            events = _stream(deployment, job, ident, created, len(prompt), include_usage=parsed.include_usage)
+            return StreamingResponse(
+                events, media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"}
+            )
+        (reason,) = await _wait_all(deployment, [job])
+        return JSONResponse(
+            {
+                "id": ident,
+                "object": "chat.completion",
+                "created": created,
+                "model": deployment.name,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": deployment.model.decode(job.tokens)},
+                        "finish_reason": "stop" if reason == "stop" else "length",
+                    }
+                ],
+                "usage": _usage(len(prompt), len(job.tokens)),
+            },
+            headers=headers,
+        )
+
+    @app.get("/v1/models", tags=["openai"], openapi_extra={"security": [{"bearerAuth": []}]})
+    async def models(request: Request) -> dict[str, Any]:
+        """The deployments, as OpenAI models."""
+        state.check_key(request.headers.get("authorization"))
+        return {
+            "object": "list",
+            "data": [{"id": n, "object": "model", "owned_by": "ftkit"} for n in sorted(state.deployments)],
+        }
+
+    @app.post("/-/admin/reload", include_in_schema=False)
+    async def admin_reload(request: Request) -> dict[str, Any]:
+        state.check_key(request.headers.get("authorization"), admin=True)
+        return {"deployments": await state.reload()}
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {}).update(_openapi_schemas())
+            components["securitySchemes"] = {"bearerAuth": {"type": "http", "scheme": "bearer"}}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def _sse(payload: Mapping[str, Any]) -> bytes:
+    """Strictly private: one server-sent event carrying ``payload`` as JSON."""
+    return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+async def _stream(
+    deployment: Deployment, job: Job, ident: str, created: int, prompt_tokens: int, *, include_usage: bool
+) -> AsyncIterator[bytes]:
+    """Strictly private: the server-sent events of a streamed chat completion."""
+
+    def chunk(delta: Mapping[str, str], finish: str | None) -> bytes:
+        payload = {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": deployment.name,
+            "choices": [{"index": 0, "delta": dict(delta), "finish_reason": finish}],
+        }
+        return _sse(payload)
+
+    sent = ""
+    ids: list[int] = []
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deployment.timeout_s
+    try:
+        yield chunk({"role": "assistant", "content": ""}, None)
+        while True:
+            try:
+                kind, value = await asyncio.wait_for(job.events.get(), timeout=max(0.0, end - loop.time()))
+            except TimeoutError:
+                message = "the request took longer than the deployment's request_timeout_ms"
+                yield _sse({"error": {"message": message, "type": "timeout_error", "code": 408}})
+                break
+            if kind == "token":
+                ids.append(int(value))  # type: ignore[call-overload]
+                text = deployment.model.decode(ids)
+                # Hold back a partial multi-byte character until the next token completes it.
+                if not text.endswith("\ufffd") and len(text) > len(sent) and text.startswith(sent):
+                    delta, sent = text[len(sent) :], text
+                    yield chunk({"content": delta}, None)
+                continue
+            if kind == "error":
+                yield _sse({"error": {"message": str(value), "type": "server_error", "code": 503}})
+                break
+            final = deployment.model.decode(job.tokens)
+            if len(final) > len(sent) and final.startswith(sent):
+                yield chunk({"content": final[len(sent) :]}, None)
+            yield chunk({}, "stop" if value == "stop" else "length")
+            if include_usage:
+                usage = {
+                    "id": ident,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": deployment.name,
+                    "choices": [],
+                    "usage": _usage(prompt_tokens, len(job.tokens)),
+                }
+                yield _sse(usage)
+            break
+        yield b"data: [DONE]\n\n"
+    finally:
+        job.cancelled = True

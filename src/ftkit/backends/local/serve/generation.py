@@ -1,0 +1,152 @@
+"""Load a registered model and generate a left-padded batch, token by token (server side: imports torch).
+
+One decode loop serves every request shape: each row has its own prompt, sampling parameters and token
+budget, and a callback receives every new token (so streaming works inside a batch, and a row can be
+stopped when its client goes away or its deadline passes). Rows stop at an end-of-sequence token (the
+generation config's and the tokenizer's) or at their ``max_new_tokens``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .requests import BadRequest, GenParams
+
+__all__ = ["LoadedModel"]
+
+Emit = Callable[[int, int], bool]
+"""``emit(row, token_id)`` is called for each new token; it returns ``False`` to stop that row."""
+
+
+class LoadedModel:
+    """A causal LM and its tokenizer, ready to generate.
+
+    Args:
+        path: A directory that ``AutoModelForCausalLM`` and ``AutoTokenizer`` load (tokenizer with a chat template).
+    """
+
+    def __init__(self, path: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.path = path
+        self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"the tokenizer in {path} has no chat template; the endpoint needs one")
+        self.model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        self.model.train(False)  # inference mode: no dropout
+        eos: set[int] = set()
+        for value in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
+            if isinstance(value, int):
+                eos.add(value)
+            elif isinstance(value, list | tuple):
+                eos.update(v for v in value if isinstance(v, int))
+        self.eos_ids = frozenset(eos)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id: int = pad if isinstance(pad, int) else min(eos, default=0)
+        self.max_length: int = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
+        # transformers 5.x renamed the KV cache argument from past_key_values to cache (the old name warns).
+        self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+
+    def encode(self, conversation: Sequence[Mapping[str, str]], field: str, max_new_tokens: int) -> list[int]:
+        """Render a conversation with the chat template (with the generation prompt) and tokenize it.
+
+        Raises:
+            BadRequest: The template rejects the conversation, or prompt plus answer exceed the context.
+        """
+        try:
+            text = self.tokenizer.apply_chat_template(
+                [dict(m) for m in conversation], tokenize=False, add_generation_prompt=True
+            )
+            ids: list[int] = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        except Exception as exc:  # a template may raise anything (jinja's raise_exception, a KeyError...)
+            raise BadRequest(field, f"the model's chat template rejected the conversation: {exc}") from None
+        if len(ids) + max_new_tokens > self.max_length:
+            raise BadRequest(
+                field,
+                f"the prompt is {len(ids)} tokens; with max_new_tokens={max_new_tokens} it exceeds the model's "
+                f"context of {self.max_length} tokens",
+            )
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Return the text of generated token ids (special tokens dropped)."""
+        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+
+    @torch.inference_mode()
+    def generate(self, prompts: Sequence[Sequence[int]], params: Sequence[GenParams], emit: Emit) -> list[str]:
+        """Generate every row of a batch at once (left-padded), calling ``emit`` for each new token.
+
+        Args:
+            prompts: Token ids of each row's prompt.
+            params: Each row's generation parameters.
+            emit: Called with ``(row, token_id)`` for each generated token; returning ``False`` stops the row.
+
+        Returns:
+            Each row's finish reason: ``stop`` (end-of-sequence), ``length`` (``max_new_tokens``) or ``cancelled``.
+        """
+        n = len(prompts)
+        width = max(len(p) for p in prompts)
+        input_ids = torch.full((n, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((n, width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            if p:
+                input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+                mask[i, width - len(p) :] = 1
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        past = out[self._cache_arg]
+        logits = out.logits[:, -1, :]
+        next_pos = positions[:, -1:] + 1
+
+        sample = torch.tensor([p.do_sample for p in params])
+        temps = torch.tensor([p.temperature if p.do_sample else 1.0 for p in params], dtype=torch.float32)
+        top_ps = torch.tensor([p.top_p for p in params], dtype=torch.float32)
+        budgets = [p.max_new_tokens for p in params]
+        counts = [0] * n
+        reasons: list[str | None] = [None] * n
+        pad = torch.tensor(self.pad_id, dtype=torch.long)
+
+        for _ in range(max(budgets)):
+            chosen = _choose(logits.float(), sample, temps, top_ps)
+            for i, token in enumerate(chosen.tolist()):
+                if reasons[i] is not None:
+                    continue
+                if token in self.eos_ids:
+                    reasons[i] = "stop"
+                    continue
+                counts[i] += 1
+                if not emit(i, token):
+                    reasons[i] = "cancelled"
+                elif counts[i] >= budgets[i]:
+                    reasons[i] = "length"
+            if all(r is not None for r in reasons):
+                break
+            done = torch.tensor([r is not None for r in reasons])
+            feed = torch.where(done, pad, chosen)[:, None]
+            mask = torch.cat([mask, torch.ones((n, 1), dtype=torch.long)], dim=-1)
+            out = self.model(
+                input_ids=feed, attention_mask=mask, position_ids=next_pos, use_cache=True, **{self._cache_arg: past}
+            )
+            past = out[self._cache_arg]
+            logits = out.logits[:, -1, :]
+            next_pos = next_pos + 1
+        return [r or "length" for r in reasons]
+
+
+def _choose(logits: torch.Tensor, sample: torch.Tensor, temps: torch.Tensor, top_ps: torch.Tensor) -> torch.Tensor:
+    """Strictly private: pick each row's next token, greedily or by temperature + nucleus sampling."""
+    greedy = logits.argmax(dim=-1)
+    if not bool(sample.any()):
+        return greedy
+    probs = torch.softmax(logits / temps[:, None], dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    # Drop tokens once the mass before them reaches top_p; the most likely token always stays.
+    drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_ps[:, None]
+    sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+    picked = order.gather(-1, torch.multinomial(sorted_probs, 1)).squeeze(-1)
+    return torch.where(sample, picked, greedy)

@@ -1,0 +1,156 @@
+"""Starting, probing and stopping an endpoint's server process (client side: no torch, no fastapi).
+
+The server is started detached (its own session), so it outlives the Python process that created it, as a
+managed endpoint outlives the notebook; ``ftkit endpoint delete`` and ``ftkit cleanup`` stop it from any
+process. A process counts as this endpoint's server only if its command line names the server module and the
+endpoint's directory, so a recycled pid is never taken for a live server (or killed).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .state import EndpointFiles
+
+__all__ = ["SERVER_MODULE", "is_server_alive", "port_open", "start_server", "stop_server", "wait_listening"]
+
+SERVER_MODULE = "ftkit.backends.local.serve"
+
+
+def start_server(files: EndpointFiles) -> subprocess.Popen[bytes]:
+    """Start the endpoint's server process, detached, logging to ``server.log``.
+
+    Args:
+        files: The endpoint's files (``endpoint.json`` and ``keys.json`` must exist).
+
+    Returns:
+        The process; the caller waits for ``server.json`` (see :func:`wait_listening`).
+    """
+    with contextlib.suppress(FileNotFoundError):
+        files.server_path.unlink()
+    env = dict(os.environ)
+    # The server must import the same ftkit as the caller, installed or not.
+    src = str(Path(__file__).resolve().parents[4])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    log = files.log_path.open("ab")
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", SERVER_MODULE, "--state-dir", str(files.root)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    finally:
+        log.close()
+
+
+def wait_listening(files: EndpointFiles, proc: subprocess.Popen[bytes] | None, timeout_s: float) -> int | None:
+    """Wait until the server reports its port and accepts connections.
+
+    Args:
+        files: The endpoint's files.
+        proc: The process, when this process started it (to notice an early exit at once).
+        timeout_s: How long to wait.
+
+    Returns:
+        The port, or ``None`` if the server exited or did not listen in time.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return None
+        info = files.read_server()
+        port = info.get("port")
+        if isinstance(port, int) and port_open(port):
+            return port
+        time.sleep(0.05)
+    return None
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _proc_state(pid: int) -> str | None:
+    """Strictly private: the process's state letter from /proc (``Z`` for a zombie), ``None`` if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[0]
+
+
+def is_server_alive(files: EndpointFiles, pid: int | None) -> bool:
+    """Whether ``pid`` is a live (not zombie) server process of this endpoint.
+
+    Args:
+        files: The endpoint's files.
+        pid: The pid recorded in ``server.json``.
+    """
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    cmdline = Path(f"/proc/{pid}/cmdline")
+    if cmdline.parent.exists():
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            return False
+        if SERVER_MODULE.encode() not in args or str(files.root).encode() not in args:
+            return False
+        return _proc_state(pid) not in (None, "Z", "X")
+    try:  # no /proc (not Linux): the best we can do is ask whether the pid exists
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop_server(files: EndpointFiles, pid: int | None, port: int | None, *, timeout_s: float = 15.0) -> bool:
+    """Stop the endpoint's server (SIGTERM, then SIGKILL) and wait until its port is closed.
+
+    Args:
+        files: The endpoint's files.
+        pid: The server's pid, from ``server.json``.
+        port: Its port, from ``server.json``.
+        timeout_s: How long to wait for a graceful exit before killing it.
+
+    Returns:
+        Whether the process is gone and the port closed.
+    """
+    if is_server_alive(files, pid):
+        assert pid is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and is_server_alive(files, pid):
+            time.sleep(0.05)
+        if is_server_alive(files, pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline and is_server_alive(files, pid):
+                time.sleep(0.05)
+    if isinstance(port, int):
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and port_open(port):
+            time.sleep(0.05)
+        return not is_server_alive(files, pid) and not port_open(port)
+    return not is_server_alive(files, pid)

@@ -1,0 +1,312 @@
+"""Parse and check the bodies of ``/score`` and ``/v1/chat/completions`` (pure: no torch, no HTTP).
+
+Every problem becomes a :class:`BadRequest` naming the field (``input_data.input_string[0][1].role``), which
+the server answers with 400. The server never lets anything else escape as a 500.
+
+``/score`` (the Azure ML chat-completion contract) accepts ``input_string`` in both shapes seen in Azure's
+samples: a list of conversations (``[[{role, content}, ...], ...]``, what the fine-tuning notebook sends) and
+one flat conversation (``[{role, content}, ...]``, the Llama chat sample). The answer is
+``{"output": "<text>"}`` for one conversation and ``{"output": ["<text>", ...]}`` (same order) for several.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+__all__ = [
+    "ROLES",
+    "BadRequest",
+    "ChatRequest",
+    "GenParams",
+    "ScoreRequest",
+    "parse_chat",
+    "parse_score",
+]
+
+ROLES = ("system", "user", "assistant")
+"""The roles a message may have."""
+
+DEFAULT_MAX_NEW_TOKENS = 256
+MAX_CONVERSATIONS = 64
+
+
+class BadRequest(Exception):
+    """A request the server answers with 400.
+
+    Args:
+        field: The offending field's path, e.g. ``messages[1].role`` (``body`` for the whole body).
+        message: What is wrong with it.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        super().__init__(f"{field}: {message}")
+
+
+@attrs.frozen
+class GenParams:
+    """How to generate one answer.
+
+    Attributes:
+        max_new_tokens: Most tokens to generate.
+        do_sample: Sample (else greedy).
+        temperature: Sampling temperature (``do_sample`` only).
+        top_p: Nucleus sampling mass (``do_sample`` only).
+    """
+
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+
+
+Conversation = tuple[Mapping[str, str], ...]
+
+
+@attrs.frozen
+class ScoreRequest:
+    """A parsed ``/score`` body.
+
+    Attributes:
+        conversations: The conversations to answer, in order.
+        params: Generation parameters (shared by all conversations).
+        single: Whether the answer is one string (one conversation sent) rather than a list.
+        fields: Each conversation's field path, for errors found later (a prompt too long).
+    """
+
+    conversations: tuple[Conversation, ...]
+    params: GenParams
+    single: bool
+    fields: tuple[str, ...]
+
+
+@attrs.frozen
+class ChatRequest:
+    """A parsed ``/v1/chat/completions`` body.
+
+    Attributes:
+        messages: The conversation.
+        params: Generation parameters.
+        model: The ``model`` field, if given (names a deployment when it matches one).
+        stream: Answer with server-sent events.
+        include_usage: With ``stream``, send a last chunk with token counts (``stream_options.include_usage``).
+    """
+
+    messages: Conversation
+    params: GenParams
+    model: str | None = None
+    stream: bool = False
+    include_usage: bool = False
+
+
+def _type_name(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return type(value).__name__
+
+
+def _object(value: object, field: str) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise BadRequest(field, f"expected an object, got {_type_name(value)}")
+    return value
+
+
+def _number(
+    value: object, field: str, *, low: float, high: float, low_open: bool = False, integer: bool = False
+) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not isinstance(value, int)):
+        raise BadRequest(field, f"expected {'an integer' if integer else 'a number'}, got {_type_name(value)}")
+    if value != value or value < low or value > high or (low_open and value == low):  # value != value: NaN
+        lo = "(" if low_open else "["
+        raise BadRequest(field, f"{value} is out of range {lo}{low:g}, {high:g}]")
+    return float(value)
+
+
+def _bool(value: object, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise BadRequest(field, f"expected true or false, got {_type_name(value)}")
+    return value
+
+
+def _content(value: object, field: str) -> str:
+    if isinstance(value, str):
+        return value
+    # OpenAI clients may send content as a list of parts; text parts are all a chat model can read.
+    if isinstance(value, list):
+        texts = []
+        for i, part in enumerate(value):
+            p = _object(part, f"{field}[{i}]")
+            if p.get("type") != "text" or not isinstance(p.get("text"), str):
+                raise BadRequest(f"{field}[{i}]", 'only text parts are supported: {"type": "text", "text": "..."}')
+            texts.append(p["text"])
+        return "".join(texts)
+    raise BadRequest(field, f"expected a string, got {_type_name(value)}")
+
+
+def _message(value: object, field: str) -> Mapping[str, str]:
+    msg = _object(value, field)
+    if "role" not in msg:
+        raise BadRequest(f"{field}.role", "is required")
+    role = msg["role"]
+    if not isinstance(role, str):
+        raise BadRequest(f"{field}.role", f"expected a string, got {_type_name(role)}")
+    if role not in ROLES:
+        raise BadRequest(f"{field}.role", f"unknown role {role[:40]!r}; valid roles: {', '.join(ROLES)}")
+    if "content" not in msg:
+        raise BadRequest(f"{field}.content", "is required")
+    return {"role": role, "content": _content(msg["content"], f"{field}.content")}
+
+
+def _conversation(value: object, field: str) -> Conversation:
+    if not isinstance(value, list):
+        raise BadRequest(field, f"expected a list of messages, got {_type_name(value)}")
+    if not value:
+        raise BadRequest(field, "the conversation is empty; send at least one message")
+    messages = tuple(_message(m, f"{field}[{i}]") for i, m in enumerate(value))
+    if all(m["role"] == "system" for m in messages):
+        raise BadRequest(field, "the conversation has only system messages; add a user message")
+    return messages
+
+
+def _max_tokens(value: object, field: str, cap: int) -> int:
+    n = _number(value, field, low=1, high=float("inf"), integer=True)
+    if n > cap:
+        raise BadRequest(field, f"{int(n)} is above this endpoint's cap of {cap} tokens")
+    return int(n)
+
+
+def parse_score(body: object, *, max_new_tokens_cap: int) -> ScoreRequest:
+    """Check a ``/score`` body and return what to generate.
+
+    Args:
+        body: The decoded JSON body.
+        max_new_tokens_cap: The endpoint's cap on ``max_new_tokens``.
+
+    Returns:
+        The parsed request.
+
+    Raises:
+        BadRequest: Naming the first offending field.
+    """
+    top = _object(body, "body")
+    if "input_data" not in top:
+        raise BadRequest(
+            "input_data", 'is required: {"input_data": {"input_string": [[{"role": ..., "content": ...}]]}}'
+        )
+    data = _object(top["input_data"], "input_data")
+    if "params" in top:
+        _object(top["params"], "params")
+    if "input_string" not in data:
+        raise BadRequest("input_data.input_string", "is required (a list of conversations)")
+    items = data["input_string"]
+    field = "input_data.input_string"
+    if not isinstance(items, list):
+        raise BadRequest(field, f"expected a list of conversations, got {_type_name(items)}")
+    if not items:
+        raise BadRequest(field, "is empty; send at least one conversation")
+    if all(isinstance(item, dict) for item in items):
+        conversations: tuple[Conversation, ...] = (_conversation(items, field),)
+        single = True
+        fields: tuple[str, ...] = (field,)
+    elif all(isinstance(item, list) for item in items):
+        if len(items) > MAX_CONVERSATIONS:
+            raise BadRequest(field, f"{len(items)} conversations is more than the {MAX_CONVERSATIONS} allowed at once")
+        fields = tuple(f"{field}[{i}]" for i in range(len(items)))
+        conversations = tuple(_conversation(c, f) for c, f in zip(items, fields, strict=True))
+        single = len(conversations) == 1
+    else:
+        odd = [i for i, item in enumerate(items) if not isinstance(item, list | dict)]
+        raise BadRequest(
+            f"{field}[{odd[0]}]" if odd else field,
+            "expected a list of conversations (each a list of {role, content} messages) or one conversation",
+        )
+    params = _score_params(data.get("parameters", {}), max_new_tokens_cap)
+    return ScoreRequest(conversations=conversations, params=params, single=single, fields=fields)
+
+
+def _score_params(value: object, cap: int) -> GenParams:
+    field = "input_data.parameters"
+    p = _object(value, field)
+    max_new = DEFAULT_MAX_NEW_TOKENS
+    # max_gen_len is Azure's deprecated spelling of max_new_tokens; max_new_tokens wins when both are given.
+    for key in ("max_gen_len", "max_new_tokens"):
+        if key in p:
+            max_new = _max_tokens(p[key], f"{field}.{key}", cap)
+    do_sample = _bool(p["do_sample"], f"{field}.do_sample") if "do_sample" in p else False
+    temperature = _number(p["temperature"], f"{field}.temperature", low=0, high=100) if "temperature" in p else 1.0
+    top_p = _number(p["top_p"], f"{field}.top_p", low=0, high=1, low_open=True) if "top_p" in p else 1.0
+    return GenParams(
+        max_new_tokens=min(max_new, cap),
+        do_sample=do_sample and temperature > 0,
+        temperature=temperature,
+        top_p=top_p,
+    )
+
+
+def parse_chat(body: object, *, max_new_tokens_cap: int) -> ChatRequest:
+    """Check a ``/v1/chat/completions`` body (OpenAI's shape) and return what to generate.
+
+    ``temperature`` 0 means greedy decoding (OpenAI's default temperature, 1, samples). Unknown fields are
+    ignored, as clients send many optional ones; known fields with the wrong type are rejected.
+
+    Args:
+        body: The decoded JSON body.
+        max_new_tokens_cap: The endpoint's cap on ``max_tokens``.
+
+    Returns:
+        The parsed request.
+
+    Raises:
+        BadRequest: Naming the first offending field.
+    """
+    top = _object(body, "body")
+    if "messages" not in top:
+        raise BadRequest("messages", "is required (a list of {role, content} messages)")
+    messages = _conversation(top["messages"], "messages")
+    model = top.get("model")
+    if model is not None and not isinstance(model, str):
+        raise BadRequest("model", f"expected a string, got {_type_name(model)}")
+    if top.get("n", 1) is not None and _number(top.get("n", 1), "n", low=1, high=1, integer=True) != 1:
+        raise BadRequest("n", "only n=1 is supported")
+    max_new = DEFAULT_MAX_NEW_TOKENS
+    for key in ("max_tokens", "max_completion_tokens"):
+        if top.get(key) is not None:
+            max_new = _max_tokens(top[key], key, max_new_tokens_cap)
+    temperature = 1.0
+    if top.get("temperature") is not None:
+        temperature = _number(top["temperature"], "temperature", low=0, high=2)
+    top_p = 1.0
+    if top.get("top_p") is not None:
+        top_p = _number(top["top_p"], "top_p", low=0, high=1, low_open=True)
+    stream = _bool(top["stream"], "stream") if top.get("stream") is not None else False
+    include_usage = False
+    if top.get("stream_options") is not None:
+        opts = _object(top["stream_options"], "stream_options")
+        if "include_usage" in opts:
+            include_usage = _bool(opts["include_usage"], "stream_options.include_usage")
+    return ChatRequest(
+        messages=messages,
+        params=GenParams(
+            max_new_tokens=min(max_new, max_new_tokens_cap),
+            do_sample=temperature > 0,
+            temperature=temperature,
+            top_p=top_p,
+        ),
+        model=model,
+        stream=stream,
+        include_usage=include_usage,
+    )

@@ -1,0 +1,68 @@
+"""Fixtures for the local endpoint server tests: a tiny model and one shared live endpoint per module."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import attrs
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("torch")
+
+from ftkit.backends.base import DeploymentSpec, EndpointInfo, EndpointKeys, EndpointSpec, RegisteredModel
+from ftkit.backends.local.endpoints import LocalEndpoints
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Phi-3 chat model directory (built once per session)."""
+    from ftkit.backends.local.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-model") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_model_dir: Path) -> RegisteredModel:
+    return RegisteredModel(name="tiny", version="1", id="models:/tiny/1", path=tiny_model_dir)
+
+
+@attrs.frozen
+class LiveEndpoint:
+    """A running endpoint shared by a test module."""
+
+    endpoints: LocalEndpoints
+    info: EndpointInfo
+
+    @property
+    def keys(self) -> EndpointKeys:
+        """The current keys (a test may regenerate them)."""
+        return self.endpoints.get_keys(self.info.name)
+
+    @property
+    def base(self) -> str:
+        return self.info.scoring_uri.removesuffix("/score")
+
+    def auth(self, key: str | None = None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.keys.primary}"}
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: RegisteredModel) -> Iterator[LiveEndpoint]:
+    """An endpoint with deployments blue and green (blue 100%), plus a tight-queue and a fast-timeout one."""
+    home = tmp_path_factory.mktemp("serve-home")
+    endpoints = LocalEndpoints(home, max_new_tokens_cap=1500)
+    endpoints.create_endpoint(EndpointSpec(name="ep-test", description="tests", tags={"createdBy": "ftkit"}))
+    for name, extra in (
+        ("blue", {}),
+        ("green", {}),
+        ("tight", {"max_queue": 1}),
+        ("hasty", {"request_timeout_ms": 20}),
+    ):
+        endpoints.create_deployment(DeploymentSpec(name=name, endpoint="ep-test", model=tiny_model, **extra))  # type: ignore[arg-type]
+    info = endpoints.set_traffic("ep-test", {"blue": 100})
+    try:
+        yield LiveEndpoint(endpoints=endpoints, info=info)
+    finally:
+        endpoints.delete_endpoint("ep-test")
