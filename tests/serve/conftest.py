@@ -58,7 +58,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: RegisteredModel) 
         ("blue", {}),
         ("green", {}),
         ("tight", {"max_queue": 1}),
-        ("hasty", {"request_timeout_ms": 20}),
+        ("hasty", {"request_timeout_ms": 1}),  # shorter than the batching window: always late
     ):
         endpoints.create_deployment(DeploymentSpec(name=name, endpoint="ep-test", model=tiny_model, **extra))  # type: ignore[arg-type]
     info = endpoints.set_traffic("ep-test", {"blue": 100})
