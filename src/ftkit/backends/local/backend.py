@@ -1,11 +1,535 @@
-"""`LocalBackend`: placeholder while the module is written."""
+"""`LocalBackend`: the :class:`~ftkit.backends.base.Backend` protocol on this machine.
+
+Training runs as a background process per job (:mod:`.worker`), tracked in MLflow on SQLite under the ftkit
+home (:mod:`.tracking`); models live in MLflow's registry (:mod:`.registry`); endpoints are local HTTP servers
+(:mod:`.endpoints`, imported only when an endpoint method is called).
+"""
 
 from __future__ import annotations
 
-__all__ = ["LocalBackend"]
+import contextlib
+import hashlib
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import attrs
+
+from ...compute import ComputeCheck, ComputeValidator
+from ...exceptions import ConflictError, NotFoundError, Problem, ValidationError
+from ...home import ftkit_home
+from ...jobfile import ComputeSection
+from ...model import FoundationModelRef
+from ..base import (
+    DeploymentInfo,
+    DeploymentSpec,
+    EndpointInfo,
+    EndpointKeys,
+    EndpointSpec,
+    FinetuneRequest,
+    JobHandle,
+    MetricsTable,
+    RegisteredModel,
+    RegisterRequest,
+)
+from . import jobs, registry, tracking
+from .training import Device, Progress, TrainConfig
+
+if TYPE_CHECKING:
+    from .endpoints import LocalEndpoints
+
+__all__ = ["IGNORED_PARAMETERS", "LocalBackend"]
+
+# Component inputs that have no meaning on one local device; they are recorded on the run, not used.
+IGNORED_PARAMETERS = frozenset(
+    {
+        "apply_deepspeed",
+        "deepspeed_stage",
+        "deepspeed",
+        "num_nodes_finetune",
+        "apply_ort",
+        "auto_find_batch_size",
+        "dataloader_num_workers",
+        "optim",
+        "pad_to_max_length",
+        "eval_accumulation_steps",
+        "enable_full_determinism",
+        "logging_strategy",
+        "task_name",
+    }
+)
+# Parameters that map one to one onto TrainConfig fields.
+_DIRECT = (
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "weight_decay",
+    "max_grad_norm",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_seq_length",
+    "apply_lora",
+    "lora_r",
+    "lora_alpha",
+    "lora_dropout",
+    "merge_lora_weights",
+    "seed",
+    "logging_steps",
+    "evaluation_strategy",
+    "eval_steps",
+    "save_total_limit",
+    # Local-only extras (set them under `finetune:`; the azureml backend's schema check rejects them there).
+    "save_steps",
+    "lora_target_modules",
+    "max_eval_examples",
+)
+_BOOL = {"true": True, "false": False}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60] or "job"
 
 
 class LocalBackend:
-    """The local backend (being written)."""
+    """The whole flow on this machine: transformers + peft training, MLflow tracking and registry, local endpoints.
+
+    Constructing one does no I/O and imports neither torch nor fastapi.
+
+    Args:
+        home: ftkit's state directory (default ``$FTKIT_HOME`` or ``~/.ftkit``): the MLflow store, jobs, endpoints.
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        tracking_uri: Another MLflow tracking URI instead of ``sqlite:///{home}/mlflow.db``.
+        background: Train in a background process (``submit_finetune`` returns at once); else in this process.
+        progress: How an in-process run shows progress (background runs write plain lines to ``train.log``).
+
+    .. versionadded:: 0.1
+    """
 
     name = "local"
+
+    def __init__(
+        self,
+        home: str | Path | None = None,
+        device: Device = "auto",
+        *,
+        tracking_uri: str | None = None,
+        background: bool = True,
+        progress: Progress = "auto",
+    ) -> None:
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValidationError(
+                [Problem("local.device", f"unknown device {device!r}", "choose one of: auto, cpu, cuda")]
+            )
+        self.home = ftkit_home(home).absolute()
+        self.device: Device = device
+        self.store = tracking.MlflowStore.at(self.home, tracking_uri)
+        self.background = background
+        self.progress: Progress = progress
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._endpoints: LocalEndpoints | None = None
+
+    def __repr__(self) -> str:
+        return f"LocalBackend(home={str(self.home)!r}, device={self.device!r})"
+
+    # -- models -------------------------------------------------------------------------------------------
+
+    def resolve_model(self, ref: FoundationModelRef) -> FoundationModelRef:
+        """Pin ``ref`` to a version of the local registry and read its tags (``ftkit.path``: its directory).
+
+        A name that is not registered but has a model directory at ``{home}/models/{name}`` is registered
+        first (that is where the demo's tiny model goes).
+
+        Raises:
+            NotFoundError: No such entry (the message names close ones).
+        """
+        reference = ref.name if ref.version is None else f"{ref.name}:{ref.version}"
+        try:
+            found = registry.get_registered(self.store, reference)
+        except NotFoundError:
+            candidate = self.home / "models" / ref.name
+            if ref.version is not None or not (candidate / "config.json").is_file():
+                raise
+            found = registry.register_model_dir(self.store, ref.name, candidate, {"ftkit.origin": "home/models"})
+        return ref.resolved(found.version, found.tags)
+
+    def register_model_dir(self, name: str, path: str | Path, tags: Mapping[str, str] | None = None) -> RegisteredModel:
+        """Register a Hugging Face model directory (by reference) in the local registry; see :mod:`.registry`."""
+        return registry.register_model_dir(self.store, name, path, tags)
+
+    def get_model(self, ref: str) -> RegisteredModel:
+        """Look up ``name``, ``name:version`` or ``models:/name/version`` in the local registry."""
+        return registry.get_registered(self.store, ref)
+
+    # -- compute and data ---------------------------------------------------------------------------------
+
+    def ensure_compute(self, section: ComputeSection, validator: ComputeValidator) -> ComputeCheck | None:  # noqa: ARG002 - the protocol's signature
+        """Check the local device (there is no cluster): ``None``, or a ValidationError when CUDA is missing."""
+        if self.device == "cuda":
+            try:
+                import torch
+            except ImportError:
+                return None
+            if not torch.cuda.is_available():
+                raise ValidationError(
+                    [Problem("local.device", "cuda was asked for but torch sees no CUDA GPU", "use auto or cpu")],
+                    "no GPU",
+                )
+        return None
+
+    def upload_data(self, files: Mapping[str, Path | str], *, name_prefix: str) -> dict[str, str]:  # noqa: ARG002
+        """Return the files' absolute local paths (nothing is copied).
+
+        Raises:
+            ValidationError: A file is missing or is a remote URI the local backend cannot read.
+        """
+        problems: list[Problem] = []
+        out: dict[str, str] = {}
+        for key, value in files.items():
+            text = str(value)
+            if "://" in text or text.startswith("azureml:"):
+                problems.append(Problem(key, f"{text} is a remote URI", "the local backend reads local files only"))
+                continue
+            path = Path(text).expanduser().absolute()
+            if not path.is_file():
+                problems.append(Problem(key, f"{path} does not exist", "build the data first (ftkit data)"))
+                continue
+            out[key] = str(path)
+        if problems:
+            raise ValidationError(problems, "data files the local backend cannot use")
+        return out
+
+    # -- training -----------------------------------------------------------------------------------------
+
+    def model_dir_for(self, request: FinetuneRequest) -> Path:
+        """Return the base model directory of a request: ``model.path``, else its local registry entry.
+
+        Raises:
+            NotFoundError: The model is neither a directory nor registered.
+            ValidationError: The directory is not a model with a tokenizer.
+        """
+        if request.job.model.path:
+            return registry.check_hf_dir(request.job.resolve_path(request.job.model.path))
+        tagged = request.model.tags.get(registry.PATH_TAG)
+        if tagged:
+            return registry.check_hf_dir(tagged)
+        ref = request.model.name if request.model.version is None else f"{request.model.name}:{request.model.version}"
+        found = registry.get_registered(self.store, ref)
+        if found.path is None:
+            raise NotFoundError(f"registry entry {found.id} has no local directory", operation="submit_finetune")
+        return registry.check_hf_dir(found.path)
+
+    def train_config(
+        self, request: FinetuneRequest, *, output_dir: str | Path
+    ) -> tuple[TrainConfig, dict[str, object]]:
+        """Map a request's parameters onto a :class:`~ftkit.backends.local.training.TrainConfig`.
+
+        Args:
+            request: The request.
+            output_dir: Where the job writes checkpoints and its model.
+
+        Returns:
+            The config, and the parameters that do not apply locally (DeepSpeed, nodes...) with their values.
+
+        Raises:
+            ValidationError: Parameters the local backend does not know, or bad values (all listed).
+        """
+        params = request.spec.parameters()
+        kwargs: dict[str, Any] = {}
+        ignored: dict[str, object] = {}
+        problems: list[Problem] = []
+        for key, value in params.items():
+            if key in IGNORED_PARAMETERS:
+                ignored[key] = value
+            elif key == "precision":
+                kwargs["precision"] = str(value)
+            elif key in _DIRECT:
+                if isinstance(value, str) and value.lower() in _BOOL and key in ("apply_lora", "merge_lora_weights"):
+                    value = _BOOL[value.lower()]
+                if key == "lora_target_modules" and isinstance(value, str):
+                    value = tuple(v.strip() for v in value.split(",") if v.strip())
+                kwargs[key] = value
+            else:
+                ignored[key] = value
+        try:
+            config = TrainConfig(
+                model_dir=str(self.model_dir_for(request)),
+                train_file=request.train_data,
+                eval_file=request.test_data or None,
+                output_dir=str(output_dir),
+                device=self.device,
+                **kwargs,
+            )
+        except ValidationError as exc:
+            problems.extend(exc.problems)
+        except TypeError as exc:
+            problems.append(Problem("finetune", str(exc)))
+        if problems:
+            raise ValidationError(problems, "finetune parameters the local backend cannot use")
+        return config, ignored
+
+    def _fingerprint(self, config: TrainConfig, hashes: Mapping[str, str]) -> str:
+        data = {k: v for k, v in attrs.asdict(config).items() if k != "output_dir"}
+        data["data"] = dict(hashes)
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+    def submit_finetune(self, request: FinetuneRequest) -> JobHandle:
+        """Start (or resume) a local fine-tuning job and return its handle.
+
+        The job's name is ``{display name}-{fingerprint}``, the fingerprint covering the base model, the
+        parameters and the data files' hashes. Submitting a request whose job was interrupted (killed,
+        failed, canceled) resumes it from its last checkpoint in the same MLflow run; one that is running is
+        returned as is; one that completed starts a new job (``-2``, ``-3``...).
+
+        Raises:
+            ValidationError: Bad parameters, data or model directory.
+            NotFoundError: The base model is not in the local registry.
+        """
+        files = {"train": Path(request.train_data), "test": Path(request.test_data)}
+        missing = [Problem(k, f"{p} does not exist") for k, p in files.items() if not p.is_file()]
+        if missing:
+            raise ValidationError(missing, "data files the local backend cannot use")
+        hashes = {k: _sha256(p) for k, p in files.items()}
+        probe, ignored = self.train_config(request, output_dir="-")
+        base = f"{_slug(request.display_name or request.job.name)}-{self._fingerprint(probe, hashes)}"
+        name, n = base, 1
+        while True:
+            folder = jobs.job_dir(self.home, name)
+            if not (folder / "job.json").is_file():
+                break
+            record = jobs.read_record(self.home, name)
+            current = self._refresh(record)
+            if current.status in ("Queued", "Running"):
+                return self._handle(current)
+            if current.status != "Completed":
+                return self._start(folder, current)  # interrupted: resume from its last checkpoint
+            n += 1
+            name = f"{base}-{n}"
+        config = attrs.evolve(probe, output_dir=str(folder / "output"))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "config.json").write_text(config.to_json(), encoding="utf-8")
+        base_ref = f"{request.model.name}:{request.model.version}" if request.model.version else request.model.name
+        tags = {
+            "ftkit.job": name,
+            "ftkit.backend": "local",
+            "ftkit.base_model": base_ref,
+            "ftkit.base_model_path": config.model_dir,
+            "ftkit.data.train": str(files["train"].absolute()),
+            "ftkit.data.train.sha256": hashes["train"],
+            "ftkit.data.test": str(files["test"].absolute()),
+            "ftkit.data.test.sha256": hashes["test"],
+            "ftkit.parameters": json.dumps(request.spec.parameters(), sort_keys=True, default=str)[:5000],
+            "ftkit.ignored_parameters": ", ".join(sorted(ignored)),
+        }
+        logger = tracking.RunLogger.start(self.store, request.experiment_name, run_name=name, tags=tags)
+        record = jobs.JobRecord(
+            name=name,
+            status="Queued",
+            display_name=request.display_name,
+            experiment_name=request.experiment_name,
+            run_id=logger.run_id,
+            tags=tags,
+        )
+        jobs.write_record(folder, record)
+        return self._start(folder, record)
+
+    def _start(self, folder: Path, record: jobs.JobRecord) -> JobHandle:
+        if not self.background:
+            from .worker import run_job
+
+            done = run_job(folder, self.store, progress=self.progress, handle_sigterm=False)
+            return self._handle(done)
+        record = attrs.evolve(record, status="Queued", error=None)
+        jobs.write_record(folder, record)
+        log = (folder / "train.log").open("ab")
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "ftkit.backends.local.worker", str(folder), self.store.tracking_uri],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C in a notebook does not kill the training
+            )
+        finally:
+            log.close()
+        self._procs[record.name] = proc
+        record = attrs.evolve(record, pid=proc.pid)
+        jobs.write_record(folder, record)
+        return self._handle(record)
+
+    def _refresh(self, record: jobs.JobRecord) -> jobs.JobRecord:
+        """Strictly private: a Queued/Running record whose process is gone is Failed."""
+        if record.status not in ("Queued", "Running") or record.pid is None:
+            return record
+        proc = self._procs.get(record.name)
+        alive = proc.poll() is None if proc is not None and proc.pid == record.pid else jobs.pid_alive(record.pid)
+        if alive:
+            return record
+        again = jobs.read_record(self.home, record.name)  # it may have just finished
+        if again.status not in ("Queued", "Running"):
+            return again
+        failed = attrs.evolve(
+            again,
+            status="Failed",
+            pid=None,
+            error="the training process exited unexpectedly; see train.log, and submit again to resume",
+        )
+        jobs.write_record(jobs.job_dir(self.home, record.name), failed)
+        return failed
+
+    def _handle(self, record: jobs.JobRecord) -> JobHandle:
+        return JobHandle(
+            name=record.name,
+            status=record.status,
+            display_name=record.display_name,
+            experiment_name=record.experiment_name,
+            studio_url=None,
+            backend="local",
+            error=record.error,
+        )
+
+    def get_job(self, name: str) -> JobHandle:
+        """Return the job's current state.
+
+        Raises:
+            NotFoundError: No such job.
+        """
+        return self._handle(self._refresh(jobs.read_record(self.home, name)))
+
+    def job_dir(self, name: str) -> Path:
+        """Return the job's folder (``config.json``, ``job.json``, ``train.log``, ``output/``)."""
+        return jobs.job_dir(self.home, name)
+
+    def cancel_job(self, name: str) -> None:
+        """Ask a running job to stop: it writes a checkpoint and ends ``Canceled`` (no error if finished)."""
+        import os
+        import signal
+
+        record = self._refresh(jobs.read_record(self.home, name))
+        if record.status in ("Queued", "Running") and record.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(record.pid, signal.SIGTERM)
+
+    def read_metrics(self, job: JobHandle) -> MetricsTable:
+        """Read the job's metrics back from its MLflow run.
+
+        Raises:
+            NotFoundError: No such job or run.
+        """
+        record = jobs.read_record(self.home, job.name)
+        if record.run_id is None:
+            raise NotFoundError(f"job {job.name} has no MLflow run", operation="read_metrics")
+        return tracking.read_metrics(self.store, record.run_id)
+
+    def run_id(self, job: str) -> str | None:
+        """Return the MLflow run id of a job."""
+        return jobs.read_record(self.home, job).run_id
+
+    def register_model(self, request: RegisterRequest) -> RegisteredModel:
+        """Log the job's model as an MLflow transformers model and register it, with lineage tags.
+
+        Raises:
+            ConflictError: The job has not completed.
+            NotFoundError: No such job.
+        """
+        record = self._refresh(jobs.read_record(self.home, request.job.name))
+        if record.status != "Completed":
+            raise ConflictError(
+                f"job {record.name} is {record.status}; only a completed job's model can be registered",
+                operation="register_model",
+            )
+        model_dir = jobs.job_dir(self.home, record.name) / "output" / "model"
+        tags = {
+            **{k: v for k, v in record.tags.items() if k != "ftkit.job"},
+            "ftkit.job": record.name,
+            "ftkit.run_id": record.run_id or "",
+            registry.REQUESTED_VERSION_TAG: request.version,
+            **request.tags,
+        }
+        return registry.register_trained_model(
+            self.store,
+            request.name,
+            run_id=record.run_id or "",
+            model_dir=model_dir,
+            tags=tags,
+            description=request.description,
+        )
+
+    # -- endpoints (delegated to the local endpoint server) ------------------------------------------------
+
+    @property
+    def endpoints(self) -> LocalEndpoints:
+        """The local endpoint manager (created, and fastapi imported, on first use)."""
+        if self._endpoints is None:
+            from .endpoints import LocalEndpoints
+
+            self._endpoints = LocalEndpoints(self.home)
+        return self._endpoints
+
+    def create_endpoint(self, spec: EndpointSpec) -> EndpointInfo:
+        """Create (or update) a local endpoint; see :class:`~ftkit.backends.local.endpoints.LocalEndpoints`."""
+        return self.endpoints.create_endpoint(spec)
+
+    def create_deployment(self, spec: DeploymentSpec) -> DeploymentInfo:
+        """Create (or update) a deployment on a local endpoint."""
+        return self.endpoints.create_deployment(spec)
+
+    def set_traffic(self, endpoint: str, traffic: Mapping[str, int]) -> EndpointInfo:
+        """Route traffic between a local endpoint's deployments."""
+        return self.endpoints.set_traffic(endpoint, traffic)
+
+    def get_endpoint(self, name: str) -> EndpointInfo:
+        """Return a local endpoint."""
+        return self.endpoints.get_endpoint(name)
+
+    def list_endpoints(self) -> list[EndpointInfo]:
+        """Return the local endpoints."""
+        return self.endpoints.list_endpoints()
+
+    def get_keys(self, endpoint: str) -> EndpointKeys:
+        """Return a local endpoint's keys."""
+        return self.endpoints.get_keys(endpoint)
+
+    def regenerate_key(self, endpoint: str, which: Literal["primary", "secondary"]) -> EndpointKeys:
+        """Replace one of a local endpoint's keys."""
+        return self.endpoints.regenerate_key(endpoint, which)
+
+    def score(
+        self,
+        endpoint: str,
+        body: Mapping[str, Any],
+        *,
+        deployment: str | None = None,
+        timeout_s: float = 90.0,
+    ) -> Any:
+        """Score a request on a local endpoint."""
+        return self.endpoints.score(endpoint, body, deployment=deployment, timeout_s=timeout_s)
+
+    def get_logs(self, endpoint: str, deployment: str, *, lines: int = 200) -> str:
+        """Return a local deployment's log lines."""
+        return self.endpoints.get_logs(endpoint, deployment, lines=lines)
+
+    def delete_deployment(self, endpoint: str, deployment: str) -> None:
+        """Delete a local deployment (no error if gone)."""
+        self.endpoints.delete_deployment(endpoint, deployment)
+
+    def delete_endpoint(self, name: str) -> None:
+        """Delete a local endpoint (no error if gone)."""
+        self.endpoints.delete_endpoint(name)

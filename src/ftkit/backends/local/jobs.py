@@ -1,0 +1,110 @@
+"""Local fine-tuning jobs on disk: one folder per job under ``{home}/jobs/{name}``.
+
+A job folder holds ``config.json`` (the :class:`~ftkit.backends.local.training.TrainConfig`), ``job.json``
+(a :class:`JobRecord`: status, MLflow run, worker pid, lineage), ``train.log`` (the worker's output) and
+``output/`` (checkpoints and the final model). ``job.json`` is replaced atomically, so a reader never sees a
+half-written record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from ...exceptions import NotFoundError, closest
+
+__all__ = ["JobRecord", "job_dir", "list_records", "pid_alive", "read_record", "write_record"]
+
+
+@attrs.frozen(kw_only=True)
+class JobRecord:
+    """The state of one local job, as ``job.json`` holds it.
+
+    Attributes:
+        name: The job's name (its folder).
+        status: ``Queued``, ``Running``, ``Completed``, ``Failed`` or ``Canceled``.
+        display_name: The display name.
+        experiment_name: The MLflow experiment.
+        run_id: The MLflow run the job logs to.
+        pid: The worker process, while one runs.
+        error: Why it failed.
+        attempts: How many times a worker started (more than one after a resume).
+        tags: Lineage: base model, data files and hashes, parameters.
+        created: When it was submitted (Unix time).
+        updated: When this record was written (Unix time).
+    """
+
+    name: str
+    status: str
+    display_name: str | None = None
+    experiment_name: str | None = None
+    run_id: str | None = None
+    pid: int | None = None
+    error: str | None = None
+    attempts: int = 0
+    tags: Mapping[str, str] = attrs.field(factory=dict)
+    created: float = attrs.field(factory=time.time)
+    updated: float = attrs.field(factory=time.time)
+
+
+def job_dir(home: Path, name: str) -> Path:
+    """Return the folder of job ``name`` under ``home``."""
+    return home / "jobs" / name
+
+
+def write_record(folder: Path, record: JobRecord) -> None:
+    """Write ``job.json`` atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    data = attrs.asdict(attrs.evolve(record, updated=time.time()))
+    tmp = folder / f".job.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+    tmp.replace(folder / "job.json")
+
+
+def read_record(home: Path, name: str) -> JobRecord:
+    """Read job ``name``'s record.
+
+    Raises:
+        NotFoundError: There is no such job (the message names close ones).
+    """
+    path = job_dir(home, name) / "job.json"
+    try:
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        names = [r.name for r in list_records(home)]
+        hint = closest(name, names)
+        more = f"; did you mean {', '.join(hint)}?" if hint else ""
+        raise NotFoundError(f"no local job {name!r} under {home / 'jobs'}{more}", operation="get_job") from None
+    return JobRecord(**data)
+
+
+def list_records(home: Path) -> list[JobRecord]:
+    """Return every job's record, oldest first."""
+    root = home / "jobs"
+    out = []
+    for p in sorted(root.glob("*/job.json")) if root.is_dir() else []:
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            out.append(JobRecord(**json.loads(p.read_text(encoding="utf-8"))))
+    return sorted(out, key=lambda r: r.created)
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        # A child that exited but was not reaped yet is still "there" to kill(0); /proc tells.
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return True

@@ -1,0 +1,112 @@
+"""Run one local fine-tuning job: ``python -m ftkit.backends.local.worker JOB_DIR TRACKING_URI``.
+
+:func:`run_job` is what :class:`~ftkit.backends.local.LocalBackend` runs, in a background process (the
+default) or in-process. It marks the job ``Running``, trains (resuming from the job's last checkpoint, if any),
+logs to the job's MLflow run, and marks it ``Completed``, ``Failed`` or ``Canceled`` (on SIGTERM, after
+writing a checkpoint to resume from).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .jobs import JobRecord, write_record
+from .tracking import MlflowStore, RunLogger
+from .training import Progress, TrainConfig, train
+
+__all__ = ["main", "run_job"]
+
+
+def _read(folder: Path) -> tuple[TrainConfig, JobRecord]:
+    config = TrainConfig.from_json((folder / "config.json").read_text(encoding="utf-8"))
+    record = JobRecord(**json.loads((folder / "job.json").read_text(encoding="utf-8")))
+    return config, record
+
+
+def run_job(
+    folder: str | Path, store: MlflowStore, *, progress: Progress = "plain", handle_sigterm: bool = True
+) -> JobRecord:
+    """Train the job in ``folder`` to its end and record the outcome.
+
+    Args:
+        folder: The job's folder (with ``config.json`` and ``job.json``).
+        store: The MLflow store of its run.
+        progress: How to show progress (see :func:`~ftkit.backends.local.training.train`).
+        handle_sigterm: Turn SIGTERM into a clean stop (checkpoint, then ``Canceled``); main thread only.
+
+    Returns:
+        The final record.
+    """
+    folder = Path(folder)
+    config, record = _read(folder)
+    record = attrs.evolve(record, status="Running", pid=os.getpid(), error=None, attempts=record.attempts + 1)
+    write_record(folder, record)
+    cancel = {"requested": False}
+    if handle_sigterm:
+
+        def on_term(_signum: int, _frame: Any) -> None:
+            cancel["requested"] = True
+
+        signal.signal(signal.SIGTERM, on_term)
+    logger = RunLogger(store, record.run_id) if record.run_id else None
+    try:
+        if logger is not None:
+            logger.reopen()
+            params = {k: v for k, v in json.loads(config.to_json()).items() if k not in ("output_dir",)}
+            logger.log_params(params)
+        result = train(config, metrics=logger, progress=progress, should_stop=lambda: cancel["requested"])
+        if result.stopped:
+            record = attrs.evolve(record, status="Canceled", pid=None, error="canceled; submit it again to resume")
+            if logger is not None:
+                logger.finish("KILLED")
+        else:
+            if logger is not None:
+                logger.set_tags(
+                    {
+                        "ftkit.global_step": str(result.global_step),
+                        "ftkit.resumed_from": str(result.resumed_from) if result.resumed_from else "",
+                    }
+                )
+                logger.log_artifact(folder / "config.json")
+                logger.log_artifact(Path(config.output_dir) / "result.json")
+                logger.finish("FINISHED")
+            record = attrs.evolve(record, status="Completed", pid=None)
+    except BaseException as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        traceback.print_exc()
+        if logger is not None:
+            try:
+                logger.finish("FAILED")
+            except Exception:  # the store itself may be what failed; the record still says why
+                traceback.print_exc()
+        record = attrs.evolve(record, status="Failed", pid=None, error=message[:2000])
+        write_record(folder, record)
+        if not isinstance(exc, Exception):
+            raise
+        return record
+    write_record(folder, record)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the background worker process."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 2:
+        print("usage: python -m ftkit.backends.local.worker JOB_DIR TRACKING_URI", file=sys.stderr)
+        return 2
+    folder, uri = Path(args[0]), args[1]
+    home = folder.parent.parent
+    record = run_job(folder, MlflowStore.at(home, uri))
+    return 0 if record.status == "Completed" else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
