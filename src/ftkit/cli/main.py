@@ -13,6 +13,7 @@ from ..exceptions import FtkitError, ValidationError
 # and heavy libraries are imported inside the command handlers, so `ftkit --help` stays fast.
 COMMAND_MODULES: tuple[str, ...] = (
     "data",
+    "endpoint",
     "jobs",
     "run",
 )

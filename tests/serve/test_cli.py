@@ -1,0 +1,72 @@
+"""``ftkit endpoint list | delete`` and ``ftkit cleanup``, run as separate processes over a live endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from ftkit.backends.base import DeploymentSpec, EndpointSpec, RegisteredModel
+from ftkit.backends.local.endpoints import LocalEndpoints
+from ftkit.backends.local.serve.process import is_server_alive, port_open
+from ftkit.backends.local.serve.state import EndpointFiles
+from ftkit.cli.main import main
+
+
+def ftkit(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "ftkit", *args], capture_output=True, text=True, timeout=120, env=dict(os.environ)
+    )
+
+
+def test_list_delete_cleanup_from_another_process(tmp_path: Path, tiny_model: RegisteredModel) -> None:
+    """Endpoints started here are listed, shown Failed once their server dies, and deleted from another process."""
+    endpoints = LocalEndpoints(tmp_path)
+    endpoints.create_endpoint(EndpointSpec(name="ep-one"))
+    endpoints.create_deployment(DeploymentSpec(name="blue", endpoint="ep-one", model=tiny_model))
+    endpoints.set_traffic("ep-one", {"blue": 100})
+    endpoints.create_endpoint(EndpointSpec(name="ep-two"))
+    one = EndpointFiles(tmp_path / "endpoints" / "ep-one").read_server()
+    two = EndpointFiles(tmp_path / "endpoints" / "ep-two").read_server()
+    try:
+        listed = ftkit("endpoint", "list", "--home", str(tmp_path), "--json")
+        assert listed.returncode == 0, listed.stderr
+        records = [json.loads(line) for line in listed.stdout.splitlines()]
+        assert [r["name"] for r in records] == ["ep-one", "ep-two"]
+        assert records[0]["traffic"] == {"blue": 100}
+        assert records[0]["provisioning_state"] == "Succeeded"
+
+        os.kill(two["pid"], signal.SIGKILL)
+        endpoints.get_endpoint("ep-two")  # reaps the killed child
+        text = ftkit("endpoint", "list", "--home", str(tmp_path))
+        assert "ep-two  Failed" in text.stdout
+        assert "is gone" in text.stdout
+
+        deleted = ftkit("endpoint", "delete", "ep-one", "--home", str(tmp_path))
+        assert deleted.returncode == 0, deleted.stderr
+        files = EndpointFiles(tmp_path / "endpoints" / "ep-one")
+        assert not is_server_alive(files, one["pid"])
+        assert not port_open(one["port"])
+
+        missing = ftkit("endpoint", "delete", "ep-one", "--home", str(tmp_path))
+        assert missing.returncode == 1
+        assert "endpoint 'ep-one' not found; endpoints: ep-two" in missing.stderr
+
+        dry = ftkit("cleanup", "--home", str(tmp_path), "--dry-run")
+        assert "would delete endpoint ep-two" in dry.stdout
+        assert endpoints.names() == ["ep-two"]
+        clean = ftkit("cleanup", "--home", str(tmp_path))
+        assert clean.returncode == 0, clean.stderr
+        assert endpoints.names() == []
+    finally:
+        for name in endpoints.names():
+            endpoints.delete_endpoint(name)
+
+
+def test_empty_home(tmp_path: Path, capsys: object) -> None:
+    """With no endpoints, list and cleanup say so and succeed."""
+    assert main(["endpoint", "list", "--home", str(tmp_path)]) == 0
+    assert main(["cleanup", "--home", str(tmp_path)]) == 0
