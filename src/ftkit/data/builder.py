@@ -253,7 +253,7 @@ class ChatDatasetBuilder:
         tokenizer: Any = None,
         max_seq_length: int | None = None,
         max_row_chars: int = 1_000_000,
-        batch_size: int = 4096,
+        batch_size: int = 2048,
         sample_size: int = 5,
     ) -> None:
         self.source = source
