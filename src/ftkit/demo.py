@@ -124,8 +124,9 @@ def prepare_demo(directory: Path, *, seed: int = 0, steps: int | None = None) ->
     job = {
         "name": "demo-tiny-phi3",
         "backend": "local",
-        "model": {"name": "tiny-phi3", "path": str(model_dir)},
-        "data": {"source": str(raw), "percent": 100, "out_dir": "data", "seed": seed},
+        # Paths relative to the job file, so the demo directory can be moved or shared.
+        "model": {"name": "tiny-phi3", "path": str(model_dir.relative_to(directory))},
+        "data": {"source": str(raw.relative_to(directory)), "percent": 100, "out_dir": "data", "seed": seed},
         "finetune": finetune,
         "register": {"name": "tiny-phi3-demo-chat"},
         "deploy": {"deployment_name": "demo", "request_timeout_ms": 30000},

@@ -183,7 +183,12 @@ class JobRunner:
     def _run(self) -> RunResult:
         job, backend = self.job, self.backend
         self._emit("model", f"resolving {job.model.ref().asset_id if not job.model.path else job.model.path}")
-        model = backend.resolve_model(job.model.ref())
+        if job.model.path:
+            # A local model directory needs no registry lookup: the backend reads it from the job file.
+            path = job.resolve_path(job.model.path)
+            model = job.model.ref().resolved("local", {"ftkit.path": str(path)})
+        else:
+            model = backend.resolve_model(job.model.ref())
         self._record["model"] = {"name": model.name, "version": model.version, "id": model.asset_id}
         self._emit("model", f"{model.name} version {model.version}", done=True)
 
