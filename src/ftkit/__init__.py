@@ -37,6 +37,7 @@ if _typing.TYPE_CHECKING:
     from .data import ChatDatasetBuilder, DatasetBuild, DatasetReport, SplitSelection
     from .finetune import FinetunePipelineSpec
     from .jobfile import JobFile
+    from .metrics import LossCurves, MetricsSummary, plot_loss_curves, summarize
     from .model import FoundationModelRef
 
 # Public name -> module that defines it (imported on first attribute access).
@@ -50,8 +51,12 @@ _LAZY: dict[str, str] = {
     "FinetunePipelineSpec": "finetune",
     "FoundationModelRef": "model",
     "JobFile": "jobfile",
+    "LossCurves": "metrics",
+    "MetricsSummary": "metrics",
     "SplitSelection": "data",
     "VmSize": "compute",
+    "plot_loss_curves": "metrics",
+    "summarize": "metrics",
 }
 
 __all__ = [
@@ -74,6 +79,8 @@ __all__ = [
     "JobFile",
     "JobFileError",
     "JobTimeoutError",
+    "LossCurves",
+    "MetricsSummary",
     "MissingDependencyError",
     "NotFoundError",
     "ParameterError",
@@ -87,7 +94,9 @@ __all__ = [
     "ValidationError",
     "VmSize",
     "is_testing",
+    "plot_loss_curves",
     "set_testing",
+    "summarize",
 ]
 
 

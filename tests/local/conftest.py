@@ -1,9 +1,11 @@
-"""Shared fixtures of the local backend's tests: one tiny model per session (it takes seconds to build)."""
+"""Shared fixtures of the local backend's tests: one tiny model and one chat set per session."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import attrs
 import pytest
 
 pytest.importorskip("torch")
@@ -11,11 +13,31 @@ pytest.importorskip("transformers")
 pytest.importorskip("mlflow")
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny Phi-3 model whose tokenizer was trained on the synthetic conversations."""
-    from ftkit.backends.local.tiny import chat_texts, make_tiny_model, synthetic_conversations
+@attrs.frozen
+class ChatFiles:
+    """Generated train/test JSONL files in the component's format."""
 
-    return make_tiny_model(
-        tmp_path_factory.mktemp("tiny") / "tiny-phi3", texts=chat_texts(synthetic_conversations(300, seed=7))
-    )
+    train: Path
+    test: Path
+
+
+@pytest.fixture(scope="session")
+def chat_files(tmp_path_factory: pytest.TempPathFactory) -> ChatFiles:
+    """300 training and 60 test conversations (synthetic, learnable)."""
+    from ftkit.backends.local.tiny import synthetic_conversations
+
+    rows = synthetic_conversations(360, seed=5)
+    root = tmp_path_factory.mktemp("data")
+    train, test = root / "train_sft.jsonl", root / "test_sft.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows[:300]), encoding="utf-8")
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows[300:]), encoding="utf-8")
+    return ChatFiles(train, test)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, chat_files: ChatFiles) -> Path:
+    """A tiny Phi-3 model whose tokenizer was trained on the chat set's texts."""
+    from ftkit.backends.local.tiny import make_tiny_model, read_jsonl_texts
+
+    texts = read_jsonl_texts([chat_files.train, chat_files.test])
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "tiny-phi3", texts=texts)

@@ -1,0 +1,201 @@
+"""LocalBackend end to end: submit in a worker process, track in MLflow, register, load back, resume after kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ftkit.backends.base import Backend, FinetuneRequest, JobHandle, RegisterRequest
+from ftkit.backends.local import LocalBackend
+from ftkit.exceptions import ConflictError, NotFoundError, ValidationError
+from ftkit.finetune import FinetunePipelineSpec
+from ftkit.jobfile import JobFile
+from ftkit.metrics import plot_loss_curves, summarize
+
+from .conftest import ChatFiles
+
+FINETUNE = {
+    "num_train_epochs": 2,
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 32,
+    "learning_rate": 3e-3,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 3,
+    "lora_r": 16,
+    "lora_alpha": 32,
+    "max_seq_length": 256,
+    "logging_steps": 5,
+    "evaluation_strategy": "steps",
+    "eval_steps": 19,
+}
+
+
+def _request(backend: LocalBackend, chat_files: ChatFiles, **finetune: Any) -> FinetuneRequest:
+    job = JobFile.from_mapping(
+        {
+            "name": "tiny-test",
+            "backend": "local",
+            "model": {"name": "tiny-phi3", "registry": "local"},
+            "data": {"train_file": str(chat_files.train), "test_file": str(chat_files.test)},
+        }
+    )
+    model = backend.resolve_model(job.model.ref())
+    spec = FinetunePipelineSpec.from_mapping({**FINETUNE, **finetune})
+    files = backend.upload_data({"train": chat_files.train, "test": chat_files.test}, name_prefix="tiny")
+    return FinetuneRequest(
+        job=job,
+        model=model,
+        spec=spec,
+        parameters=spec.parameters(),
+        display_name="tiny-test",
+        experiment_name="ftkit-tests",
+        compute=None,
+        train_data=files["train"],
+        test_data=files["test"],
+    )
+
+
+def _wait(backend: LocalBackend, handle: JobHandle, timeout: float = 120) -> JobHandle:
+    deadline = time.monotonic() + timeout
+    while not handle.is_terminal:
+        assert time.monotonic() < deadline, (backend.job_dir(handle.name) / "train.log").read_text()
+        time.sleep(0.2)
+        handle = backend.get_job(handle.name)
+    return handle
+
+
+@pytest.fixture(scope="module")
+def backend(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> LocalBackend:
+    """A backend on a fresh home, with the tiny model registered as `tiny-phi3`."""
+    b = LocalBackend(tmp_path_factory.mktemp("home"), device="cpu")
+    b.register_model_dir("tiny-phi3", tiny_model_dir, {"origin": "tiny"})
+    return b
+
+
+@pytest.fixture(scope="module")
+def finished(backend: LocalBackend, chat_files: ChatFiles) -> JobHandle:
+    """One completed background job."""
+    handle = backend.submit_finetune(_request(backend, chat_files))
+    assert handle.status == "Queued"
+    done = _wait(backend, handle)
+    assert done.status == "Completed", (backend.job_dir(done.name) / "train.log").read_text()
+    return done
+
+
+class TestProtocol:
+    def test_is_a_backend_and_light(self, tmp_path: Path) -> None:
+        """LocalBackend satisfies the protocol; constructing it imports neither fastapi nor starts anything."""
+        b = LocalBackend(tmp_path)
+        assert isinstance(b, Backend)
+        assert b.name == "local"
+        assert b._endpoints is None
+
+    def test_resolve_model(self, backend: LocalBackend) -> None:
+        """A registered name resolves to its version with the directory as a tag; unknown names are NotFound."""
+        from ftkit.model import FoundationModelRef
+
+        ref = backend.resolve_model(FoundationModelRef(name="tiny-phi3"))
+        assert ref.version == "1"
+        assert Path(ref.tags["ftkit.path"]).is_dir()
+        with pytest.raises(NotFoundError, match="did you mean tiny-phi3"):
+            backend.resolve_model(FoundationModelRef(name="tiny-phi"))
+
+    def test_upload_data_checks_files(self, backend: LocalBackend, tmp_path: Path) -> None:
+        """Missing files and remote URIs are reported together."""
+        with pytest.raises(ValidationError) as info:
+            backend.upload_data({"train": tmp_path / "nope.jsonl", "test": "azureml://x"}, name_prefix="p")
+        assert [p.where for p in info.value.problems] == ["train", "test"]
+
+    def test_unknown_job(self, backend: LocalBackend) -> None:
+        """get_job on an unknown name is NotFoundError."""
+        with pytest.raises(NotFoundError):
+            backend.get_job("no-such-job")
+
+
+class TestFlow:
+    def test_metrics_come_back_from_mlflow(self, backend: LocalBackend, finished: JobHandle, tmp_path: Path) -> None:
+        """Loss, eval loss, lr, grad norm and tokens/s are read back; eval loss fell; the PNG is written."""
+        table = backend.read_metrics(finished)
+        assert {"loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second"} <= set(table.keys)
+        summary = summarize(table)
+        assert summary.steps == 76
+        assert summary.eval_improved
+        assert summary.perplexity is not None
+        curves = plot_loss_curves(table, tmp_path / "loss.png")
+        assert curves.path is not None
+        assert curves.path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    def test_registered_model_loads_through_mlflow_and_generates(
+        self, backend: LocalBackend, finished: JobHandle
+    ) -> None:
+        """The registered version carries lineage tags, is a loadable HF dir, and MLflow loads it and chats."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from ftkit.backends.local.tracking import using_store
+
+        model = backend.register_model(
+            RegisterRequest(job=finished, name="tiny-ft", version="20240601", tags={"k": "v"})
+        )
+        assert model.id == "models:/tiny-ft/1"
+        for tag in ("ftkit.base_model", "ftkit.data.train.sha256", "ftkit.data.test.sha256", "ftkit.run_id"):
+            assert model.tags[tag]
+        assert model.tags["ftkit.base_model"] == "tiny-phi3:1"
+        assert backend.get_model("tiny-ft:20240601").version == "1"
+        assert model.path is not None
+        AutoModelForCausalLM.from_pretrained(model.path)
+        assert "generation" in AutoTokenizer.from_pretrained(model.path).chat_template
+
+        with using_store(backend.store) as mlflow:
+            import mlflow.transformers
+
+            pipe = mlflow.transformers.load_model(model.id)
+        out = pipe([{"role": "user", "content": "What is the capital of France?"}], max_new_tokens=12, do_sample=False)
+        answer = out[0]["generated_text"][-1]
+        assert answer["role"] == "assistant"
+        assert answer["content"].strip()
+
+    def test_unfinished_job_cannot_be_registered(self, backend: LocalBackend) -> None:
+        """Registering a job that has not completed is a ConflictError naming its status."""
+        from ftkit.backends.local import jobs
+
+        jobs.write_record(backend.job_dir("queued-job"), jobs.JobRecord(name="queued-job", status="Queued"))
+        with pytest.raises(ConflictError, match="is Queued"):
+            backend.register_model(
+                RegisterRequest(job=JobHandle(name="queued-job", status="Queued"), name="x", version="1")
+            )
+
+
+@pytest.mark.slow
+class TestResume:
+    def test_killed_job_resumes_from_its_checkpoint(self, backend: LocalBackend, chat_files: ChatFiles) -> None:
+        """SIGKILL mid-run makes the job Failed; submitting it again resumes from the checkpoint to the end."""
+        request = _request(backend, chat_files, num_train_epochs=4, per_device_train_batch_size=2, save_steps=5)
+        handle = backend.submit_finetune(request)
+        ckpts = backend.job_dir(handle.name) / "output" / "checkpoints"
+        deadline = time.monotonic() + 90
+        while not any(p.name.startswith("checkpoint-") for p in ckpts.glob("checkpoint-*")):
+            assert time.monotonic() < deadline
+            assert not backend.get_job(handle.name).is_terminal, "finished before it could be killed"
+            time.sleep(0.05)
+        pid = int(json.loads((backend.job_dir(handle.name) / "job.json").read_text())["pid"])
+        os.kill(pid, signal.SIGKILL)
+        killed = _wait(backend, backend.get_job(handle.name))
+        assert killed.status == "Failed"
+        assert "submit again to resume" in (killed.error or "")
+
+        again = backend.submit_finetune(request)
+        assert again.name == handle.name
+        done = _wait(backend, again)
+        assert done.status == "Completed"
+        log = (backend.job_dir(done.name) / "train.log").read_text()
+        result = json.loads((backend.job_dir(done.name) / "output" / "result.json").read_text())
+        assert result["global_step"] == result["total_steps"] == 600  # 150 steps/epoch x 4
+        table = backend.read_metrics(done)
+        assert table.series("loss")[-1][0] == 600
+        assert "step 600/600" in log
