@@ -70,6 +70,7 @@ class LocalEndpoints:
         batch_window_ms: How long a deployment waits for more requests once one arrives.
         max_new_tokens_cap: The largest ``max_new_tokens``/``max_tokens`` a request may ask for.
         max_body_bytes: The largest request body accepted.
+        torch_threads: torch's intra-op threads in the server (0: one fewer than the cores, at least one).
         start_timeout_s: How long to wait for a server to start listening.
         load_timeout_s: How long to wait for a deployment's model to load.
 
@@ -84,6 +85,7 @@ class LocalEndpoints:
         batch_window_ms: int = DEFAULT_SETTINGS["batch_window_ms"],
         max_new_tokens_cap: int = DEFAULT_SETTINGS["max_new_tokens_cap"],
         max_body_bytes: int = DEFAULT_SETTINGS["max_body_bytes"],
+        torch_threads: int = DEFAULT_SETTINGS["torch_threads"],
         start_timeout_s: float = 120.0,
         load_timeout_s: float = 600.0,
     ) -> None:
@@ -94,6 +96,7 @@ class LocalEndpoints:
             "batch_window_ms": batch_window_ms,
             "max_new_tokens_cap": max_new_tokens_cap,
             "max_body_bytes": max_body_bytes,
+            "torch_threads": torch_threads,
         }
         self.start_timeout_s = start_timeout_s
         self.load_timeout_s = load_timeout_s

@@ -42,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from .app import ServerState, create_app
 
-    # Two cores: one intra-op thread pool sized to them, none for inter-op, so the event loop keeps a core.
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    threads = int(files.read_config().get("settings", {}).get("torch_threads") or 0)
+    # Leave a core to the event loop: with every core in torch's spinning thread pool, small models on a busy
+    # two-core machine ran 15x slower than on one thread (measured; see docs/benchmarks.md).
+    torch.set_num_threads(threads if threads > 0 else max(1, (os.cpu_count() or 1) - 1))
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -34,8 +34,13 @@ DEFAULT_SETTINGS: dict[str, int] = {
     "batch_window_ms": 5,
     "max_body_bytes": 1_048_576,
     "max_new_tokens_cap": 1024,
+    "torch_threads": 0,
 }
-"""Server-wide limits, stored in ``endpoint.json`` (``settings``) and overridable per endpoint."""
+"""Server-wide limits, stored in ``endpoint.json`` (``settings``) and overridable per endpoint.
+
+``torch_threads`` 0 means one fewer than the machine's cores (at least one): the event loop and HTTP parsing
+keep a core, and on a loaded two-core machine torch's spinning intra-op threads would otherwise fight them.
+"""
 
 
 def new_key() -> str:
