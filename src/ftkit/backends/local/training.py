@@ -21,6 +21,7 @@ import random
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -380,7 +381,10 @@ def _build_model(config: TrainConfig, device: str, dtype: Any) -> Any:
         task_type="CAUSAL_LM",
     )
     try:
-        return peft.get_peft_model(model, lora)
+        with warnings.catch_warnings():
+            # peft 0.21 calls a transformers 5 method deprecated in favour of another name; not ours to fix.
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            return peft.get_peft_model(model, lora)
     except ValueError as exc:  # e.g. target modules that the model does not have
         names = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n})
         raise ValidationError(
