@@ -9,6 +9,7 @@ from typing import Any
 import attrs
 import pytest
 
+from ftkit.backends.local import registry, tracking
 from ftkit.backends.local.data import IGNORE_INDEX, encode_conversation, encode_file, pack
 from ftkit.backends.local.tiny import synthetic_conversations
 from ftkit.backends.local.training import TrainConfig, latest_checkpoint, train
@@ -195,7 +196,7 @@ class TestTrain:
     def test_adapter_output_loads_with_transformers(
         self, tiny_model_dir: Path, chat_files: ChatFiles, tmp_path: Path
     ) -> None:
-        """merge_lora_weights=false saves an adapter directory that AutoModelForCausalLM loads on its base."""
+        """merge_lora_weights=false saves an adapter that loads on its base, before and after registration."""
         from transformers import AutoModelForCausalLM
 
         cfg = _config(
@@ -211,6 +212,16 @@ class TestTrain:
         assert result.model_dir is not None
         assert (result.model_dir / "adapter_config.json").is_file()
         assert AutoModelForCausalLM.from_pretrained(result.model_dir).config.model_type == "phi3"
+
+        store = tracking.MlflowStore.at(tmp_path / "home")
+        run = tracking.RunLogger.start(store, "adapters", run_name="r")
+        run.finish()
+        registered = registry.register_trained_model(
+            store, "tiny-adapter", run_id=run.run_id, model_dir=result.model_dir
+        )
+        assert registered.tags["ftkit.kind"] == "peft-adapter"
+        assert registered.path is not None
+        assert AutoModelForCausalLM.from_pretrained(registered.path).config.model_type == "phi3"
 
     def test_bad_settings_are_named(self, tiny_model_dir: Path, chat_files: ChatFiles, tmp_path: Path) -> None:
         """Unknown schedulers and target modules are ValidationErrors listing valid choices."""

@@ -69,7 +69,7 @@ def check_hf_dir(path: str | Path) -> Path:
     if not p.is_dir():
         problems.append(Problem("model.path", f"{p} is not a directory", "give a Hugging Face model directory"))
     else:
-        if not (p / "config.json").is_file():
+        if not (p / "config.json").is_file() and not (p / "adapter_config.json").is_file():
             problems.append(Problem("model.path", f"{p} has no config.json", "give a Hugging Face model directory"))
         if not any((p / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
             problems.append(
@@ -178,7 +178,9 @@ def register_trained_model(
     """Log a trained Hugging Face model into its run as an MLflow transformers model, and register it.
 
     The MLflow model's ``model`` folder gets the tokenizer files too, so it is itself a loadable Hugging Face
-    directory: that folder is the version's ``path``.
+    directory: that folder is the version's ``path``. A LoRA adapter directory (``merge_lora_weights: false``)
+    is logged as plain files instead (``ftkit.kind`` ``peft-adapter``): it loads with transformers + peft but
+    not with ``mlflow.transformers.load_model``.
 
     Args:
         home: The ftkit home (or an explicit store).
@@ -207,6 +209,8 @@ def register_trained_model(
         raise MissingDependencyError(exc.name or "mlflow", "local") from None
     c = client(store)
     run = c.get_run(run_id)
+    if (src / "adapter_config.json").is_file():
+        return _register_adapter(c, name, run, src, tags or {}, description, artifact_path)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # MLflow looks for a model card on the Hub; never go online
     # ...and warns that it found none (nor a licence) for a local directory: expected here, so not shown.
     logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
@@ -246,6 +250,33 @@ def register_trained_model(
         raise BackendError(
             f"cannot register run {run_id} as {name!r}: {exc.message}", operation="register_model"
         ) from exc
+    return _to_registered(mv)
+
+
+def _register_adapter(
+    c: Any, name: str, run: Any, src: Path, tags: Mapping[str, str], description: str, artifact_path: str
+) -> RegisteredModel:
+    """Strictly private: register a LoRA adapter directory as plain run artifacts.
+
+    MLflow's transformers flavour cannot save an adapter-only model with these library versions (transformers
+    asks for a newer peft), so the adapter's files are logged as they are: the folder still loads with
+    ``AutoModelForCausalLM.from_pretrained`` (transformers + peft, from the base recorded in the adapter).
+    """
+    from mlflow.exceptions import MlflowException
+
+    c.log_artifacts(run.info.run_id, str(src), artifact_path)
+    uri = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+    try:
+        _ensure_registered_model(c, name, description)
+        mv = c.create_model_version(
+            name,
+            source=uri,
+            run_id=run.info.run_id,
+            tags={**tags, PATH_TAG: str(_local_path(uri)), KIND_TAG: "peft-adapter"},
+            description=description,
+        )
+    except MlflowException as exc:
+        raise BackendError(f"cannot register the adapter of run {run.info.run_id}: {exc.message}") from exc
     return _to_registered(mv)
 
 
