@@ -72,7 +72,6 @@ class TestParseScore:
                 {"input_data": {"input_string": [[{"role": "user", "content": 5}]]}},
                 "input_data.input_string[0][0].content",
             ),
-            ({"input_data": {"input_string": [[{"role": "system", "content": "s"}]]}}, "input_data.input_string[0]"),
             ({"input_data": {"input_string": [[MSG]], "parameters": []}}, "input_data.parameters"),
             (
                 {"input_data": {"input_string": [[MSG]], "parameters": {"temperature": "hot"}}},
@@ -176,3 +175,23 @@ class TestParseChat:
         with pytest.raises(BadRequest) as info:
             parse_chat(body, max_new_tokens_cap=100)
         assert info.value.field == field
+
+
+class TestSampling:
+    def test_extreme_sampling_parameters_never_fail(self) -> None:
+        """Temperatures and top_p below float32's range (found by fuzzing) still pick a valid token."""
+        import torch
+
+        from ftkit.backends.local.serve.generation import _choose
+
+        logits = torch.randn(3, 50)
+        logits[2] = float("nan")
+        picked = _choose(
+            logits,
+            torch.tensor([True, True, True]),
+            torch.tensor([1e-300, 1.0, 1.0], dtype=torch.float32),
+            torch.tensor([1.0, 5e-324, 0.5], dtype=torch.float32),
+        )
+        assert picked.shape == (3,)
+        assert bool(((picked >= 0) & (picked < 50)).all())
+        assert int(picked[1]) == int(logits[1].argmax())  # top_p ~0 keeps only the most likely token

@@ -336,7 +336,7 @@ async def _wait_all(deployment: Deployment, jobs: Sequence[Job]) -> list[str]:
             job.cancelled = True
 
 
-def _openapi_schemas() -> dict[str, Any]:
+def _openapi_schemas(cap: int) -> dict[str, Any]:
     message = {
         "type": "object",
         "required": ["role", "content"],
@@ -374,7 +374,7 @@ def _openapi_schemas() -> dict[str, Any]:
                                 "temperature": {"type": "number", "minimum": 0, "maximum": 100},
                                 "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
                                 "do_sample": {"type": "boolean"},
-                                "max_new_tokens": {"type": "integer", "minimum": 1},
+                                "max_new_tokens": {"type": "integer", "minimum": 1, "maximum": cap},
                             },
                         },
                     },
@@ -390,15 +390,20 @@ def _openapi_schemas() -> dict[str, Any]:
         "ChatCompletionRequest": {
             "type": "object",
             "required": ["messages"],
+            # OpenAI clients send null for options they leave unset; null means "the default".
             "properties": {
-                "model": {"type": "string"},
+                "model": {"type": ["string", "null"]},
                 "messages": {"$ref": "#/components/schemas/Conversation"},
-                "temperature": {"type": "number", "minimum": 0, "maximum": 2},
-                "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-                "max_tokens": {"type": "integer", "minimum": 1},
-                "n": {"type": "integer", "enum": [1]},
-                "stream": {"type": "boolean"},
-                "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}}},
+                "temperature": {"type": ["number", "null"], "minimum": 0, "maximum": 2},
+                "top_p": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 1},
+                "max_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": cap},
+                "max_completion_tokens": {"type": ["integer", "null"], "minimum": 1, "maximum": cap},
+                "n": {"type": ["integer", "null"], "enum": [1, None]},
+                "stream": {"type": ["boolean", "null"]},
+                "stream_options": {
+                    "type": ["object", "null"],
+                    "properties": {"include_usage": {"type": "boolean"}},
+                },
             },
         },
         "ChatCompletion": {
@@ -435,7 +440,8 @@ def _route_doc(request_schema: str, response_schema: str, *, streams: bool = Fal
     error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     ok: dict[str, Any] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{response_schema}"}}}
     if streams:
-        ok["text/event-stream"] = {"schema": {"type": "string"}}
+        # Server-sent events: chat.completion.chunk objects, then the literal [DONE] (no one schema fits both).
+        ok["text/event-stream"] = {}
     return {
         "security": [{"bearerAuth": []}],
         "parameters": [{"name": DEPLOYMENT_HEADER, "in": "header", "required": False, "schema": {"type": "string"}}],
@@ -576,7 +582,12 @@ def create_app(state: ServerState, *, on_ready: Any = None) -> FastAPI:
             headers=headers,
         )
 
-    @app.get("/v1/models", tags=["openai"], openapi_extra={"security": [{"bearerAuth": []}]})
+    @app.get(
+        "/v1/models",
+        tags=["openai"],
+        openapi_extra={"security": [{"bearerAuth": []}]},
+        responses={401: {"description": "No or wrong key."}},
+    )
     async def models(request: Request) -> dict[str, Any]:
         """The deployments, as OpenAI models."""
         state.check_key(request.headers.get("authorization"))
@@ -596,7 +607,7 @@ def create_app(state: ServerState, *, on_ready: Any = None) -> FastAPI:
 
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             components = schema.setdefault("components", {})
-            components.setdefault("schemas", {}).update(_openapi_schemas())
+            components.setdefault("schemas", {}).update(_openapi_schemas(state.max_new_tokens_cap))
             components["securitySchemes"] = {"bearerAuth": {"type": "http", "scheme": "bearer"}}
             app.openapi_schema = schema
         return app.openapi_schema

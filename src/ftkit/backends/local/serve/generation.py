@@ -143,10 +143,13 @@ def _choose(logits: torch.Tensor, sample: torch.Tensor, temps: torch.Tensor, top
     greedy = logits.argmax(dim=-1)
     if not bool(sample.any()):
         return greedy
-    probs = torch.softmax(logits / temps[:, None], dim=-1)
+    # Temperatures and top_p too small for float32 (1e-300 reads as 0) must not divide by zero or empty the pool.
+    probs = torch.softmax(logits / temps.clamp_min(1e-4)[:, None], dim=-1).nan_to_num(0.0)
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     # Drop tokens once the mass before them reaches top_p; the most likely token always stays.
     drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_ps[:, None]
+    drop[:, 0] = False
     sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+    sorted_probs[:, 0] = sorted_probs[:, 0].clamp_min(1e-12)  # a row of zeros (all NaN) falls back to greedy
     picked = order.gather(-1, torch.multinomial(sorted_probs, 1)).squeeze(-1)
     return torch.where(sample, picked, greedy)

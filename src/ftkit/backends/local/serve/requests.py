@@ -176,10 +176,7 @@ def _conversation(value: object, field: str) -> Conversation:
         raise BadRequest(field, f"expected a list of messages, got {_type_name(value)}")
     if not value:
         raise BadRequest(field, "the conversation is empty; send at least one message")
-    messages = tuple(_message(m, f"{field}[{i}]") for i, m in enumerate(value))
-    if all(m["role"] == "system" for m in messages):
-        raise BadRequest(field, "the conversation has only system messages; add a user message")
-    return messages
+    return tuple(_message(m, f"{field}[{i}]") for i, m in enumerate(value))
 
 
 def _max_tokens(value: object, field: str, cap: int) -> int:
