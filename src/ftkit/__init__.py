@@ -35,6 +35,7 @@ if _typing.TYPE_CHECKING:
     from .component import ComponentSchema
     from .compute import ClusterInfo, ComputeValidator, VmSize
     from .data import ChatDatasetBuilder, DatasetBuild, DatasetReport, SplitSelection
+    from .deploy import EndpointDeployer
     from .finetune import FinetunePipelineSpec
     from .jobfile import JobFile
     from .metrics import LossCurves, MetricsSummary, plot_loss_curves, summarize
@@ -48,6 +49,7 @@ _LAZY: dict[str, str] = {
     "ComputeValidator": "compute",
     "DatasetBuild": "data",
     "DatasetReport": "data",
+    "EndpointDeployer": "deploy",
     "FinetunePipelineSpec": "finetune",
     "FoundationModelRef": "model",
     "JobFile": "jobfile",
@@ -72,6 +74,7 @@ __all__ = [
     "DatasetReport",
     "DatasetValidationError",
     "DeploymentError",
+    "EndpointDeployer",
     "FinetunePipelineSpec",
     "FoundationModelRef",
     "FtkitError",

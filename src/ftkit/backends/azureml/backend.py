@@ -1,0 +1,531 @@
+"""`AzureMLBackend`: the :class:`~ftkit.backends.base.Backend` protocol on an Azure ML workspace.
+
+Every method takes and returns ftkit values, raises only ftkit errors (through
+:func:`~ftkit.backends.azureml.errors.map_azure_errors`), and wraps each service call in
+:func:`ftkit.retry.call` (the MLClients do not retry themselves).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Literal, Protocol, TypeVar
+
+import attrs
+
+from ... import retry
+from ...component import ComponentSchema
+from ...compute import ClusterInfo, ComputeCheck, ComputeValidator, VmSize
+from ...exceptions import (
+    BackendError,
+    NotFoundError,
+    Problem,
+    QuotaError,
+    ValidationError,
+)
+from ...jobfile import ComputeSection
+from ...model import FoundationModelRef
+from ...plan import plan_run
+from ..base import (
+    DeploymentInfo,
+    DeploymentSpec,
+    EndpointInfo,
+    EndpointKeys,
+    EndpointSpec,
+    FinetuneRequest,
+    JobHandle,
+    MetricsTable,
+    RegisteredModel,
+    RegisterRequest,
+    StatusCallback,
+)
+from . import jobs as _jobs
+from . import metrics as _metrics
+from .connection import AzureMLConnection, WorkspaceRef
+from .endpoints import CREATED_BY_TAG, EndpointOperations
+from .errors import map_azure_errors
+from .pipeline import build_pipeline_job
+
+__all__ = ["AzureMLBackend", "DatastoreUploader", "Uploader"]
+
+T = TypeVar("T")
+
+
+class Uploader(Protocol):
+    """Uploads one local file to the workspace's default datastore and returns its ``azureml://`` URI."""
+
+    def __call__(self, path: Path, destination: str) -> str:
+        """Upload ``path`` to ``destination`` (a path inside the datastore); return the datastore URI."""
+        ...
+
+
+class DatastoreUploader:
+    """The real uploader: azure-ai-ml's own datastore upload (the one ``jobs.create_or_update`` uses).
+
+    It writes to the workspace's default blob datastore through ``azure-storage-blob``, with the datastore's
+    credentials or your identity; this traffic does not go through the MLClient's transport, which is why the
+    backend takes an injectable uploader (``FakeAzureML.upload`` in tests).
+
+    Args:
+        connection: The workspace connection.
+    """
+
+    def __init__(self, connection: AzureMLConnection) -> None:
+        self._connection = connection
+
+    def __call__(self, path: Path, destination: str) -> str:
+        """Upload ``path``; azure-ai-ml picks the blob path (``LocalUpload/<hash>/...``), ``destination`` is a hint."""
+        from azure.ai.ml._artifacts._artifact_utilities import _upload_and_generate_remote_uri
+
+        del destination
+        ml = self._connection.ml_client
+        with map_azure_errors("upload_data", resource=f"file {path}"):
+            return str(
+                _upload_and_generate_remote_uri(
+                    ml._operation_scope, ml.datastores, path, datastore_name="workspaceblobstore", show_progress=False
+                )
+            )
+
+
+class AzureMLBackend:
+    """Azure ML through azure-ai-ml: registry models and components, compute, data, jobs, endpoints.
+
+    The workspace comes from the explicit ids, else environment variables, else ``config.json`` (see
+    :class:`~ftkit.backends.azureml.connection.WorkspaceRef`). Nothing is contacted until the first call.
+
+    Args:
+        subscription_id: The workspace's subscription.
+        resource_group: Its resource group.
+        workspace_name: Its name.
+        config_path: A ``config.json`` (or the directory holding one).
+        credential: A token credential (default: ``DefaultAzureCredential``; see ``interactive``).
+        transport: An azure-core transport for every request (``FakeAzureML().transport`` in tests).
+        interactive: Allow the interactive browser login (only in a terminal, never in CI).
+        uploader: How local data files reach the datastore (default: :class:`DatastoreUploader`).
+        connection: A ready connection, instead of the settings above.
+        lro_timeout_s: Deadline for one long-running operation (endpoint/deployment create, delete).
+        job_timeout_s: Deadline of :meth:`wait_for_job`.
+        job_poll_interval_s: Seconds between job status reads.
+        clock: Monotonic clock for :meth:`wait_for_job` (tests).
+        sleep: Sleep for :meth:`wait_for_job` (tests).
+    """
+
+    name = "azureml"
+
+    def __init__(
+        self,
+        *,
+        subscription_id: str | None = None,
+        resource_group: str | None = None,
+        workspace_name: str | None = None,
+        config_path: str | Path | None = None,
+        credential: Any = None,
+        transport: Any = None,
+        interactive: bool = False,
+        uploader: Uploader | None = None,
+        connection: AzureMLConnection | None = None,
+        lro_timeout_s: float = 3600.0,
+        job_timeout_s: float = 48 * 3600.0,
+        job_poll_interval_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if connection is None:
+            workspace = WorkspaceRef.resolve(
+                subscription_id=subscription_id,
+                resource_group=resource_group,
+                workspace_name=workspace_name,
+                config_path=config_path,
+            )
+            connection = AzureMLConnection(
+                workspace, credential=credential, transport=transport, interactive=interactive
+            )
+        self.connection = connection
+        self.uploader: Uploader = uploader if uploader is not None else DatastoreUploader(connection)
+        self.endpoints = EndpointOperations(connection, lro_timeout_s=lro_timeout_s)
+        self.lro_timeout_s = lro_timeout_s
+        self.job_timeout_s = job_timeout_s
+        self.job_poll_interval_s = job_poll_interval_s
+        self._clock = clock
+        self._sleep = sleep
+
+    @property
+    def ml_client(self) -> Any:
+        """The workspace ``MLClient`` (for what ftkit does not wrap)."""
+        return self.connection.ml_client
+
+    def _call(self, operation: str, fn: Callable[[], T], *, resource: str | None = None) -> T:
+        def attempt() -> T:
+            with map_azure_errors(operation, resource=resource):
+                return fn()
+
+        return retry.call(attempt)
+
+    # ------------------------------------------------------------------ model
+
+    def resolve_model(self, ref: FoundationModelRef) -> FoundationModelRef:
+        """Pin ``ref`` to a version in its registry and read its tags.
+
+        Raises:
+            NotFoundError: The registry has no such model (or version/label).
+        """
+        registry = self.connection.registry(ref.registry)
+        where = f"model {ref.name} in registry {ref.registry}"
+        if ref.version is not None:
+            model = self._call(
+                "resolve_model", lambda: registry.models.get(ref.name, version=ref.version), resource=where
+            )
+        else:
+            model = self._call("resolve_model", lambda: registry.models.get(ref.name, label=ref.label), resource=where)
+        return ref.resolved(str(model.version), {str(k): str(v) for k, v in (model.tags or {}).items()})
+
+    # ------------------------------------------------------------------ compute
+
+    def list_sizes(self) -> list[VmSize]:
+        """Return the VM sizes the workspace's region offers."""
+        ml = self.ml_client
+        sizes = self._call("list_sizes", lambda: list(ml.compute.list_sizes()))
+        return [
+            VmSize(
+                name=str(s.name),
+                gpus=int(s.gpus or 0),
+                vcpus=int(s.vcpus) if getattr(s, "vcpus", None) is not None else None,
+                memory_gb=float(s.memory_gb) if getattr(s, "memory_gb", None) is not None else None,
+            )
+            for s in sizes
+        ]
+
+    def describe_compute(self, name: str) -> ClusterInfo:
+        """Return the cluster called ``name`` (:class:`~ftkit.exceptions.NotFoundError` if absent)."""
+        ml = self.ml_client
+        compute = self._call("get_compute", lambda: ml.compute.get(name), resource=f"compute {name}")
+        return _cluster_info(compute)
+
+    def _create_compute(self, section: ComputeSection, size: str, tier: str) -> ClusterInfo:
+        from azure.ai.ml.entities import AmlCompute
+
+        cluster = AmlCompute(
+            name=section.cluster,
+            size=size,
+            tier=tier,
+            min_instances=section.min_instances,
+            max_instances=section.max_instances,
+            tags={CREATED_BY_TAG: "ftkit"},
+        )
+        ml = self.ml_client
+        where = f"compute {section.cluster}"
+        poller = self._call("create_compute", lambda: ml.compute.begin_create_or_update(cluster), resource=where)
+        with map_azure_errors("create_compute", polling=True, resource=where):
+            return _cluster_info(poller.result(timeout=self.lro_timeout_s))
+
+    def ensure_compute(self, section: ComputeSection, validator: ComputeValidator) -> ComputeCheck:
+        """Get the cluster, or create it (dedicated, then low priority as the notebook does), then check it.
+
+        Raises:
+            NotFoundError: It does not exist and the job file gives no ``size`` to create it; lists the clusters.
+            QuotaError: Creation failed for quota in every tier tried.
+            ComputeValidationError: The cluster cannot run the job (allow-list, SKU list, failed provisioning).
+        """
+        try:
+            cluster = self.describe_compute(section.cluster)
+        except NotFoundError:
+            if section.size is None:
+                ml = self.ml_client
+                names = self._call("list_computes", lambda: sorted(c.name for c in ml.compute.list()))
+                raise NotFoundError(
+                    f"compute {section.cluster} does not exist and compute.size is not set, so ftkit cannot create "
+                    f"it; clusters in this workspace: {', '.join(names) or 'none'}",
+                    operation="ensure_compute",
+                ) from None
+            tiers = ["dedicated", "low_priority"] if section.tier == "dedicated" else ["low_priority"]
+            if not section.low_priority_fallback:
+                tiers = tiers[:1]
+            failures: list[BackendError] = []
+            created: ClusterInfo | None = None
+            for tier in tiers:
+                try:
+                    created = self._create_compute(section, section.size, tier)
+                    break
+                except BackendError as exc:
+                    if isinstance(exc, NotFoundError):
+                        raise
+                    failures.append(exc)
+            if created is None:
+                last = failures[-1]
+                summary = "; ".join(f"{t}: {e}" for t, e in zip(tiers, failures, strict=False))
+                cls = QuotaError if all(isinstance(e, QuotaError) for e in failures) else BackendError
+                raise cls(
+                    f"cannot create compute {section.cluster} ({section.size}): {summary}",
+                    operation="ensure_compute",
+                    status_code=last.status_code,
+                    code=last.code,
+                ) from last
+            cluster = created
+        return validator.check(cluster, self.list_sizes())
+
+    # ------------------------------------------------------------------ data
+
+    def upload_data(self, files: Mapping[str, Path | str], *, name_prefix: str) -> dict[str, str]:
+        """Register local JSONL files as ``uri_file`` data assets; pass URIs and assets through.
+
+        A local file becomes data asset ``{name_prefix}-{key}`` whose version is the file's content hash, so
+        uploading the same file again reuses the asset instead of creating a duplicate. ``azureml://`` URIs,
+        ``https://`` URLs and ``azureml:name:version`` references are returned unchanged.
+
+        Returns:
+            The same keys mapped to ``azureml:name:version`` references (or the URIs given).
+        """
+        out: dict[str, str] = {}
+        for key, value in files.items():
+            text = str(value)
+            if "://" in text or text.startswith("azureml:"):
+                out[key] = text
+                continue
+            path = Path(text)
+            if not path.is_file():
+                raise ValidationError(
+                    [Problem(f"data.{key}", f"no such file: {path}", "build the data first or give an azureml:// URI")]
+                )
+            digest = _sha256(path)
+            name = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{name_prefix}-{key}").strip("-")[:250]
+            out[key] = self._ensure_data(path, name, digest[:16], digest)
+        return out
+
+    def _ensure_data(self, path: Path, name: str, version: str, digest: str) -> str:
+        """Strictly private: register ``path`` as data asset ``name:version`` unless it exists already."""
+        from azure.ai.ml.entities import Data
+
+        ml = self.ml_client
+        where = f"data {name}:{version}"
+        try:
+            self._call("get_data", lambda: ml.data.get(name, version=version), resource=where)
+        except NotFoundError:
+            destination = f"ftkit/{name}/{version}/{path.name}"
+            uri = retry.call(lambda: self.uploader(path, destination))
+            asset = Data(
+                name=name,
+                version=version,
+                type="uri_file",
+                path=uri,
+                description=f"{path.name} uploaded by ftkit",
+                tags={CREATED_BY_TAG: "ftkit", "sha256": digest, "source_file": path.name},
+            )
+            self._call("upload_data", lambda: ml.data.create_or_update(asset), resource=where)
+        return f"azureml:{name}:{version}"
+
+    # ------------------------------------------------------------------ jobs
+
+    def live_schema(self, name: str, version: str, registry: str = "azureml") -> tuple[ComponentSchema, Any]:
+        """Fetch the pinned component from the registry; return its schema and the azure-ai-ml component."""
+        client = self.connection.registry(registry)
+        component = self._call(
+            "get_component",
+            lambda: client.components.get(name, version=version),
+            resource=f"component {name} {version} in registry {registry}",
+        )
+        inputs = {k: dict(v._to_dict() if hasattr(v, "_to_dict") else v) for k, v in component.inputs.items()}
+        outputs = {k: str(getattr(v, "type", "") or "") for k, v in (component.outputs or {}).items()}
+        schema = ComponentSchema.from_input_dicts(
+            str(component.name), str(component.version), inputs, outputs, source=str(component.id)
+        )
+        return schema, component
+
+    def submit_finetune(self, request: FinetuneRequest) -> JobHandle:
+        """Re-check the run against the live registry component, build the pipeline job and submit it.
+
+        Raises:
+            ValidationError: The parameters do not fit the live component, or no compute was checked.
+            NotFoundError: The pinned component version is not in the registry.
+        """
+        if request.compute is None:
+            raise ValidationError(
+                [Problem("compute", "the azureml backend needs a checked compute cluster", "run ensure_compute first")]
+            )
+        spec = request.spec
+        schema, component = self.live_schema(spec.component_name, spec.component_version)
+        plan = plan_run(request.job, schema=schema, model=request.model, gpus_per_node=request.compute.gpus_per_node)
+        plan = attrs.evolve(
+            plan,
+            train_data=request.train_data,
+            test_data=request.test_data,
+            display_name=request.display_name,
+            experiment_name=request.experiment_name,
+        )
+        job = build_pipeline_job(plan, component=component, cluster=request.compute.cluster.name)
+        # Named before the PUT, so a retried PUT updates the same job instead of starting a second one.
+        job.name = _jobs.job_name_for(request.display_name)
+        ml = self.ml_client
+        created = self._call(
+            "submit_finetune",
+            lambda: ml.jobs.create_or_update(job, experiment_name=request.experiment_name),
+            resource=f"job {job.name}",
+        )
+        return _jobs.handle_from_job(created)
+
+    def get_job(self, name: str) -> JobHandle:
+        """Return the job's current state."""
+        return _jobs.get_job(self.ml_client, name)
+
+    def wait_for_job(
+        self, name: str, *, on_status: StatusCallback | None = None, timeout_s: float | None = None
+    ) -> JobHandle:
+        """Wait for a job (or re-attach to one by name) until it completes.
+
+        Raises:
+            JobFailedError: It failed or was canceled (with the Studio URL).
+            JobTimeoutError: It was still running at the deadline.
+        """
+        return _jobs.wait_for_job(
+            lambda: self.get_job(name),
+            timeout_s=timeout_s if timeout_s is not None else self.job_timeout_s,
+            poll_interval_s=self.job_poll_interval_s,
+            on_status=on_status,
+            clock=self._clock,
+            sleep=self._sleep,
+        )
+
+    def cancel_job(self, name: str) -> None:
+        """Ask the job to stop; nothing happens when it has already finished."""
+        if self.get_job(name).is_terminal:
+            return
+        ml = self.ml_client
+        poller = self._call("cancel_job", lambda: ml.jobs.begin_cancel(name), resource=f"job {name}")
+        with map_azure_errors("cancel_job", polling=True, resource=f"job {name}"):
+            poller.result(timeout=self.lro_timeout_s)
+
+    def read_metrics(self, job: JobHandle) -> MetricsTable:
+        """Read the job's metrics (its root run's MLflow metrics)."""
+        return _metrics.read_metrics(self.connection, job.name)
+
+    # ------------------------------------------------------------------ registration
+
+    def register_model(self, request: RegisterRequest) -> RegisteredModel:
+        """Register ``azureml://jobs/{job}/outputs/trained_model`` as an MLflow model with lineage tags.
+
+        Registering the same name and version from the same job again returns the existing model.
+
+        Raises:
+            ConflictError: That name and version already hold a different model.
+        """
+        from azure.ai.ml.entities import Model
+
+        from ...exceptions import ConflictError
+
+        ml = self.ml_client
+        path = f"azureml://jobs/{request.job.name}/outputs/trained_model"
+        where = f"model {request.name}:{request.version}"
+        tags = {CREATED_BY_TAG: "ftkit", "ftkit.job": request.job.name, **request.tags}
+        with contextlib.suppress(NotFoundError):
+            existing = self._call(
+                "get_model", lambda: ml.models.get(request.name, version=request.version), resource=where
+            )
+            if (existing.tags or {}).get("ftkit.job") != request.job.name:
+                raise ConflictError(
+                    f"{where} already exists and was not registered from job {request.job.name}; "
+                    "choose another register.version",
+                    operation="register_model",
+                )
+            return _registered(existing)
+        model = Model(
+            path=path,
+            type="mlflow_model",
+            name=request.name,
+            version=request.version,
+            description=request.description,
+            tags=tags,
+        )
+        created = self._call("register_model", lambda: ml.models.create_or_update(model), resource=where)
+        return _registered(created)
+
+    # ------------------------------------------------------------------ endpoints
+
+    def create_endpoint(self, spec: EndpointSpec) -> EndpointInfo:
+        """Create the endpoint (key auth) and wait until it is ready; an existing one is returned as is."""
+        return self.endpoints.create(spec)
+
+    def create_deployment(self, spec: DeploymentSpec) -> DeploymentInfo:
+        """Create or update a deployment and wait until it serves (logs attached on failure)."""
+        return self.endpoints.create_deployment(spec)
+
+    def set_traffic(self, endpoint: str, traffic: Mapping[str, int]) -> EndpointInfo:
+        """Route traffic between the endpoint's deployments."""
+        return self.endpoints.set_traffic(endpoint, traffic)
+
+    def get_endpoint(self, name: str) -> EndpointInfo:
+        """Return the endpoint (:class:`~ftkit.exceptions.NotFoundError` if absent)."""
+        return self.endpoints.get(name)
+
+    def list_endpoints(self) -> list[EndpointInfo]:
+        """Return the endpoints ftkit created in this workspace."""
+        return self.endpoints.list()
+
+    def get_keys(self, endpoint: str) -> EndpointKeys:
+        """Return the endpoint's keys."""
+        return self.endpoints.keys(endpoint)
+
+    def regenerate_key(self, endpoint: str, which: Literal["primary", "secondary"]) -> EndpointKeys:
+        """Roll one of the endpoint's keys."""
+        return self.endpoints.regenerate(endpoint, which)
+
+    def score(
+        self, endpoint: str, body: Mapping[str, Any], *, deployment: str | None = None, timeout_s: float = 90.0
+    ) -> Any:
+        """POST ``body`` to the endpoint, always naming a deployment (the one with most traffic by default)."""
+        if deployment is None:
+            traffic = {k: v for k, v in self.get_endpoint(endpoint).traffic.items() if v > 0}
+            if not traffic:
+                raise ValidationError(
+                    [Problem("deployment", f"endpoint {endpoint} routes no traffic", "name the deployment to score")]
+                )
+            deployment = max(sorted(traffic), key=lambda d: traffic[d])
+        return self.endpoints.score(endpoint, body, deployment=deployment, timeout_s=timeout_s)
+
+    def get_logs(self, endpoint: str, deployment: str, *, lines: int = 200) -> str:
+        """Return the last lines of the deployment's container logs."""
+        return self.endpoints.logs(endpoint, deployment, lines=lines)
+
+    def delete_deployment(self, endpoint: str, deployment: str) -> None:
+        """Delete a deployment (no error if it is gone)."""
+        self.endpoints.delete_deployment(endpoint, deployment)
+
+    def delete_endpoint(self, name: str) -> None:
+        """Delete the endpoint and its deployments (no error if it is gone)."""
+        self.endpoints.delete(name)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _cluster_info(compute: Any) -> ClusterInfo:
+    errors = tuple(
+        str(getattr(getattr(e, "error", e), "message", e))
+        for e in (getattr(compute, "provisioning_errors", None) or [])
+    )
+    state = getattr(compute, "provisioning_state", None)
+    tier = getattr(compute, "tier", None)
+    return ClusterInfo(
+        name=str(compute.name),
+        size=str(getattr(compute, "size", "") or ""),
+        provisioning_state=str(getattr(state, "value", state) or "Unknown").capitalize(),
+        max_instances=getattr(compute, "max_instances", None),
+        tier=str(tier).lower() if tier else None,
+        errors=errors,
+    )
+
+
+def _registered(model: Any) -> RegisteredModel:
+    return RegisteredModel(
+        name=str(model.name),
+        version=str(model.version),
+        id=f"azureml:{model.name}:{model.version}",
+        tags={str(k): str(v) for k, v in (model.tags or {}).items()},
+    )

@@ -1,0 +1,11 @@
+"""Test doubles that ship with ftkit, for ftkit's own tests and for users' integration suites.
+
+* :class:`FakeAzureML`: the Azure ML REST surface in memory, as an azure-core transport plus a credential,
+  so the real azure-ai-ml client (and ftkit's ``azureml`` backend) runs offline. See docs/testing.md.
+"""
+
+from __future__ import annotations
+
+from .azureml import DEFAULT_VM_SIZES, FakeAzureML, FakeCredential, Fault, RecordedRequest, RegistryModel
+
+__all__ = ["DEFAULT_VM_SIZES", "FakeAzureML", "FakeCredential", "Fault", "RecordedRequest", "RegistryModel"]

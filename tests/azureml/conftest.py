@@ -1,0 +1,70 @@
+"""Fixtures for the azureml backend tests: a FakeAzureML, a backend on it, and the example job with data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import attrs
+import pytest
+
+from ftkit.backends.azureml import AzureMLBackend
+from ftkit.jobfile import JobFile
+from ftkit.testing import FakeAzureML
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "phi3-ultrachat.yaml"
+
+CONVERSATION = [
+    {"role": "user", "content": "How do I bake bread?"},
+    {"role": "assistant", "content": "Mix flour, water, salt and yeast."},
+    {"role": "user", "content": "How long should it rise?"},
+]
+
+
+class FakeClock:
+    """A monotonic clock that advances only when slept on."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+def fake() -> FakeAzureML:
+    return FakeAzureML()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def backend(fake: FakeAzureML, clock: FakeClock) -> AzureMLBackend:
+    return AzureMLBackend(**fake.backend_settings(), clock=clock, sleep=clock.sleep, job_poll_interval_s=60)
+
+
+@pytest.fixture
+def data_files(tmp_path: Path) -> dict[str, Path]:
+    rows = [{"prompt": "q", "prompt_id": str(i), "messages": CONVERSATION} for i in range(3)]
+    out = {}
+    for split in ("train", "test"):
+        path = tmp_path / f"{split}_sft.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        out[split] = path
+    return out
+
+
+@pytest.fixture
+def job(data_files: dict[str, Path]) -> JobFile:
+    loaded = JobFile.load(EXAMPLE)
+    data = attrs.evolve(loaded.data, train_file=str(data_files["train"]), test_file=str(data_files["test"]))
+    return attrs.evolve(loaded, data=data)
