@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -193,21 +194,26 @@ def _detail_codes(exc: BaseException) -> list[str]:
     return [str(getattr(d, "code", "")) for d in details]
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _message(exc: BaseException) -> str:
     error = getattr(exc, "error", None)
     message = getattr(error, "message", None)
     text = str(message) if message else str(getattr(exc, "message", "") or exc)
+    # azure-ai-ml colours its reformatted schema errors for terminals.
+    text = _ANSI.sub("", text)
     return text.strip() or exc.__class__.__name__
 
 
 def _first_line(text: str) -> str:
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.lower().startswith(("code:", "message:")):
-            return line[:500]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
         if line.lower().startswith("message:"):
             return line.split(":", 1)[1].strip()[:500]
-    return text[:500]
+    # Multi-line SDK messages (schema errors) say what is wrong after a heading: keep a few lines.
+    useful = [line for line in lines if not line.lower().startswith("code:")]
+    return " ".join(useful[:6])[:500] if useful else text[:500]
 
 
 def _is_quota(code: str | None, exc: BaseException, text: str) -> bool:
