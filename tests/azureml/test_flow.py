@@ -16,7 +16,9 @@ from ftkit.testing import FakeAzureML
 from .conftest import CONVERSATION
 
 
-def run_notebook(backend: AzureMLBackend, job: JobFile, statuses: list[str]) -> dict[str, Any]:
+def run_notebook(
+    backend: AzureMLBackend, job: JobFile, statuses: list[str], stamp: str = "1700000000"
+) -> dict[str, Any]:
     model = backend.resolve_model(job.model.ref())
     validator = ComputeValidator(model.finetune_compute_allow_list, job.compute.gpus_per_node)
     check = backend.ensure_compute(job.compute, validator)
@@ -41,12 +43,14 @@ def run_notebook(backend: AzureMLBackend, job: JobFile, statuses: list[str]) -> 
         RegisterRequest(
             job=done,
             name="Phi-3-mini-4k-instruct-ultrachat-200k",
-            version="1700000000",
+            version=stamp,
             tags={"ftkit.base_model": model.asset_id},
         )
     )
     answers = []
-    with EndpointDeployer.from_job(backend, job, name="ultrachat-completion-1700000000", model_ref=model) as deployer:
+    with EndpointDeployer.from_job(
+        backend, job, name=job.deploy.endpoint_name or f"ultrachat-completion-{stamp}", model_ref=model
+    ) as deployer:
         info = deployer.deploy(registered)
         answers.append(deployer.invoke(CONVERSATION))
         answers.append(deployer.invoke(deployer.request_body(CONVERSATION[:1])))
