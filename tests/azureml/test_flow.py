@@ -119,7 +119,7 @@ class TestNotebookFlow:
         mprops = model_put.body["properties"]
         assert mprops["modelUri"] == f"azureml://jobs/{out['handle'].name}/outputs/trained_model"
         assert mprops["modelType"] == "mlflow_model"
-        assert mprops["tags"]["ftkit.job"] == out["handle"].name
+        assert mprops["tags"]["ftkit.finetune_job"] == out["handle"].name
         # endpoint: one create (key auth), one deployment, traffic 100% to demo, then deleted
         endpoint_puts = fake.calls("PUT", r"/onlineEndpoints/[^/]+$")
         assert endpoint_puts[0].body["properties"]["authMode"] == "Key"
@@ -175,7 +175,7 @@ class TestNotebookFlow:
         from ftkit.backends.base import JobHandle
 
         handle = JobHandle(name="job-1", status="Completed", backend="azureml")
-        request = RegisterRequest(job=handle, name="m", version="1")
+        request = RegisterRequest(job=handle, name="m", version="1", tags={"ftkit.job": "job-file-name"})
         assert backend.register_model(request) == backend.register_model(request)
         assert len(fake.calls("PUT", r"/models/")) == 1
 

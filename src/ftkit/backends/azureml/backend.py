@@ -53,6 +53,7 @@ from .pipeline import build_pipeline_job
 __all__ = ["AzureMLBackend", "DatastoreUploader", "Uploader"]
 
 T = TypeVar("T")
+FINETUNE_JOB_TAG = "ftkit.finetune_job"
 
 
 class Uploader(Protocol):
@@ -418,12 +419,13 @@ class AzureMLBackend:
         ml = self.ml_client
         path = f"azureml://jobs/{request.job.name}/outputs/trained_model"
         where = f"model {request.name}:{request.version}"
-        tags = {CREATED_BY_TAG: "ftkit", "ftkit.job": request.job.name, **request.tags}
+        # The job runner's lineage tags use ``ftkit.job`` for the job file's name; the finetune job is this one.
+        tags = {CREATED_BY_TAG: "ftkit", **request.tags, FINETUNE_JOB_TAG: request.job.name}
         with contextlib.suppress(NotFoundError):
             existing = self._call(
                 "get_model", lambda: ml.models.get(request.name, version=request.version), resource=where
             )
-            if (existing.tags or {}).get("ftkit.job") != request.job.name:
+            if (existing.tags or {}).get(FINETUNE_JOB_TAG) != request.job.name:
                 raise ConflictError(
                     f"{where} already exists and was not registered from job {request.job.name}; "
                     "choose another register.version",
