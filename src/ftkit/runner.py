@@ -35,6 +35,7 @@ from .backends.base import (
     RegisterRequest,
 )
 from .compute import ComputeCheck, ComputeValidator
+from .exceptions import MissingDependencyError, ValidationError
 from .home import ftkit_home
 from .jobfile import JobFile
 from .model import FoundationModelRef
@@ -297,10 +298,11 @@ class JobRunner:
         summary = summarize(metrics)
         self._record["metrics"] = attrs.asdict(summary)
         try:
-            plot = plot_loss_curves(metrics, self.run_dir / "loss.png")
-            self._record["loss_curves"] = str(plot)
-        except ImportError:
-            pass  # matplotlib is optional; the summary still stands
+            curves = plot_loss_curves(metrics, self.run_dir / "loss.png", title=f"{self.job.name}: loss")
+            self._record["loss_curves"] = str(curves.path)
+        except (MissingDependencyError, ValidationError) as exc:
+            # matplotlib is optional and a run may log no loss; the summary still stands.
+            self._emit("metrics", f"no loss curves: {exc}")
         return str(summary)
 
     def _register(
