@@ -20,6 +20,8 @@ from ftkit.metrics import plot_loss_curves, summarize
 
 from .conftest import ChatFiles
 
+pytest.importorskip("mlflow")
+
 FINETUNE = {
     "num_train_epochs": 2,
     "per_device_train_batch_size": 8,

@@ -11,6 +11,8 @@ from ftkit.backends.base import MetricPoint, MetricsTable
 from ftkit.exceptions import ValidationError
 from ftkit.metrics import LossCurves, MetricsSummary, plot_loss_curves, summarize
 
+pytest.importorskip("matplotlib")
+
 
 def _table() -> MetricsTable:
     points = [MetricPoint("loss", s, 3.0 - 0.02 * s + (0.1 if s == 40 else 0), 1000 * s) for s in range(5, 101, 5)]

@@ -11,6 +11,8 @@ from ftkit.backends.local import registry
 from ftkit.backends.local.tiny import CHAT_TEMPLATE, make_tiny_model, synthetic_conversations
 from ftkit.exceptions import NotFoundError, ValidationError
 
+pytest.importorskip("mlflow")
+
 
 def _digest(d: Path) -> dict[str, str]:
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(d.iterdir())}

@@ -17,6 +17,8 @@ from ftkit.exceptions import ValidationError
 
 from .conftest import ChatFiles
 
+pytest.importorskip("mlflow")
+
 
 class _NoGenerationBlocks:
     """The tiny tokenizer with a template like Phi-3's own: no {% generation %} markers."""

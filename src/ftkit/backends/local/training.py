@@ -364,7 +364,11 @@ def _build_model(config: TrainConfig, device: str, dtype: Any) -> Any:
         from transformers import AutoModelForCausalLM
     except ImportError:
         raise MissingDependencyError("transformers", "local") from None
-    model = AutoModelForCausalLM.from_pretrained(config.model_dir, dtype=dtype, attn_implementation="sdpa")
+    # With LoRA the frozen base is stored in the compute dtype (bf16 on CUDA: half the memory) and peft keeps the
+    # trainable adapters in float32. Full fine-tuning keeps float32 master weights and computes in bf16 under
+    # autocast: AdamW steps on bf16 weights round away updates under half a bf16 step (0.2-0.4% of a weight).
+    weights_dtype = dtype if config.apply_lora else _import_torch().float32
+    model = AutoModelForCausalLM.from_pretrained(config.model_dir, dtype=weights_dtype, attn_implementation="sdpa")
     model.config.use_cache = False
     model.to(device)  # type: ignore[arg-type]  # transformers' stub types .to() narrowly
     if not config.apply_lora:
