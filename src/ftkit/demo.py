@@ -5,7 +5,9 @@
 * an ultrachat-shaped chat dataset (``train_sft``, ``test_sft``, ``test_gen`` JSONL splits) of simple,
   learnable conversations, generated deterministically;
 * a tiny Phi-3-architecture model with a tokenizer trained on that data
-  (:func:`ftkit.backends.local.tiny.make_tiny_model`), standing in for Phi-3-mini-4k-instruct;
+  (:func:`ftkit.backends.local.tiny.make_tiny_model`), briefly pre-trained (all weights) on other
+  generated conversations so that it stands in for a pre-trained foundation model such as
+  Phi-3-mini-4k-instruct: LoRA adapts features a model already has, and a random model has none;
 * a job file (``demo.yaml``) for the local backend, mirroring ``examples/phi3-ultrachat.yaml``;
 
 then runs it: data build and checks, LoRA fine-tuning with MLflow tracking, metrics review with loss curves,
@@ -77,6 +79,46 @@ def synthetic_conversations(count: int, *, seed: int = 0) -> Iterator[dict[str, 
         yield {"prompt": first_user, "prompt_id": prompt_id, "messages": messages}
 
 
+def _pretrained_tiny_model(directory: Path, texts: list[str], seed: int) -> Path:
+    """Strictly private: a tiny model, pre-trained on conversations the demo never fine-tunes or scores on."""
+    import shutil
+
+    from .backends.local.tiny import make_tiny_model
+    from .backends.local.training import TrainConfig, train
+
+    target = directory / "tiny-phi3"
+    if (target / "config.json").is_file():
+        return target  # already prepared: reruns reuse it
+    work = directory / "pretraining"
+    corpus = work / "corpus.jsonl"
+    work.mkdir(parents=True, exist_ok=True)
+    with corpus.open("w", encoding="utf-8") as fh:
+        for row in synthetic_conversations(480, seed=seed * 1000 + 99):
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    random_init = make_tiny_model(work / "random-init", texts=texts, seed=seed)
+    result = train(
+        TrainConfig(
+            model_dir=str(random_init),
+            train_file=str(corpus),
+            output_dir=str(work / "run"),
+            num_train_epochs=6,
+            per_device_train_batch_size=8,
+            learning_rate=3e-3,
+            lr_scheduler_type="cosine",
+            warmup_steps=5,
+            apply_lora=False,
+            max_seq_length=256,
+            evaluation_strategy="disable",
+            seed=seed,
+            device="cpu",
+        ),
+        progress="none",
+    )
+    shutil.copytree(result.model_dir, target)
+    shutil.rmtree(work)
+    return target
+
+
 def prepare_demo(directory: Path, *, seed: int = 0, steps: int | None = None) -> Path:
     """Write the demo's data, tiny model and job file under ``directory``; return the job file.
 
@@ -88,8 +130,6 @@ def prepare_demo(directory: Path, *, seed: int = 0, steps: int | None = None) ->
     Returns:
         The path of ``demo.yaml``.
     """
-    from .backends.local.tiny import make_tiny_model
-
     directory.mkdir(parents=True, exist_ok=True)
     raw = directory / "raw"
     raw.mkdir(exist_ok=True)
@@ -101,7 +141,7 @@ def prepare_demo(directory: Path, *, seed: int = 0, steps: int | None = None) ->
             for row in rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
         texts += [m["content"] for row in rows for m in row["messages"]]
-    model_dir = make_tiny_model(directory / "tiny-phi3", texts=texts, seed=seed)
+    model_dir = _pretrained_tiny_model(directory, texts, seed)
     finetune = {
         "num_train_epochs": 2,
         "per_device_train_batch_size": 8,

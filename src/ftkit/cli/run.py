@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,12 +52,17 @@ class ProgressPrinter:
 
 
 def _execute(job: JobFile, **options: Any) -> RunResult:
+    # transformers' per-shard progress bars drown the stage lines; the stages say what is happening.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     result = JobRunner(job, on_event=ProgressPrinter(sys.stderr), **options).run()
     out = sys.stdout
     print(f"fine-tuning job  {result.job.name} ({result.job.status})", file=out)
     print(f"registered model {result.registered.name}:{result.registered.version}", file=out)
     if result.endpoint is not None:
         print(f"endpoint         {result.endpoint.name} ({'kept' if job.deploy.keep else 'deleted'})", file=out)
+    if result.score_request is not None:
+        question = result.score_request["input_data"]["input_string"][0][-1]["content"]
+        print(f"sample question  {question}", file=out)
     if result.score_response is not None:
         print(f"sample answer    {result.score_response}", file=out)
     print(f"run record       {result.run_dir / 'run.json'}", file=out)
@@ -79,8 +85,6 @@ def _demo(args: argparse.Namespace) -> int:
     job = JobFile.load(prepare_demo(directory, seed=args.seed, steps=args.steps))
     if job.local.home is None:
         # Keep the demo's MLflow store, registry and endpoints beside it unless FTKIT_HOME says otherwise.
-        import os
-
         if "FTKIT_HOME" not in os.environ:
             os.environ["FTKIT_HOME"] = str(directory / "home")
     _execute(job, poll_s=1.0)
