@@ -7,6 +7,7 @@ for a CUDA build), then ftkit with its ``local`` extra. ``nox -R`` reuses the en
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import nox
 
@@ -67,5 +68,6 @@ def demo(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Run the benchmarks in benchmarks/ (by hand; results go in docs/benchmarks.md)."""
     _install(session, "tests")
-    for script in session.posargs or sorted(p for p in os.listdir("benchmarks") if p.startswith("bench_")):
-        session.run("python", os.path.join("benchmarks", script) if "/" not in script else script)
+    scripts = session.posargs or sorted(str(p) for p in Path("benchmarks").glob("bench_*.py"))
+    for script in scripts:
+        session.run("python", script)

@@ -19,15 +19,21 @@ KEYS = ("type", "optional", "default", "enum", "min", "max")
 
 
 def main() -> None:
+    """Write the snapshot of the spec named on the command line."""
     spec = Path(sys.argv[1])
     component = load_component(source=spec)
     inputs = {}
     for name, port in component.inputs.items():
-        raw = port._to_dict()  # noqa: SLF001 - the SDK's own serialisation of a declared input
+        raw = port._to_dict()  # the SDK's own serialisation of a declared input
         inputs[name] = {k: raw[k] for k in KEYS if k in raw}
     outputs = {name: port.type for name, port in component.outputs.items()}
-    body = {"name": component.name, "version": component.version, "type": component.type,
-            "inputs": inputs, "outputs": outputs}
+    body = {
+        "name": component.name,
+        "version": component.version,
+        "type": component.type,
+        "inputs": inputs,
+        "outputs": outputs,
+    }
     out = Path(__file__).parents[1] / "src/ftkit/components" / f"{component.name}-{component.version}.json"
     out.write_text(json.dumps(body, indent=1, sort_keys=False) + "\n")
     print(f"wrote {out} ({len(inputs)} inputs)")

@@ -114,6 +114,7 @@ def _pretrained_tiny_model(directory: Path, texts: list[str], seed: int) -> Path
         ),
         progress="none",
     )
+    assert result.model_dir is not None  # a finished run always saves its model
     shutil.copytree(result.model_dir, target)
     shutil.rmtree(work)
     return target

@@ -83,9 +83,8 @@ def _demo(args: argparse.Namespace) -> int:
     directory: Path = args.dir.resolve()
     print(f"preparing the demo in {directory}", file=sys.stderr)
     job = JobFile.load(prepare_demo(directory, seed=args.seed, steps=args.steps))
-    if job.local.home is None:
+    if job.local.home is None and "FTKIT_HOME" not in os.environ:
         # Keep the demo's MLflow store, registry and endpoints beside it unless FTKIT_HOME says otherwise.
-        if "FTKIT_HOME" not in os.environ:
-            os.environ["FTKIT_HOME"] = str(directory / "home")
+        os.environ["FTKIT_HOME"] = str(directory / "home")
     _execute(job, poll_s=1.0)
     return 0
