@@ -40,6 +40,7 @@ if _typing.TYPE_CHECKING:
     from .jobfile import JobFile
     from .metrics import LossCurves, MetricsSummary, plot_loss_curves, summarize
     from .model import FoundationModelRef
+    from .runner import JobRunner, RunResult, StageEvent, run
 
 # Public name -> module that defines it (imported on first attribute access).
 _LAZY: dict[str, str] = {
@@ -53,11 +54,15 @@ _LAZY: dict[str, str] = {
     "FinetunePipelineSpec": "finetune",
     "FoundationModelRef": "model",
     "JobFile": "jobfile",
+    "JobRunner": "runner",
     "LossCurves": "metrics",
     "MetricsSummary": "metrics",
+    "RunResult": "runner",
     "SplitSelection": "data",
+    "StageEvent": "runner",
     "VmSize": "compute",
     "plot_loss_curves": "metrics",
+    "run": "runner",
     "summarize": "metrics",
 }
 
@@ -81,6 +86,7 @@ __all__ = [
     "JobFailedError",
     "JobFile",
     "JobFileError",
+    "JobRunner",
     "JobTimeoutError",
     "LossCurves",
     "MetricsSummary",
@@ -90,14 +96,17 @@ __all__ = [
     "ProbeFailedError",
     "Problem",
     "QuotaError",
+    "RunResult",
     "ScoringError",
     "SplitSelection",
+    "StageEvent",
     "TagError",
     "TransientBackendError",
     "ValidationError",
     "VmSize",
     "is_testing",
     "plot_loss_curves",
+    "run",
     "set_testing",
     "summarize",
 ]

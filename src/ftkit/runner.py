@@ -133,6 +133,8 @@ class JobRunner:
         wait_timeout_s: How long to wait for the fine-tuning job.
         poll_s: Seconds between job status polls.
         deploy: Whether to deploy and score (``False`` stops after registration).
+        clock: Monotonic clock for waiting (injectable for tests).
+        sleep: Sleep for waiting (injectable for tests).
     """
 
     def __init__(
@@ -145,6 +147,8 @@ class JobRunner:
         wait_timeout_s: float = 24 * 3600.0,
         poll_s: float = 30.0,
         deploy: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.job = job
         self.backend = backend if backend is not None else _default_backend(job)
@@ -155,6 +159,8 @@ class JobRunner:
         self.wait_timeout_s = wait_timeout_s
         self.poll_s = poll_s
         self.deploy = deploy
+        self._clock = clock
+        self._sleep = sleep
         self._record: dict[str, Any] = {"job": job.name, "backend": self.backend.name, "started": self.stamp}
 
     def _emit(self, stage: str, message: str, *, done: bool = False) -> None:
@@ -243,6 +249,8 @@ class JobRunner:
             timeout_s=self.wait_timeout_s,
             poll_s=self.poll_s,
             on_status=lambda h: self._emit("finetune", f"job {h.name} {h.status}"),
+            clock=self._clock,
+            sleep=self._sleep,
         )
         self._record["finetune_job"]["status"] = handle.status
         self._emit("finetune", f"job {handle.name} completed", done=True)

@@ -30,6 +30,7 @@ from ...exceptions import (
 from ...jobfile import ComputeSection
 from ...model import FoundationModelRef
 from ...plan import plan_run
+from ...waiting import wait_for_job
 from ..base import (
     DeploymentInfo,
     DeploymentSpec,
@@ -380,10 +381,11 @@ class AzureMLBackend:
             JobFailedError: It failed or was canceled (with the Studio URL).
             JobTimeoutError: It was still running at the deadline.
         """
-        return _jobs.wait_for_job(
-            lambda: self.get_job(name),
+        return wait_for_job(
+            self,
+            name,
             timeout_s=timeout_s if timeout_s is not None else self.job_timeout_s,
-            poll_interval_s=self.job_poll_interval_s,
+            poll_s=self.job_poll_interval_s,
             on_status=on_status,
             clock=self._clock,
             sleep=self._sleep,

@@ -1,0 +1,67 @@
+"""ftkit.run: the notebook's whole flow through the job runner, on the real azure-ai-ml over FakeAzureML."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import ftkit
+from ftkit.backends.azureml import AzureMLBackend
+from ftkit.exceptions import JobFailedError, QuotaError
+from ftkit.jobfile import JobFile
+from ftkit.runner import StageEvent
+from ftkit.testing import FakeAzureML
+
+from .conftest import FakeClock
+
+
+def test_run_walks_every_stage_and_leaves_nothing_running(
+    fake: FakeAzureML, backend: AzureMLBackend, job: JobFile, tmp_path: Path, clock: FakeClock
+) -> None:
+    """model -> ... -> cleanup in order; one job, one endpoint, scored with the deployment header, then deleted."""
+    events: list[StageEvent] = []
+    result = ftkit.run(
+        job, backend, on_event=events.append, run_dir=tmp_path / "run", poll_s=60, clock=clock, sleep=clock.sleep
+    )
+
+    done = [e.stage for e in events if e.done]
+    assert done == ["model", "compute", "data", "finetune", "metrics", "register", "deploy", "score", "cleanup"]
+    assert result.job.status == "Completed"
+    assert result.plan.parameters["apply_lora"] == "true"
+    assert result.registered.name == "Phi-3-mini-4k-instruct-ultrachat-200k"
+    assert result.score_response is not None
+    assert len(fake.calls("PUT", r"/jobs/[^/]+$")) == 1
+    scoring = [r for r in fake.calls("POST") if "/score" in r.url]
+    assert scoring
+    assert all(r.headers.get("azureml-model-deployment") == "demo" for r in scoring)
+    assert result.endpoint is not None
+    assert fake.endpoint(result.endpoint.name) is None
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["component"] == "chat_completion_pipeline:0.0.82"
+    assert record["model"]["version"] == result.plan.model.version
+    assert set(record["data"]["sha256"]) == {"train", "test"}
+    assert record["endpoint"]["kept"] is False
+
+
+def test_a_failed_job_stops_the_run_before_anything_is_deployed(
+    fake: FakeAzureML, backend: AzureMLBackend, job: JobFile, tmp_path: Path, clock: FakeClock
+) -> None:
+    """A failed fine-tuning job raises JobFailedError; no endpoint is created; run.json still records it."""
+    fake.fail_job("CUDA out of memory")
+    with pytest.raises(JobFailedError, match="Failed"):
+        ftkit.run(job, backend, run_dir=tmp_path / "run", poll_s=60, clock=clock, sleep=clock.sleep)
+    assert fake.calls("PUT", "/onlineEndpoints/") == []
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["finetune_job"]["name"]
+
+
+def test_a_quota_failure_at_deploy_still_deletes_the_endpoint(
+    fake: FakeAzureML, backend: AzureMLBackend, job: JobFile, tmp_path: Path, clock: FakeClock
+) -> None:
+    """OutOfQuota on the deployment raises QuotaError, and the endpoint the run created is deleted."""
+    fake.fail_deployment_quota()
+    with pytest.raises(QuotaError):
+        ftkit.run(job, backend, run_dir=tmp_path / "run", poll_s=60, clock=clock, sleep=clock.sleep)
+    assert len(fake.calls("DELETE", r"/onlineEndpoints/[^/]+$")) == 1
+    assert all(fake.endpoint(r.path.rsplit("/", 1)[-1]) is None for r in fake.calls("DELETE"))
