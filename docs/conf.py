@@ -2,7 +2,7 @@
 
 project = "ftkit"
 author = "The ftkit developers"
-extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.napoleon", "sphinx.ext.intersphinx"]
+extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.napoleon"]
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 myst_heading_anchors = 3
 html_theme = "furo"
@@ -10,7 +10,6 @@ autodoc_typehints = "description"
 autodoc_member_order = "bysource"
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
-intersphinx_mapping = {"python": ("https://docs.python.org/3", None)}
 exclude_patterns = ["_build"]
 # Azure and torch are optional at doc-build time; document ftkit's own objects only.
 autodoc_mock_imports = ["torch", "transformers", "peft", "mlflow", "fastapi", "uvicorn", "matplotlib"]
