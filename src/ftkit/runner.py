@@ -13,7 +13,6 @@ also when scoring fails.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -36,6 +35,7 @@ from .backends.base import (
 )
 from .compute import ComputeCheck, ComputeValidator
 from .exceptions import MissingDependencyError, ValidationError
+from .hashing import sha256_file
 from .home import ftkit_home
 from .jobfile import JobFile
 from .model import FoundationModelRef
@@ -100,14 +100,6 @@ def _endpoint_name(job_name: str, stamp: str) -> str:
     if not base[0].isalpha():
         base = f"ft-{base}"
     return f"{base[: 31 - len(stamp)]}-{stamp}"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _pick_conversation(path: Path, seed: int) -> list[dict[str, str]]:
@@ -296,7 +288,7 @@ class JobRunner:
             if data.score_split and data.score_split in build.files:
                 files["score"] = str(build.files[data.score_split])
             self._emit("data", build.report.summary_line(), done=True)
-        hashes = {k: _sha256(Path(v)) for k, v in files.items() if "://" not in v and Path(v).is_file()}
+        hashes = {k: sha256_file(Path(v)) for k, v in files.items() if "://" not in v and Path(v).is_file()}
         self._record["data"] = {"files": files, "sha256": hashes}
         return files
 

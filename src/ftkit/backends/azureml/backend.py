@@ -8,7 +8,6 @@ Every method takes and returns ftkit values, raises only ftkit errors (through
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -27,6 +26,7 @@ from ...exceptions import (
     QuotaError,
     ValidationError,
 )
+from ...hashing import sha256_file
 from ...jobfile import ComputeSection
 from ...model import FoundationModelRef
 from ...plan import plan_run
@@ -292,7 +292,7 @@ class AzureMLBackend:
                 raise ValidationError(
                     [Problem(f"data.{key}", f"no such file: {path}", "build the data first or give an azureml:// URI")]
                 )
-            digest = _sha256(path)
+            digest = sha256_file(path)
             name = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{name_prefix}-{key}").strip("-")[:250]
             out[key] = self._ensure_data(path, name, digest[:16], digest)
         return out
@@ -499,14 +499,6 @@ class AzureMLBackend:
     def delete_endpoint(self, name: str) -> None:
         """Delete the endpoint and its deployments (no error if it is gone)."""
         self.endpoints.delete(name)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _cluster_info(compute: Any) -> ClusterInfo:

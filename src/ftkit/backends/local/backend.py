@@ -21,6 +21,7 @@ import attrs
 
 from ...compute import ComputeCheck, ComputeValidator
 from ...exceptions import ConflictError, NotFoundError, Problem, ValidationError
+from ...hashing import sha256_file
 from ...home import ftkit_home
 from ...jobfile import ComputeSection
 from ...model import FoundationModelRef
@@ -94,14 +95,6 @@ _DIRECT = (
     "max_eval_examples",
 )
 _BOOL = {"true": True, "false": False}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _slug(text: str) -> str:
@@ -306,7 +299,7 @@ class LocalBackend:
         missing = [Problem(k, f"{p} does not exist") for k, p in files.items() if not p.is_file()]
         if missing:
             raise ValidationError(missing, "data files the local backend cannot use")
-        hashes = {k: _sha256(p) for k, p in files.items()}
+        hashes = {k: sha256_file(p) for k, p in files.items()}
         probe, ignored = self.train_config(request, output_dir="-")
         base = f"{_slug(request.display_name or request.job.name)}-{self._fingerprint(probe, hashes)}"
         name, n = base, 1
