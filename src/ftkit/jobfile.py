@@ -183,10 +183,17 @@ class LocalSection:
     Attributes:
         home: ftkit's state directory (MLflow store, registry, endpoints); default ``$FTKIT_HOME`` or ``~/.ftkit``.
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        save_steps: Steps between checkpoints (one is also written at each epoch's end).
+        lora_target_modules: Comma-separated module names to adapt (default: every linear layer but the head).
+        max_eval_examples: Evaluate on at most this many test conversations.
     """
 
     home: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Training settings the Azure component does not declare, so they cannot go under `finetune:`.
+    save_steps: int | None = None
+    lora_target_modules: str | None = None
+    max_eval_examples: int | None = None
 
 
 _SECTIONS: Mapping[str, type] = {

@@ -201,3 +201,30 @@ class TestResume:
         table = backend.read_metrics(done)
         assert table.series("loss")[-1][0] == 600
         assert "step 600/600" in log
+
+
+def test_local_section_settings_reach_the_training_config(tmp_path: Path) -> None:
+    """save_steps / lora_target_modules / max_eval_examples from `local:` land in TrainConfig."""
+    import attrs
+
+    job = JobFile.from_yaml(
+        "name: x\nmodel: {name: m, path: m}\n"
+        "local: {save_steps: 7, lora_target_modules: 'qkv_proj, o_proj', max_eval_examples: 3}\n"
+    )
+    backend = LocalBackend(home=tmp_path / "home")
+    request = FinetuneRequest(
+        job=job,
+        model=job.model.ref(),
+        spec=job.finetune,
+        parameters={},
+        display_name="x",
+        experiment_name="x",
+        compute=None,
+        train_data="train.jsonl",
+        test_data="test.jsonl",
+    )
+    backend.model_dir_for = lambda request: tmp_path  # type: ignore[method-assign]
+    config, _ = backend.train_config(request, output_dir=tmp_path / "out")
+    assert (config.save_steps, config.max_eval_examples) == (7, 3)
+    assert tuple(config.lora_target_modules or ()) == ("qkv_proj", "o_proj")
+    assert attrs.has(type(config))

@@ -89,7 +89,7 @@ _DIRECT = (
     "evaluation_strategy",
     "eval_steps",
     "save_total_limit",
-    # Local-only extras (set them under `finetune:`; the azureml backend's schema check rejects them there).
+    # Local-only settings: from the job file's `local:` section (or FinetunePipelineSpec.extra in Python).
     "save_steps",
     "lora_target_modules",
     "max_eval_examples",
@@ -245,6 +245,11 @@ class LocalBackend:
             ValidationError: Parameters the local backend does not know, or bad values (all listed).
         """
         params = request.spec.parameters()
+        local = request.job.local
+        # The job file's `local:` section carries the local-only settings the component does not declare.
+        for key in ("save_steps", "lora_target_modules", "max_eval_examples"):
+            if getattr(local, key) is not None and key not in params:
+                params[key] = getattr(local, key)
         kwargs: dict[str, Any] = {}
         ignored: dict[str, object] = {}
         problems: list[Problem] = []
