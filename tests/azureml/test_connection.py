@@ -47,6 +47,11 @@ class TestWorkspaceRef:
         assert "azureml.subscription_id" in text
         assert "azureml.workspace_name" in text
         assert "config.json" in text
+        # each id names its own environment variables
+        problems = {p.where: p.suggestion or "" for p in info.value.problems}
+        assert "AZURE_RESOURCE_GROUP" in problems["azureml.resource_group"]
+        assert "AZUREML_WORKSPACE_NAME" in problems["azureml.workspace_name"]
+        assert "AZURE_SUBSCRIPTION_ID" not in problems["azureml.workspace_name"]
 
     def test_bad_config(self, tmp_path: Path) -> None:
         """An unreadable config.json is a ValidationError naming the file."""

@@ -1,7 +1,9 @@
-"""``ftkit endpoint list | delete`` and ``ftkit cleanup``: manage the local endpoints from any process.
+"""``ftkit endpoint list | delete`` and ``ftkit cleanup``: find and remove the endpoints ftkit left running.
 
 Local endpoints are server processes that outlive the Python process that created them (as managed online
 endpoints outlive a notebook); these commands find them through their state under the ftkit home.
+``ftkit cleanup --backend azureml`` does the same for the managed online endpoints ftkit created in an Azure ML
+workspace: they carry the ``ftkit.created_by`` tag, and each one bills by the hour until it is deleted.
 """
 
 from __future__ import annotations
@@ -9,12 +11,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..exceptions import FtkitError
 from ..home import ftkit_home
 
 if TYPE_CHECKING:
+    from ..backends.azureml import AzureMLBackend
     from ..backends.local.endpoints import LocalEndpoints
 
 
@@ -25,28 +30,48 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     actions = endpoint.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    listing = actions.add_parser("list", help="list local endpoints, their deployments, traffic and state")
+    listing = actions.add_parser(
+        "list",
+        help="list local endpoints, their deployments, traffic and state",
+        description=_list.__doc__,
+    )
     _home(listing)
     listing.add_argument("--json", action="store_true", help="print JSON (one object per endpoint)")
     listing.set_defaults(handler=_list)
 
-    delete = actions.add_parser("delete", help="stop an endpoint's server and remove its state")
+    delete = actions.add_parser(
+        "delete", help="stop an endpoint's server and remove its state", description=_delete.__doc__
+    )
     _home(delete)
     delete.add_argument("name", help="the endpoint's name")
     delete.set_defaults(handler=_delete)
 
     cleanup = sub.add_parser(
         "cleanup",
-        help="delete every local endpoint ftkit started (stops their servers)",
+        help="delete every endpoint ftkit created (local servers, or --backend azureml)",
         description=_cleanup.__doc__,
     )
+    cleanup.add_argument(
+        "--backend",
+        choices=("local", "azureml"),
+        default="local",
+        help="local: the endpoint servers under the ftkit home (default); azureml: the workspace's "
+        "ftkit-tagged managed online endpoints",
+    )
     _home(cleanup)
+    cleanup.add_argument(
+        "--config",
+        type=Path,
+        metavar="CONFIG.json",
+        help="azureml: the workspace's config.json (default: AZURE_SUBSCRIPTION_ID, AZURE_RESOURCE_GROUP and "
+        "AZUREML_WORKSPACE_NAME, else ./config.json or .azureml/config.json here or above)",
+    )
     cleanup.add_argument("--dry-run", action="store_true", help="only list what would be deleted")
     cleanup.set_defaults(handler=_cleanup)
 
 
 def _home(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--home", type=Path, help="the ftkit home (default: $FTKIT_HOME, else ~/.ftkit)")
+    parser.add_argument("--home", type=Path, metavar="DIR", help="the ftkit home (default: $FTKIT_HOME, else ~/.ftkit)")
 
 
 def _endpoints(args: argparse.Namespace) -> LocalEndpoints:
@@ -55,8 +80,15 @@ def _endpoints(args: argparse.Namespace) -> LocalEndpoints:
     return LocalEndpoints(ftkit_home(args.home))
 
 
+def _azureml_backend(args: argparse.Namespace) -> AzureMLBackend:
+    """Strictly private: the workspace's backend, found as :class:`AzureMLBackend` finds it (tests replace this)."""
+    from ..backends.azureml import AzureMLBackend
+
+    return AzureMLBackend(config_path=args.config)
+
+
 def _list(args: argparse.Namespace) -> int:
-    """Print the local endpoints; a server that died shows as Failed, with the reason."""
+    """List the local endpoints; a server that died shows as Failed, with the reason."""
     endpoints = _endpoints(args)
     infos = endpoints.list_endpoints()
     if args.json:
@@ -87,7 +119,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _delete(args: argparse.Namespace) -> int:
-    """Delete one endpoint (an error if it does not exist, listing those that do)."""
+    """Delete one local endpoint: stop its server and remove its state (an error if it does not exist)."""
     endpoints = _endpoints(args)
     endpoints.get_endpoint(args.name)  # NotFoundError names the endpoints that exist
     endpoints.delete_endpoint(args.name)
@@ -96,27 +128,44 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 def _cleanup(args: argparse.Namespace) -> int:
-    """Delete every local endpoint under the ftkit home: stop its server, free its port, remove its state.
+    """Delete every endpoint ftkit created, kept (deploy.keep) or forgotten.
 
-    Exits 1 if some endpoint could not be deleted (each failure is reported; the others are still deleted).
+    Local (the default): every endpoint under the ftkit home; its server is stopped, its port freed and its
+    state removed. With --backend azureml: every managed online endpoint in the workspace tagged
+    ftkit.created_by=ftkit, with its deployments; endpoints ftkit did not create are never touched. Use
+    --dry-run first to see the list. Exits 1 if some endpoint could not be deleted (each failure is
+    reported; the others are still deleted).
     """
-    from ..exceptions import FtkitError
-
+    if args.backend == "azureml":
+        if args.home is not None:
+            print("error: --home applies to local endpoints only", file=sys.stderr)
+            return 2
+        backend = _azureml_backend(args)
+        where = f"workspace {backend.connection.workspace.workspace_name}"
+        names = [e.name for e in backend.list_endpoints()]
+        return _delete_all(names, backend.delete_endpoint, where, dry_run=args.dry_run)
+    if args.config is not None:
+        print("error: --config applies to --backend azureml only", file=sys.stderr)
+        return 2
     endpoints = _endpoints(args)
-    names = endpoints.names()
+    return _delete_all(endpoints.names(), endpoints.delete_endpoint, str(endpoints.root), dry_run=args.dry_run)
+
+
+def _delete_all(names: Sequence[str], delete: Callable[[str], None], where: str, *, dry_run: bool) -> int:
+    """Strictly private: delete each endpoint in turn, going on past failures; 1 if any failed."""
     if not names:
-        print(f"nothing to clean up under {endpoints.root}")
+        print(f"nothing to clean up in {where}")
         return 0
     failures = 0
     for name in names:
-        if args.dry_run:
+        if dry_run:
             print(f"would delete endpoint {name}")
             continue
         try:
-            endpoints.delete_endpoint(name)
+            delete(name)
         except FtkitError as exc:
             failures += 1
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: endpoint {name}: {exc}", file=sys.stderr)
         else:
-            print(f"deleted endpoint {name}")
+            print(f"deleted endpoint {name}", flush=True)
     return 1 if failures else 0

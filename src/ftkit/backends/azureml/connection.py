@@ -103,13 +103,17 @@ class WorkspaceRef:
                     given[key], sources[key] = str(data[key]), str(config)
         missing = [k for k, v in given.items() if not v]
         if missing:
-            hint = (
-                "pass it explicitly, set "
-                + " / ".join(ENV_VARS[missing[0]])
-                + ", or download the workspace's config.json from the Azure portal into this directory"
-            )
             raise ValidationError(
-                [Problem(f"azureml.{k}", "is not set", hint) for k in missing], "cannot tell which workspace to use"
+                [
+                    Problem(
+                        f"azureml.{k}",
+                        "is not set",
+                        f"pass it explicitly, set {' / '.join(ENV_VARS[k])}, or download the workspace's "
+                        "config.json from the Azure portal into this directory",
+                    )
+                    for k in missing
+                ],
+                "cannot tell which workspace to use",
             )
         source = "explicit" if set(sources.values()) == {"explicit"} else ", ".join(sorted(set(sources.values())))
         return cls(
