@@ -51,9 +51,13 @@ class ProgressPrinter:
         print(f"[{elapsed:6.1f}s] {event.stage:<8} {mark}  {event.message}", file=self.stream, flush=True)
 
 
-def _execute(job: JobFile, **options: Any) -> RunResult:
+def _quiet_progress_bars() -> None:
     # transformers' per-shard progress bars drown the stage lines; the stages say what is happening.
+    # huggingface_hub and transformers read this once, at import, so it must be set before either loads.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def _execute(job: JobFile, **options: Any) -> RunResult:
     result = JobRunner(job, on_event=ProgressPrinter(sys.stderr), **options).run()
     out = sys.stdout
     print(f"fine-tuning job  {result.job.name} ({result.job.status})", file=out)
@@ -71,6 +75,7 @@ def _execute(job: JobFile, **options: Any) -> RunResult:
 
 def _run(args: argparse.Namespace) -> int:
     """Run a job file end to end: model, compute, data, fine-tune, metrics, register, deploy, score, clean up."""
+    _quiet_progress_bars()
     job = JobFile.load(args.job)
     _execute(job, deploy=not args.no_deploy, wait_timeout_s=args.timeout, poll_s=args.poll)
     return 0
@@ -78,6 +83,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     """Run the notebook's whole flow locally: tiny model, generated chat data, LoRA, MLflow, endpoint."""
+    _quiet_progress_bars()
     from ..demo import prepare_demo
 
     directory: Path = args.dir.resolve()
