@@ -67,7 +67,7 @@ class MetricsSummary:
 
     @property
     def eval_improved(self) -> bool | None:
-        """Whether the last evaluation loss is below the first (``None`` with fewer than two evaluations)."""
+        """Whether the last evaluation loss is below the first (``None`` when the run logged no eval loss)."""
         if self.first_eval_loss is None or self.last_eval_loss is None:
             return None
         return self.last_eval_loss < self.first_eval_loss

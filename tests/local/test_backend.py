@@ -119,6 +119,19 @@ class TestProtocol:
         with pytest.raises(NotFoundError):
             backend.get_job("no-such-job")
 
+    def test_a_recycled_pid_is_not_the_worker(self, tmp_path: Path) -> None:
+        """A Running record whose pid now belongs to another process is Failed, and cancel never signals it."""
+        from ftkit.backends.local import jobs
+
+        b = LocalBackend(tmp_path)
+        # This test process stands in for a stranger that got the dead worker's pid.
+        jobs.write_record(b.job_dir("stale"), jobs.JobRecord(name="stale", status="Running", pid=os.getpid()))
+        assert not jobs.worker_alive(os.getpid(), "stale")
+        b.cancel_job("stale")  # a SIGTERM to this process would end the test run here
+        handle = b.get_job("stale")
+        assert handle.status == "Failed"
+        assert "exited unexpectedly" in (handle.error or "")
+
 
 class TestFlow:
     def test_metrics_come_back_from_mlflow(self, backend: LocalBackend, finished: JobHandle, tmp_path: Path) -> None:
@@ -176,8 +189,11 @@ class TestFlow:
 @pytest.mark.slow
 class TestResume:
     def test_killed_job_resumes_from_its_checkpoint(self, backend: LocalBackend, chat_files: ChatFiles) -> None:
-        """SIGKILL mid-run makes the job Failed; submitting it again resumes from the checkpoint to the end."""
-        request = _request(backend, chat_files, num_train_epochs=4, per_device_train_batch_size=2, save_steps=5)
+        """SIGKILL mid-run makes the job (and its MLflow run) Failed; submitting it again resumes from the
+        checkpoint, in the same run, to the same final step."""
+        from ftkit.backends.local.tracking import using_store
+
+        request = _request(backend, chat_files, num_train_epochs=1, per_device_train_batch_size=2, save_steps=5)
         handle = backend.submit_finetune(request)
         ckpts = backend.job_dir(handle.name) / "output" / "checkpoints"
         deadline = time.monotonic() + 90
@@ -190,6 +206,9 @@ class TestResume:
         killed = _wait(backend, backend.get_job(handle.name))
         assert killed.status == "Failed"
         assert "submit again to resume" in (killed.error or "")
+        run_id = backend.run_id(handle.name)
+        with using_store(backend.store) as mlflow:
+            assert mlflow.get_run(run_id).info.status == "FAILED"  # not left RUNNING by the dead worker
 
         again = backend.submit_finetune(request)
         assert again.name == handle.name
@@ -197,10 +216,15 @@ class TestResume:
         assert done.status == "Completed"
         log = (backend.job_dir(done.name) / "train.log").read_text()
         result = json.loads((backend.job_dir(done.name) / "output" / "result.json").read_text())
-        assert result["global_step"] == result["total_steps"] == 600  # 150 steps/epoch x 4
+        assert result["global_step"] == result["total_steps"] == 150  # 150 steps/epoch x 1
         table = backend.read_metrics(done)
-        assert table.series("loss")[-1][0] == 600
-        assert "step 600/600" in log
+        assert table.series("loss")[-1][0] == 150
+        assert "step 150/150" in log
+        with using_store(backend.store) as mlflow:
+            run = mlflow.get_run(run_id)
+        assert run.info.status == "FINISHED"
+        assert int(run.data.tags["ftkit.resumed_from"]) >= 5  # it continued from a checkpoint, not from step 0
+        assert json.loads((backend.job_dir(done.name) / "job.json").read_text())["attempts"] == 2
 
 
 def test_local_section_settings_reach_the_training_config(tmp_path: Path) -> None:

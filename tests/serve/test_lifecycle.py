@@ -117,6 +117,17 @@ class TestErrors:
             endpoints.get_keys("../etc")
         endpoints.delete_endpoint("nope")
 
+    def test_delete_never_leaves_the_endpoints_folder(self, tmp_path: Path) -> None:
+        """delete_endpoint("..") is refused: it once removed the whole ftkit home (endpoints' parent)."""
+        home = tmp_path / "home"
+        endpoints = LocalEndpoints(home)
+        (home / "endpoints").mkdir(parents=True)
+        (home / "mlflow.db").write_text("precious")
+        for bad in ("..", ".", "../home", "a/b", ""):
+            with pytest.raises(ValidationError, match="not a valid endpoint name"):
+                endpoints.delete_endpoint(bad)
+        assert (home / "mlflow.db").read_text() == "precious"
+
     def test_model_without_a_directory_and_failed_load(self, tmp_path: Path) -> None:
         """A deployment of a model with no directory is refused; one whose files do not load fails with logs."""
         endpoints = LocalEndpoints(tmp_path)

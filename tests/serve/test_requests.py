@@ -102,6 +102,14 @@ class TestParseScore:
                 {"input_data": {"input_string": [[MSG]], "parameters": {"max_new_tokens": 10**9}}},
                 "input_data.parameters.max_new_tokens",
             ),
+            (  # JSON integers are unbounded: one past float's range must still be a 400, not an OverflowError
+                {"input_data": {"input_string": [[MSG]], "parameters": {"max_new_tokens": 10**400}}},
+                "input_data.parameters.max_new_tokens",
+            ),
+            (
+                {"input_data": {"input_string": [[MSG]], "parameters": {"max_gen_len": 1.5}}},
+                "input_data.parameters.max_gen_len",
+            ),
             ({"input_data": {"input_string": [[MSG]]}, "params": []}, "params"),
         ],
     )
@@ -163,6 +171,8 @@ class TestParseChat:
             ({"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role"),
             ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}, "messages[0].content[0]"),
             ({"messages": [MSG], "max_tokens": "10"}, "max_tokens"),
+            ({"messages": [MSG], "max_tokens": 10**400}, "max_tokens"),
+            ({"messages": [MSG], "max_completion_tokens": -(10**400)}, "max_completion_tokens"),
             ({"messages": [MSG], "n": 2}, "n"),
             ({"messages": [MSG], "stream": "yes"}, "stream"),
             ({"messages": [MSG], "temperature": 3}, "temperature"),

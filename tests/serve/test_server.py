@@ -220,6 +220,12 @@ RAW_BAD = [
         "input_data.parameters.max_new_tokens",
     ),
     (b'{"input_data": {"input_string": [[{"role": "user", "content": "x"}]]}, "params": 3}', "params"),
+    (  # an integer past float's range once escaped as a 500 (OverflowError)
+        b'{"input_data": {"input_string": [[{"role": "user", "content": "x"}]], "parameters": {"max_new_tokens": 1'
+        + b"0" * 400
+        + b"}}}",
+        "input_data.parameters.max_new_tokens",
+    ),
 ]
 
 

@@ -13,7 +13,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -131,17 +131,3 @@ def atomic_path(path: Path) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
-
-
-@contextlib.contextmanager
-def atomic_open(path: Path) -> Iterator[IO[bytes]]:
-    """Open ``path`` for binary writing through :func:`atomic_path`.
-
-    Args:
-        path: The final path.
-
-    Yields:
-        A binary file; its content becomes ``path`` when the block ends without error.
-    """
-    with atomic_path(path) as tmp, tmp.open("wb") as f:
-        yield f

@@ -359,7 +359,7 @@ class LocalBackend:
         log = (folder / "train.log").open("ab")
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "ftkit.backends.local.worker", str(folder), self.store.tracking_uri],
+                [sys.executable, "-m", jobs.WORKER_MODULE, str(folder), self.store.tracking_uri],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -377,7 +377,11 @@ class LocalBackend:
         if record.status not in ("Queued", "Running") or record.pid is None:
             return record
         proc = self._procs.get(record.name)
-        alive = proc.poll() is None if proc is not None and proc.pid == record.pid else jobs.pid_alive(record.pid)
+        alive = (
+            proc.poll() is None
+            if proc is not None and proc.pid == record.pid
+            else jobs.worker_alive(record.pid, record.name)
+        )
         if alive:
             return record
         again = jobs.read_record(self.home, record.name)  # it may have just finished
@@ -390,6 +394,10 @@ class LocalBackend:
             error="the training process exited unexpectedly; see train.log, and submit again to resume",
         )
         jobs.write_record(jobs.job_dir(self.home, record.name), failed)
+        if failed.run_id:
+            # The worker died without closing its MLflow run; a resubmission reopens it.
+            with contextlib.suppress(Exception):
+                tracking.RunLogger(self.store, failed.run_id).finish("FAILED")
         return failed
 
     def _handle(self, record: jobs.JobRecord) -> JobHandle:

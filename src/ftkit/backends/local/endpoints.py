@@ -112,7 +112,8 @@ class LocalEndpoints:
         return EndpointFiles(self.root / name)
 
     def _existing(self, name: str) -> EndpointFiles:
-        files = self._files(name) if isinstance(name, str) and "/" not in name and name not in ("", ".", "..") else None
+        # Only a valid endpoint name can exist; anything else ("..", "a/b") must not become a path.
+        files = self._files(name) if isinstance(name, str) and _NAME.match(name) else None
         if files is None or not files.exists():
             raise NotFoundError(
                 f"endpoint {name!r} not found; endpoints: {', '.join(self.names()) or 'none'}",
@@ -530,8 +531,10 @@ class LocalEndpoints:
         """Stop the endpoint's server, wait until its port is closed, and remove its state (no error if gone).
 
         Raises:
+            ValidationError: ``name`` is not an endpoint name (``..`` would otherwise name the ftkit home).
             DeploymentError: The server could not be stopped.
         """
+        _check_name("endpoint", name)
         files = self._files(name)
         if not files.root.is_dir():
             return

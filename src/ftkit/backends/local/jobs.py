@@ -19,8 +19,12 @@ from typing import Any
 import attrs
 
 from ...exceptions import NotFoundError, closest
+from .pids import owned_process_alive
 
-__all__ = ["JobRecord", "job_dir", "list_records", "pid_alive", "read_record", "write_record"]
+__all__ = ["WORKER_MODULE", "JobRecord", "job_dir", "list_records", "read_record", "worker_alive", "write_record"]
+
+WORKER_MODULE = "ftkit.backends.local.worker"
+"""The module a background job's process runs (``python -m ftkit.backends.local.worker JOB_DIR URI``)."""
 
 
 @attrs.frozen(kw_only=True)
@@ -95,16 +99,7 @@ def list_records(home: Path) -> list[JobRecord]:
     return sorted(out, key=lambda r: r.created)
 
 
-def pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):
-        # A child that exited but was not reaped yet is still "there" to kill(0); /proc tells.
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    return True
+def worker_alive(pid: int, name: str) -> bool:
+    """Whether ``pid`` is a live (not zombie) worker process of job ``name`` (a recycled pid is not)."""
+    module, suffix = WORKER_MODULE.encode(), f"/{name}".encode()
+    return owned_process_alive(pid, lambda args: module in args and any(a.endswith(suffix) for a in args))

@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+from ..pids import owned_process_alive
 from .state import EndpointFiles
 
 __all__ = ["SERVER_MODULE", "is_server_alive", "port_open", "start_server", "stop_server", "wait_listening"]
@@ -87,15 +88,6 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def _proc_state(pid: int) -> str | None:
-    """Strictly private: the process's state letter from /proc (``Z`` for a zombie), ``None`` if gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rpartition(")")[2].split()[0]
-
-
 def is_server_alive(files: EndpointFiles, pid: int | None) -> bool:
     """Whether ``pid`` is a live (not zombie) server process of this endpoint.
 
@@ -103,24 +95,8 @@ def is_server_alive(files: EndpointFiles, pid: int | None) -> bool:
         files: The endpoint's files.
         pid: The pid recorded in ``server.json``.
     """
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.parent.exists():
-        try:
-            args = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            return False
-        if SERVER_MODULE.encode() not in args or str(files.root).encode() not in args:
-            return False
-        return _proc_state(pid) not in (None, "Z", "X")
-    try:  # no /proc (not Linux): the best we can do is ask whether the pid exists
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    module, root = SERVER_MODULE.encode(), str(files.root).encode()
+    return owned_process_alive(pid, lambda args: module in args and root in args)
 
 
 def stop_server(files: EndpointFiles, pid: int | None, port: int | None, *, timeout_s: float = 15.0) -> bool:

@@ -180,10 +180,15 @@ def _conversation(value: object, field: str) -> Conversation:
 
 
 def _max_tokens(value: object, field: str, cap: int) -> int:
-    n = _number(value, field, low=1, high=float("inf"), integer=True)
-    if n > cap:
-        raise BadRequest(field, f"{int(n)} is above this endpoint's cap of {cap} tokens")
-    return int(n)
+    # Not through _number: JSON integers are unbounded, and float() of a 400-digit one raises OverflowError.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(field, f"expected an integer, got {_type_name(value)}")
+    if value < 1:
+        raise BadRequest(field, f"{value} is out of range [1, {cap}]")
+    if value > cap:
+        shown = value if value < 10**12 else "the value"
+        raise BadRequest(field, f"{shown} is above this endpoint's cap of {cap} tokens")
+    return value
 
 
 def parse_score(body: object, *, max_new_tokens_cap: int) -> ScoreRequest:
