@@ -153,14 +153,20 @@ class ComponentSchema:
             body = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError) as exc:
             raise ParameterError([Problem("", f"cannot read component spec: {exc}", source=str(path))]) from exc
-        if not isinstance(body, dict) or "inputs" not in body or "name" not in body:
+        if not isinstance(body, dict) or not isinstance(body.get("inputs"), dict) or "name" not in body:
             raise ParameterError(
-                [Problem("", "not a component spec (needs name, version and inputs)", source=str(path))]
+                [Problem("", "not a component spec (needs name, version and a mapping of inputs)", source=str(path))]
             )
-        outputs = {k: str(v.get("type", "")) for k, v in (body.get("outputs") or {}).items()}
-        return cls.from_input_dicts(
-            body["name"], str(body.get("version", "")), body["inputs"], outputs, source=str(path)
-        )
+        try:
+            outputs = {k: str(v.get("type", "")) for k, v in (body.get("outputs") or {}).items()}
+            return cls.from_input_dicts(
+                body["name"], str(body.get("version", "")), body["inputs"], outputs, source=str(path)
+            )
+        except (AttributeError, TypeError, ValueError) as exc:
+            # An input or output that is not a mapping, or a min/max/default that is not a number.
+            raise ParameterError(
+                [Problem("", f"malformed component spec: {exc}", source=str(path))], "cannot read the component spec"
+            ) from None
 
     @classmethod
     def bundled(cls, name: str = DEFAULT_COMPONENT, version: str = DEFAULT_COMPONENT_VERSION) -> ComponentSchema:

@@ -54,6 +54,24 @@ class TestSnapshot:
         with pytest.raises(ParameterError, match="not a component spec"):
             ComponentSchema.from_spec_file(tmp_path / "x.yaml")
 
+    @pytest.mark.parametrize(
+        ("text", "message"),
+        [
+            ("name: x\ninputs: [a, b]\n", "not a component spec"),
+            ("name: x\nversion: 1\ninputs:\n  lr: {type: number, min: abc}\n", "malformed component spec"),
+            ("name: x\nversion: 1\ninputs:\n  lr: {type: number, default: fast}\n", "malformed component spec"),
+            ("name: x\nversion: 1\ninputs:\n  lr: 5\n", "malformed component spec"),
+            ("name: x\nversion: 1\ninputs: {}\noutputs: [a]\n", "malformed component spec"),
+        ],
+    )
+    def test_a_malformed_spec_is_a_parameter_error(self, tmp_path: Path, text: str, message: str) -> None:
+        """Inputs that are not a mapping, or bounds and defaults that are not numbers, never escape as tracebacks."""
+        path = tmp_path / "spec.yaml"
+        path.write_text(text)
+        with pytest.raises(ParameterError, match=message) as info:
+            ComponentSchema.from_spec_file(path)
+        assert info.value.problems[0].source == str(path)
+
 
 class TestEncoding:
     def test_python_values_become_the_component_encoding(self, schema: ComponentSchema) -> None:

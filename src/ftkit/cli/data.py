@@ -6,19 +6,23 @@ import argparse
 import sys
 from typing import Any
 
-from ..exceptions import FtkitError, ValidationError
-
 __all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``data`` command and its ``build`` subcommand."""
-    data = subparsers.add_parser("data", help="build and check chat data for fine-tuning")
+    data = subparsers.add_parser(
+        "data",
+        help="build and check chat data for fine-tuning",
+        description="Build and check the chat data of a fine-tuning run.",
+    )
     sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     build = sub.add_parser(
         "build",
         help="select, check and write the JSONL splits (from JOB.yaml's data section, or from --source)",
-        description="Exit 0 with a summary; 1 when --strict and rows were rejected, or the source cannot be read.",
+        description="Select, check and write the JSONL splits of JOB.yaml's data section (flags override it), "
+        "or of --source alone, with a report.json beside them. Exit 0 with a summary; 1 when --strict and rows "
+        "were rejected, or the source cannot be read.",
     )
     build.add_argument("job", nargs="?", metavar="JOB.yaml", help="a job file; its data section is used")
     build.add_argument("--source", help="dataset id, or a local parquet/JSONL file or directory")
@@ -35,17 +39,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _build(args: argparse.Namespace) -> int:
-    try:
-        return _run(args)
-    except ValidationError as exc:
-        print(f"error: {exc.render()}", file=sys.stderr)
-        return 1
-    except FtkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-
-
-def _run(args: argparse.Namespace) -> int:
+    # ftkit errors are printed by ftkit.cli.main, as for every command.
     from ..data import ChatDatasetBuilder, SplitSelection
 
     overrides: dict[str, Any] = {}

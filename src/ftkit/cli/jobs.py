@@ -36,10 +36,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("job", type=Path, help="the YAML job file")
+    parser.add_argument("job", type=Path, metavar="JOB.yaml", help="the YAML job file")
     parser.add_argument(
         "--component-spec",
         type=Path,
+        metavar="SPEC.yaml",
         help="the component's spec.yaml to validate against (default: ftkit's bundled snapshot of the pinned version)",
     )
 

@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ftkit",
         description="Fine-tune a chat model, register, deploy and test it, on Azure ML or locally.",
+        epilog="Start with `ftkit demo` (the whole flow on this machine, nothing downloaded). With a job file: "
+        "`ftkit validate JOB.yaml`, then `ftkit run JOB.yaml`; `ftkit COMMAND --help` for each command.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMAND_MODULES:
@@ -38,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments without the program name; ``sys.argv[1:]`` when omitted.
 
     Returns:
-        The exit status: 0 on success, 1 on an ftkit error, 2 on a usage error.
+        The exit status: 0 on success, 1 on an ftkit or file-system error, 2 on a usage error.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -49,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc.render()}", file=sys.stderr)
         return 1
     except FtkitError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        # The file system said no (a path that is a file, a full disk, no permission): its message is the news.
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

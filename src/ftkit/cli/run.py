@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -16,10 +17,18 @@ from ..runner import JobRunner, RunResult, StageEvent
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``run`` and ``demo`` to the ``ftkit`` parser."""
     run = sub.add_parser("run", help="run a job file end to end", description=_run.__doc__)
-    run.add_argument("job", type=Path, help="the YAML job file")
+    run.add_argument("job", type=Path, metavar="JOB.yaml", help="the YAML job file")
     run.add_argument("--no-deploy", action="store_true", help="stop after registering the model")
-    run.add_argument("--timeout", type=float, default=24 * 3600.0, help="seconds to wait for the fine-tuning job")
-    run.add_argument("--poll", type=float, default=30.0, help="seconds between job status polls")
+    run.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=24 * 3600.0,
+        metavar="SECONDS",
+        help="how long to wait for the fine-tuning job (default: 86400); the job keeps running after it",
+    )
+    run.add_argument(
+        "--poll", type=_positive(float), default=30.0, metavar="SECONDS", help="time between job status reads (30)"
+    )
     run.set_defaults(handler=_run)
 
     demo = sub.add_parser(
@@ -27,10 +36,27 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="the whole flow on this machine with a tiny model (no Azure, nothing downloaded)",
         description=_demo.__doc__,
     )
-    demo.add_argument("--dir", type=Path, default=Path("ftkit-demo"), help="where to write the demo (./ftkit-demo)")
-    demo.add_argument("--seed", type=int, default=0, help="seed for the data and the model")
-    demo.add_argument("--steps", type=int, default=None, help="training steps (default: two epochs)")
+    demo.add_argument(
+        "--dir", type=Path, default=Path("ftkit-demo"), metavar="DIR", help="where to write the demo (./ftkit-demo)"
+    )
+    demo.add_argument("--seed", type=int, default=0, help="seed for the data and the model (0)")
+    demo.add_argument("--steps", type=_positive(int), default=None, help="training steps (default: two epochs)")
     demo.set_defaults(handler=_demo)
+
+
+def _positive(kind: Callable[[str], float]) -> Callable[[str], Any]:
+    """Return an argparse type that accepts numbers above zero (a zero poll interval would hammer the service)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+
+    return parse
 
 
 class ProgressPrinter:
@@ -87,6 +113,9 @@ def _demo(args: argparse.Namespace) -> int:
     from ..demo import prepare_demo
 
     directory: Path = args.dir.resolve()
+    if directory.exists() and not directory.is_dir():
+        print(f"error: --dir {directory} is a file; give a directory (it is created if missing)", file=sys.stderr)
+        return 2
     print(f"preparing the demo in {directory}", file=sys.stderr)
     job = JobFile.load(prepare_demo(directory, seed=args.seed, steps=args.steps))
     if job.local.home is None and "FTKIT_HOME" not in os.environ:
