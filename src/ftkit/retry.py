@@ -7,6 +7,8 @@ Which layer retries what (one layer per concern, never two):
   408/429/5xx set) does not multiply our attempts; the backend translates SDK errors into
   :class:`~ftkit.exceptions.TransientBackendError` at its boundary and wraps each coarse operation in
   :func:`call`. One operation therefore makes at most :data:`MAX_ATTEMPTS` HTTP attempts.
+* **Data uploads** to the datastore go through azure-storage-blob, which retries each blob request itself
+  (3 retries) and cannot be told not to from azure-ai-ml: that is their one layer, and ftkit adds none.
 * **Long-running operations** (endpoint/deployment creation) are not retried once submitted: their PUT is
   retried, their polling gets its own deadline, and a terminal failure (quota, probe) raises at once.
 * **Everything else** (validation, auth, not found, conflict, quota) fails on the first attempt.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import attrs
 import pytest
 
@@ -18,6 +20,7 @@ from ftkit.exceptions import (
     NotFoundError,
     ProbeFailedError,
     QuotaError,
+    ScoringError,
     TransientBackendError,
 )
 from ftkit.jobfile import ComputeSection, DeploySection, JobFile
@@ -99,6 +102,32 @@ class TestTransient:
         assert len(scores) == 3
         assert all(s.headers["azureml-model-deployment"] == "demo" for s in scores)
         assert answer["output"].startswith("[demo:")
+
+    def test_upload_is_not_retried_on_top_of_the_blob_client(
+        self, fake: FakeAzureML, data_files: dict[str, Path]
+    ) -> None:
+        """azure-storage-blob retries its own requests; the backend calls the uploader once, so at most 4 attempts."""
+        calls: list[Path] = []
+
+        def flaky(path: Path, destination: str) -> str:
+            calls.append(path)
+            raise TransientBackendError("blob upload: connection reset", operation="upload_data")
+
+        backend = AzureMLBackend(**{**fake.backend_settings(), "uploader": flaky})
+        with pytest.raises(TransientBackendError):
+            backend.upload_data({"train": data_files["train"]}, name_prefix="run")
+        assert calls == [data_files["train"]]
+        assert not fake.calls("PUT", r"/data/")
+
+    def test_scoring_500_is_not_retried(self, fake: FakeAzureML, backend: AzureMLBackend) -> None:
+        """A 500 from the scoring container is the script failing on this input: one POST, a ScoringError."""
+        with deployer(backend) as d:
+            d.deploy(MODEL)
+            fake.fail("POST", r"^/score$", status=500, message="scoring script raised KeyError: 'input_data'")
+            with pytest.raises(ScoringError, match="answered 500") as info:
+                d.invoke(CONVERSATION)
+        assert info.value.status_code == 500
+        assert len(fake.calls("POST", r"^/score$")) == 1
 
     def test_persistent_503_stops_at_four(self, fake: FakeAzureML, backend: AzureMLBackend) -> None:
         """No call makes more than MAX_ATTEMPTS attempts (azure-core does not retry underneath)."""

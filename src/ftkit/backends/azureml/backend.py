@@ -70,7 +70,8 @@ class DatastoreUploader:
 
     It writes to the workspace's default blob datastore through ``azure-storage-blob``, with the datastore's
     credentials or your identity; this traffic does not go through the MLClient's transport, which is why the
-    backend takes an injectable uploader (``FakeAzureML.upload`` in tests).
+    backend takes an injectable uploader (``FakeAzureML.upload`` in tests). azure-storage-blob retries each of
+    its requests (at most 4 attempts), so the backend does not retry an upload again.
 
     Args:
         connection: The workspace connection.
@@ -307,7 +308,9 @@ class AzureMLBackend:
             self._call("get_data", lambda: ml.data.get(name, version=version), resource=where)
         except NotFoundError:
             destination = f"ftkit/{name}/{version}/{path.name}"
-            uri = retry.call(lambda: self.uploader(path, destination))
+            # Not wrapped in retry.call: azure-storage-blob retries each blob request itself (3 retries, and
+            # azure-ai-ml gives no way to turn that off), so a second layer here would allow 16 attempts.
+            uri = self.uploader(path, destination)
             asset = Data(
                 name=name,
                 version=version,

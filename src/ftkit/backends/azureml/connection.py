@@ -281,7 +281,8 @@ class AzureMLConnection:
         """An azure-core ``PipelineClient`` on the same transport, for requests azure-ai-ml does not make.
 
         It has no retry policy (ftkit retries) and no authentication policy: callers add the header each
-        request needs (the endpoint key for scoring, an ARM token for the MLflow API).
+        request needs (the endpoint key for scoring, an ARM token for the MLflow API). Nor has it azure-core's
+        ``NetworkTraceLoggingPolicy``, which would log those headers, the endpoint key included, in clear.
         """
         from azure.core import PipelineClient
         from azure.core.pipeline import policies
@@ -296,7 +297,6 @@ class AzureMLConnection:
                 policies.UserAgentPolicy(base_user_agent=USER_AGENT),
                 policies.ContentDecodePolicy(),
                 policies.RedirectPolicy(),
-                policies.NetworkTraceLoggingPolicy(),
             ],
             **kwargs,
         )

@@ -35,6 +35,9 @@ from .errors import TRANSIENT_STATUS, map_azure_errors
 __all__ = ["CREATED_BY_TAG", "EndpointOperations"]
 
 CREATED_BY_TAG = "ftkit.created_by"
+# A 500 from the scoring container is the scoring script failing on this request: sending it again fails
+# again (and costs GPU time), so scoring retries only the gateway's and the network's transient answers.
+SCORING_TRANSIENT_STATUS = TRANSIENT_STATUS - {500}
 T = TypeVar("T")
 
 
@@ -280,7 +283,7 @@ class EndpointOperations:
         """POST ``body`` to the endpoint's scoring URI with its key, naming ``deployment``.
 
         Raises:
-            ScoringError: The endpoint answered with an error (not retried unless 408/429/5xx gateway errors).
+            ScoringError: The endpoint answered with an error (408/429/502/503/504 are retried first).
         """
         from azure.core.rest import HttpRequest
 
@@ -305,7 +308,7 @@ class EndpointOperations:
                 )
             status = response.status_code
             text = response.text()
-            if status in TRANSIENT_STATUS:
+            if status in SCORING_TRANSIENT_STATUS:
                 raise TransientBackendError(
                     f"scoring {endpoint}/{deployment} answered {status}: {text[:200]}",
                     operation="score",

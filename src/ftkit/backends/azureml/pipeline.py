@@ -14,6 +14,7 @@ from typing import Any
 
 from ...component import ComponentSchema
 from ...plan import RunPlan
+from .endpoints import CREATED_BY_TAG
 
 __all__ = ["build_pipeline_job", "component_from_schema", "data_input", "rest_body"]
 
@@ -109,7 +110,7 @@ def build_pipeline_job(plan: RunPlan, *, component: Any, cluster: str) -> Any:
     settings.continue_on_step_failure = False
     job.experiment_name = plan.experiment_name
     job.tags = {
-        "ftkit.created_by": "ftkit",
+        CREATED_BY_TAG: "ftkit",
         "ftkit.job": plan.job.name,
         "ftkit.component": f"{plan.schema.name}:{plan.schema.version}",
         "ftkit.base_model": plan.model.asset_id,
