@@ -17,7 +17,7 @@ from .finetune import FinetunePipelineSpec, ParameterOverride
 from .jobfile import JobFile
 from .model import FoundationModelRef
 
-__all__ = ["RunPlan", "plan_file", "plan_run"]
+__all__ = ["RunPlan", "data_files", "plan_file", "plan_run"]
 
 
 @attrs.frozen(kw_only=True)

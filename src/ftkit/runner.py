@@ -34,12 +34,12 @@ from .backends.base import (
     RegisterRequest,
 )
 from .compute import ComputeCheck, ComputeValidator
-from .exceptions import MissingDependencyError, ValidationError
+from .exceptions import FtkitError, MissingDependencyError, ValidationError
 from .hashing import sha256_file
 from .home import ftkit_home
 from .jobfile import JobFile
 from .model import FoundationModelRef
-from .plan import RunPlan, plan_run
+from .plan import RunPlan, data_files, plan_run
 from .waiting import wait_for_job
 
 __all__ = ["JobRunner", "RunResult", "StageEvent", "run"]
@@ -102,10 +102,15 @@ def _endpoint_name(job_name: str, stamp: str) -> str:
     return f"{base[: 31 - len(stamp)]}-{stamp}"
 
 
-def _pick_conversation(path: Path, seed: int) -> list[dict[str, str]]:
-    """Pick one conversation from a JSONL file, reproducibly (the notebook samples without a seed)."""
+def _pick_conversation(path: Path, seed: int) -> list[dict[str, str]] | None:
+    """Pick one conversation from a JSONL file, reproducibly (the notebook samples without a seed).
+
+    Returns ``None`` when the file has no rows (a small ``percent`` can leave a split empty).
+    """
     with path.open(encoding="utf-8") as fh:
         lines = [line for line in fh if line.strip()]
+    if not lines:
+        return None
     row = json.loads(random.Random(seed).choice(lines))
     messages: list[dict[str, str]] = row["messages"]
     # Ask the model for the next assistant turn: drop a trailing assistant answer.
@@ -172,10 +177,14 @@ class JobRunner:
             The run's result.
 
         Raises:
-            FtkitError: The first stage that failed, after the endpoint (if any) was deleted.
+            FtkitError: The first stage that failed, after the endpoint (if any) was deleted; ``run.json``
+                records the error beside what the run had done by then (job name, endpoint).
         """
         try:
             return self._run()
+        except FtkitError as exc:
+            self._record["error"] = {"type": type(exc).__name__, "message": str(exc)}
+            raise
         finally:
             self._save()
 
@@ -277,7 +286,9 @@ class JobRunner:
         job = self.job
         data = job.data
         if data.train_file and data.test_file:
-            files = {"train": data.train_file, "test": data.test_file}
+            # Relative paths follow the job file, as everywhere else in it (and as `ftkit validate` shows them).
+            train, test = data_files(job)
+            files = {"train": train, "test": test}
             self._emit("data", "using the given train and test files", done=True)
         else:
             from .data import ChatDatasetBuilder
@@ -346,9 +357,12 @@ class JobRunner:
             self._emit("deploy", f"{name}/{job.deploy.deployment_name} serving at {info.scoring_uri}", done=True)
             request_body: Mapping[str, Any] | None = None
             response: Any = None
-            source = files.get("score") or files.get("test")
-            if source and "://" not in source:
-                conversation = _pick_conversation(Path(source), self.job.data.seed)
+            source = files.get("score") or files["test"]
+            # Only a local file can be sampled here; a data asset or URI lives in the workspace.
+            conversation = _pick_conversation(Path(source), job.data.seed) if Path(source).is_file() else None
+            if conversation is None:
+                self._emit("score", f"skipped: no local conversation to send from {source}", done=True)
+            else:
                 request_body = deployer.request_body(conversation)
                 self._emit("score", f"scoring one conversation from {Path(source).name}")
                 response = deployer.invoke(request_body)

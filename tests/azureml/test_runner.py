@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import attrs
 import pytest
+import yaml
 
 import ftkit
 from ftkit.backends.azureml import AzureMLBackend
@@ -14,7 +16,7 @@ from ftkit.jobfile import JobFile
 from ftkit.runner import StageEvent
 from ftkit.testing import FakeAzureML
 
-from .conftest import FakeClock
+from .conftest import REPO, FakeClock
 
 
 def test_run_walks_every_stage_and_leaves_nothing_running(
@@ -54,6 +56,9 @@ def test_a_failed_job_stops_the_run_before_anything_is_deployed(
         ftkit.run(job, backend, run_dir=tmp_path / "run", poll_s=60, clock=clock, sleep=clock.sleep)
     assert fake.calls("PUT", "/onlineEndpoints/") == []
     assert json.loads((tmp_path / "run" / "run.json").read_text())["finetune_job"]["name"]
+    error = json.loads((tmp_path / "run" / "run.json").read_text())["error"]
+    assert error["type"] == "JobFailedError"
+    assert "ended Failed" in error["message"]
 
 
 def test_a_quota_failure_at_deploy_still_deletes_the_endpoint(
@@ -65,3 +70,51 @@ def test_a_quota_failure_at_deploy_still_deletes_the_endpoint(
         ftkit.run(job, backend, run_dir=tmp_path / "run", poll_s=60, clock=clock, sleep=clock.sleep)
     assert len(fake.calls("DELETE", r"/onlineEndpoints/[^/]+$")) == 1
     assert all(fake.endpoint(r.path.rsplit("/", 1)[-1]) is None for r in fake.calls("DELETE"))
+
+
+def test_relative_data_files_follow_the_job_file(
+    fake: FakeAzureML,
+    backend: AzureMLBackend,
+    data_files: dict[str, Path],
+    tmp_path: Path,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """train_file/test_file relative to the job file are found from any working directory, as validate shows them."""
+    jobs = tmp_path / "jobs"
+    (jobs / "data").mkdir(parents=True)
+    for path in data_files.values():
+        (jobs / "data" / path.name).write_bytes(path.read_bytes())
+    text = (REPO / "examples" / "phi3-ultrachat.yaml").read_text()
+    loaded = JobFile.from_yaml(text)
+    data = {"train_file": f"data/{data_files['train'].name}", "test_file": f"data/{data_files['test'].name}"}
+    job_path = jobs / "job.yaml"
+    job_path.write_text(text + "\n" + yaml.safe_dump({"data": data}), encoding="utf-8")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    result = ftkit.run(
+        job_path, backend, deploy=False, run_dir=tmp_path / "run", poll_s=60, clock=clock, sleep=clock.sleep
+    )
+    assert loaded.data.train_file is None
+    assert result.data_files["train"] == str(jobs / "data" / data_files["train"].name)
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert set(record["data"]["sha256"]) == {"train", "test"}
+
+
+def test_an_empty_scoring_file_skips_scoring_and_still_deletes_the_endpoint(
+    fake: FakeAzureML, backend: AzureMLBackend, job: JobFile, tmp_path: Path, clock: FakeClock
+) -> None:
+    """With no conversation to send, the score stage says so; the run completes and leaves nothing running."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    job = attrs.evolve(job, data=attrs.evolve(job.data, test_file=str(empty)))
+    events: list[StageEvent] = []
+    result = ftkit.run(
+        job, backend, on_event=events.append, run_dir=tmp_path / "run", poll_s=60, clock=clock, sleep=clock.sleep
+    )
+    assert result.score_response is None
+    assert any(e.stage == "score" and e.message.startswith("skipped: no local conversation") for e in events)
+    assert not [r for r in fake.calls("POST") if "/score" in r.url]
+    assert result.endpoint is not None
+    assert fake.endpoint(result.endpoint.name) is None
