@@ -247,6 +247,20 @@ class TestBuild:
         assert by_reason[Reason.INVALID_JSON].line == 3
         assert by_reason[Reason.INVALID_UTF8].line == 6
 
+    def test_lone_surrogate_is_invalid_utf8(self, tmp_path: Path) -> None:
+        """A cut emoji ("\\ud83d" alone: valid JSON, not encodable as UTF-8) is one rejected row, not a crash."""
+        rows: list[Any] = [good(i) for i in range(12)]
+        rows[3]["messages"][1]["content"] = "cut off \ud83d"
+        path = write_jsonl(tmp_path / "t.jsonl", rows)  # json.dumps escapes it as \ud83d
+        build = ChatDatasetBuilder(path, splits=["train_sft"], out_dir=tmp_path / "o").build()
+        r = build.report.split("train_sft")
+        assert dict(r.reasons) == {"invalid_utf8": 1}
+        assert (r.rows_in, r.rows_written, r.rows_rejected) == (12, 11, 1)
+        assert [s.row for s in r.samples] == [3]
+        lines = build.files["train_sft"].read_bytes().split(b"\n")  # not splitlines: the rows hold U+2028
+        assert len(lines) == 12
+        assert lines[-1] == b""
+
     def test_mixed_types_jsonl_gives_uniform_file(self, tmp_path: Path) -> None:
         """A file whose rows disagree on types (pyarrow can't load it) is written with one schema."""
         rows: list[Any] = [good(i) for i in range(15)]
@@ -296,12 +310,6 @@ class TestBuild:
         out = tmp_path / "o"
         out.mkdir()
         (out / "train_sft.jsonl").write_text("old\n")
-
-        def rows() -> Any:
-            for i in range(100):
-                if i == 50:
-                    raise KeyboardInterrupt
-                yield good(i)
 
         class Boom(list):  # type: ignore[type-arg]
             def __getitem__(self, item: Any) -> Any:

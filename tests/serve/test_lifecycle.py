@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import time
@@ -27,11 +28,22 @@ def gone(files: EndpointFiles, pid: int, port: int) -> bool:
     return not is_server_alive(files, pid) and not port_open(port)
 
 
+def servers_of(files: EndpointFiles) -> list[int]:
+    """The live server processes of an endpoint, found by their command lines (not by server.json)."""
+    return [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and is_server_alive(files, int(p.name))]
+
+
 class TestLifecycle:
     def test_create_deploy_score_delete(self, tmp_path: Path, tiny_model: RegisteredModel) -> None:
         """The notebook's flow: endpoint, deployment, traffic, score, logs; delete leaves no process and no port."""
         endpoints = LocalEndpoints(tmp_path)
-        info = endpoints.create_endpoint(EndpointSpec(name="ep-life", tags={"createdBy": "ftkit"}))
+        spec = EndpointSpec(name="ep-life", tags={"createdBy": "ftkit"})
+        # Two clients creating the same endpoint at once start one server between them, not two.
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            infos = list(pool.map(lambda e: e.create_endpoint(spec), [endpoints, LocalEndpoints(tmp_path)]))
+        assert infos[0].scoring_uri == infos[1].scoring_uri
+        assert len(servers_of(EndpointFiles(tmp_path / "endpoints" / "ep-life"))) == 1
+        info = infos[0]
         assert info.provisioning_state == "Succeeded"
         assert info.scoring_uri.startswith("http://127.0.0.1:")
         assert info.scoring_uri.endswith("/score")

@@ -162,6 +162,15 @@ class LocalEndpoints:
         pid, port, alive = self._server(files)
         if alive and port is not None:
             return port
+        # Under the lock, and checked again there: two processes (or threads) finding the server down must not
+        # both start one, or the first one's server.json is overwritten and its process and port left behind.
+        with files.locked():
+            pid, port, alive = self._server(files)
+            if alive and port is not None:
+                return port
+            return self._start_server(files, pid, port)
+
+    def _start_server(self, files: EndpointFiles, pid: int | None, port: int | None) -> int:
         if pid is not None:  # a half-dead server: make sure it is gone before starting another
             stop_server(files, pid, port, timeout_s=5.0)
         proc = start_server(files)
