@@ -347,6 +347,11 @@ class JobFile:
                 "is required",
                 "e.g. model: {name: Phi-3-mini-4k-instruct, registry: azureml, version: latest}",
             )
+        raw_data = data.get("data")
+        given: Mapping[str, Any] = raw_data if isinstance(raw_data, dict) else {}
+        if bool(given.get("train_file")) != bool(given.get("test_file")):
+            # With only one of them, the other would silently come from the builder's output instead.
+            problem("data", "train_file and test_file go together", "set both, or neither to build them from source")
         if "finetune" in data:
             section = data["finetune"]
             if isinstance(section, dict):

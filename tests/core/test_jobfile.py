@@ -80,3 +80,9 @@ def test_yaml_numbers_without_a_dot_are_numbers(tmp_path: Path) -> None:
     job = JobFile.load(write(tmp_path, "name: x\nmodel: {name: m, version: 7}\nscore: {temperature: 6e-1}\n"))
     assert job.score.temperature == pytest.approx(0.6)
     assert job.model.version == "7"
+
+
+def test_train_and_test_files_go_together(tmp_path: Path) -> None:
+    """Giving only one ready data file is an error, not a silent mix with built data."""
+    with pytest.raises(JobFileError, match="train_file and test_file go together"):
+        JobFile.load(write(tmp_path, "name: x\nmodel: {name: m}\ndata: {train_file: t.jsonl}\n"))

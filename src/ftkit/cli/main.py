@@ -9,13 +9,14 @@ from collections.abc import Callable, Sequence
 
 from ..exceptions import FtkitError, ValidationError
 
-# Modules of ftkit.cli whose register(subparsers) adds commands; keep sorted. Each is imported only here,
-# and heavy libraries are imported inside the command handlers, so `ftkit --help` stays fast.
+# Modules of ftkit.cli whose register(subparsers) adds commands, in the order of the flow (validate, render,
+# data, run, demo, endpoint, cleanup), which is the order `ftkit --help` lists them. Each is imported only
+# here, and heavy libraries are imported inside the command handlers, so `ftkit --help` stays fast.
 COMMAND_MODULES: tuple[str, ...] = (
-    "data",
-    "endpoint",
     "jobs",
+    "data",
     "run",
+    "endpoint",
 )
 
 
