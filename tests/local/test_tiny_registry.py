@@ -86,6 +86,11 @@ class TestRegistry:
         with pytest.raises(NotFoundError, match="versions: 1"):
             registry.get_registered(home, "tiny-phi3:9")
 
+    def test_quote_in_a_name_is_a_validation_error(self, tmp_path: Path) -> None:
+        """A quote in a looked-up name is a clear ValidationError, not MLflow's filter-string exception."""
+        with pytest.raises(ValidationError, match="cannot hold a quote"):
+            registry.get_registered(tmp_path / "home", "o'brien")
+
     def test_not_a_model_directory(self, tmp_path: Path) -> None:
         """Registering a folder without config.json or tokenizer says what is missing."""
         (tmp_path / "empty").mkdir()

@@ -93,6 +93,8 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
     name, _, version = ref.partition(":")
     if not name:
         raise ValidationError([Problem("model", f"not a registry reference: {ref!r}", "use NAME or NAME:VERSION")])
+    if "'" in name:  # it would break MLflow's filter string (name='...'): an MlflowException, not a clear error
+        raise ValidationError([Problem("model", f"{name!r}: a registered model name cannot hold a quote")])
     return name, (version or None) if version != "latest" else None
 
 
