@@ -519,3 +519,17 @@ def test_lazy_public_names() -> None:
     """ChatDatasetBuilder is public on ftkit and loads lazily."""
     assert ftkit.ChatDatasetBuilder is ChatDatasetBuilder
     assert "ChatDatasetBuilder" in ftkit.__all__
+
+
+def test_output_files_get_the_usual_mode(tmp_path: Path) -> None:
+    """Atomic writes do not leave the temporary file's private 0600 mode on the result."""
+    import os
+
+    from ftkit.data.writer import atomic_path
+
+    target = tmp_path / "out.jsonl"
+    with atomic_path(target) as tmp:
+        tmp.write_text("{}\n")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask

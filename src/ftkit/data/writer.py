@@ -127,6 +127,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        # mkstemp creates the file 0600; give the result the mode a plain open() would have (0666 & ~umask),
+        # so built data files can be shared and uploaded like any other file.
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp_path.chmod(0o666 & ~umask)
         tmp_path.replace(path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
