@@ -227,17 +227,7 @@ class JobRunner:
         self._record["parameters"] = plan.parameters
         self._record["display_name"] = plan.display_name
 
-        request = FinetuneRequest(
-            job=job,
-            model=model,
-            spec=plan.spec,
-            parameters=plan.parameters,
-            display_name=plan.display_name,
-            experiment_name=plan.experiment_name,
-            compute=compute,
-            train_data=plan.train_data,
-            test_data=plan.test_data,
-        )
+        request = FinetuneRequest.from_plan(plan, compute)
         self._emit("finetune", f"submitting {plan.display_name}")
         handle = backend.submit_finetune(request)
         self._record["finetune_job"] = {"name": handle.name, "url": handle.studio_url}

@@ -65,14 +65,9 @@ class TestTransient:
         model = backend.resolve_model(job.model.ref())
         check = backend.ensure_compute(job.compute, ComputeValidator(model.finetune_compute_allow_list, 8))
         plan = plan_run(job, model=model, gpus_per_node=8)
-        request = FinetuneRequest(
-            job=job,
-            model=model,
-            spec=plan.spec,
-            parameters=plan.parameters,
-            display_name=plan.display_name,
-            experiment_name=plan.experiment_name,
-            compute=check,
+        request = FinetuneRequest.from_plan(
+            plan,
+            check,
             train_data="azureml://datastores/workspaceblobstore/paths/t.jsonl",
             test_data="azureml://datastores/workspaceblobstore/paths/v.jsonl",
         )

@@ -25,17 +25,7 @@ def run_notebook(
     files = {"train": Path(str(job.data.train_file)), "test": Path(str(job.data.test_file))}
     uris = backend.upload_data(files, name_prefix=job.name)
     plan = plan_run(job, model=model, gpus_per_node=check.gpus_per_node)
-    request = FinetuneRequest(
-        job=job,
-        model=model,
-        spec=plan.spec,
-        parameters=plan.parameters,
-        display_name=plan.display_name,
-        experiment_name=plan.experiment_name,
-        compute=check,
-        train_data=uris["train"],
-        test_data=uris["test"],
-    )
+    request = FinetuneRequest.from_plan(plan, check, train_data=uris["train"], test_data=uris["test"])
     handle = backend.submit_finetune(request)
     done = backend.wait_for_job(handle.name, on_status=lambda h: statuses.append(h.status))
     metrics = backend.read_metrics(done)

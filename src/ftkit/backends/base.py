@@ -17,6 +17,7 @@ from ..compute import ComputeCheck, ComputeValidator
 from ..finetune import FinetunePipelineSpec
 from ..jobfile import ComputeSection, JobFile
 from ..model import FoundationModelRef
+from ..plan import RunPlan
 
 __all__ = [
     "TERMINAL_JOB_STATES",
@@ -62,6 +63,38 @@ class FinetuneRequest:
     compute: ComputeCheck | None
     train_data: str
     test_data: str
+
+    @classmethod
+    def from_plan(
+        cls,
+        plan: RunPlan,
+        compute: ComputeCheck | None,
+        *,
+        train_data: str | None = None,
+        test_data: str | None = None,
+    ) -> FinetuneRequest:
+        """Build the request for a checked plan.
+
+        Args:
+            plan: The checked plan (its model, merged spec, encoded parameters and names).
+            compute: The compute check, where there is a cluster.
+            train_data: The training data as the backend can read it (default: the plan's).
+            test_data: The test data as the backend can read it (default: the plan's).
+
+        Returns:
+            The request.
+        """
+        return cls(
+            job=plan.job,
+            model=plan.model,
+            spec=plan.spec,
+            parameters=plan.parameters,
+            display_name=plan.display_name,
+            experiment_name=plan.experiment_name,
+            compute=compute,
+            train_data=train_data if train_data is not None else plan.train_data,
+            test_data=test_data if test_data is not None else plan.test_data,
+        )
 
 
 @attrs.frozen(kw_only=True)
