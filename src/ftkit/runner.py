@@ -232,14 +232,16 @@ class JobRunner:
         handle = backend.submit_finetune(request)
         self._record["finetune_job"] = {"name": handle.name, "url": handle.studio_url}
         self._emit(
-            "finetune", f"job {handle.name} {handle.status}" + (f" ({handle.studio_url})" if handle.studio_url else "")
+            "finetune", f"submitted job {handle.name}" + (f" ({handle.studio_url})" if handle.studio_url else "")
         )
         handle = wait_for_job(
             backend,
             handle.name,
             timeout_s=self.wait_timeout_s,
             poll_s=self.poll_s,
-            on_status=lambda h: self._emit("finetune", f"job {h.name} {h.status}"),
+            on_status=lambda h: self._emit(
+                "finetune", f"job {h.name} {h.status}" + (f": {h.progress}" if h.progress else "")
+            ),
             clock=self._clock,
             sleep=self._sleep,
         )

@@ -37,7 +37,7 @@ def wait_for_job(
         name: The job's name.
         timeout_s: How long to wait before giving up (the job keeps running).
         poll_s: Seconds between polls.
-        on_status: Called with the handle whenever the status changes (and once at the start).
+        on_status: Called with the handle whenever its status or progress changes (and once at the start).
         clock: Monotonic clock (injectable for tests).
         sleep: Sleep function (injectable for tests).
 
@@ -49,11 +49,11 @@ def wait_for_job(
         JobTimeoutError: The deadline passed first.
     """
     start = clock()
-    last_status: str | None = None
+    last: tuple[str, str | None] | None = None
     while True:
         handle = backend.get_job(name)
-        if handle.status != last_status:
-            last_status = handle.status
+        if (handle.status, handle.progress) != last:
+            last = (handle.status, handle.progress)
             if on_status is not None:
                 on_status(handle)
         if handle.status in FAILED_STATES:

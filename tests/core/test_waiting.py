@@ -72,3 +72,21 @@ def test_deadline_raises_timeout_without_oversleeping() -> None:
         wait(StatusScript("Running"), clock, timeout_s=25.0, poll_s=10.0)
     assert clock.sleeps == [10.0, 10.0, 5.0]
     assert info.value.waited_s == 25.0
+
+
+def test_progress_changes_are_reported_too() -> None:
+    """A new progress line with the same status is a change worth telling the caller about."""
+
+    class WithProgress(StatusScript):
+        def get_job(self, name: str) -> JobHandle:
+            handle = super().get_job(name)
+            steps = {1: "step 10: loss 2.0", 2: "step 20: loss 1.5"}
+            return JobHandle(name=name, status=handle.status, progress=steps.get(self.polls - 1))
+
+    seen: list[str | None] = []
+    wait(
+        WithProgress("Running", "Running", "Running", "Completed"),
+        FakeClock(),
+        on_status=lambda h: seen.append(h.progress),
+    )
+    assert seen == [None, "step 10: loss 2.0", "step 20: loss 1.5", None]

@@ -90,6 +90,14 @@ def finished(backend: LocalBackend, chat_files: ChatFiles) -> JobHandle:
     return done
 
 
+def test_a_background_job_reports_its_progress(finished: JobHandle, backend: LocalBackend) -> None:
+    """The worker's last progress line (step and loss) reaches get_job, so `ftkit run` can show it."""
+    progress = backend.get_job(finished.name).progress
+    assert progress is not None
+    assert progress.startswith("step ")
+    assert "loss" in progress
+
+
 class TestProtocol:
     def test_is_a_backend_and_light(self, tmp_path: Path) -> None:
         """LocalBackend satisfies the protocol; constructing it imports neither fastapi nor starts anything."""

@@ -409,6 +409,7 @@ class LocalBackend:
             studio_url=None,
             backend="local",
             error=record.error,
+            progress=record.progress,
         )
 
     def get_job(self, name: str) -> JobHandle:

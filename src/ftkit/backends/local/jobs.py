@@ -40,6 +40,7 @@ class JobRecord:
         pid: The worker process, while one runs.
         error: Why it failed.
         attempts: How many times a worker started (more than one after a resume).
+        progress: The worker's last progress line (step, loss, tokens/s), while it trains.
         tags: Lineage: base model, data files and hashes, parameters.
         created: When it was submitted (Unix time).
         updated: When this record was written (Unix time).
@@ -53,6 +54,7 @@ class JobRecord:
     pid: int | None = None
     error: str | None = None
     attempts: int = 0
+    progress: str | None = None
     tags: Mapping[str, str] = attrs.field(factory=dict)
     created: float = attrs.field(factory=time.time)
     updated: float = attrs.field(factory=time.time)

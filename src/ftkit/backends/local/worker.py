@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import attrs
 
 from .jobs import JobRecord, write_record
 from .tracking import MlflowStore, RunLogger
-from .training import Progress, TrainConfig, train
+from .training import MetricsSink, Progress, TrainConfig, train
 
 __all__ = ["main", "run_job"]
 
@@ -29,6 +30,37 @@ def _read(folder: Path) -> tuple[TrainConfig, JobRecord]:
     config = TrainConfig.from_json((folder / "config.json").read_text(encoding="utf-8"))
     record = JobRecord(**json.loads((folder / "job.json").read_text(encoding="utf-8")))
     return config, record
+
+
+class _ProgressSink(MetricsSink):
+    """Strictly private: forwards metrics to the run's logger and keeps a progress line in ``job.json``.
+
+    The job's owner polls ``job.json`` (``LocalBackend.get_job``), so this is how a background worker's
+    progress reaches ``ftkit run``; it is written at the logging cadence only, so it costs nothing to speak of.
+    """
+
+    def __init__(self, folder: Path, record: JobRecord, logger: RunLogger | None) -> None:
+        self.folder = folder
+        self.record = record
+        self.logger = logger
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step)
+        if "loss" in metrics:
+            line = f"step {step}: loss {metrics['loss']:.4f}"
+            if "tokens_per_second" in metrics:
+                line += f", {metrics['tokens_per_second']:,.0f} tokens/s"
+        elif "eval_loss" in metrics:
+            line = f"step {step}: eval loss {metrics['eval_loss']:.4f}"
+        else:
+            return
+        self.record = attrs.evolve(self.record, progress=line)
+        write_record(self.folder, self.record)
+
+    def flush(self) -> None:
+        if self.logger is not None:
+            self.logger.flush()
 
 
 def run_job(
@@ -62,7 +94,9 @@ def run_job(
             logger.reopen()
             params = {k: v for k, v in json.loads(config.to_json()).items() if k not in ("output_dir",)}
             logger.log_params(params)
-        result = train(config, metrics=logger, progress=progress, should_stop=lambda: cancel["requested"])
+        sink = _ProgressSink(folder, record, logger)
+        result = train(config, metrics=sink, progress=progress, should_stop=lambda: cancel["requested"])
+        record = sink.record
         if result.stopped:
             record = attrs.evolve(record, status="Canceled", pid=None, error="canceled; submit it again to resume")
             if logger is not None:
