@@ -102,3 +102,11 @@ def test_offline_render_needs_gpus_per_node(tmp_path: Path, capsys: pytest.Captu
     job.write_text("name: x\nbackend: azureml\nmodel: {name: m}\n")
     assert main(["render", str(job)]) == 1
     assert "compute.gpus_per_node" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "example", sorted((Path(__file__).parents[2] / "examples").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_example_validates(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The shipped example job files pass `ftkit validate`."""
+    assert main(["validate", str(example)]) == 0, capsys.readouterr().err
