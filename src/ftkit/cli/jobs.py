@@ -57,7 +57,7 @@ def _validate(args: argparse.Namespace) -> int:
     out = sys.stdout
     print(f"ok: {job.source} is valid", file=out)
     print(f"  backend        {job.backend}", file=out)
-    print(f"  model          {plan.model.asset_id}", file=out)
+    print(f"  model          {job.resolve_path(job.model.path) if job.model.path else plan.model.asset_id}", file=out)
     print(f"  component      {plan.schema.name} {plan.schema.version} ({plan.schema.source})", file=out)
     print(f"  display name   {plan.display_name}", file=out)
     print(f"  parameters     {len(plan.parameters)} set, in the component's encoding:", file=out)
