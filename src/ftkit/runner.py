@@ -190,6 +190,8 @@ class JobRunner:
 
     def _run(self) -> RunResult:
         job, backend = self.job, self.backend
+        # Check the parameters offline first: a typo should fail in a second, not after a cluster was created.
+        plan_run(job, gpus_per_node=job.compute.gpus_per_node or 1)
         self._emit("model", f"resolving {job.model.ref().asset_id if not job.model.path else job.model.path}")
         if job.model.path:
             # A local model directory needs no registry lookup: the backend reads it from the job file.
@@ -215,7 +217,7 @@ class JobRunner:
         else:
             self._emit("compute", "this machine", done=True)
 
-        # Plan before touching data: a bad parameter should fail in seconds, not after the data step.
+        # Plan again with the model's tags and the live GPU count, before the (possibly long) data step.
         plan = plan_run(job, model=model, gpus_per_node=compute.gpus_per_node if compute else None)
         for override in plan.overrides:
             self._emit("finetune", f"model default: {override}")

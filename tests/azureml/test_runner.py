@@ -118,3 +118,18 @@ def test_an_empty_scoring_file_skips_scoring_and_still_deletes_the_endpoint(
     assert not [r for r in fake.calls("POST") if "/score" in r.url]
     assert result.endpoint is not None
     assert fake.endpoint(result.endpoint.name) is None
+
+
+def test_a_bad_parameter_fails_before_any_service_call(
+    fake: FakeAzureML, backend: AzureMLBackend, job: JobFile, tmp_path: Path, clock: FakeClock
+) -> None:
+    """A typo in finetune is reported before the model, compute or data stages touch the workspace."""
+    import attrs
+
+    from ftkit.exceptions import ValidationError
+
+    bad = attrs.evolve(job, finetune=attrs.evolve(job.finetune, extra={"learning_rat": 1e-5}))
+    before = len(fake.requests)
+    with pytest.raises(ValidationError, match="did you mean learning_rate"):
+        ftkit.run(bad, backend, run_dir=tmp_path / "run", clock=clock, sleep=clock.sleep)
+    assert len(fake.requests) == before
