@@ -27,6 +27,8 @@ __all__ = [
     "EndpointInfo",
     "EndpointKeys",
     "EndpointSpec",
+    "Endpoints",
+    "EndpointsDelegate",
     "FinetuneRequest",
     "JobHandle",
     "MetricPoint",
@@ -313,45 +315,12 @@ StatusCallback = Callable[[JobHandle], None]
 
 
 @runtime_checkable
-class Backend(Protocol):
-    """The operations a run needs from a service (Azure ML) or from this machine.
+class Endpoints(Protocol):
+    """Online endpoints and their deployments: the half of :class:`Backend` that serves models.
 
-    Every method raises only :class:`~ftkit.exceptions.FtkitError` subclasses.
+    Each backend keeps these in an object of its own (Azure ML's operations, the local server processes)
+    and exposes them through :class:`EndpointsDelegate`.
     """
-
-    name: str
-
-    def resolve_model(self, ref: FoundationModelRef) -> FoundationModelRef:
-        """Pin ``ref`` to a concrete version and read its tags (:class:`~ftkit.exceptions.NotFoundError` if absent)."""
-        ...
-
-    def ensure_compute(self, section: ComputeSection, validator: ComputeValidator) -> ComputeCheck | None:
-        """Get or create the training compute and check it; ``None`` where there is no cluster (local)."""
-        ...
-
-    def upload_data(self, files: Mapping[str, Path | str], *, name_prefix: str) -> dict[str, str]:
-        """Make data files reachable by the job; returns the same keys mapped to URIs the job can read."""
-        ...
-
-    def submit_finetune(self, request: FinetuneRequest) -> JobHandle:
-        """Start a fine-tuning job and return at once with its handle."""
-        ...
-
-    def get_job(self, name: str) -> JobHandle:
-        """Return the job's current state (:class:`~ftkit.exceptions.NotFoundError` if unknown)."""
-        ...
-
-    def cancel_job(self, name: str) -> None:
-        """Ask the job to stop (no error when it has already finished)."""
-        ...
-
-    def read_metrics(self, job: JobHandle) -> MetricsTable:
-        """Return the training and evaluation metrics the job logged."""
-        ...
-
-    def register_model(self, request: RegisterRequest) -> RegisteredModel:
-        """Register the job's trained model with lineage tags."""
-        ...
 
     def create_endpoint(self, spec: EndpointSpec) -> EndpointInfo:
         """Create (or update) an online endpoint with key auth and wait until it is ready."""
@@ -403,3 +372,109 @@ class Backend(Protocol):
     def delete_endpoint(self, name: str) -> None:
         """Delete an endpoint and its deployments and wait until they are gone (no error if already gone)."""
         ...
+
+
+@runtime_checkable
+class Backend(Endpoints, Protocol):
+    """The operations a run needs from a service (Azure ML) or from this machine.
+
+    The endpoint half is :class:`Endpoints`. Every method raises only :class:`~ftkit.exceptions.FtkitError`
+    subclasses.
+    """
+
+    name: str
+
+    def resolve_model(self, ref: FoundationModelRef) -> FoundationModelRef:
+        """Pin ``ref`` to a concrete version and read its tags (:class:`~ftkit.exceptions.NotFoundError` if absent)."""
+        ...
+
+    def ensure_compute(self, section: ComputeSection, validator: ComputeValidator) -> ComputeCheck | None:
+        """Get or create the training compute and check it; ``None`` where there is no cluster (local)."""
+        ...
+
+    def upload_data(self, files: Mapping[str, Path | str], *, name_prefix: str) -> dict[str, str]:
+        """Make data files reachable by the job; returns the same keys mapped to URIs the job can read."""
+        ...
+
+    def submit_finetune(self, request: FinetuneRequest) -> JobHandle:
+        """Start a fine-tuning job and return at once with its handle."""
+        ...
+
+    def get_job(self, name: str) -> JobHandle:
+        """Return the job's current state (:class:`~ftkit.exceptions.NotFoundError` if unknown)."""
+        ...
+
+    def cancel_job(self, name: str) -> None:
+        """Ask the job to stop (no error when it has already finished)."""
+        ...
+
+    def read_metrics(self, job: JobHandle) -> MetricsTable:
+        """Return the training and evaluation metrics the job logged."""
+        ...
+
+    def register_model(self, request: RegisterRequest) -> RegisteredModel:
+        """Register the job's trained model with lineage tags."""
+        ...
+
+
+class EndpointsDelegate:
+    """The :class:`Endpoints` half of a backend, forwarded to the backend's ``endpoints`` object.
+
+    Strictly a mixin for backends: the subclass provides ``endpoints``.
+    """
+
+    @property
+    def endpoints(self) -> Endpoints:
+        """The object that manages this backend's endpoints."""
+        raise NotImplementedError
+
+    def create_endpoint(self, spec: EndpointSpec) -> EndpointInfo:
+        """See :meth:`Endpoints.create_endpoint`."""
+        return self.endpoints.create_endpoint(spec)
+
+    def create_deployment(self, spec: DeploymentSpec) -> DeploymentInfo:
+        """See :meth:`Endpoints.create_deployment`."""
+        return self.endpoints.create_deployment(spec)
+
+    def set_traffic(self, endpoint: str, traffic: Mapping[str, int]) -> EndpointInfo:
+        """See :meth:`Endpoints.set_traffic`."""
+        return self.endpoints.set_traffic(endpoint, traffic)
+
+    def get_endpoint(self, name: str) -> EndpointInfo:
+        """See :meth:`Endpoints.get_endpoint`."""
+        return self.endpoints.get_endpoint(name)
+
+    def list_endpoints(self) -> list[EndpointInfo]:
+        """See :meth:`Endpoints.list_endpoints`."""
+        return self.endpoints.list_endpoints()
+
+    def get_keys(self, endpoint: str) -> EndpointKeys:
+        """See :meth:`Endpoints.get_keys`."""
+        return self.endpoints.get_keys(endpoint)
+
+    def regenerate_key(self, endpoint: str, which: Literal["primary", "secondary"]) -> EndpointKeys:
+        """See :meth:`Endpoints.regenerate_key`."""
+        return self.endpoints.regenerate_key(endpoint, which)
+
+    def score(
+        self,
+        endpoint: str,
+        body: Mapping[str, Any],
+        *,
+        deployment: str | None = None,
+        timeout_s: float = 90.0,
+    ) -> Any:
+        """See :meth:`Endpoints.score`."""
+        return self.endpoints.score(endpoint, body, deployment=deployment, timeout_s=timeout_s)
+
+    def get_logs(self, endpoint: str, deployment: str, *, lines: int = 200) -> str:
+        """See :meth:`Endpoints.get_logs`."""
+        return self.endpoints.get_logs(endpoint, deployment, lines=lines)
+
+    def delete_deployment(self, endpoint: str, deployment: str) -> None:
+        """See :meth:`Endpoints.delete_deployment`."""
+        self.endpoints.delete_deployment(endpoint, deployment)
+
+    def delete_endpoint(self, name: str) -> None:
+        """See :meth:`Endpoints.delete_endpoint`."""
+        self.endpoints.delete_endpoint(name)

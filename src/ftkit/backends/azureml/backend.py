@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import attrs
 
@@ -32,11 +32,7 @@ from ...model import FoundationModelRef
 from ...plan import plan_run
 from ...waiting import wait_for_job
 from ..base import (
-    DeploymentInfo,
-    DeploymentSpec,
-    EndpointInfo,
-    EndpointKeys,
-    EndpointSpec,
+    EndpointsDelegate,
     FinetuneRequest,
     JobHandle,
     MetricsTable,
@@ -94,7 +90,7 @@ class DatastoreUploader:
             )
 
 
-class AzureMLBackend:
+class AzureMLBackend(EndpointsDelegate):
     """Azure ML through azure-ai-ml: registry models and components, compute, data, jobs, endpoints.
 
     The workspace comes from the explicit ids, else environment variables, else ``config.json`` (see
@@ -149,7 +145,7 @@ class AzureMLBackend:
             )
         self.connection = connection
         self.uploader: Uploader = uploader if uploader is not None else DatastoreUploader(connection)
-        self.endpoints = EndpointOperations(connection, lro_timeout_s=lro_timeout_s)
+        self._endpoint_ops = EndpointOperations(connection, lro_timeout_s=lro_timeout_s)
         self.lro_timeout_s = lro_timeout_s
         self.job_timeout_s = job_timeout_s
         self.job_poll_interval_s = job_poll_interval_s
@@ -448,60 +444,10 @@ class AzureMLBackend:
         created = self._call("register_model", lambda: ml.models.create_or_update(model), resource=where)
         return _registered(created)
 
-    # ------------------------------------------------------------------ endpoints
-
-    def create_endpoint(self, spec: EndpointSpec) -> EndpointInfo:
-        """Create the endpoint (key auth) and wait until it is ready; an existing one is returned as is."""
-        return self.endpoints.create(spec)
-
-    def create_deployment(self, spec: DeploymentSpec) -> DeploymentInfo:
-        """Create or update a deployment and wait until it serves (logs attached on failure)."""
-        return self.endpoints.create_deployment(spec)
-
-    def set_traffic(self, endpoint: str, traffic: Mapping[str, int]) -> EndpointInfo:
-        """Route traffic between the endpoint's deployments."""
-        return self.endpoints.set_traffic(endpoint, traffic)
-
-    def get_endpoint(self, name: str) -> EndpointInfo:
-        """Return the endpoint (:class:`~ftkit.exceptions.NotFoundError` if absent)."""
-        return self.endpoints.get(name)
-
-    def list_endpoints(self) -> list[EndpointInfo]:
-        """Return the endpoints ftkit created in this workspace."""
-        return self.endpoints.list()
-
-    def get_keys(self, endpoint: str) -> EndpointKeys:
-        """Return the endpoint's keys."""
-        return self.endpoints.keys(endpoint)
-
-    def regenerate_key(self, endpoint: str, which: Literal["primary", "secondary"]) -> EndpointKeys:
-        """Roll one of the endpoint's keys."""
-        return self.endpoints.regenerate(endpoint, which)
-
-    def score(
-        self, endpoint: str, body: Mapping[str, Any], *, deployment: str | None = None, timeout_s: float = 90.0
-    ) -> Any:
-        """POST ``body`` to the endpoint, always naming a deployment (the one with most traffic by default)."""
-        if deployment is None:
-            traffic = {k: v for k, v in self.get_endpoint(endpoint).traffic.items() if v > 0}
-            if not traffic:
-                raise ValidationError(
-                    [Problem("deployment", f"endpoint {endpoint} routes no traffic", "name the deployment to score")]
-                )
-            deployment = max(sorted(traffic), key=lambda d: traffic[d])
-        return self.endpoints.score(endpoint, body, deployment=deployment, timeout_s=timeout_s)
-
-    def get_logs(self, endpoint: str, deployment: str, *, lines: int = 200) -> str:
-        """Return the last lines of the deployment's container logs."""
-        return self.endpoints.logs(endpoint, deployment, lines=lines)
-
-    def delete_deployment(self, endpoint: str, deployment: str) -> None:
-        """Delete a deployment (no error if it is gone)."""
-        self.endpoints.delete_deployment(endpoint, deployment)
-
-    def delete_endpoint(self, name: str) -> None:
-        """Delete the endpoint and its deployments (no error if it is gone)."""
-        self.endpoints.delete(name)
+    @property
+    def endpoints(self) -> EndpointOperations:
+        """The workspace's online endpoints and deployments (the :class:`~ftkit.backends.base.Endpoints` half)."""
+        return self._endpoint_ops
 
 
 def _cluster_info(compute: Any) -> ClusterInfo:

@@ -105,7 +105,7 @@ class EndpointOperations:
 
     # ------------------------------------------------------------------ endpoints
 
-    def get(self, name: str) -> EndpointInfo:
+    def get_endpoint(self, name: str) -> EndpointInfo:
         """Return the endpoint and its deployments' names."""
         ml = self._ml
         endpoint = self._call("get_endpoint", lambda: ml.online_endpoints.get(name), resource=f"endpoint {name}")
@@ -116,18 +116,18 @@ class EndpointOperations:
         )
         return endpoint_info(endpoint, deployments)
 
-    def list(self) -> list[EndpointInfo]:
+    def list_endpoints(self) -> list[EndpointInfo]:
         """Return the workspace's endpoints that ftkit created."""
         ml = self._ml
         endpoints = self._call("list_endpoints", lambda: list(ml.online_endpoints.list()))
         return [endpoint_info(e) for e in endpoints if (e.tags or {}).get(CREATED_BY_TAG) == "ftkit"]
 
-    def create(self, spec: EndpointSpec) -> EndpointInfo:
+    def create_endpoint(self, spec: EndpointSpec) -> EndpointInfo:
         """Create the endpoint with key auth (or return it when it exists already) and wait until it is ready."""
         from azure.ai.ml.entities import ManagedOnlineEndpoint
 
         with contextlib.suppress(NotFoundError):
-            existing = self.get(spec.name)
+            existing = self.get_endpoint(spec.name)
             if existing.provisioning_state == "Succeeded":
                 return existing
         endpoint = ManagedOnlineEndpoint(
@@ -143,11 +143,12 @@ class EndpointOperations:
             endpoint=spec.name,
             resource=f"endpoint {spec.name}",
         )
-        return self.get(spec.name)
+        return self.get_endpoint(spec.name)
 
-    def set_traffic(self, name: str, traffic: Mapping[str, int]) -> EndpointInfo:
+    def set_traffic(self, endpoint: str, traffic: Mapping[str, int]) -> EndpointInfo:
         """Route traffic between the endpoint's deployments."""
-        current = self.get(name)
+        name = endpoint
+        current = self.get_endpoint(name)
         problems = [
             Problem(f"traffic.{d}", "no such deployment", f"deployments: {', '.join(current.deployments) or 'none'}")
             for d in traffic
@@ -170,9 +171,9 @@ class EndpointOperations:
             return ml.online_endpoints.begin_create_or_update(endpoint)
 
         self._lro("set_traffic", begin, endpoint=name, resource=f"endpoint {name}")
-        return self.get(name)
+        return self.get_endpoint(name)
 
-    def delete(self, name: str) -> None:
+    def delete_endpoint(self, name: str) -> None:
         """Delete the endpoint and its deployments; no error when it is gone."""
         self._scoring.pop(name, None)
         ml = self._ml
@@ -222,8 +223,9 @@ class EndpointOperations:
             instance_type=result.instance_type,
         )
 
-    def delete_deployment(self, endpoint: str, name: str) -> None:
+    def delete_deployment(self, endpoint: str, deployment: str) -> None:
         """Delete a deployment; no error when it is gone."""
+        name = deployment
         ml = self._ml
         with contextlib.suppress(NotFoundError):
             self._lro(
@@ -234,7 +236,7 @@ class EndpointOperations:
                 resource=f"deployment {name}",
             )
 
-    def logs(self, endpoint: str, deployment: str, *, lines: int = 200) -> str:
+    def get_logs(self, endpoint: str, deployment: str, *, lines: int = 200) -> str:
         """Return the last ``lines`` lines of the deployment's inference-server logs."""
         ml = self._ml
         return str(
@@ -247,19 +249,19 @@ class EndpointOperations:
 
     def _logs_or_none(self, endpoint: str, deployment: str) -> str | None:
         try:
-            return self.logs(endpoint, deployment, lines=100) or None
+            return self.get_logs(endpoint, deployment, lines=100) or None
         except BackendError:
             return None  # the deployment may never have started a container
 
     # ------------------------------------------------------------------ keys and scoring
 
-    def keys(self, endpoint: str) -> EndpointKeys:
+    def get_keys(self, endpoint: str) -> EndpointKeys:
         """Return the endpoint's keys."""
         ml = self._ml
         keys = self._call("get_keys", lambda: ml.online_endpoints.get_keys(endpoint), resource=f"endpoint {endpoint}")
         return EndpointKeys(primary=str(keys.primary_key), secondary=str(keys.secondary_key))
 
-    def regenerate(self, endpoint: str, which: Literal["primary", "secondary"]) -> EndpointKeys:
+    def regenerate_key(self, endpoint: str, which: Literal["primary", "secondary"]) -> EndpointKeys:
         """Roll one key and return both."""
         self._scoring.pop(endpoint, None)
         ml = self._ml
@@ -268,24 +270,38 @@ class EndpointOperations:
             lambda: ml.online_endpoints.begin_regenerate_keys(name=endpoint, key_type=which),
             resource=f"endpoint {endpoint}",
         )
-        return self.keys(endpoint)
+        return self.get_keys(endpoint)
 
     def _scoring_target(self, endpoint: str) -> tuple[str, str]:
         target = self._scoring.get(endpoint)
         if target is None:
             ml = self._ml
             info = self._call("score", lambda: ml.online_endpoints.get(endpoint), resource=f"endpoint {endpoint}")
-            target = (str(info.scoring_uri), self.keys(endpoint).primary)
+            target = (str(info.scoring_uri), self.get_keys(endpoint).primary)
             self._scoring[endpoint] = target
         return target
 
-    def score(self, endpoint: str, body: Mapping[str, Any], *, deployment: str, timeout_s: float = 90.0) -> Any:
-        """POST ``body`` to the endpoint's scoring URI with its key, naming ``deployment``.
+    def score(
+        self, endpoint: str, body: Mapping[str, Any], *, deployment: str | None = None, timeout_s: float = 90.0
+    ) -> Any:
+        """POST ``body`` to the endpoint's scoring URI with its key, always naming a deployment.
+
+        Without ``deployment``, the one with most traffic is named: azure-ai-ml's own ``invoke`` leaves the
+        header out (or, worse, reuses a previous call's), so ftkit never sends a request without it.
 
         Raises:
             ScoringError: The endpoint answered with an error (408/429/502/503/504 are retried first).
+            ValidationError: No deployment was named and the endpoint routes no traffic.
         """
         from azure.core.rest import HttpRequest
+
+        if deployment is None:
+            traffic = {k: v for k, v in self.get_endpoint(endpoint).traffic.items() if v > 0}
+            if not traffic:
+                raise ValidationError(
+                    [Problem("deployment", f"endpoint {endpoint} routes no traffic", "name the deployment to score")]
+                )
+            deployment = max(sorted(traffic), key=lambda d: traffic[d])
 
         uri, key = self._scoring_target(endpoint)
         payload = json.dumps(body).encode("utf-8")

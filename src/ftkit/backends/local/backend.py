@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -26,11 +26,7 @@ from ...home import ftkit_home
 from ...jobfile import ComputeSection
 from ...model import FoundationModelRef
 from ..base import (
-    DeploymentInfo,
-    DeploymentSpec,
-    EndpointInfo,
-    EndpointKeys,
-    EndpointSpec,
+    EndpointsDelegate,
     FinetuneRequest,
     JobHandle,
     MetricsTable,
@@ -101,7 +97,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60] or "job"
 
 
-class LocalBackend:
+class LocalBackend(EndpointsDelegate):
     """The whole flow on this machine: transformers + peft training, MLflow tracking and registry, local endpoints.
 
     Constructing one does no I/O and imports neither torch nor fastapi.
@@ -489,54 +485,3 @@ class LocalBackend:
 
             self._endpoints = LocalEndpoints(self.home)
         return self._endpoints
-
-    def create_endpoint(self, spec: EndpointSpec) -> EndpointInfo:
-        """Create (or update) a local endpoint; see :class:`~ftkit.backends.local.endpoints.LocalEndpoints`."""
-        return self.endpoints.create_endpoint(spec)
-
-    def create_deployment(self, spec: DeploymentSpec) -> DeploymentInfo:
-        """Create (or update) a deployment on a local endpoint."""
-        return self.endpoints.create_deployment(spec)
-
-    def set_traffic(self, endpoint: str, traffic: Mapping[str, int]) -> EndpointInfo:
-        """Route traffic between a local endpoint's deployments."""
-        return self.endpoints.set_traffic(endpoint, traffic)
-
-    def get_endpoint(self, name: str) -> EndpointInfo:
-        """Return a local endpoint."""
-        return self.endpoints.get_endpoint(name)
-
-    def list_endpoints(self) -> list[EndpointInfo]:
-        """Return the local endpoints."""
-        return self.endpoints.list_endpoints()
-
-    def get_keys(self, endpoint: str) -> EndpointKeys:
-        """Return a local endpoint's keys."""
-        return self.endpoints.get_keys(endpoint)
-
-    def regenerate_key(self, endpoint: str, which: Literal["primary", "secondary"]) -> EndpointKeys:
-        """Replace one of a local endpoint's keys."""
-        return self.endpoints.regenerate_key(endpoint, which)
-
-    def score(
-        self,
-        endpoint: str,
-        body: Mapping[str, Any],
-        *,
-        deployment: str | None = None,
-        timeout_s: float = 90.0,
-    ) -> Any:
-        """Score a request on a local endpoint."""
-        return self.endpoints.score(endpoint, body, deployment=deployment, timeout_s=timeout_s)
-
-    def get_logs(self, endpoint: str, deployment: str, *, lines: int = 200) -> str:
-        """Return a local deployment's log lines."""
-        return self.endpoints.get_logs(endpoint, deployment, lines=lines)
-
-    def delete_deployment(self, endpoint: str, deployment: str) -> None:
-        """Delete a local deployment (no error if gone)."""
-        self.endpoints.delete_deployment(endpoint, deployment)
-
-    def delete_endpoint(self, name: str) -> None:
-        """Delete a local endpoint (no error if gone)."""
-        self.endpoints.delete_endpoint(name)
