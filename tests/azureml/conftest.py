@@ -10,7 +10,7 @@ import pytest
 
 from ftkit.backends.azureml import AzureMLBackend
 from ftkit.jobfile import JobFile
-from ftkit.testing import FakeAzureML
+from ftkit.testing import FakeAzureML, FakeClock
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "phi3-ultrachat.yaml"
@@ -20,21 +20,6 @@ CONVERSATION = [
     {"role": "assistant", "content": "Mix flour, water, salt and yeast."},
     {"role": "user", "content": "How long should it rise?"},
 ]
-
-
-class FakeClock:
-    """A monotonic clock that advances only when slept on."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @pytest.fixture

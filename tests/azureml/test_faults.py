@@ -26,9 +26,9 @@ from ftkit.exceptions import (
 from ftkit.jobfile import ComputeSection, DeploySection, JobFile
 from ftkit.model import FoundationModelRef
 from ftkit.retry import MAX_ATTEMPTS
-from ftkit.testing import FakeAzureML
+from ftkit.testing import FakeAzureML, FakeClock
 
-from .conftest import CONVERSATION, FakeClock
+from .conftest import CONVERSATION
 
 MODEL = RegisteredModel(name="ft", version="1", id="azureml:ft:1")
 ENDPOINT = "ep-faults"

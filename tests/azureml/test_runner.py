@@ -14,9 +14,9 @@ from ftkit.backends.azureml import AzureMLBackend
 from ftkit.exceptions import JobFailedError, QuotaError
 from ftkit.jobfile import JobFile
 from ftkit.runner import StageEvent
-from ftkit.testing import FakeAzureML
+from ftkit.testing import FakeAzureML, FakeClock
 
-from .conftest import REPO, FakeClock
+from .conftest import REPO
 
 
 def test_run_walks_every_stage_and_leaves_nothing_running(

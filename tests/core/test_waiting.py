@@ -8,6 +8,7 @@ import pytest
 
 from ftkit.backends.base import JobHandle
 from ftkit.exceptions import JobFailedError, JobTimeoutError
+from ftkit.testing import FakeClock
 from ftkit.waiting import wait_for_job
 
 
@@ -25,19 +26,6 @@ class StatusScript:
         status = self.statuses[min(self.polls, len(self.statuses) - 1)]
         self.polls += 1
         return JobHandle(name=name, status=status, studio_url="https://studio/job", error=self.error)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 def wait(backend: Any, clock: FakeClock, **kw: Any) -> JobHandle:

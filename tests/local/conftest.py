@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import pytest
@@ -11,6 +12,37 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 # mlflow: the modules that need it skip without it; the GPU tests need only torch, transformers and peft.
+
+
+if TYPE_CHECKING:
+    from ftkit.backends.local.training import TrainConfig
+
+# Training settings the tiny-model tests share: enough for eval loss to fall within seconds on a CPU.
+TINY_TRAINING: dict[str, Any] = {
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 32,
+    "learning_rate": 3e-3,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 3,
+    "lora_r": 16,
+    "lora_alpha": 32,
+    "max_seq_length": 256,
+    "logging_steps": 5,
+}
+
+
+def tiny_train_config(model_dir: Path, chat_files: ChatFiles, out: Path, **overrides: Any) -> TrainConfig:
+    """A TrainConfig of the tiny model on the generated chats: one epoch, evaluated each epoch."""
+    from ftkit.backends.local.training import TrainConfig
+
+    base = {"num_train_epochs": 1, "evaluation_strategy": "epoch", **TINY_TRAINING}
+    return TrainConfig(
+        model_dir=str(model_dir),
+        train_file=str(chat_files.train),
+        eval_file=str(chat_files.test),
+        output_dir=str(out),
+        **{**base, **overrides},
+    )
 
 
 @attrs.frozen

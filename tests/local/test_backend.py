@@ -18,24 +18,11 @@ from ftkit.finetune import FinetunePipelineSpec
 from ftkit.jobfile import JobFile
 from ftkit.metrics import plot_loss_curves, summarize
 
-from .conftest import ChatFiles
+from .conftest import TINY_TRAINING, ChatFiles
 
 pytest.importorskip("mlflow")
 
-FINETUNE = {
-    "num_train_epochs": 2,
-    "per_device_train_batch_size": 8,
-    "per_device_eval_batch_size": 32,
-    "learning_rate": 3e-3,
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 3,
-    "lora_r": 16,
-    "lora_alpha": 32,
-    "max_seq_length": 256,
-    "logging_steps": 5,
-    "evaluation_strategy": "steps",
-    "eval_steps": 19,
-}
+FINETUNE = {**TINY_TRAINING, "num_train_epochs": 2, "evaluation_strategy": "steps", "eval_steps": 19}
 
 
 def _request(backend: LocalBackend, chat_files: ChatFiles, **finetune: Any) -> FinetuneRequest:

@@ -18,7 +18,7 @@ from ftkit.backends.local.data import Example, encode_conversation, pack
 from ftkit.backends.local.tiny import make_tiny_model, read_jsonl_texts, synthetic_conversations
 from ftkit.backends.local.training import TrainConfig, train
 
-from .conftest import ChatFiles
+from .conftest import ChatFiles, tiny_train_config
 
 pytestmark = [
     pytest.mark.gpu,
@@ -87,24 +87,7 @@ def wide_model_dir(tmp_path_factory: pytest.TempPathFactory, chat_files: ChatFil
 
 
 def _config(model_dir: Path, chat_files: ChatFiles, out: Path, **kw: Any) -> TrainConfig:
-    base: dict[str, Any] = {
-        "model_dir": str(model_dir),
-        "train_file": str(chat_files.train),
-        "eval_file": str(chat_files.test),
-        "output_dir": str(out),
-        "num_train_epochs": 1,
-        "per_device_train_batch_size": 8,
-        "per_device_eval_batch_size": 32,
-        "learning_rate": 3e-3,
-        "lr_scheduler_type": "cosine",
-        "warmup_steps": 3,
-        "lora_r": 16,
-        "lora_alpha": 32,
-        "max_seq_length": 256,
-        "logging_steps": 5,
-        "evaluation_strategy": "epoch",
-    }
-    return TrainConfig(**{**base, **kw})
+    return tiny_train_config(model_dir, chat_files, out, **kw)
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -15,7 +15,7 @@ from ftkit.backends.local.tiny import synthetic_conversations
 from ftkit.backends.local.training import TrainConfig, latest_checkpoint, train
 from ftkit.exceptions import ValidationError
 
-from .conftest import ChatFiles
+from .conftest import ChatFiles, tiny_train_config
 
 pytest.importorskip("mlflow")
 
@@ -58,25 +58,7 @@ def tokenizer(tiny_model_dir: Path) -> Any:
 
 
 def _config(tiny_model_dir: Path, chat_files: ChatFiles, out: Path, **kw: Any) -> TrainConfig:
-    base: dict[str, Any] = {
-        "model_dir": str(tiny_model_dir),
-        "train_file": str(chat_files.train),
-        "eval_file": str(chat_files.test),
-        "output_dir": str(out),
-        "num_train_epochs": 1,
-        "per_device_train_batch_size": 8,
-        "per_device_eval_batch_size": 32,
-        "learning_rate": 3e-3,
-        "lr_scheduler_type": "cosine",
-        "warmup_steps": 3,
-        "lora_r": 16,
-        "lora_alpha": 32,
-        "max_seq_length": 256,
-        "logging_steps": 5,
-        "evaluation_strategy": "epoch",
-        "device": "cpu",
-    }
-    return TrainConfig(**{**base, **kw})
+    return tiny_train_config(tiny_model_dir, chat_files, out, **{"device": "cpu", **kw})
 
 
 class TestLabelsAndPacking:

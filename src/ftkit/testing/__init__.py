@@ -2,10 +2,20 @@
 
 * :class:`FakeAzureML`: the Azure ML REST surface in memory, as an azure-core transport plus a credential,
   so the real azure-ai-ml client (and ftkit's ``azureml`` backend) runs offline. See docs/testing.md.
+* :class:`FakeClock`: a clock and sleep for anything that waits, so waiting takes no time.
 """
 
 from __future__ import annotations
 
 from .azureml import DEFAULT_VM_SIZES, FakeAzureML, FakeCredential, Fault, RecordedRequest, RegistryModel
+from .clock import FakeClock
 
-__all__ = ["DEFAULT_VM_SIZES", "FakeAzureML", "FakeCredential", "Fault", "RecordedRequest", "RegistryModel"]
+__all__ = [
+    "DEFAULT_VM_SIZES",
+    "FakeAzureML",
+    "FakeClock",
+    "FakeCredential",
+    "Fault",
+    "RecordedRequest",
+    "RegistryModel",
+]
