@@ -30,6 +30,7 @@ __all__ = [
     "ModelSection",
     "RegisterSection",
     "ScoreSection",
+    "parse_yaml",
 ]
 
 BackendName = Literal["azureml", "local"]
@@ -277,20 +278,7 @@ class JobFile:
         Raises:
             JobFileError: The text is not YAML or has bad keys or values.
         """
-        try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = mark.line + 1 if mark is not None else None
-            reason = getattr(exc, "problem", None) or str(exc)
-            raise JobFileError(
-                [Problem("", f"not valid YAML: {reason}", source=source, line=line)],
-                "cannot parse the job file",
-            ) from None
-        lines: dict[str, int] = {}
-        if node is not None:
-            _collect_lines(node, "", lines)
+        data, lines = parse_yaml(text, source=source)
         if not isinstance(data, dict):
             raise JobFileError(
                 [Problem("", "expected a mapping of sections at the top level", source=source, line=1)],
@@ -383,6 +371,39 @@ class JobFile:
         """Resolve a path from the job file against :attr:`base_dir`."""
         p = Path(path).expanduser()
         return p if p.is_absolute() else self.base_dir / p
+
+
+def parse_yaml(text: str, *, source: str = "<string>") -> tuple[Any, dict[str, int]]:
+    """Parse YAML once, returning the data and the 1-based line of every mapping key (``finetune.lr`` -> 14).
+
+    Args:
+        text: The YAML.
+        source: A name for messages.
+
+    Returns:
+        The data, and key path to line.
+
+    Raises:
+        JobFileError: The text is not YAML (with the line of the error).
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise JobFileError(
+            [Problem("", f"not valid YAML: {reason}", source=source, line=line)],
+            "cannot parse the job file",
+        ) from None
+    finally:
+        loader.dispose()
+    lines: dict[str, int] = {}
+    if node is not None:
+        _collect_lines(node, "", lines)
+    return data, lines
 
 
 def _collect_lines(node: yaml.Node, prefix: str, out: dict[str, int]) -> None:

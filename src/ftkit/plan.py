@@ -9,12 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import attrs
-import yaml
 
 from .component import ComponentSchema
 from .exceptions import JobFileError, ParameterError, Problem, ValidationError
 from .finetune import FinetunePipelineSpec, ParameterOverride
-from .jobfile import JobFile
+from .jobfile import JobFile, parse_yaml
 from .model import FoundationModelRef
 
 __all__ = ["RunPlan", "data_files", "plan_file", "plan_run"]
@@ -156,18 +155,14 @@ def plan_file(path: str | Path, schema: ComponentSchema | None = None) -> RunPla
 def _finetune_problems(path: Path, schema: ComponentSchema | None) -> list[Problem]:
     """Strictly private: parameter problems of a job file whose other sections failed to load."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw, all_lines = parse_yaml(path.read_text(encoding="utf-8"), source=str(path))
         section = raw.get("finetune") if isinstance(raw, dict) else None
         if not isinstance(section, dict):
             return []
-        lines: dict[str, int] = {}
-        node = yaml.compose(path.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-        for key_node, value_node in node.value if isinstance(node, yaml.MappingNode) else ():
-            if key_node.value == "finetune" and isinstance(value_node, yaml.MappingNode):
-                lines = {k.value: k.start_mark.line + 1 for k, _ in value_node.value}
+        lines = {k.removeprefix("finetune."): v for k, v in all_lines.items() if k.startswith("finetune.")}
         spec = FinetunePipelineSpec.from_mapping({str(k): v for k, v in section.items()})
         spec.encoded(schema, source=str(path), lines=lines)
-    except (OSError, yaml.YAMLError, TypeError):
+    except (OSError, JobFileError, TypeError):
         return []  # the load error already says what is wrong with the file
     except ValidationError as exc:
         return list(exc.problems)
