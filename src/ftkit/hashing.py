@@ -21,7 +21,7 @@ def sha256_file(path: Path) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _sha256(path: Path, size: int, mtime_ns: int) -> str:  # size and mtime are the cache key
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:  # noqa: ARG001 - size and mtime are the cache key
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
