@@ -9,10 +9,17 @@ Each stage is a call on the :class:`~ftkit.backends.base.Backend` (or on ``ChatD
 component versions, data files and their hashes, parameters, job name, registered model) is written to
 ``run.json`` in the run directory, and the endpoint is deleted at the end unless ``deploy.keep`` is set,
 also when scoring fails.
+
+SIGINT and SIGTERM (see :mod:`ftkit.interrupts`) stop the run where it is: the endpoint it created is
+deleted (also one whose server is still starting), a local training job is asked to stop with a checkpoint
+(the next run of the same job resumes it), ``run.json`` gets ``status: interrupted`` with what was cleaned
+and what is left, and :class:`~ftkit.interrupts.Interrupted` is raised with the same account. A full disk
+or another file-system error is reported as one :class:`~ftkit.exceptions.StorageError` naming the stage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -34,11 +41,13 @@ from .backends.base import (
     RegisterRequest,
 )
 from .compute import ComputeCheck, ComputeValidator
-from .exceptions import FtkitError, MissingDependencyError, ValidationError
+from .exceptions import FtkitError, MissingDependencyError, StorageError, ValidationError
 from .hashing import sha256_file
 from .home import ftkit_home
+from .interrupts import Interrupted, deferred, handle_signals
 from .jobfile import JobFile
 from .model import FoundationModelRef
+from .names import random_suffix
 from .plan import RunPlan, data_files, plan_run
 from .waiting import wait_for_job
 
@@ -94,12 +103,12 @@ class RunResult:
     run_dir: Path
 
 
-def _endpoint_name(job_name: str, stamp: str) -> str:
+def _endpoint_name(job_name: str, suffix: str) -> str:
     # Azure: 3-32 characters, letters, digits and hyphens, starting with a letter; unique in the region.
     base = re.sub(r"[^a-z0-9-]+", "-", job_name.lower()).strip("-") or "ftkit"
     if not base[0].isalpha():
         base = f"ft-{base}"
-    return f"{base[: 31 - len(stamp)]}-{stamp}"
+    return f"{base[: 31 - len(suffix)].rstrip('-')}-{suffix}"
 
 
 def _pick_conversation(path: Path, seed: int) -> list[dict[str, str]] | None:
@@ -125,13 +134,17 @@ class JobRunner:
     Args:
         job: The job file.
         backend: Where to run; by default the job's ``backend`` with its settings.
-        run_dir: Where ``run.json`` and plots go (default ``{ftkit home}/runs/{name}-{timestamp}``).
+        run_dir: Where ``run.json`` and plots go (default ``{ftkit home}/runs/{name}-{timestamp}-{random}``,
+            claimed atomically so that two runs never share one).
         on_event: Called with each :class:`StageEvent`.
         wait_timeout_s: How long to wait for the fine-tuning job.
         poll_s: Seconds between job status polls.
         deploy: Whether to deploy and score (``False`` stops after registration).
         clock: Monotonic clock for waiting (injectable for tests).
         sleep: Sleep for waiting (injectable for tests).
+        stop_job_on_interrupt: Whether SIGINT/SIGTERM during fine-tuning also stops the training job. The
+            default stops a local job (it checkpoints, and the next run resumes it) and leaves an Azure ML job
+            running (a cancelled pipeline cannot resume; the interruption report says how to cancel it).
     """
 
     def __init__(
@@ -146,29 +159,62 @@ class JobRunner:
         deploy: bool = True,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        stop_job_on_interrupt: bool | None = None,
     ) -> None:
         self.job = job
         self.backend = backend if backend is not None else _default_backend(job)
         self.stamp = time.strftime("%Y%m%d%H%M%S")
+        self.suffix = random_suffix()
         home = ftkit_home(job.local.home)
-        self.run_dir = run_dir if run_dir is not None else home / "runs" / f"{job.name}-{self.stamp}"
+        self._claim_run_dir = run_dir is None
+        self.run_dir = run_dir if run_dir is not None else home / "runs" / f"{job.name}-{self.stamp}-{self.suffix}"
         self._on_event = on_event
         self.wait_timeout_s = wait_timeout_s
         self.poll_s = poll_s
         self.deploy = deploy
         self._clock = clock
         self._sleep = sleep
-        self._record: dict[str, Any] = {"job": job.name, "backend": self.backend.name, "started": self.stamp}
+        self.stop_job_on_interrupt = (
+            stop_job_on_interrupt if stop_job_on_interrupt is not None else self.backend.name == "local"
+        )
+        self._record: dict[str, Any] = {
+            "job": job.name,
+            "backend": self.backend.name,
+            "started": self.stamp,
+            "status": "running",
+        }
+        self._stage = "model"
+        self._job_done = False
 
     def _emit(self, stage: str, message: str, *, done: bool = False) -> None:
+        self._stage = stage
         if self._on_event is not None:
             self._on_event(StageEvent(stage, message, done))
 
+    def _claim(self) -> None:
+        """Create the run directory; a default one that exists (another run's) gets a new random suffix."""
+        if not self._claim_run_dir:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            return
+        for _ in range(100):
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=False)
+                return
+            except FileExistsError:
+                self.suffix = random_suffix()
+                self.run_dir = self.run_dir.with_name(f"{self.job.name}-{self.stamp}-{self.suffix}")
+        raise FileExistsError(f"no free run directory name beside {self.run_dir}")
+
     def _save(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.run_dir / "run.json.tmp"
-        tmp.write_text(json.dumps(self._record, indent=2, default=str) + "\n", encoding="utf-8")
-        tmp.replace(self.run_dir / "run.json")
+        tmp = self.run_dir / f".run.json.{self.suffix}.tmp"
+        try:
+            tmp.write_text(json.dumps(self._record, indent=2, default=str) + "\n", encoding="utf-8")
+            tmp.replace(self.run_dir / "run.json")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
 
     def run(self) -> RunResult:
         """Run every stage in order.
@@ -178,15 +224,96 @@ class JobRunner:
 
         Raises:
             FtkitError: The first stage that failed, after the endpoint (if any) was deleted; ``run.json``
-                records the error beside what the run had done by then (job name, endpoint).
+                records the error beside what the run had done by then (job name, endpoint). A file-system
+                error (a full disk) is a :class:`~ftkit.exceptions.StorageError` naming the stage.
+            Interrupted: SIGINT or SIGTERM arrived; what was cleaned up and what is left are on the exception
+                and in ``run.json`` (``status: interrupted``).
         """
+        with handle_signals():
+            try:
+                try:
+                    self._claim()
+                    result = self._run()
+                except OSError as exc:
+                    raise StorageError(self._stage, exc) from exc
+            except Interrupted as exc:
+                self._interrupted(exc)
+                self._save_quietly(exc)
+                raise
+            except FtkitError as exc:
+                self._record["status"] = "failed"
+                self._record["error"] = {"type": type(exc).__name__, "message": str(exc), "stage": self._stage}
+                self._save_quietly(exc)
+                raise
+            self._record["status"] = "succeeded"
+            with deferred():
+                try:
+                    self._save()
+                except OSError as exc:
+                    raise StorageError("run record", exc) from exc
+            return result
+
+    def _save_quietly(self, exc: BaseException) -> None:
+        """Write ``run.json`` after a failure; if even that fails (a full disk), say so on the first error."""
         try:
-            return self._run()
-        except FtkitError as exc:
-            self._record["error"] = {"type": type(exc).__name__, "message": str(exc)}
-            raise
-        finally:
             self._save()
+        except OSError as save_error:
+            exc.add_note(f"run.json could not be written either: {save_error}")
+            if isinstance(exc, Interrupted):
+                exc.run_record = None
+                exc.left.append(f"no run record: {save_error}")
+
+    def _interrupted(self, exc: Interrupted) -> None:
+        """Clean up after SIGINT/SIGTERM (further signals are held meanwhile) and record what is left."""
+        exc.stage = self._stage
+        backend, cleaned, left = self.backend, exc.cleaned, exc.left
+        job = self._record.get("finetune_job", {}).get("name")
+        if job and not self._job_done:
+            if self.stop_job_on_interrupt:
+                try:
+                    cleaned.append(self._stop_job(job))
+                except FtkitError as error:
+                    left.append(f"job {job} may still be running ({error}); stop it with `ftkit job cancel {job}`")
+            else:
+                extra = " --backend azureml" if backend.name == "azureml" else ""
+                left.append(f"job {job} is still running; stop it with `ftkit job cancel {job}{extra}`")
+        endpoint = self._record.get("endpoint")
+        if endpoint:
+            name = endpoint["name"]
+            cleanup = "ftkit cleanup --backend azureml" if backend.name == "azureml" else "ftkit cleanup"
+            if endpoint.get("kept"):
+                left.append(f"endpoint {name} (deploy.keep); delete it with `ftkit endpoint delete {name}`")
+            else:
+                try:
+                    backend.delete_endpoint(name)
+                    cleaned.append(f"endpoint {name} deleted")
+                    endpoint["deleted"] = True
+                except FtkitError as error:
+                    left.append(f"endpoint {name} may still exist ({error}); run `{cleanup}`")
+        self._record["status"] = "interrupted"
+        self._record["interrupted"] = {
+            "signal": exc.signal_name,
+            "stage": exc.stage,
+            "cleaned": list(cleaned),
+            "left": list(left),
+        }
+        exc.run_record = self.run_dir / "run.json"
+
+    def _stop_job(self, name: str, timeout_s: float = 120.0) -> str:
+        """Cancel the training job and wait until it stopped (a local job writes a checkpoint first)."""
+        self.backend.cancel_job(name)
+        deadline = self._clock() + timeout_s
+        handle = self.backend.get_job(name)
+        while not handle.is_terminal and self._clock() < deadline:
+            self._sleep(0.2)
+            handle = self.backend.get_job(name)
+        self._record["finetune_job"]["status"] = handle.status
+        if not handle.is_terminal:
+            raise FtkitError(f"it did not stop within {timeout_s:.0f}s")
+        if handle.status == "Completed":
+            return f"job {name} had completed already"
+        again = " (a checkpoint is kept: running the job again resumes it)" if self.backend.name == "local" else ""
+        return f"job {name} stopped ({handle.status}){again}"
 
     def _run(self) -> RunResult:
         job, backend = self.job, self.backend
@@ -231,8 +358,11 @@ class JobRunner:
 
         request = FinetuneRequest.from_plan(plan, compute)
         self._emit("finetune", f"submitting {plan.display_name}")
-        handle = backend.submit_finetune(request)
-        self._record["finetune_job"] = {"name": handle.name, "url": handle.studio_url}
+        # Held signals: interrupted after the service accepted the job but before its name is known, the run
+        # could neither stop nor report it.
+        with deferred():
+            handle = backend.submit_finetune(request)
+            self._record["finetune_job"] = {"name": handle.name, "url": handle.studio_url}
         self._emit(
             "finetune", f"submitted job {handle.name}" + (f" ({handle.studio_url})" if handle.studio_url else "")
         )
@@ -247,6 +377,7 @@ class JobRunner:
             clock=self._clock,
             sleep=self._sleep,
         )
+        self._job_done = True
         self._record["finetune_job"]["status"] = handle.status
         self._emit("finetune", f"job {handle.name} completed", done=True)
 
@@ -342,7 +473,7 @@ class JobRunner:
         from .deploy import EndpointDeployer
 
         job = self.job
-        name = job.deploy.endpoint_name or _endpoint_name(job.name, self.stamp[-8:])
+        name = job.deploy.endpoint_name or _endpoint_name(job.name, self.suffix)
         self._record["endpoint"] = {"name": name, "kept": job.deploy.keep}
         deployer = EndpointDeployer.from_job(self.backend, job, name=name, model_ref=model)
         self._emit("deploy", f"creating endpoint {name}")

@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from ..exceptions import FtkitError, ValidationError
+from ..interrupts import Interrupted, handle_signals
 
 # Modules of ftkit.cli whose register(subparsers) adds commands, in the order of the flow (validate, render,
 # data, run, demo, endpoint, cleanup), which is the order `ftkit --help` lists them. Each is imported only
@@ -41,26 +42,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: Arguments without the program name; ``sys.argv[1:]`` when omitted.
 
     Returns:
-        The exit status: 0 on success, 1 on an ftkit or file-system error, 2 on a usage error.
+        The exit status: 0 on success, 1 on an ftkit or file-system error, 2 on a usage error, 130 after
+        SIGINT (Ctrl-C) and 143 after SIGTERM, once what the command created has been cleaned up.
     """
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
-    try:
-        return handler(args)
-    except ValidationError as exc:
-        print(f"error: {exc.render()}", file=sys.stderr)
-        return 1
-    except FtkitError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        # The file system said no (a path that is a file, a full disk, no permission): its message is the news.
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    with handle_signals():
+        try:
+            return handler(args)
+        except ValidationError as exc:
+            print(f"error: {exc.render()}", file=sys.stderr)
+            return 1
+        except FtkitError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except OSError as exc:
+            # The file system said no (a path that is a file, a full disk, no permission): its message is the news.
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        except Interrupted as exc:
+            print(f"error: {exc.report()}", file=sys.stderr, flush=True)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -23,6 +23,7 @@ from ...compute import ComputeCheck, ComputeValidator
 from ...exceptions import ConflictError, NotFoundError, Problem, ValidationError
 from ...hashing import sha256_file
 from ...home import ftkit_home
+from ...interrupts import deferred
 from ...jobfile import ComputeSection
 from ...model import FoundationModelRef
 from ..base import (
@@ -93,10 +94,6 @@ _DIRECT = (
 _BOOL = {"true": True, "false": False}
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60] or "job"
-
-
 class LocalBackend(EndpointsDelegate):
     """The whole flow on this machine: transformers + peft training, MLflow tracking and registry, local endpoints.
 
@@ -108,6 +105,7 @@ class LocalBackend(EndpointsDelegate):
         tracking_uri: Another MLflow tracking URI instead of ``sqlite:///{home}/mlflow.db``.
         background: Train in a background process (``submit_finetune`` returns at once); else in this process.
         progress: How an in-process run shows progress (background runs write plain lines to ``train.log``).
+        new_job: Always start a new job, even where an interrupted one of the same request could resume.
 
     .. versionadded:: 0.1
     """
@@ -122,6 +120,7 @@ class LocalBackend(EndpointsDelegate):
         tracking_uri: str | None = None,
         background: bool = True,
         progress: Progress = "auto",
+        new_job: bool = False,
     ) -> None:
         if device not in ("auto", "cpu", "cuda"):
             raise ValidationError(
@@ -132,6 +131,7 @@ class LocalBackend(EndpointsDelegate):
         self.store = tracking.MlflowStore.at(self.home, tracking_uri)
         self.background = background
         self.progress: Progress = progress
+        self.new_job = new_job
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._endpoints: LocalEndpoints | None = None
 
@@ -287,10 +287,12 @@ class LocalBackend(EndpointsDelegate):
     def submit_finetune(self, request: FinetuneRequest) -> JobHandle:
         """Start (or resume) a local fine-tuning job and return its handle.
 
-        The job's name is ``{display name}-{fingerprint}``, the fingerprint covering the base model, the
-        parameters and the data files' hashes. Submitting a request whose job was interrupted (killed,
-        failed, canceled) resumes it from its last checkpoint in the same MLflow run; one that is running is
-        returned as is; one that completed starts a new job (``-2``, ``-3``...).
+        A new job gets a short random name (``ft-k3x9q2``); its fingerprint (base model, parameters, data
+        files' hashes) is kept in its record. Submitting a request whose latest job of that fingerprint was
+        interrupted (stopped, killed, failed) resumes it from its last checkpoint in the same MLflow run,
+        unless the backend was made with ``new_job=True``; a job that completed or is running (in another
+        run) leaves this submission a new job of its own. The choice and the claim are made under a lock, so
+        two runs at once never take the same job.
 
         Raises:
             ValidationError: Bad parameters, data or model directory.
@@ -302,27 +304,51 @@ class LocalBackend(EndpointsDelegate):
             raise ValidationError(missing, "data files the local backend cannot use")
         hashes = {k: sha256_file(p) for k, p in files.items()}
         probe, ignored = self.train_config(request, output_dir="-")
-        base = f"{_slug(request.display_name or request.job.name)}-{self._fingerprint(probe, hashes)}"
-        name, n = base, 1
-        while True:
-            folder = jobs.job_dir(self.home, name)
-            if not (folder / "job.json").is_file():
-                break
-            record = jobs.read_record(self.home, name)
-            current = self._refresh(record)
-            if current.status in ("Queued", "Running"):
-                return self._handle(current)
-            if current.status != "Completed":
-                return self._start(folder, current)  # interrupted: resume from its last checkpoint
-            n += 1
-            name = f"{base}-{n}"
+        fingerprint = self._fingerprint(probe, hashes)
+        with jobs.locked(self.home):
+            if not self.new_job:
+                resumable = self._resumable(fingerprint)
+                if resumable is not None:
+                    folder = jobs.job_dir(self.home, resumable.name)
+                    # Claimed under the lock: a concurrent submission sees it Queued and starts its own.
+                    claimed = attrs.evolve(resumable, status="Queued", pid=None, error=None)
+                    jobs.write_record(folder, claimed)
+                    return self._start(folder, claimed)
+            name, folder = jobs.claim_job_dir(self.home)
+            try:
+                record = self._new_record(request, name, folder, probe, ignored, files, hashes, fingerprint)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)  # nothing half-made is left to be resumed
+                raise
+        return self._start(folder, record)
+
+    def _resumable(self, fingerprint: str) -> jobs.JobRecord | None:
+        """Strictly private: the latest job of this fingerprint, if it was interrupted (not completed/running)."""
+        same = [r for r in jobs.list_records(self.home) if r.tags.get("ftkit.fingerprint") == fingerprint]
+        if not same:
+            return None
+        current = self._refresh(same[-1])
+        return current if current.status in ("Failed", "Canceled") else None
+
+    def _new_record(
+        self,
+        request: FinetuneRequest,
+        name: str,
+        folder: Path,
+        probe: TrainConfig,
+        ignored: Mapping[str, object],
+        files: Mapping[str, Path],
+        hashes: Mapping[str, str],
+        fingerprint: str,
+    ) -> jobs.JobRecord:
+        """Strictly private: write a new job's config, MLflow run and record."""
         config = attrs.evolve(probe, output_dir=str(folder / "output"))
-        folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.json").write_text(config.to_json(), encoding="utf-8")
         base_ref = f"{request.model.name}:{request.model.version}" if request.model.version else request.model.name
         tags = {
             "ftkit.job": name,
             "ftkit.backend": "local",
+            "ftkit.fingerprint": fingerprint,
             "ftkit.base_model": base_ref,
             "ftkit.base_model_path": config.model_dir,
             "ftkit.data.train": str(files["train"].absolute()),
@@ -341,8 +367,13 @@ class LocalBackend(EndpointsDelegate):
             run_id=logger.run_id,
             tags=tags,
         )
-        jobs.write_record(folder, record)
-        return self._start(folder, record)
+        try:
+            jobs.write_record(folder, record)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                logger.finish("FAILED")  # no run is left RUNNING for a job that never started
+            raise
+        return record
 
     def _start(self, folder: Path, record: jobs.JobRecord) -> JobHandle:
         if not self.background:
@@ -353,19 +384,26 @@ class LocalBackend(EndpointsDelegate):
         record = attrs.evolve(record, status="Queued", error=None)
         jobs.write_record(folder, record)
         log = (folder / "train.log").open("ab")
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", jobs.WORKER_MODULE, str(folder), self.store.tracking_uri],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C in a notebook does not kill the training
-            )
-        finally:
-            log.close()
-        self._procs[record.name] = proc
-        record = attrs.evolve(record, pid=proc.pid)
-        jobs.write_record(folder, record)
+        # Held signals: the worker's pid must reach job.json, or nothing could stop it later.
+        with deferred():
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", jobs.WORKER_MODULE, str(folder), self.store.tracking_uri],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,  # Ctrl-C in a terminal or notebook does not reach the training
+                )
+            finally:
+                log.close()
+            self._procs[record.name] = proc
+            record = attrs.evolve(record, pid=proc.pid)
+            try:
+                jobs.write_record(folder, record)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
         return self._handle(record)
 
     def _refresh(self, record: jobs.JobRecord) -> jobs.JobRecord:

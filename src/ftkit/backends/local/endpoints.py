@@ -36,6 +36,7 @@ from ...exceptions import (
     TransientBackendError,
     ValidationError,
 )
+from ...interrupts import deferred
 from ...retry import call as retry_call
 from ..base import DeploymentInfo, DeploymentSpec, EndpointInfo, EndpointKeys, EndpointSpec
 from .serve.process import is_server_alive, port_open, start_server, stop_server, wait_listening
@@ -173,8 +174,18 @@ class LocalEndpoints:
     def _start_server(self, files: EndpointFiles, pid: int | None, port: int | None) -> int:
         if pid is not None:  # a half-dead server: make sure it is gone before starting another
             stop_server(files, pid, port, timeout_s=5.0)
-        proc = start_server(files)
-        self._procs[files.name] = proc
+        # The pid goes on disk before anything else can happen (signals are held until it is there): a
+        # delete or `ftkit cleanup` while the server is still loading must find it, or it would outlive
+        # the endpoint's state. The server replaces the record with its port once it listens.
+        with deferred():
+            proc = start_server(files)
+            self._procs[files.name] = proc
+            try:
+                files.write_server({"pid": proc.pid, "port": None, "starting": True})
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
         port = wait_listening(files, proc, self.start_timeout_s)
         if port is None:
             with contextlib.suppress(ProcessLookupError):

@@ -77,17 +77,18 @@ def run_job(
     Returns:
         The final record.
     """
-    folder = Path(folder)
-    config, record = _read(folder)
-    record = attrs.evolve(record, status="Running", pid=os.getpid(), error=None, attempts=record.attempts + 1)
-    write_record(folder, record)
     cancel = {"requested": False}
     if handle_sigterm:
+        # First of all: a cancel that arrives while the job is still starting must stop it cleanly too.
 
         def on_term(_signum: int, _frame: Any) -> None:
             cancel["requested"] = True
 
         signal.signal(signal.SIGTERM, on_term)
+    folder = Path(folder)
+    config, record = _read(folder)
+    record = attrs.evolve(record, status="Running", pid=os.getpid(), error=None, attempts=record.attempts + 1)
+    write_record(folder, record)
     logger = RunLogger(store, record.run_id) if record.run_id else None
     try:
         if logger is not None:
@@ -98,7 +99,12 @@ def run_job(
         result = train(config, metrics=sink, progress=progress, should_stop=lambda: cancel["requested"])
         record = sink.record
         if result.stopped:
-            record = attrs.evolve(record, status="Canceled", pid=None, error="canceled; submit it again to resume")
+            record = attrs.evolve(
+                record,
+                status="Canceled",
+                pid=None,
+                error=f"canceled at step {result.global_step}; run the job again to resume from its checkpoint",
+            )
             if logger is not None:
                 logger.finish("KILLED")
         else:
