@@ -11,12 +11,13 @@ from ..exceptions import FtkitError, ValidationError
 from ..interrupts import Interrupted, handle_signals
 
 # Modules of ftkit.cli whose register(subparsers) adds commands, in the order of the flow (validate, render,
-# data, run, demo, endpoint, cleanup), which is the order `ftkit --help` lists them. Each is imported only
+# data, run, demo, job, endpoint, cleanup), which is the order `ftkit --help` lists them. Each is imported only
 # here, and heavy libraries are imported inside the command handlers, so `ftkit --help` stays fast.
 COMMAND_MODULES: tuple[str, ...] = (
     "jobs",
     "data",
     "run",
+    "job_control",
     "endpoint",
 )
 

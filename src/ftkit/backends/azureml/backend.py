@@ -390,6 +390,21 @@ class AzureMLBackend(EndpointsDelegate):
             sleep=self._sleep,
         )
 
+    def list_jobs(self, *, max_results: int = 50) -> list[JobHandle]:
+        """Return the workspace's most recent jobs (``jobs.list``), newest first.
+
+        Args:
+            max_results: How many to read at most.
+        """
+        import itertools
+
+        ml = self.ml_client
+
+        def read() -> list[JobHandle]:
+            return [_jobs.handle_from_job(j) for j in itertools.islice(ml.jobs.list(), max_results)]
+
+        return self._call("list_jobs", read)
+
     def cancel_job(self, name: str) -> None:
         """Ask the job to stop; nothing happens when it has already finished."""
         if self.get_job(name).is_terminal:

@@ -376,6 +376,7 @@ class LocalBackend(EndpointsDelegate):
         return record
 
     def _start(self, folder: Path, record: jobs.JobRecord) -> JobHandle:
+        (folder / jobs.CANCEL_FILE).unlink(missing_ok=True)  # an earlier cancel is not this run's
         if not self.background:
             from .worker import run_job
 
@@ -454,17 +455,36 @@ class LocalBackend(EndpointsDelegate):
         """
         return self._handle(self._refresh(jobs.read_record(self.home, name)))
 
+    def list_jobs(self) -> list[JobHandle]:
+        """Return every local job, oldest first; one whose process is gone is reconciled to ``Failed``."""
+        return [self._handle(self._refresh(r)) for r in jobs.list_records(self.home)]
+
+    def job_record(self, name: str) -> jobs.JobRecord:
+        """Return job ``name``'s full record (pid, attempts, MLflow run, lineage), reconciled like :meth:`get_job`.
+
+        Raises:
+            NotFoundError: No such job.
+        """
+        return self._refresh(jobs.read_record(self.home, name))
+
     def job_dir(self, name: str) -> Path:
         """Return the job's folder (``config.json``, ``job.json``, ``train.log``, ``output/``)."""
         return jobs.job_dir(self.home, name)
 
     def cancel_job(self, name: str) -> None:
-        """Ask a running job to stop: it writes a checkpoint and ends ``Canceled`` (no error if finished)."""
+        """Ask a running job to stop: it writes a checkpoint and ends ``Canceled`` (no error if finished).
+
+        The request is a file in the job's folder, which the worker checks at every step, and a SIGTERM once
+        the worker runs (it has its handler by then; a signal during its start-up would kill it outright).
+        """
         import os
         import signal
 
         record = self._refresh(jobs.read_record(self.home, name))
-        if record.status in ("Queued", "Running") and record.pid is not None:
+        if record.status not in ("Queued", "Running"):
+            return
+        (jobs.job_dir(self.home, name) / jobs.CANCEL_FILE).touch()
+        if record.status == "Running" and record.pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(record.pid, signal.SIGTERM)
 

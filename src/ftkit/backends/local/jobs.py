@@ -28,6 +28,7 @@ from ...names import random_suffix
 from .pids import owned_process_alive
 
 __all__ = [
+    "CANCEL_FILE",
     "WORKER_MODULE",
     "JobRecord",
     "claim_job_dir",
@@ -38,6 +39,9 @@ __all__ = [
     "worker_alive",
     "write_record",
 ]
+
+CANCEL_FILE = "cancel"
+"""A file in the job's folder asking its worker to stop (see ``LocalBackend.cancel_job``)."""
 
 WORKER_MODULE = "ftkit.backends.local.worker"
 """The module a background job's process runs (``python -m ftkit.backends.local.worker JOB_DIR URI``)."""

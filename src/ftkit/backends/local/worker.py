@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from .jobs import JobRecord, write_record
+from .jobs import CANCEL_FILE, JobRecord, write_record
 from .tracking import MlflowStore, RunLogger
 from .training import MetricsSink, Progress, TrainConfig, train
 
@@ -96,7 +96,10 @@ def run_job(
             params = {k: v for k, v in json.loads(config.to_json()).items() if k not in ("output_dir",)}
             logger.log_params(params)
         sink = _ProgressSink(folder, record, logger)
-        result = train(config, metrics=sink, progress=progress, should_stop=lambda: cancel["requested"])
+        marker = folder / CANCEL_FILE
+        result = train(
+            config, metrics=sink, progress=progress, should_stop=lambda: cancel["requested"] or marker.exists()
+        )
         record = sink.record
         if result.stopped:
             record = attrs.evolve(
@@ -143,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m ftkit.backends.local.worker JOB_DIR TRACKING_URI", file=sys.stderr)
         return 2
     folder, uri = Path(args[0]), args[1]
+    # train.log is a file, which Python would buffer in 8 KiB blocks: `ftkit job logs --follow` wants lines.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
     home = folder.parent.parent
     record = run_job(folder, MlflowStore.at(home, uri))
     return 0 if record.status == "Completed" else 1
