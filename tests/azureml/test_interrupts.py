@@ -94,3 +94,43 @@ def test_a_signal_while_training_reports_the_running_job(
     name = record["finetune_job"]["name"]
     assert backend.get_job(name).status == "Canceled"
     assert info.value.cleaned == [f"job {name} stopped (Canceled)"]
+
+
+def test_job_commands_on_the_workspace(
+    fake: FakeAzureML,
+    backend: AzureMLBackend,
+    job: JobFile,
+    tmp_path: Path,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`ftkit job list/show/cancel --backend azureml` read and cancel the workspace's job (jobs.list, jobs.get,
+    begin_cancel); `job logs` points at the studio instead."""
+    from ftkit.cli import job_control, main
+
+    monkeypatch.setattr(job_control, "_azureml_backend", lambda args: backend)
+    with pytest.raises(Interrupted):
+        ftkit.run(
+            job,
+            backend,
+            on_event=signal_on("finetune", "submitted job", signal.SIGINT),
+            run_dir=tmp_path / "run",
+            poll_s=60,
+            clock=clock,
+            sleep=clock.sleep,
+        )
+    name = json.loads((tmp_path / "run" / "run.json").read_text())["finetune_job"]["name"]
+    capsys.readouterr()
+    assert main(["job", "cancel", name, "--backend", "azureml"]) == 0
+    assert capsys.readouterr().out.strip() == f"job {name} Canceled"
+    assert len(fake.calls("POST", r"/jobs/[^/]+/cancel")) == 1
+    assert main(["job", "list", "--backend", "azureml"]) == 0
+    listed = capsys.readouterr().out
+    assert listed.startswith(f"{name}  Canceled")
+    assert main(["job", "show", name, "--backend", "azureml"]) == 0
+    shown = capsys.readouterr().out
+    assert f"name         {name}" in shown
+    assert "status       Canceled" in shown
+    assert "studio       https://" in shown
+    assert main(["job", "logs", name, "--backend", "azureml"]) == 2
