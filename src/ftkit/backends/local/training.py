@@ -323,16 +323,20 @@ def _save_checkpoint(
     final = root / f"checkpoint-{step}"
     tmp = root / f".checkpoint-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save({k: v.detach().cpu() for k, v in named.items()}, tmp / "trainable.pt")
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    torch.save(sched.state_dict(), tmp / "scheduler.pt")
-    rng: dict[str, Any] = {"torch": torch.random.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(rng, tmp / "rng.pt")
-    # state.json last: a checkpoint without it is incomplete and ignored.
-    (tmp / "state.json").write_text(json.dumps({"global_step": step}), encoding="utf-8")
+    try:
+        tmp.mkdir(parents=True)
+        torch.save({k: v.detach().cpu() for k, v in named.items()}, tmp / "trainable.pt")
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        torch.save(sched.state_dict(), tmp / "scheduler.pt")
+        rng: dict[str, Any] = {"torch": torch.random.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(rng, tmp / "rng.pt")
+        # state.json last: a checkpoint without it is incomplete and ignored.
+        (tmp / "state.json").write_text(json.dumps({"global_step": step}), encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half checkpoint behind
+        raise
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)  # atomic on one filesystem: a kill leaves either the old set or the new one
     if limit > 0:
@@ -403,13 +407,17 @@ def _save_final(config: TrainConfig, model: Any, tokenizer: Any) -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     if config.apply_lora and config.merge_lora_weights:
         model = model.merge_and_unload()
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if config.apply_lora and not config.merge_lora_weights:
-        # An adapter directory: transformers loads it (with peft) from the base recorded here.
-        cfg = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
-        cfg["base_model_name_or_path"] = str(Path(config.model_dir).absolute())
-        (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if config.apply_lora and not config.merge_lora_weights:
+            # An adapter directory: transformers loads it (with peft) from the base recorded here.
+            cfg = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
+            cfg["base_model_name_or_path"] = str(Path(config.model_dir).absolute())
+            (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
