@@ -240,7 +240,7 @@ class JobRunner:
                 self._interrupted(exc)
                 self._save_quietly(exc)
                 raise
-            except FtkitError as exc:
+            except Exception as exc:  # FtkitError, and anything unexpected: run.json still says what happened
                 self._record["status"] = "failed"
                 self._record["error"] = {"type": type(exc).__name__, "message": str(exc), "stage": self._stage}
                 self._save_quietly(exc)
