@@ -18,7 +18,7 @@ pytest.importorskip("mlflow")
 def demo_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from ftkit.demo import prepare_demo
 
-    return prepare_demo(tmp_path_factory.mktemp("demo"), seed=0)
+    return prepare_demo(tmp_path_factory.mktemp("demo"), seed=0, steps=10)  # a model, not a good one
 
 
 def run_twice(job: Path, home: Path, *extra: str) -> list[tuple[int, str, str]]:

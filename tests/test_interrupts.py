@@ -38,6 +38,14 @@ def demo_job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return prepare_demo(tmp_path_factory.mktemp("demo"), seed=0)
 
 
+@pytest.fixture(scope="module")
+def short_job(demo_job: Path) -> Path:
+    """The demo's job with 10 training steps: for the stages after fine-tuning, which need a model, not a good one."""
+    short = demo_job.with_name("short.yaml")
+    short.write_text(demo_job.read_text().replace("\nfinetune:\n", "\nfinetune:\n  max_steps: 10\n", 1))
+    return short
+
+
 class Run:
     """A `ftkit run` subprocess whose stderr is read line by line (and whose endpoints' ports are noted)."""
 
@@ -161,9 +169,9 @@ def endpoint_list_is_empty(home: Path, capsys: pytest.CaptureFixture[str]) -> bo
 
 
 @pytest.mark.slow
-def test_sigterm_while_building_data(demo_job: Path, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sigterm_while_building_data(short_job: Path, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """SIGTERM (timeout, CI, docker stop) during the data stage: exit 143, recorded, nothing started."""
-    run = Run(demo_job, home)
+    run = Run(short_job, home)
     run.wait_for(r"data\s+\.\.\.\.  building from")
     run.proc.send_signal(signal.SIGTERM)
     code, _, err = run.finish()
@@ -204,11 +212,11 @@ def test_ctrl_c_while_fine_tuning_stops_the_job_and_a_rerun_resumes_it(
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_while_the_endpoint_server_starts(
-    demo_job: Path, home: Path, signum: int, capsys: pytest.CaptureFixture[str]
+    short_job: Path, home: Path, signum: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """About a second after `creating endpoint` (the server is still loading): the server is stopped, its
     state removed, and `ftkit endpoint list` and `ftkit cleanup` find nothing (the reported bug: 5 of 5)."""
-    run = Run(demo_job, home)
+    run = Run(short_job, home)
     run.wait_for(r"deploy\s+\.\.\.\.  creating endpoint")
     time.sleep(1.0)
     run.proc.send_signal(signum)
@@ -222,11 +230,11 @@ def test_signal_while_the_endpoint_server_starts(
 
 @pytest.mark.slow
 def test_signals_while_scoring_and_during_cleanup(
-    demo_job: Path, home: Path, capsys: pytest.CaptureFixture[str]
+    short_job: Path, home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """SIGINT as scoring starts, then a second SIGINT and a SIGTERM during the cleanup they started: the
     cleanup finishes anyway (the extra signals are only reported), and nothing is orphaned."""
-    run = Run(demo_job, home)
+    run = Run(short_job, home)
     run.wait_for(r"score\s+\.\.\.\.  scoring")
     run.proc.send_signal(signal.SIGINT)
     time.sleep(0.05)
@@ -242,9 +250,9 @@ def test_signals_while_scoring_and_during_cleanup(
 
 
 @pytest.mark.slow
-def test_sigterm_during_the_final_cleanup(demo_job: Path, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_sigterm_during_the_final_cleanup(short_job: Path, home: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """SIGTERM while the endpoint is being deleted at the end: the deletion completes, exit 143."""
-    run = Run(demo_job, home)
+    run = Run(short_job, home)
     run.wait_for(r"cleanup\s+\.\.\.\.  deleting endpoint")
     run.proc.send_signal(signal.SIGTERM)
     code, _, err = run.finish()
