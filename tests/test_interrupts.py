@@ -69,7 +69,7 @@ class Run:
         for line in self.proc.stderr:
             self.lines.append(line)
 
-    def wait_for(self, pattern: str, timeout_s: float = 120.0) -> None:
+    def wait_for(self, pattern: str, timeout_s: float = 300.0) -> None:
         """Wait until a stderr line matches ``pattern`` (noting endpoint ports meanwhile)."""
         deadline = time.monotonic() + timeout_s
         regex = re.compile(pattern)
@@ -90,7 +90,7 @@ class Run:
             if isinstance(port, int):
                 self.ports.add(port)
 
-    def finish(self, timeout_s: float = 180.0) -> tuple[int, str, str]:
+    def finish(self, timeout_s: float = 300.0) -> tuple[int, str, str]:
         """Wait for the exit; return the status, stdout and stderr."""
         self.proc.wait(timeout=timeout_s)
         self._reader.join(10)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ...compute import ComputeCheck, ComputeValidator
-from ...exceptions import ConflictError, NotFoundError, Problem, ValidationError
+from ...exceptions import BackendError, ConflictError, NotFoundError, Problem, ValidationError
 from ...hashing import sha256_file
 from ...home import ftkit_home
 from ...interrupts import deferred
@@ -358,7 +358,15 @@ class LocalBackend(EndpointsDelegate):
             "ftkit.parameters": json.dumps(request.spec.parameters(), sort_keys=True, default=str)[:5000],
             "ftkit.ignored_parameters": ", ".join(sorted(ignored)),
         }
-        logger = tracking.RunLogger.start(self.store, request.experiment_name, run_name=name, tags=tags)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            logger = tracking.RunLogger.start(self.store, request.experiment_name, run_name=name, tags=tags)
+        except MlflowException as exc:  # e.g. "database or disk is full": one clear error, not a traceback
+            raise BackendError(
+                f"cannot create the MLflow run of job {name} in {self.store.tracking_uri}: {exc.message}",
+                operation="submit_finetune",
+            ) from exc
         record = jobs.JobRecord(
             name=name,
             status="Queued",
