@@ -81,6 +81,11 @@ def test_list_show_logs_and_cancel_a_running_job(
     assert _wait(backend, backend.get_job(again.name)).status in ("Canceled", "Failed")
     assert json.loads((backend.job_dir(handle.name) / "job.json").read_text())["attempts"] == 2
 
+    fresh = LocalBackend(backend.home, device="cpu", new_job=True).submit_finetune(request)  # `ftkit run --new-job`
+    assert fresh.name != handle.name
+    backend.cancel_job(fresh.name)
+    assert _wait(backend, backend.get_job(fresh.name)).is_terminal
+
 
 def test_unknown_job_is_one_clear_error(backend: LocalBackend, capsys: pytest.CaptureFixture[str]) -> None:
     """`ftkit job show nope` names the jobs there are and exits 1, no traceback."""

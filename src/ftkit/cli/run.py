@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..backends.base import Backend
 from ..jobfile import JobFile
 from ..runner import JobRunner, RunResult, StageEvent
 
@@ -19,6 +20,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser("run", help="run a job file end to end", description=_run.__doc__)
     run.add_argument("job", type=Path, metavar="JOB.yaml", help="the YAML job file")
     run.add_argument("--no-deploy", action="store_true", help="stop after registering the model")
+    run.add_argument(
+        "--new-job",
+        action="store_true",
+        help="local: start a new fine-tuning job even if an interrupted one of this job file could resume",
+    )
     run.add_argument(
         "--timeout",
         type=_positive(float),
@@ -83,8 +89,8 @@ def _quiet_progress_bars() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def _execute(job: JobFile, **options: Any) -> RunResult:
-    result = JobRunner(job, on_event=ProgressPrinter(sys.stderr), **options).run()
+def _execute(job: JobFile, backend: Backend | None = None, **options: Any) -> RunResult:
+    result = JobRunner(job, backend, on_event=ProgressPrinter(sys.stderr), **options).run()
     out = sys.stdout
     print(f"fine-tuning job  {result.job.name} ({result.job.status})", file=out)
     print(f"registered model {result.registered.name}:{result.registered.version}", file=out)
@@ -103,7 +109,12 @@ def _run(args: argparse.Namespace) -> int:
     """Run a job file end to end: model, compute, data, fine-tune, metrics, register, deploy, score, clean up."""
     _quiet_progress_bars()
     job = JobFile.load(args.job)
-    _execute(job, deploy=not args.no_deploy, wait_timeout_s=args.timeout, poll_s=args.poll)
+    options: dict[str, Any] = {"deploy": not args.no_deploy, "wait_timeout_s": args.timeout, "poll_s": args.poll}
+    if args.new_job and job.backend == "local":
+        from ..backends import get_backend
+
+        options["backend"] = get_backend("local", home=job.local.home, device=job.local.device, new_job=True)
+    _execute(job, **options)
     return 0
 
 
