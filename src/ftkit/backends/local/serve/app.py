@@ -27,7 +27,6 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -35,7 +34,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .batching import Batcher, Job, QueueFull
+from .engine import ContinuousBatcher
 from .generation import LoadedModel
+from .placement import Placement, load_deployment
 from .requests import BadRequest, GenParams, parse_chat, parse_score
 from .state import DEFAULT_SETTINGS, EndpointFiles, stat_key
 
@@ -82,11 +83,19 @@ def _error(
 class Deployment:
     """Strictly private: a loaded deployment (its spec from ``endpoint.json``, model and batcher)."""
 
-    def __init__(self, name: str, spec: Mapping[str, Any], model: LoadedModel, batcher: Batcher) -> None:
+    def __init__(
+        self,
+        name: str,
+        spec: Mapping[str, Any],
+        model: LoadedModel,
+        batcher: Batcher | ContinuousBatcher,
+        placement: Placement,
+    ) -> None:
         self.name = name
         self.spec = dict(spec)
         self.model = model
         self.batcher = batcher
+        self.placement = placement
 
     @property
     def timeout_s(self) -> float:
@@ -96,7 +105,7 @@ class Deployment:
 
 def _fingerprint(spec: Mapping[str, Any]) -> str:
     """What, when changed, means a deployment must be reloaded."""
-    keys = ("model_id", "model_path", "max_queue", "max_batch_size", "revision")
+    keys = ("model_id", "model_path", "max_queue", "max_batch_size", "revision", "device", "engine", "dtype")
     return json.dumps({k: spec.get(k) for k in keys}, sort_keys=True, default=str)
 
 
@@ -111,6 +120,7 @@ class ServerState:
         self.files = files
         config = files.read_config()
         settings = {**DEFAULT_SETTINGS, **{k: v for k, v in config.get("settings", {}).items() if isinstance(v, int)}}
+        self.settings = settings
         self.max_batch_size = settings["max_batch_size"]
         self.window_s = settings["batch_window_ms"] / 1000.0
         self.max_body_bytes = settings["max_body_bytes"]
@@ -243,16 +253,11 @@ class ServerState:
             raise ValueError("the deployment's model has no local path")
         started = time.monotonic()
         log.info("deployment %s: loading model %s from %s", name, spec.get("model_id"), path)
-        model = LoadedModel(Path(path))
-        batcher = Batcher(
-            name,
-            model,
-            max_batch_size=int(spec.get("max_batch_size") or self.max_batch_size),
-            window_s=self.window_s,
-            max_queue=int(spec.get("max_queue", 64)),
+        model, batcher, placement = load_deployment(
+            name, spec, max_batch_size=self.max_batch_size, window_s=self.window_s, settings=self.settings
         )
-        log.info("deployment %s: ready in %.1fs", name, time.monotonic() - started)
-        return Deployment(name, spec, model, batcher)
+        log.info("deployment %s: ready in %.1fs on %s", name, time.monotonic() - started, placement.as_dict())
+        return Deployment(name, spec, model, batcher, placement)
 
     def close(self) -> None:
         """Stop every deployment's worker."""
@@ -599,7 +604,9 @@ def create_app(state: ServerState, *, on_ready: Any = None) -> FastAPI:
     @app.post("/-/admin/reload", include_in_schema=False)
     async def admin_reload(request: Request) -> dict[str, Any]:
         state.check_key(request.headers.get("authorization"), admin=True)
-        return {"deployments": await state.reload()}
+        results = await state.reload()
+        placement = {n: d.placement.as_dict() for n, d in state.deployments.items()}
+        return {"deployments": results, "placement": placement}
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
