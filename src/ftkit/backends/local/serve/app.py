@@ -652,7 +652,7 @@ async def _stream(
         return _sse(payload)
 
     sent = ""
-    ids: list[int] = []
+    text_stream = deployment.model.streamer()
     loop = asyncio.get_running_loop()
     end = loop.time() + deployment.timeout_s
     try:
@@ -665,11 +665,10 @@ async def _stream(
                 yield _sse({"error": {"message": message, "type": "timeout_error", "code": 408}})
                 break
             if kind == "token":
-                ids.append(int(value))  # type: ignore[call-overload]
-                text = deployment.model.decode(ids)
-                # Hold back a partial multi-byte character until the next token completes it.
-                if not text.endswith("\ufffd") and len(text) > len(sent) and text.startswith(sent):
-                    delta, sent = text[len(sent) :], text
+                # A partial multi-byte character is held back until the next token completes it.
+                delta = text_stream.push(int(value))  # type: ignore[call-overload]
+                if delta:
+                    sent += delta
                     yield chunk({"content": delta}, None)
                 continue
             if kind == "error":

@@ -25,6 +25,7 @@ import contextlib
 import heapq
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -65,10 +66,18 @@ class ContinuousBatcher:
         decoder: The model on a slot cache; its slot count is the most rows decoding together.
         max_queue: Most jobs waiting for a slot before :class:`.batching.QueueFull`.
         prefill_tokens: Prompt tokens admitted per step (at least one prompt is, however long).
+        gather_s: How long a waiting job may wait for others to share its prefill while rows are decoding.
     """
 
     def __init__(
-        self, name: str, model: LoadedModel, decoder: SlotDecoder, *, max_queue: int, prefill_tokens: int = 8192
+        self,
+        name: str,
+        model: LoadedModel,
+        decoder: SlotDecoder,
+        *,
+        max_queue: int,
+        prefill_tokens: int = 8192,
+        gather_s: float = 0.02,
     ) -> None:
         self.name = name
         self.model = model
@@ -76,7 +85,12 @@ class ContinuousBatcher:
         self.max_batch_size = decoder.slots
         self.max_queue = max(0, max_queue)
         self.prefill_tokens = max(1, prefill_tokens)
+        self.gather_s = max(0.0, gather_s)
+        # A prefill costs a launch chain whatever its size: while rows decode, one is run for a few prompts at
+        # once (or once the oldest has waited gather_s), not for every prompt that arrives alone.
+        self._gather = max(1, decoder.slots // 32)
         self._pending: collections.deque[Job] = collections.deque()
+        self._arrived: collections.deque[float] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
         self._free = list(range(decoder.slots))  # a heap: the lowest slot first keeps the decoded rows few
@@ -104,6 +118,7 @@ class ContinuousBatcher:
             if self._closed or len(self._pending) + len(jobs) > self.max_queue:
                 raise QueueFull(self.name)
             self._pending.extend(jobs)
+            self._arrived.extend([time.monotonic()] * len(jobs))
             self._cond.notify()
 
     @property
@@ -122,6 +137,7 @@ class ContinuousBatcher:
             self._closed = True
             waiting = list(self._pending)
             self._pending.clear()
+            self._arrived.clear()
             self._cond.notify_all()
         for job in waiting:
             job.post("error", "the deployment was removed")
@@ -142,6 +158,7 @@ class ContinuousBatcher:
                 self._closed = True
                 waiting = list(self._pending)
                 self._pending.clear()
+                self._arrived.clear()
             for job in [*waiting, *(r.job for r in self._rows.values())]:
                 job.post("error", f"generation failed: {type(exc).__name__}")
             self._rows.clear()
@@ -158,17 +175,23 @@ class ContinuousBatcher:
             if self._closed:
                 return None
             taken: list[Job] = []
+            if self._rows and self._pending:
+                room = min(len(self._free), len(self._pending))
+                if room < self._gather and time.monotonic() - self._arrived[0] < self.gather_s:
+                    return taken
             budget = self.prefill_tokens
             while self._pending and len(taken) < len(self._free):
                 job = self._pending[0]
                 if not job.alive:
                     self._pending.popleft()
+                    self._arrived.popleft()
                     job.post("done", "cancelled")
                     continue
                 if taken and len(job.prompt) > budget:
                     break
                 budget -= len(job.prompt)
                 taken.append(self._pending.popleft())
+                self._arrived.popleft()
             return taken
 
     def _step(self) -> bool:

@@ -84,6 +84,10 @@ class LoadedModel:
         """Return the text of generated token ids (special tokens dropped)."""
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
+    def streamer(self) -> TextStream:
+        """A fresh incremental detokenizer for one streamed answer."""
+        return TextStream(self)
+
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int]], params: Sequence[GenParams], emit: Emit) -> list[str]:
         """Generate every row of a batch at once (left-padded), calling ``emit`` for each new token.
@@ -180,3 +184,30 @@ def choose_tokens(
     sorted_probs[:, 0] = sorted_probs[:, 0].clamp_min(1e-12)  # a row of zeros (all NaN) falls back to greedy
     picked = order.gather(-1, torch.multinomial(sorted_probs, 1)).squeeze(-1)
     return torch.where(sample, picked, greedy)
+
+
+class TextStream:
+    """Turn one answer's tokens into text deltas, decoding a few tokens per step instead of the whole answer.
+
+    Decoding everything so far at every token costs O(n) per token, O(n^2) per answer, on the server's event
+    loop. Here each token decodes a short window: the text of ``ids[prefix:]`` minus that of
+    ``ids[prefix:read]`` is the new text, once it does not end in a partial multi-byte character (U+FFFD);
+    then the window moves on. The deltas concatenate to :meth:`LoadedModel.decode` of all the ids for the
+    tokenizers transformers ships (byte-level BPE, SentencePiece, word-level).
+    """
+
+    def __init__(self, model: LoadedModel) -> None:
+        self._model = model
+        self.ids: list[int] = []
+        self._prefix = 0
+        self._read = 0
+
+    def push(self, token: int) -> str:
+        """Add a token; return the text it completes (empty while a character is incomplete)."""
+        self.ids.append(token)
+        before = self._model.decode(self.ids[self._prefix : self._read])
+        after = self._model.decode(self.ids[self._prefix :])
+        if len(after) <= len(before) or after.endswith("\ufffd") or not after.startswith(before):
+            return ""
+        self._prefix, self._read = self._read, len(self.ids)
+        return after[len(before) :]

@@ -105,7 +105,7 @@ class SlotDecoder:
         self._pool: Any = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         # Graph buckets are coarse (few graphs to capture); eager steps can follow the batch closely.
         self._row_step = 8 if self.cuda_graphs else 1
-        self._ctx_step = 256 if self.cuda_graphs else 64
+        self._ctx_step = 128 if self.cuda_graphs else 64
 
     @property
     def cache_bytes(self) -> int:
@@ -219,7 +219,8 @@ class SlotDecoder:
             next step).
         """
         bucket_rows = _bucket(rows, self._row_step, self.slots)
-        width = _bucket(longest, self._ctx_step, self.context)
+        # Attention reads every row's keys up to ``width``: linear steps keep that close to the longest row.
+        width = min(self.context, -(-longest // self._ctx_step) * self._ctx_step)
         if not self.cuda_graphs:
             return self._decode_step(bucket_rows, width)[:rows]
         key = (bucket_rows, width)
@@ -240,6 +241,7 @@ class SlotDecoder:
             self._decode_step(rows, width)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: another deployment loading in the server's thread pool must not break this capture.
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             logits = self._decode_step(rows, width)
         return graph, logits
