@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import multiprocessing
 import os
@@ -219,6 +220,49 @@ def serve_path(home: Path, model_dir: Path, path: str, args: argparse.Namespace,
         endpoints.delete_endpoint(name)
 
 
+def engine_floor(model_dir: Path, args: argparse.Namespace, out: list[dict[str, Any]]) -> None:
+    """Time ftkit's decode step and a prefill alone (no HTTP, no scheduler): the floor under the served figures."""
+    import torch
+
+    from ftkit.backends.local.serve.generation import LoadedModel
+    from ftkit.backends.local.serve.slots import SlotDecoder
+
+    model = LoadedModel(model_dir, "cuda")
+    decoder = SlotDecoder(model.model, slots=args.slots, context=args.context)
+
+    def timed(fn: Any, repeat: int) -> float:
+        with torch.inference_mode():
+            return _timed(fn, repeat)
+
+    def _timed(fn: Any, repeat: int) -> float:
+        fn()
+        torch.cuda.synchronize()
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(repeat):
+            fn()
+        stop.record()
+        torch.cuda.synchronize()
+        return float(start.elapsed_time(stop)) / repeat
+
+    for rows in args.levels:
+        rows = min(rows, args.slots)
+        decoder.positions.fill_(300)
+        decoder.tokens.random_(10, WORDS)
+        graph_ms = timed(functools.partial(decoder.decode, rows, 301), 20)
+        eager_ms = timed(functools.partial(decoder._decode_step, rows, 384), 5)
+        row = {"path": "engine-floor", "rows": rows, "graph_step_ms": round(graph_ms, 2)}
+        row.update(eager_step_ms=round(eager_ms, 2), graph_tok_s=round(rows / graph_ms * 1000))
+        print(json.dumps(row), flush=True)
+        out.append(row)
+    rng = random.Random(0)
+    prompts = [[rng.randrange(10, WORDS) for _ in range(200)] for _ in range(8)]
+    prefill_ms = timed(functools.partial(decoder.prefill, list(range(8)), prompts), 5)
+    row = {"path": "engine-floor", "prefill_8x200_ms": round(prefill_ms, 2)}
+    print(json.dumps(row), flush=True)
+    out.append(row)
+
+
 def transformers_cb(model_dir: Path, args: argparse.Namespace, out: list[dict[str, Any]]) -> None:
     """transformers' continuous batching (``generate_batch``) on the same prompts, in-process."""
     import torch
@@ -302,6 +346,9 @@ def main(argv: list[str]) -> int:
             try:
                 if path == "transformers-cb":
                     transformers_cb(model_dir, args, rows)
+                elif path == "engine-floor":
+                    engine_floor(model_dir, args, rows)
+                    torch.cuda.empty_cache()  # its model and cache are gone with the call
                 else:
                     serve_path(root / "home", model_dir, path, args, rows)
             except Exception:
@@ -326,6 +373,8 @@ def main(argv: list[str]) -> int:
         f"{'ITL p95':>8}"
     )
     for r in rows:
+        if "streams" not in r:
+            continue
         print(
             f"{r['path'][:16]:<16} {r['streams']:>7} {r['requests']:>5} {r['errors']:>4} {r['out_tok_s']:>9} "
             f"{r.get('ttft_p50_ms', '-'):>9} {r.get('ttft_p95_ms', '-'):>9} {r.get('itl_p95_ms', '-'):>8}"

@@ -103,6 +103,8 @@ class ContinuousBatcher:
         self._top_ps = torch.ones(decoder.slots, dtype=torch.float32, device=device)
         self._sample = torch.zeros(decoder.slots, dtype=torch.bool, device=device)
         self._host_positions = torch.zeros(decoder.slots, dtype=torch.long, pin_memory=self._pinned)
+        self._host_tokens = torch.zeros(decoder.slots, dtype=torch.long, pin_memory=self._pinned)
+        self._read_done: Any = torch.cuda.Event() if self._pinned else None  # type: ignore[no-untyped-call]
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
         self._thread.start()
 
@@ -248,13 +250,13 @@ class ContinuousBatcher:
 
     def _decode(self, events: list[tuple[Job, str, object]]) -> None:
         rows = max(self._rows) + 1
-        positions = self._host_positions
-        positions.zero_()
-        longest = 1
+        lengths = [0] * rows
         for slot, row in self._rows.items():
-            positions[slot] = row.length
-            longest = max(longest, row.length + 1)
-        self.decoder.positions[:rows].copy_(positions[:rows], non_blocking=True)
+            lengths[slot] = row.length
+        longest = max(lengths) + 1
+        positions = self._host_positions[:rows]
+        positions.copy_(torch.tensor(lengths, dtype=torch.long))
+        self.decoder.positions[:rows].copy_(positions, non_blocking=True)
         logits = self.decoder.decode(rows, longest)
         index = torch.arange(rows, device=self.decoder.device)
         sampling = [False] * rows
@@ -276,11 +278,10 @@ class ContinuousBatcher:
         """The chosen ids on the host: the step's one round trip (waits without holding the GIL)."""
         if not self._pinned:
             return [int(t) for t in chosen.tolist()]
-        host = torch.empty(chosen.shape, dtype=chosen.dtype, pin_memory=True)
+        host = self._host_tokens[: chosen.shape[0]]
         host.copy_(chosen, non_blocking=True)
-        done = torch.cuda.Event()  # type: ignore[no-untyped-call]
-        done.record()
-        done.synchronize()  # releases the GIL, so the event loop keeps serving while the GPU works
+        self._read_done.record()
+        self._read_done.synchronize()  # releases the GIL, so the event loop keeps serving while the GPU works
         return [int(t) for t in host.tolist()]
 
     def _accept(self, row: _Row, token: int, events: list[tuple[Job, str, object]]) -> None:

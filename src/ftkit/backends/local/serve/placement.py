@@ -15,6 +15,7 @@ share a GPU when their plans fit together.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,10 @@ def _continuous(
         model.model, slots=slots, context=context, cuda_graphs=bool(int(settings.get("cuda_graphs", 1) or 0))
     )
     worker = ContinuousBatcher(name, model, decoder, max_queue=max_queue, prefill_tokens=prefill_tokens)
+    if device.type == "cuda":
+        # The engine thread wakes from each step's GPU wait wanting the GIL while the event loop streams the
+        # last step's tokens; with the default 5 ms switch interval that wait alone can exceed a decode step.
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
     weights_now = sum(p.numel() * p.element_size() for p in model.model.parameters())
     placement = Placement(
         device=str(device),
