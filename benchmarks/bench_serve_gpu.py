@@ -382,4 +382,4 @@ def main(argv: list[str]) -> int:
     print(json.dumps(meta))
     if args.json:
         args.json.write_text(json.dumps({"meta": meta, "rows": rows, "failures": failures}, indent=2))
-    return 1 if failures or any(r["errors"] for r in rows) else 0
+    return 1 if failures or any(r.get("errors") for r in rows) else 0

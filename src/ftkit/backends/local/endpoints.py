@@ -311,6 +311,11 @@ class LocalEndpoints:
             DeploymentError: The model failed to load (with the server's log).
         """
         _check_name("deployment", spec.name)
+        if not valid_device(spec.device):
+            raise ValidationError(
+                [Problem("deploy.device", f"{spec.device!r} is not a device", f"use {DEVICE_CHOICES}")],
+                "invalid deployment",
+            )
         files = self._existing(spec.endpoint)
         path = spec.model.path
         if path is None or not Path(path).is_dir():
@@ -322,11 +327,6 @@ class LocalEndpoints:
                         "register the model with the local backend",
                     )
                 ]
-            )
-        if not valid_device(spec.device):
-            raise ValidationError(
-                [Problem("deploy.device", f"{spec.device!r} is not a device", f"use {DEVICE_CHOICES}")],
-                "invalid deployment",
             )
         record = {
             "model_id": spec.model.id,
@@ -433,6 +433,23 @@ class LocalEndpoints:
             NotFoundError: It does not exist.
         """
         return self._info(self._existing(name))
+
+    def placements(self, endpoint: str) -> dict[str, dict[str, Any]]:
+        """Where each deployment of an endpoint runs, as its server reported at load time.
+
+        Returns:
+            Deployment name to ``device``, ``dtype``, ``engine``, ``weights_gib``, ``kv_cache_gib``, ``slots``
+            and ``context`` (an empty record for a deployment that never loaded).
+
+        Raises:
+            NotFoundError: The endpoint does not exist.
+        """
+        deployments = self._existing(endpoint).read_config().get("deployments", {})
+        return {
+            name: dict(record.get("placement") or {})
+            for name, record in sorted(deployments.items())
+            if isinstance(record, dict)
+        }
 
     def list_endpoints(self) -> list[EndpointInfo]:
         """Return every endpoint under this home, by name."""
