@@ -229,3 +229,31 @@ def test_bfloat16_logits_match_the_transformers_forward(tiny_model_dir: Path) ->
             ids = torch.tensor([[*prompt, int(first[row])]], device="cuda")
             ref = model.model(input_ids=ids).logits[0, -1].float()
         assert (step[slot] - ref).norm() / ref.norm() < 2e-2
+
+
+def test_a_failed_step_fails_its_rows_and_the_engine_carries_on(
+    model: LoadedModel, prompts: list[list[int]], engine: ContinuousBatcher
+) -> None:
+    real = engine.decoder.decode
+    calls = {"n": 0}
+
+    def flaky(rows: int, longest: int) -> torch.Tensor:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("simulated device failure")
+        return real(rows, longest)
+
+    engine.decoder.decode = flaky  # type: ignore[method-assign]
+
+    async def run() -> None:
+        doomed = make_job(prompts[0], GenParams(max_new_tokens=30))
+        engine.submit([doomed])
+        kind, value = await asyncio.wait_for(_last_event(doomed), timeout=30)
+        assert (kind, value) == ("error", "generation failed: RuntimeError")
+        assert engine.running == 0
+        after = make_job(prompts[1], GenParams(max_new_tokens=8))
+        engine.submit([after])
+        assert await finish(after) == "length"
+        assert after.tokens == reference(model, prompts[1], GenParams(max_new_tokens=8))
+
+    asyncio.run(run())

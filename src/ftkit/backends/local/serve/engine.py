@@ -151,23 +151,20 @@ class ContinuousBatcher:
     # -- the worker ----------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        try:
-            while self._step():
-                pass
-        except Exception as exc:  # a bug or a device failure: fail every job rather than hang them
-            log.exception("deployment %s: the engine stopped", self.name)
-            with self._cond:
-                self._closed = True
-                waiting = list(self._pending)
-                self._pending.clear()
-                self._arrived.clear()
-            for job in [*waiting, *(r.job for r in self._rows.values())]:
-                job.post("error", f"generation failed: {type(exc).__name__}")
-            self._rows.clear()
-        else:
-            for row in self._rows.values():
-                row.job.post("error", "the deployment was removed")
-            self._rows.clear()
+        while True:
+            try:
+                if not self._step():
+                    break
+            except Exception as exc:
+                # A failure inside a step fails the rows it was generating (their slots are freed) and the worker
+                # carries on with the next requests, as the static batcher does with a failed batch.
+                log.exception("deployment %s: a step failed with %d rows running", self.name, len(self._rows))
+                for slot, row in list(self._rows.items()):
+                    self._release(slot)
+                    row.job.post("error", f"generation failed: {type(exc).__name__}")
+        for row in self._rows.values():
+            row.job.post("error", "the deployment was removed")
+        self._rows.clear()
 
     def _admit(self) -> list[Job] | None:
         """Take the jobs that start this step (``None``: closed)."""
@@ -230,15 +227,15 @@ class ContinuousBatcher:
 
     def _prefill(self, jobs: list[Job], events: list[tuple[Job, str, object]]) -> None:
         slots = [heapq.heappop(self._free) for _ in jobs]
-        self._set_params(slots, jobs)
         try:
+            self._set_params(slots, jobs)
             logits = self.decoder.prefill(slots, [j.prompt for j in jobs])
-        except torch.OutOfMemoryError:
-            # Too many long prompts at once: give their slots back and fail them, the running rows carry on.
-            log.exception("deployment %s: out of memory prefilling %d prompts", self.name, len(jobs))
+        except Exception as exc:
+            # Give their slots back and fail these prompts alone: the running rows carry on.
+            log.exception("deployment %s: prefill of %d prompts failed", self.name, len(jobs))
             for slot, job in zip(slots, jobs, strict=True):
                 heapq.heappush(self._free, slot)
-                events.append((job, "error", "generation failed: out of memory for this prompt"))
+                events.append((job, "error", f"generation failed: {type(exc).__name__}"))
             return
         index = torch.tensor(slots, dtype=torch.long, device=self.decoder.device)
         chosen = self._choose(logits, index, [j.params.do_sample for j in jobs])

@@ -15,6 +15,7 @@ share a GPU when their plans fit together.
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -147,6 +148,10 @@ def load_deployment(
 
     dtype = torch.float32 if str(spec.get("dtype") or "") == "float32" else torch.bfloat16
     weights = _weight_bytes(path, dtype)
+    # A deployment removed or replaced in this process leaves its memory in torch's cache: give it back first,
+    # so that the plan below counts it as free.
+    gc.collect()
+    torch.cuda.empty_cache()
     free, total = torch.cuda.mem_get_info(device)
     if weights + GIB > free:
         raise ValueError(
