@@ -102,3 +102,49 @@ def test_asking_for_a_gpu_without_one_fails_at_create_time(served: LocalEndpoint
     health = httpx.get(info.scoring_uri.removesuffix("/score") + "/health/live", timeout=10)
     assert health.status_code == 200
     served.delete_deployment("ep-place", "gpu")
+
+
+GIB = 2**30
+PHI3_MINI_KV = 393_216  # bytes per position: 32 layers x 2 x 3072 x bfloat16
+
+
+def test_plan_takes_the_model_context_when_it_fits() -> None:
+    from ftkit.backends.local.serve.placement import plan_context
+
+    plan = {"device": "cuda:0", "free": 140 * GIB, "total": 141 * GIB, "weights": 7 * GIB, "reserve": 2 * GIB}
+    assert plan_context(**plan, slots=16, per_token=PHI3_MINI_KV, model_context=4096) == 4096
+    # 256 slots of 4096 positions (384 GiB) do not fit: the context shrinks to a multiple of 256 that does.
+    shrunk = plan_context(**plan, slots=256, per_token=PHI3_MINI_KV, model_context=4096)
+    assert shrunk % 256 == 0
+    assert 1024 <= shrunk < 4096
+    assert 256 * shrunk * PHI3_MINI_KV + 9 * GIB <= int(141 * GIB * 0.9)
+
+
+def test_plan_that_does_not_fit_is_an_error_with_the_numbers() -> None:
+    from ftkit.backends.local.serve.placement import plan_context
+
+    with pytest.raises(ValueError, match=r"256 slots x 4096 tokens of KV cache take 384\.0 GiB") as caught:
+        plan_context(
+            device="cuda:1",
+            free=140 * GIB,
+            total=141 * GIB,
+            weights=7 * GIB,
+            reserve=2 * GIB,
+            slots=256,
+            per_token=PHI3_MINI_KV,
+            model_context=4096,
+            asked=4096,
+        )
+    assert "lower max_batch_size or max_context, or choose another GPU" in str(caught.value)
+    # A second deployment on a GPU that another already fills does not fit, even when shrinking.
+    with pytest.raises(ValueError, match="does not fit on cuda:0"):
+        plan_context(
+            device="cuda:0",
+            free=20 * GIB,
+            total=141 * GIB,
+            weights=7 * GIB,
+            reserve=2 * GIB,
+            slots=256,
+            per_token=PHI3_MINI_KV,
+            model_context=4096,
+        )

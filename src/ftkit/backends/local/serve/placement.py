@@ -27,10 +27,10 @@ import torch
 from .batching import Batcher
 from .engine import ContinuousBatcher
 from .generation import LoadedModel
-from .slots import SlotDecoder, kv_bytes_per_token, supports
+from .slots import SlotDecoder, kv_bytes_per_token, supports_config
 from .state import DEVICE_CHOICES, ENGINES
 
-__all__ = ["Placement", "load_deployment", "resolve_device"]
+__all__ = ["Placement", "load_deployment", "plan_context", "resolve_device"]
 
 DEVICES = DEVICE_CHOICES
 
@@ -94,11 +94,10 @@ def resolve_device(wanted: str) -> torch.device:
     raise ValueError(f"deploy.device: {wanted!r} is not a device; use {DEVICES}")
 
 
-def _weight_bytes(path: Path, dtype: torch.dtype) -> int:
+def _weight_bytes(config: Any, dtype: torch.dtype) -> int:
     """Bytes the model's parameters take in ``dtype`` (counted on the meta device: nothing is loaded)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    config = AutoConfig.from_pretrained(path)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
     size = torch.empty((), dtype=dtype).element_size()
@@ -113,6 +112,58 @@ def _reserve_bytes(config: Any, slots: int, prefill_tokens: int, dtype: torch.dt
     prefill = prefill_tokens * (3 * inter + 8 * hidden) * size
     logits = 4 * slots * vocab * 4  # float32 copies for sampling
     return GIB + prefill + logits
+
+
+def plan_context(
+    *,
+    device: str,
+    free: int,
+    total: int,
+    weights: int,
+    reserve: int,
+    slots: int,
+    per_token: int,
+    model_context: int,
+    asked: int = 0,
+    fraction: float = 0.9,
+) -> int:
+    """Positions per slot for a continuous deployment on a GPU, or a clear error when it does not fit.
+
+    Args:
+        device: The GPU (for the message).
+        free: Its free bytes now.
+        total: Its size in bytes.
+        weights: Bytes of the weights.
+        reserve: Bytes of working memory.
+        slots: Rows of the KV cache.
+        per_token: Bytes of KV cache per position.
+        model_context: The model's own context.
+        asked: An explicit ``max_context`` (0: none).
+        fraction: The share of the whole GPU this deployment may plan for (less what others hold).
+
+    Returns:
+        ``asked`` or the model's context, or without ``asked`` the largest multiple of 256 below it that fits
+        (never under 1024, or the model's context when shorter).
+
+    Raises:
+        ValueError: It does not fit, with the numbers and what to change.
+    """
+    context = min(model_context, asked) if asked > 0 else model_context
+    # What this deployment may take: the free memory it found, at most its share of the whole GPU.
+    allowed = min(free, int(total * fraction) - (total - free))
+    room = allowed - weights - reserve
+    fits = max(0, room // (slots * per_token)) // 256 * 256
+    if fits >= context:
+        return context
+    if asked <= 0 and fits >= min(context, 1024):
+        return int(fits)
+    cache = slots * context * per_token
+    raise ValueError(
+        f"the deployment does not fit on {device}: {slots} slots x {context} tokens of KV cache take "
+        f"{cache / GIB:.1f} GiB, plus {weights / GIB:.1f} GiB of weights and {reserve / GIB:.1f} GiB of working "
+        f"memory, and {max(0, allowed) / GIB:.1f} GiB may be used ({free / GIB:.1f} GiB free of "
+        f"{total / GIB:.1f}); lower max_batch_size or max_context, or choose another GPU"
+    )
 
 
 def load_deployment(
@@ -146,8 +197,11 @@ def load_deployment(
         batcher = Batcher(name, model, max_batch_size=slots, window_s=window_s, max_queue=max_queue)
         return model, batcher, _static_placement(model, slots, None)
 
+    from transformers import AutoConfig
+
     dtype = torch.float32 if str(spec.get("dtype") or "") == "float32" else torch.bfloat16
-    weights = _weight_bytes(path, dtype)
+    config = AutoConfig.from_pretrained(path)
+    weights = _weight_bytes(config, dtype)
     # A deployment removed or replaced in this process leaves its memory in torch's cache: give it back first,
     # so that the plan below counts it as free.
     gc.collect()
@@ -158,14 +212,36 @@ def load_deployment(
             f"the model does not fit on {device}: its weights take {weights / GIB:.1f} GiB and "
             f"{free / GIB:.1f} GiB of {total / GIB:.1f} GiB are free; choose another device or deploy.device: cpu"
         )
-    model = LoadedModel(path, device, dtype)
-    why = supports(model.model) if engine != "static" else "engine: static"
+    why = supports_config(config) if engine != "static" else "engine: static"
     if why is not None:
         if engine == "continuous":
             raise ValueError(f"engine: continuous cannot serve this model: {why}")
+        model = LoadedModel(path, device, dtype)
         batcher = Batcher(name, model, max_batch_size=slots, window_s=window_s, max_queue=max_queue)
         return model, batcher, _static_placement(model, slots, why)
-    return _continuous(name, model, device, slots, max_queue, settings, (free, total, weights))
+    # The whole plan is checked before the weights are loaded: a deployment that does not fit allocates nothing.
+    context = plan_context(
+        device=str(device),
+        free=free,
+        total=total,
+        weights=weights,
+        reserve=_reserve_bytes(config, slots, _prefill_tokens(settings), dtype),
+        slots=slots,
+        per_token=kv_bytes_per_token(config, dtype),
+        model_context=_model_context(config),
+        asked=int(settings.get("max_context") or 0),
+        fraction=int(settings.get("gpu_memory_fraction_pct") or 90) / 100,
+    )
+    model = LoadedModel(path, device, dtype)
+    return _continuous(name, model, device, slots, max_queue, settings, context)
+
+
+def _prefill_tokens(settings: Mapping[str, Any]) -> int:
+    return int(settings.get("prefill_tokens") or 8192)
+
+
+def _model_context(config: Any) -> int:
+    return int(getattr(config, "max_position_embeddings", 2048) or 2048)
 
 
 def _static_placement(model: LoadedModel, slots: int, why: str | None) -> Placement:
@@ -189,34 +265,12 @@ def _continuous(
     slots: int,
     max_queue: int,
     settings: Mapping[str, Any],
-    memory: tuple[int, int, int] | None,
+    context: int | None,
 ) -> tuple[LoadedModel, ContinuousBatcher, Placement]:
-    config = model.model.config
-    prefill_tokens = int(settings.get("prefill_tokens") or 8192)
-    asked = int(settings.get("max_context") or 0)
-    context = min(model.max_length, asked) if asked > 0 else model.max_length
-    per_token = kv_bytes_per_token(config, model.dtype)
-    if memory is not None:
-        free_before, total, weights = memory
-        fraction = int(settings.get("gpu_memory_fraction_pct") or 90) / 100
-        # What this deployment may take: the free memory it found, at most its share of the whole GPU.
-        allowed = min(free_before, int(total * fraction) - (total - free_before))
-        reserve = _reserve_bytes(config, slots, prefill_tokens, model.dtype)
-        room = allowed - weights - reserve
-        fits = max(0, room // (slots * per_token)) // 256 * 256
-        needed = weights + reserve + slots * context * per_token
-        if fits < context:
-            if asked > 0 or fits < min(context, 1024):
-                del model
-                torch.cuda.empty_cache()
-                raise ValueError(
-                    f"the deployment does not fit on {device}: {slots} slots x {context} tokens of KV cache take "
-                    f"{slots * context * per_token / GIB:.1f} GiB, with {weights / GIB:.1f} GiB of weights and "
-                    f"{reserve / GIB:.1f} GiB working memory {needed / GIB:.1f} GiB, and "
-                    f"{max(0, allowed) / GIB:.1f} GiB may be used ({free_before / GIB:.1f} GiB free of "
-                    f"{total / GIB:.1f}); lower max_batch_size or max_context, or choose another GPU"
-                )
-            context = int(fits)
+    prefill_tokens = _prefill_tokens(settings)
+    if context is None:  # the CPU: no plan, the asked context or the model's
+        asked = int(settings.get("max_context") or 0)
+        context = min(model.max_length, asked) if asked > 0 else model.max_length
     model.max_length = context  # prompts that cannot fit a slot get a 400 at encode time
     decoder = SlotDecoder(
         model.model, slots=slots, context=context, cuda_graphs=bool(int(settings.get("cuda_graphs", 1) or 0))

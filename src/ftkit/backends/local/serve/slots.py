@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-__all__ = ["SUPPORTED_MODEL_TYPES", "SlotDecoder", "kv_bytes_per_token", "supports"]
+__all__ = ["SUPPORTED_MODEL_TYPES", "SlotDecoder", "kv_bytes_per_token", "supports", "supports_config"]
 
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "phi3", "qwen2", "qwen3"})
 """``config.model_type`` values whose decoder layers follow the pattern computed here."""
@@ -29,7 +29,11 @@ SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "phi3", "qwen2", "qwen3"}
 
 def supports(model: Any) -> str | None:
     """Return why ``model`` cannot run on slots, or ``None`` when it can."""
-    config = model.config
+    return supports_config(model.config)
+
+
+def supports_config(config: Any) -> str | None:
+    """Return why a model of this transformers config cannot run on slots, or ``None`` when it can."""
     kind = getattr(config, "model_type", None)
     if kind not in SUPPORTED_MODEL_TYPES:
         return f"model type {kind!r} is not one of {', '.join(sorted(SUPPORTED_MODEL_TYPES))}"
