@@ -105,7 +105,7 @@ class Deployment:
 
 def _fingerprint(spec: Mapping[str, Any]) -> str:
     """What, when changed, means a deployment must be reloaded."""
-    keys = ("model_id", "model_path", "max_queue", "max_batch_size", "revision", "device", "engine", "dtype")
+    keys = ("model_id", "model_path", "max_queue", "max_batch_size", "revision", "device", "engine")
     return json.dumps({k: spec.get(k) for k in keys}, sort_keys=True, default=str)
 
 

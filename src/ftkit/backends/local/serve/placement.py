@@ -199,7 +199,7 @@ def load_deployment(
 
     from transformers import AutoConfig
 
-    dtype = torch.float32 if str(spec.get("dtype") or "") == "float32" else torch.bfloat16
+    dtype = torch.bfloat16
     config = AutoConfig.from_pretrained(path)
     weights = _weight_bytes(config, dtype)
     # A deployment removed or replaced in this process leaves its memory in torch's cache: give it back first,
