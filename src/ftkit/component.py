@@ -26,6 +26,7 @@ from typing import Any
 import attrs
 import yaml
 
+from .convert import BAD, convert_value
 from .exceptions import ParameterError, Problem, closest
 
 __all__ = [
@@ -197,6 +198,32 @@ class ComponentSchema:
             )
         body = json.loads(target.read_text(encoding="utf-8"))
         return cls.from_input_dicts(body["name"], body["version"], body["inputs"], body["outputs"], "bundled")
+
+    def decode(self, name: str, value: object) -> tuple[object, str | None]:
+        """Decode one parameter from the component's encoding (or a YAML spelling) to a Python value.
+
+        ``"true"`` becomes ``True`` for the component's boolean enums, ``"2"`` becomes ``2`` for integers,
+        ``"2e-5"`` becomes ``2e-05`` for numbers; bounds are checked. Other enums and strings stay strings.
+
+        Args:
+            name: A declared input.
+            value: Its value.
+
+        Returns:
+            The decoded value and ``None``, or the value as given and why it cannot be decoded.
+        """
+        declared = self.inputs[name]
+        if declared.is_boolean_enum or declared.type == "boolean":
+            hint: Any = bool
+        elif declared.type == "integer" and declared.enum is None:
+            hint = int
+        elif declared.type == "number" and declared.enum is None:
+            hint = float
+        else:
+            return value, None
+        meta = {k: v for k, v in (("minimum", declared.min), ("maximum", declared.max)) if v is not None}
+        decoded, reason = convert_value(value, hint, meta)
+        return (value, reason) if decoded is BAD else (decoded, None)
 
     @property
     def registry_asset_id(self) -> str:
