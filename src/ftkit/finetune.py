@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 import attrs
 
 from .component import DEFAULT_COMPONENT, DEFAULT_COMPONENT_VERSION, ComponentSchema, encode_parameters
-from .convert import BAD, convert_value
+from .convert import BAD, bounds, convert_value
 from .exceptions import ParameterError, Problem
 
 __all__ = ["FinetunePipelineSpec", "ModelDefaultsPolicy", "ParameterOverride"]
@@ -122,30 +122,30 @@ class FinetunePipelineSpec:
     component_name: str = DEFAULT_COMPONENT
     component_version: str = DEFAULT_COMPONENT_VERSION
     model_defaults: ModelDefaultsPolicy = "model"
-    num_train_epochs: int | None = 3
-    per_device_train_batch_size: int | None = 1
-    per_device_eval_batch_size: int | None = 1
-    learning_rate: float | None = 5e-6
+    num_train_epochs: int | None = attrs.field(default=3, metadata=bounds(1))
+    per_device_train_batch_size: int | None = attrs.field(default=1, metadata=bounds(1))
+    per_device_eval_batch_size: int | None = attrs.field(default=1, metadata=bounds(1))
+    learning_rate: float | None = attrs.field(default=5e-6, metadata=bounds(exclusive_minimum=0))
     lr_scheduler_type: str | None = "cosine"
     apply_lora: bool | None = True
     apply_deepspeed: bool | None = True
     deepspeed_stage: int | None = 2
-    gradient_accumulation_steps: int | None = None
+    gradient_accumulation_steps: int | None = attrs.field(default=None, metadata=bounds(1))
     max_seq_length: int | None = None
     save_total_limit: int | None = None
-    num_nodes_finetune: int | None = None
+    num_nodes_finetune: int | None = attrs.field(default=None, metadata=bounds(1))
     max_steps: int | None = None
-    warmup_steps: int | None = None
-    weight_decay: float | None = None
-    lora_r: int | None = None
-    lora_alpha: int | None = None
-    lora_dropout: float | None = None
+    warmup_steps: int | None = attrs.field(default=None, metadata=bounds(0))
+    weight_decay: float | None = attrs.field(default=None, metadata=bounds(0))
+    lora_r: int | None = attrs.field(default=None, metadata=bounds(1))
+    lora_alpha: int | None = attrs.field(default=None, metadata=bounds(1))
+    lora_dropout: float | None = attrs.field(default=None, metadata=bounds(0, 1))
     merge_lora_weights: bool | None = None
     precision: int | None = None
-    seed: int | None = None
-    logging_steps: int | None = None
+    seed: int | None = attrs.field(default=None, metadata=bounds(0))
+    logging_steps: int | None = attrs.field(default=None, metadata=bounds(1))
     evaluation_strategy: str | None = None
-    eval_steps: int | None = None
+    eval_steps: int | None = attrs.field(default=None, metadata=bounds(1))
     extra: Mapping[str, object] = attrs.field(factory=dict, eq=False, hash=False)
 
     _SETTINGS: ClassVar[frozenset[str]] = frozenset({"component_name", "component_version", "model_defaults"})
@@ -158,7 +158,7 @@ class FinetunePipelineSpec:
     @classmethod
     def from_mapping(
         cls, values: Mapping[str, Any], *, on_problem: Callable[[str, str], None] | None = None
-    ) -> FinetunePipelineSpec | None:
+    ) -> FinetunePipelineSpec:
         """Build a spec from a job file's ``finetune`` section, each typed field converted to its type.
 
         Exponent forms (``5e-6``, a string in YAML 1.1) and the component's encodings (``"true"``, ``"2"``)
@@ -171,19 +171,20 @@ class FinetunePipelineSpec:
                 raised together.
 
         Returns:
-            The spec, or ``None`` when ``on_problem`` was told of a problem.
+            The spec (with ``on_problem``: of the values that converted, the others at their defaults).
 
         Raises:
             ParameterError: A value cannot be converted to its field's type (only without ``on_problem``).
         """
         typed = set(cls.typed_parameter_names()) | cls._SETTINGS
         hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in attrs.fields(cls)}
         kwargs: dict[str, Any] = {}
         problems: list[Problem] = []
         for key, value in values.items():
             if key not in typed:
                 continue
-            converted, reason = convert_value(value, hints[key])
+            converted, reason = convert_value(value, hints[key], fields[key].metadata)
             if converted is BAD:
                 problems.append(Problem(f"finetune.{key}", reason or "bad value"))
                 if on_problem is not None:
@@ -191,10 +192,9 @@ class FinetunePipelineSpec:
             else:
                 kwargs[key] = converted
         extra = {k: v for k, v in values.items() if k not in typed}
-        if problems:
-            if on_problem is not None:
-                return None
+        if problems and on_problem is None:
             raise ParameterError(problems, f"{len(problems)} invalid finetune parameter(s)")
+        # With on_problem, the values that converted still make a spec, for checks of the rest of the file.
         return cls(**kwargs, extra=extra)
 
     def decoded(self, schema: ComponentSchema) -> FinetunePipelineSpec:
@@ -289,12 +289,13 @@ class FinetunePipelineSpec:
             ParameterError: A tag value cannot be decoded to the parameter's type (each named).
         """
         hints = typing.get_type_hints(type(self))
+        fields = {f.name: f for f in attrs.fields(type(self))}
         typed = set(self.typed_parameter_names())
         problems: list[Problem] = []
         decoded: dict[str, object] = {}
         for key, raw in defaults.items():
             if key in typed:
-                value, reason = convert_value(raw, hints[key])
+                value, reason = convert_value(raw, hints[key], fields[key].metadata)
             elif schema is not None and key in schema.inputs:
                 value, reason = schema.decode(key, raw)
             else:

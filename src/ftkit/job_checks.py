@@ -106,13 +106,16 @@ def file_problems(
             )
     length = finetune.max_seq_length if finetune is not None else None
     if length is not None and length > 0:
-        overhead = _template_overhead(model_dir)
+        # Measured on the job's own rows where a data file is already here (train, else test).
+        given = [resolve(f) for f in (data.train_file, data.test_file) if f] if data is not None else []
+        sample = next((f for f in given if f.is_file()), None)
+        overhead = _prompt_overhead(model_dir, sample)
         if overhead is not None and length <= overhead:
             problem(
                 "finetune.max_seq_length",
-                f"{length} leaves no assistant token: the chat template takes {overhead} tokens before the first "
-                "answer, so every row would be dropped",
-                f"use at least {overhead + 1} (-1: the model's maximum)",
+                f"{length} leaves no assistant token: the chat template and prompt take at least {overhead} tokens "
+                "before the first answer, so every row would be dropped",
+                f"use at least {overhead + 1}, e.g. 2048 (-1: the model's maximum)",
             )
     return problems
 
@@ -160,18 +163,55 @@ def _module_names(model_dir: Path) -> set[str]:
     return names
 
 
-def _template_overhead(model_dir: Path) -> int | None:
-    """Strictly private: tokens the chat template puts before the first assistant token of a one-turn chat."""
+def _prompt_overhead(model_dir: Path, sample: Path | None, rows: int = 64) -> int | None:
+    """Strictly private: the fewest tokens before a first assistant token, over a one-turn chat and sample rows.
+
+    With a data file, its first ``rows`` conversations are measured (the prompt up to the first answer);
+    without one, a one-word question. ``None`` when the tokenizer cannot be loaded (training reports that).
+    """
     try:
         from transformers import AutoTokenizer
     except ImportError:
         return None  # without transformers the worker cannot train either; it says so itself
+    prompts: list[list[dict[str, str]]] = []
+    if sample is not None:
+        try:
+            with sample.open(encoding="utf-8-sig") as fh:
+                for line in fh:
+                    if len(prompts) >= rows:
+                        break
+                    prompt = _prompt_of(line)
+                    if prompt is not None:
+                        prompts.append(prompt)
+        except OSError:
+            prompts = []
+    if not prompts:
+        prompts = [[{"role": "user", "content": "x"}]]
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
-        prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True
-        )
-        ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        lengths = []
+        for prompt in prompts:
+            text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+            lengths.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
     except Exception:  # noqa: BLE001 - any tokenizer failure is the training's to report, with its own message
         return None
-    return len(ids)
+    return min(lengths)
+
+
+def _prompt_of(line: str) -> list[dict[str, str]] | None:
+    """Strictly private: the messages before a JSONL row's first assistant turn (``None``: not a chat row)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    messages = row.get("messages") if isinstance(row, dict) else None
+    if not isinstance(messages, list):
+        return None
+    prompt: list[dict[str, str]] = []
+    for message in messages:
+        if not isinstance(message, dict):
+            return None
+        if message.get("role") == "assistant":
+            return prompt or None
+        prompt.append({"role": str(message.get("role")), "content": str(message.get("content"))})
+    return None

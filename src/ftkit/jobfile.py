@@ -330,7 +330,11 @@ class JobFile:
 
 
 def load_sections(
-    data: Mapping[str, Any], *, source: str | None = None, lines: Mapping[str, int] | None = None
+    data: Mapping[str, Any],
+    *,
+    source: str | None = None,
+    lines: Mapping[str, int] | None = None,
+    partial: bool = False,
 ) -> tuple[dict[str, Any], list[Problem]]:
     """Convert a job file's top-level mapping section by section, keeping the sections that loaded.
 
@@ -341,6 +345,8 @@ def load_sections(
         data: The top-level mapping.
         source: The file it came from, for messages.
         lines: Line numbers of keys.
+        partial: Keep a section whose values partly failed, built from the values that converted (the
+            others at their defaults), so that what it points at can still be checked.
 
     Returns:
         The :class:`JobFile` keyword arguments that converted, and every problem found.
@@ -371,7 +377,7 @@ def load_sections(
         problem("name", "is required", "name the run, e.g. name: phi3-ultrachat")
     for key, section_cls in _SECTIONS.items():
         if key in data:
-            kwargs[key] = _build_section(section_cls, data[key], key, problem)
+            kwargs[key] = _build_section(section_cls, data[key], key, problem, partial=partial)
     if "model" not in data:
         problem(
             "model",
@@ -393,12 +399,10 @@ def load_sections(
     if "finetune" in data:
         section = data["finetune"]
         if isinstance(section, dict):
-            spec = FinetunePipelineSpec.from_mapping(
+            kwargs["finetune"] = FinetunePipelineSpec.from_mapping(
                 {str(k): v for k, v in section.items()},
                 on_problem=lambda key, reason: problem(f"finetune.{key}", reason),
             )
-            if spec is not None:
-                kwargs["finetune"] = spec
         elif section is not None:
             problem("finetune", "expected a mapping of parameters")
     return kwargs, problems
@@ -445,7 +449,7 @@ def _collect_lines(node: yaml.Node, prefix: str, out: dict[str, int]) -> None:
             _collect_lines(value_node, f"{key}.", out)
 
 
-def _build_section(cls: type[S], raw: object, prefix: str, problem: Any) -> S | None:
+def _build_section(cls: type[S], raw: object, prefix: str, problem: Any, *, partial: bool = False) -> S | None:
     """Strictly private: one section's values, each converted to its field's type (sections nest: ``deploy.server``)."""
     if raw is None:
         raw = {}
@@ -469,7 +473,7 @@ def _build_section(cls: type[S], raw: object, prefix: str, problem: Any) -> S | 
             continue
         hint = hints[key]
         if attrs.has(hint):
-            converted = _build_section(hint, value, where, problem)
+            converted = _build_section(hint, value, where, problem, partial=partial)
             reason = None if converted is not None else ""
         else:
             converted, reason = convert_value(value, hint, fields[key].metadata)
@@ -479,8 +483,11 @@ def _build_section(cls: type[S], raw: object, prefix: str, problem: Any) -> S | 
             ok = False
         else:
             kwargs[key] = converted
+    required = True
     for name, field in fields.items():
         if field.default is attrs.NOTHING and name not in raw:
             problem(f"{prefix}.{name}", "is required")
-            ok = False
-    return cls(**kwargs) if ok else None
+            ok = required = False
+    if ok or (partial and required and all(n in kwargs for n, f in fields.items() if f.default is attrs.NOTHING)):
+        return cls(**kwargs)
+    return None

@@ -207,7 +207,7 @@ def _partial_problems(path: Path, schema: ComponentSchema | None) -> list[Proble
         return []  # the load error already says what is wrong with the file
     if not isinstance(raw, dict):
         return []
-    parts, _ = load_sections(raw, source=str(path), lines=lines)
+    parts, _ = load_sections(raw, source=str(path), lines=lines, partial=True)
     problems = file_problems(
         backend=parts.get("backend", "local"),
         model=parts.get("model"),
