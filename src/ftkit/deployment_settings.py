@@ -10,6 +10,7 @@ as a versioned record that the server reads back.
 from __future__ import annotations
 
 import json
+import typing
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -82,33 +83,42 @@ class ServerSettings:
     max_new_tokens_cap: int = attrs.field(default=1024, metadata=bounds(1))
     torch_threads: int = attrs.field(default=0, metadata=bounds(0))
 
-    def to_json(self) -> str:
-        """Return the versioned record the server reads (see :meth:`from_json`)."""
-        return json.dumps({"version": self.VERSION, **attrs.asdict(self)}, sort_keys=True)
+    def to_dict(self) -> dict[str, Any]:
+        """Return the versioned record the server reads (see :meth:`from_dict`)."""
+        return {"version": self.VERSION, **attrs.asdict(self)}
 
     @classmethod
-    def from_json(cls, text: str) -> ServerSettings:
-        """Read a record written by :meth:`to_json`.
+    def from_dict(cls, data: Mapping[str, Any]) -> ServerSettings:
+        """Read a record written by :meth:`to_dict` (settings it lacks take their defaults).
 
         Raises:
             ValidationError: Not a record of this version, or a bad value (each named).
         """
-        try:
-            data = json.loads(text)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict) or data.get("version") != cls.VERSION:
+        if data.get("version") != cls.VERSION:
             raise ValidationError(
                 [Problem("settings", f"not a version {cls.VERSION} server settings record", "recreate the endpoint")],
                 "unreadable endpoint settings",
             )
         return cls(**_typed_fields(cls, {k: v for k, v in data.items() if k != "version"}, "settings"))
 
+    def to_json(self) -> str:
+        """Return :meth:`to_dict` as JSON."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ServerSettings:
+        """Read a record written by :meth:`to_json` (see :meth:`from_dict`)."""
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise ValidationError([Problem("settings", "not a JSON object")], "unreadable endpoint settings")
+        return cls.from_dict(data)
+
 
 def _typed_fields(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
     """Strictly private: convert a record's values to ``cls``'s field types, reporting every problem."""
-    import typing
-
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in attrs.fields(cls)}
     problems: list[Problem] = []

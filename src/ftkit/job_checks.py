@@ -193,7 +193,7 @@ def _prompt_overhead(model_dir: Path, sample: Path | None, rows: int = 64) -> in
         for prompt in prompts:
             text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
             lengths.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
-    except Exception:  # noqa: BLE001 - any tokenizer failure is the training's to report, with its own message
+    except Exception:  # any tokenizer failure is the training's to report, with its own message
         return None
     return min(lengths)
 

@@ -148,13 +148,14 @@ class DeploySection(DeploymentSettings):
         endpoint_name: The endpoint's name (default: ``{job name}-{timestamp}``).
         deployment_name: The deployment's name.
         keep: Keep the endpoint after the run (it costs money while it exists).
-        server: The local endpoint server's settings (``deploy.server:``; the local backend only).
+        server: The local endpoint server's settings (``deploy.server:``; the local backend only; ``None``:
+            the backend's own).
     """
 
     endpoint_name: str | None = None
     deployment_name: str = "demo"
     keep: bool = False
-    server: ServerSettings = attrs.field(factory=ServerSettings)
+    server: ServerSettings | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -472,6 +473,9 @@ def _build_section(cls: type[S], raw: object, prefix: str, problem: Any, *, part
             ok = False
             continue
         hint = hints[key]
+        nested = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        if value is not None and len(nested) == 1 and attrs.has(nested[0]):
+            hint = nested[0]
         if attrs.has(hint):
             converted = _build_section(hint, value, where, problem, partial=partial)
             reason = None if converted is not None else ""

@@ -128,7 +128,9 @@ def test_validate_names_what_a_model_directory_lacks(tmp_path: Path, capsys: pyt
     job = tmp_path / "job.yaml"
     job.write_text("name: x\nbackend: local\nmodel: {name: m, path: m}\n")
     assert main(["validate", str(job)]) == 1
-    assert "job.yaml:3: model.path: " in (err := capsys.readouterr().err) and "has no chat template" in err
+    err = capsys.readouterr().err
+    assert "job.yaml:3: model.path: " in err
+    assert "has no chat template" in err
     (model / "tokenizer.json").unlink()
     assert main(["validate", str(job)]) == 1
     assert "has no tokenizer" in capsys.readouterr().err
@@ -141,7 +143,9 @@ def _fake_model_dir(path: Path) -> None:
 
     path.mkdir(parents=True)
     (path / "config.json").write_text("{}")
-    header = json.dumps({"model.layers.0.self_attn.qkv_proj.weight": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}})
+    header = json.dumps(
+        {"model.layers.0.self_attn.qkv_proj.weight": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}}
+    )
     (path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header.encode())
     (path / "tokenizer.json").write_text("{}")
     (path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))

@@ -55,11 +55,41 @@ def _line_of(path: Path, needle: str) -> int:
 ERRORS = [
     ("percent -5", {"percent: 5": "percent: -5"}, "data.percent", "must be above 0", "percent:"),
     ("percent 150", {"percent: 5": "percent: 150"}, "data.percent", "above the maximum 100", "percent:"),
-    ("lr -1e-3", {"learning_rate: 2.0e-4": "learning_rate: -1e-3"}, "finetune.learning_rate", "above 0", "learning_rate"),
-    ("lr text", {"learning_rate: 2.0e-4": "learning_rate: fast"}, "finetune.learning_rate", "expected a number", "learning_rate"),
-    ("instance_count 0", {"instance_count: 1": "instance_count: 0"}, "deploy.instance_count", "minimum 1", "instance_count"),
-    ("max_instances 0", {"max_instances: 2": "max_instances: 0"}, "compute.max_instances", "minimum 1", "max_instances"),
-    ("max_seq_length 8", {"max_seq_length: 256": "max_seq_length: 8"}, "finetune.max_seq_length", "no assistant token", "max_seq_length"),
+    (
+        "lr -1e-3",
+        {"learning_rate: 2.0e-4": "learning_rate: -1e-3"},
+        "finetune.learning_rate",
+        "above 0",
+        "learning_rate",
+    ),
+    (
+        "lr text",
+        {"learning_rate: 2.0e-4": "learning_rate: fast"},
+        "finetune.learning_rate",
+        "expected a number",
+        "learning_rate",
+    ),
+    (
+        "instance_count 0",
+        {"instance_count: 1": "instance_count: 0"},
+        "deploy.instance_count",
+        "minimum 1",
+        "instance_count",
+    ),
+    (
+        "max_instances 0",
+        {"max_instances: 2": "max_instances: 0"},
+        "compute.max_instances",
+        "minimum 1",
+        "max_instances",
+    ),
+    (
+        "max_seq_length 8",
+        {"max_seq_length: 256": "max_seq_length: 8"},
+        "finetune.max_seq_length",
+        "no assistant token",
+        "max_seq_length",
+    ),
     (
         "lora nonexistent",
         {"device: cpu": "device: cpu\n  lora_target_modules: nonexistent"},
@@ -89,7 +119,9 @@ def test_bad_value_is_named_with_its_line(
     assert words in err, err
 
 
-def test_model_and_file_problems(tmp_path: Path, tiny_model_dir: Path, chat_files: ChatFiles, capsys: pytest.CaptureFixture[str]) -> None:
+def test_model_and_file_problems(
+    tmp_path: Path, tiny_model_dir: Path, chat_files: ChatFiles, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A missing model directory, one without a tokenizer, and a missing train file are named with their lines."""
     bare = tmp_path / "bare"
     bare.mkdir()

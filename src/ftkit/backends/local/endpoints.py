@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from ...deployment_settings import ServerSettings
 from ...exceptions import (
     AuthError,
     ConflictError,
@@ -39,9 +40,12 @@ from ...exceptions import (
 from ...retry import call as retry_call
 from ..base import DeploymentInfo, DeploymentSpec, EndpointInfo, EndpointKeys, EndpointSpec
 from .serve.process import is_server_alive, port_open, start_server, stop_server, wait_listening
-from .serve.state import DEFAULT_SETTINGS, EndpointFiles, new_key
+from .serve.records import DeploymentRecord
+from .serve.state import EndpointFiles, new_key
 
 __all__ = ["LocalEndpoints"]
+
+_DEFAULTS = ServerSettings()
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]$")
 DEPLOYMENT_HEADER = "azureml-model-deployment"
@@ -81,23 +85,23 @@ class LocalEndpoints:
         self,
         home: Path,
         *,
-        max_batch_size: int = DEFAULT_SETTINGS["max_batch_size"],
-        batch_window_ms: int = DEFAULT_SETTINGS["batch_window_ms"],
-        max_new_tokens_cap: int = DEFAULT_SETTINGS["max_new_tokens_cap"],
-        max_body_bytes: int = DEFAULT_SETTINGS["max_body_bytes"],
-        torch_threads: int = DEFAULT_SETTINGS["torch_threads"],
+        max_batch_size: int = _DEFAULTS.max_batch_size,
+        batch_window_ms: int = _DEFAULTS.batch_window_ms,
+        max_new_tokens_cap: int = _DEFAULTS.max_new_tokens_cap,
+        max_body_bytes: int = _DEFAULTS.max_body_bytes,
+        torch_threads: int = _DEFAULTS.torch_threads,
         start_timeout_s: float = 120.0,
         load_timeout_s: float = 600.0,
     ) -> None:
         self.home = Path(home)
         self.root = self.home / "endpoints"
-        self.settings = {
-            "max_batch_size": max_batch_size,
-            "batch_window_ms": batch_window_ms,
-            "max_new_tokens_cap": max_new_tokens_cap,
-            "max_body_bytes": max_body_bytes,
-            "torch_threads": torch_threads,
-        }
+        self.settings = ServerSettings(
+            max_batch_size=max_batch_size,
+            batch_window_ms=batch_window_ms,
+            max_new_tokens_cap=max_new_tokens_cap,
+            max_body_bytes=max_body_bytes,
+            torch_threads=torch_threads,
+        )
         self.start_timeout_s = start_timeout_s
         self.load_timeout_s = load_timeout_s
         # Servers this object started: polled so that an exited child is reaped rather than left a zombie.
@@ -258,7 +262,8 @@ class LocalEndpoints:
                 description=spec.description,
                 auth_mode=spec.auth_mode,
                 tags=dict(spec.tags),
-                settings=dict(self.settings),
+                # The job's deploy.server settings when it has them, else this object's.
+                settings=(spec.server or self.settings).to_dict(),
             )
             config.setdefault("deployments", {})
             config.setdefault("traffic", {})
@@ -296,19 +301,13 @@ class LocalEndpoints:
                     )
                 ]
             )
-        record = {
-            "model_id": spec.model.id,
-            "model_name": spec.model.name,
-            "model_version": spec.model.version,
-            "model_path": str(Path(path).resolve()),
-            "instance_type": spec.instance_type,
-            "instance_count": spec.instance_count,
-            "request_timeout_ms": spec.request_timeout_ms,
-            "liveness_initial_delay_s": spec.liveness_initial_delay_s,
-            "max_concurrent_requests": spec.max_concurrent_requests,
-            "max_queue": spec.max_queue,
-            "provisioning_state": "Creating",
-        }
+        record = DeploymentRecord(
+            model_id=spec.model.id,
+            model_name=spec.model.name,
+            model_version=spec.model.version,
+            model_path=str(Path(path).resolve()),
+            settings=spec.settings,
+        ).to_dict()
         with files.locked():
             config = files.read_config()
             config.setdefault("deployments", {})[spec.name] = record
@@ -335,7 +334,7 @@ class LocalEndpoints:
             endpoint=spec.endpoint,
             provisioning_state=state,
             model_id=spec.model.id,
-            instance_type=spec.instance_type,
+            instance_type=spec.settings.instance_type,
         )
 
     def get_deployment(self, endpoint: str, name: str) -> DeploymentInfo:
@@ -349,13 +348,13 @@ class LocalEndpoints:
         if not isinstance(record, dict):
             raise NotFoundError(f"deployment {name!r} of endpoint {endpoint!r} not found", operation="get_deployment")
         _, _, alive = self._server(files)
-        state = str(record.get("provisioning_state", "Succeeded")) if alive else "Failed"
+        deployment = DeploymentRecord.from_dict(record)
         return DeploymentInfo(
             name=name,
             endpoint=endpoint,
-            provisioning_state=state,
-            model_id=record.get("model_id"),
-            instance_type=record.get("instance_type"),
+            provisioning_state=deployment.provisioning_state if alive else "Failed",
+            model_id=deployment.model_id,
+            instance_type=deployment.settings.instance_type,
         )
 
     def set_traffic(self, endpoint: str, traffic: Mapping[str, int]) -> EndpointInfo:
