@@ -137,7 +137,8 @@ def _as_int(value: object) -> int | None:
         return int(value)
     if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
         return int(value.strip())
-    return None
+    real = _as_float(value)  # 5e3 and 1.0e+4 are whole numbers too
+    return int(real) if real is not None and real.is_integer() else None
 
 
 def _as_float(value: object) -> float | None:
