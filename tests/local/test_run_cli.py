@@ -37,6 +37,7 @@ def _job(tmp_path: Path, model: Path, files: ChatFiles, percent: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_learning_rate_in_exponent_form_trains(
     tmp_path: Path, tiny_model_dir: Path, chat_files: ChatFiles, capsys: pytest.CaptureFixture[str]
 ) -> None:
