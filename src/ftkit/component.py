@@ -116,24 +116,38 @@ class ComponentSchema:
 
         Returns:
             The schema.
+
+        Raises:
+            ParameterError: A default, minimum or maximum that is not a number where one is declared.
         """
         parsed = {}
+        problems: list[Problem] = []
         for key, raw in inputs.items():
             kind = str(raw.get("type", "string"))
             default = raw.get("default")
             # PyYAML (YAML 1.1) reads an unquoted 1e-8 as a string; the declared type decides.
             if kind == "number" and isinstance(default, str):
-                default = float(default)
+                default, reason = convert_value(default, float)
+                if reason is not None:
+                    problems.append(Problem(f"inputs.{key}.default", reason, source=source))
+            bounds: dict[str, float | None] = {}
+            for bound in ("min", "max"):
+                value, reason = (None, None) if raw.get(bound) is None else convert_value(raw[bound], float)
+                if reason is not None:
+                    problems.append(Problem(f"inputs.{key}.{bound}", reason, source=source))
+                bounds[bound] = None if value is BAD else value
             enum = raw.get("enum")
             parsed[key] = ComponentInput(
                 name=key,
                 type=kind,
                 optional=bool(raw.get("optional", False)),
-                default=default,
+                default=None if default is BAD else default,
                 enum=tuple(str(e) for e in enum) if enum is not None else None,
-                min=float(raw["min"]) if raw.get("min") is not None else None,
-                max=float(raw["max"]) if raw.get("max") is not None else None,
+                min=bounds["min"],
+                max=bounds["max"],
             )
+        if problems:
+            raise ParameterError(problems, f"malformed inputs in component {name} {version}")
         return cls(name=name, version=str(version), inputs=parsed, outputs=dict(outputs or {}), source=source)
 
     @classmethod
