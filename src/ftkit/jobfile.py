@@ -390,6 +390,9 @@ def load_sections(
     if bool(given.get("train_file")) != bool(given.get("test_file")):
         # With only one of them, the other would silently come from the builder's output instead.
         problem("data", "train_file and test_file go together", "set both, or neither to build them from source")
+    section = kwargs.get("data")
+    if isinstance(section, DataSection) and section.percent is not None and section.rows is not None:
+        problem("data.rows", "is set together with data.percent", "keep one of percent and rows")
     compute = kwargs.get("compute")
     if isinstance(compute, ComputeSection) and compute.min_instances > compute.max_instances:
         problem(

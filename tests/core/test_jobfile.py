@@ -113,6 +113,7 @@ def test_every_section_is_typed_when_loaded() -> None:
         ("data: {percent: -5}", ":3: data.percent: -5 is out of range: must be above 0 and at most 100"),
         ("data: {percent: 150}", ":3: data.percent: 150 is above the maximum 100"),
         ("data: {rows: 0}", ":3: data.rows: 0 is below the minimum 1"),
+        ("data: {rows: 5, percent: 5}", ":3: data.rows: is set together with data.percent"),
         ("compute: {max_instances: 0}", ":3: compute.max_instances: 0 is below the minimum 1"),
         ("compute: {min_instances: 3}", "compute.min_instances: 3 is above compute.max_instances (2)"),
         ("deploy: {instance_count: 0}", ":3: deploy.instance_count: 0 is below the minimum 1"),
