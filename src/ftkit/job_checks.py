@@ -169,10 +169,6 @@ def _prompt_overhead(model_dir: Path, sample: Path | None, rows: int = 64) -> in
     With a data file, its first ``rows`` conversations are measured (the prompt up to the first answer);
     without one, a one-word question. ``None`` when the tokenizer cannot be loaded (training reports that).
     """
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        return None  # without transformers the worker cannot train either; it says so itself
     prompts: list[list[dict[str, str]]] = []
     if sample is not None:
         try:
@@ -187,6 +183,70 @@ def _prompt_overhead(model_dir: Path, sample: Path | None, rows: int = 64) -> in
             prompts = []
     if not prompts:
         prompts = [[{"role": "user", "content": "x"}]]
+    lengths = _fast_prompt_lengths(model_dir, prompts)
+    if lengths is None:
+        lengths = _transformers_prompt_lengths(model_dir, prompts)
+    return min(lengths) if lengths else None
+
+
+def _fast_prompt_lengths(model_dir: Path, prompts: list[list[dict[str, str]]]) -> list[int] | None:
+    """Strictly private: prompt lengths with ``tokenizers`` and jinja2 alone (transformers takes seconds to load).
+
+    Renders the chat template as transformers does (sandboxed, ``trim_blocks``/``lstrip_blocks``, the special
+    tokens as variables, ``{% generation %}`` blocks kept); ``None`` when anything here is not at hand.
+    """
+    try:
+        import jinja2
+        import jinja2.ext
+        import jinja2.sandbox
+        from tokenizers import Tokenizer
+    except ImportError:
+        return None
+
+    class _Generation(jinja2.ext.Extension):
+        # transformers' {% generation %} marks assistant text for masks; for lengths it is plain text.
+        tags = frozenset({"generation"})  # type: ignore[assignment]  # jinja2 declares a set; it is only read
+
+        def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.Scope(body, lineno=lineno)
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.TemplateError(message)
+
+    try:
+        config = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+        template_file = model_dir / "chat_template.jinja"
+        template = template_file.read_text(encoding="utf-8") if template_file.is_file() else config.get("chat_template")
+        if not isinstance(template, str):
+            return None
+        env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+            trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, jinja2.ext.loopcontrols]
+        )
+        env.filters["tojson"] = lambda x, **kw: json.dumps(x, ensure_ascii=False, **kw)
+        env.globals["raise_exception"] = raise_exception
+        compiled = env.from_string(template)
+        special = {k: v for k, v in config.items() if k.endswith("_token") and isinstance(v, str)}
+        tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+        return [
+            len(
+                tokenizer.encode(
+                    compiled.render(messages=p, add_generation_prompt=True, **special), add_special_tokens=False
+                ).ids
+            )
+            for p in prompts
+        ]
+    except Exception:  # any template or tokenizer this path cannot render: transformers decides
+        return None
+
+
+def _transformers_prompt_lengths(model_dir: Path, prompts: list[list[dict[str, str]]]) -> list[int] | None:
+    """Strictly private: prompt lengths through transformers' own tokenizer and template (the slow, sure path)."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        return None  # without transformers the worker cannot train either; it says so itself
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         lengths = []
@@ -195,7 +255,7 @@ def _prompt_overhead(model_dir: Path, sample: Path | None, rows: int = 64) -> in
             lengths.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
     except Exception:  # any tokenizer failure is the training's to report, with its own message
         return None
-    return min(lengths)
+    return lengths
 
 
 def _prompt_of(line: str) -> list[dict[str, str]] | None:

@@ -195,3 +195,18 @@ def test_every_problem_in_one_run_of_the_command(tmp_path: Path, tiny_model_dir:
     }
     for key, on_line in expected.items():
         assert f"{job}:{_line_of(job, on_line)}: {key}: " in done.stderr, (key, done.stderr)
+
+
+def test_fast_prompt_lengths_match_transformers(tiny_model_dir: Path, chat_files: ChatFiles) -> None:
+    """The check renders the chat template with jinja2 and ``tokenizers`` (validate stays fast); it counts the
+    same tokens as transformers' own ``apply_chat_template``."""
+    import json
+
+    from ftkit.job_checks import _fast_prompt_lengths, _prompt_of, _transformers_prompt_lengths
+
+    lines = chat_files.train.read_text(encoding="utf-8").splitlines()[:20]
+    prompts = [p for p in (_prompt_of(line) for line in lines) if p is not None]
+    prompts.append([{"role": "system", "content": "Be brief."}, {"role": "user", "content": json.dumps("x")}])
+    fast = _fast_prompt_lengths(tiny_model_dir, prompts)
+    assert fast is not None
+    assert fast == _transformers_prompt_lengths(tiny_model_dir, prompts)
