@@ -61,11 +61,6 @@ class FinetuneRequest:
     train_data: str
     test_data: str
 
-    @classmethod
-    def for_plan(cls, plan: RunPlan, compute: ComputeCheck | None = None) -> FinetuneRequest:
-        """Return the request of a plan whose data the backend reads where the plan says (nothing uploaded)."""
-        return cls(plan=plan, compute=compute, train_data=plan.train_data, test_data=plan.test_data)
-
 
 @attrs.frozen(kw_only=True)
 class JobHandle:
