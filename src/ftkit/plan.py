@@ -156,8 +156,11 @@ def check_job(job: JobFile, schema: ComponentSchema | None = None) -> None:
     if schema is None:
         try:
             schema = job.finetune.schema()
-        except ParameterError:
-            schema = None  # not bundled: the backend's live schema decides at plan time
+        except ParameterError as exc:
+            # Azure ML: the live registry schema decides at plan time. Locally the bundled one is all there is.
+            if job.backend == "local":
+                problems.extend(exc.problems)
+            schema = None
     if schema is not None:
         try:
             job.finetune.decoded(schema).encoded(schema, source=source, lines=job.finetune_lines())
