@@ -164,6 +164,7 @@ class TestNotebookFlow:
         """Registering the same job's model again returns the existing version without a second PUT."""
         from ftkit.backends.base import JobHandle
 
+        fake.add_job("job-1")
         handle = JobHandle(name="job-1", status="Completed", backend="azureml")
         request = RegisterRequest(job=handle, name="m", version="1", tags={"ftkit.job": "job-file-name"})
         assert backend.register_model(request) == backend.register_model(request)
