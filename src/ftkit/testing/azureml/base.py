@@ -16,7 +16,7 @@ import attrs
 
 from .._http import SECRET_HEADERS, FakeCredential, RecordedRequest, make_response, request_json
 
-__all__ = ["ARM", "PROVIDER", "ErrorBody", "FakeBase", "Fault", "Reply", "RegistryModel"]
+__all__ = ["ARM", "PROVIDER", "ErrorBody", "FakeBase", "Fault", "RegistryModel", "Reply"]
 
 ARM = "https://management.azure.com"
 PROVIDER = "providers/Microsoft.MachineLearningServices"
@@ -205,13 +205,28 @@ class FakeBase:
         return None
 
     def _api_host(self) -> str:
-        """The region's data-plane host (discovery, run history, MLflow), or the loopback server when serving."""
-        return self.base_url or f"https://{self.location}{MLFLOW_HOST_SUFFIX}"
+        """The region's data-plane host (discovery, run history, log files, MLflow)."""
+        return f"https://{self.location}{MLFLOW_HOST_SUFFIX}"
+
+    # ---------------------------------------------------------------- implemented by the resource modules
+
+    def _route(self, record: RecordedRequest, request: Any) -> Reply:  # pragma: no cover - fake.py
+        raise NotImplementedError
+
+    def job(self, name: str) -> dict[str, Any] | None:  # pragma: no cover - models.py
+        """Return the stored job resource, or ``None``."""
+        raise NotImplementedError
+
+    def _compute_exists(self, name: str) -> bool:  # pragma: no cover - compute.py
+        raise NotImplementedError
+
+    def _workspace(self) -> dict[str, Any]:  # pragma: no cover - workspace.py
+        raise NotImplementedError
+
+    def _model_exists(self, reference: str) -> Reply | None:  # pragma: no cover - models.py
+        raise NotImplementedError
 
     # ---------------------------------------------------------------- dispatch
-
-    def _route(self, record: RecordedRequest, request: Any) -> Reply:  # pragma: no cover - FakeAzureML's
-        raise NotImplementedError
 
     def _record(self, request: Any) -> RecordedRequest:
         url = str(request.url)

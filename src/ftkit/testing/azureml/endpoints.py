@@ -24,9 +24,6 @@ class EndpointRoutes(FakeBase):
     logs: dict[tuple[str, str], str]
     _keys: dict[str, dict[str, str]]
 
-    def _model_exists(self, reference: str) -> Reply | None:  # pragma: no cover - ModelRoutes'
-        raise NotImplementedError
-
     # ---------------------------------------------------------------- faults
 
     def fail_operation(

@@ -71,12 +71,6 @@ class JobRoutes(FakeBase):
     _job_failures: list[tuple[str, str | None]]
     _runs: dict[str, JobRun]
 
-    def _compute_exists(self, name: str) -> bool:  # pragma: no cover - ComputeRoutes'
-        raise NotImplementedError
-
-    def _workspace(self) -> dict[str, Any]:  # pragma: no cover - WorkspaceRoutes'
-        raise NotImplementedError
-
     # ---------------------------------------------------------------- public
 
     def fail_job(self, message: str = "CUDA out of memory", *, step: str | None = DEFAULT_FAILED_STEP) -> None:

@@ -21,14 +21,11 @@ class MlflowRoutes(FakeBase):
 
     metrics: dict[str, dict[str, list[tuple[int, float, int]]]]
 
-    def job(self, name: str) -> dict[str, Any] | None:  # pragma: no cover - ModelRoutes'
-        raise NotImplementedError
-
     def _mlflow(self, record: RecordedRequest) -> Reply:
         path = record.path.rstrip("/")
         body = record.body if isinstance(record.body, dict) else {}
         run_id = record.query.get("run_id") or record.query.get("run_uuid") or str(body.get("run_id") or "")
-        if path.endswith("/experiments/get-by-name") or path.endswith("/experiments/get"):
+        if path.endswith(("/experiments/get-by-name", "/experiments/get")):
             name = record.query.get("experiment_name") or "Default"
             return 200, {"experiment": {"experiment_id": "1", "name": name, "lifecycle_stage": "active"}}, {}
         history = self.metrics.get(run_id)

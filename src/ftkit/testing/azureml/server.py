@@ -70,7 +70,7 @@ def _handler_for(fake: FakeBase) -> type[BaseHTTPRequestHandler]:
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _serve
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        def log_message(self, format: str, *args: Any) -> None:
             del format, args  # requests are recorded in fake.requests instead
 
     return Handler

@@ -137,7 +137,12 @@ class StorageRoutes(FakeBase):
         etag = '"0x' + hashlib.sha256(data).hexdigest()[:16].upper() + '"'
         self._blobs[blob] = Blob(data, _metadata(request), etag)
         md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
-        headers = {"ETag": etag, "Last-Modified": _HTTP_DATE, "Content-MD5": md5, "x-ms-request-server-encrypted": "true"}
+        headers = {
+            "ETag": etag,
+            "Last-Modified": _HTTP_DATE,
+            "Content-MD5": md5,
+            "x-ms-request-server-encrypted": "true",
+        }
         return 201, None, headers
 
     def _blob_headers(self, blob: Blob) -> dict[str, str]:
@@ -195,5 +200,7 @@ def _block_ids(xml: bytes) -> list[str]:
 
 def _storage_error(status: int, code: str, message: str) -> Reply:
     # The blob service answers errors in XML with the code in x-ms-error-code (azure-storage-blob reads both).
-    xml = f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code><Message>{escape(message)}</Message></Error>'
+    xml = (
+        f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code><Message>{escape(message)}</Message></Error>'
+    )
     return status, xml.encode("utf-8"), {"x-ms-error-code": code, "Content-Type": "application/xml"}

@@ -67,7 +67,7 @@ class WorkspaceRoutes(FakeBase):
 
             component = component_from_schema(ComponentSchema.bundled())
         body = component._to_rest_object().as_dict()
-        name, version = component.name, str(component.version)
+        name, version = str(component.name), str(component.version)
         body["id"] = f"azureml://registries/azureml/components/{name}/versions/{version}"
         body["name"] = version
         body["properties"]["componentSpec"].pop("id", None)
@@ -90,10 +90,13 @@ class WorkspaceRoutes(FakeBase):
 
     def _workspace(self) -> dict[str, Any]:
         api = self._api_host()
-        # Azure answers azureml://; while the loopback server runs the URI is its plain http URL, so that
-        # plain mlflow (without the azureml-mlflow plugin) can reach it: see FakeAzureML.serve.
-        scheme_less = api.split("://", 1)[1]
-        tracking = f"{api if self.base_url else 'azureml://' + scheme_less}/mlflow/v1.0{self._ws_prefix()}"
+        # Azure answers azureml://; while the loopback server runs it is the server's plain http URL, so that
+        # plain mlflow (without the azureml-mlflow plugin) reaches the fake: see FakeAzureML.serve. Discovery
+        # stays https: azure-core sends bearer tokens over TLS only, and those calls use the transport anyway.
+        if self.base_url:
+            tracking = f"{self.base_url}/mlflow/v1.0{self._ws_prefix()}"
+        else:
+            tracking = f"azureml://{api.split('://', 1)[1]}/mlflow/v1.0{self._ws_prefix()}"
         return {
             "id": self._ws_prefix(),
             "name": self.workspace_name,
