@@ -27,7 +27,7 @@ def run_notebook(
     plan = plan_run(job, model=model, gpus_per_node=check.gpus_per_node)
     request = FinetuneRequest.from_plan(plan, check, train_data=uris["train"], test_data=uris["test"])
     handle = backend.submit_finetune(request)
-    done = backend.wait_for_job(handle.name, on_status=lambda h: statuses.append(h.status))
+    done = backend.wait_for_job(handle.name, on_status=lambda h: statuses.append(f"{h.status} {h.progress or ''}"))
     metrics = backend.read_metrics(done)
     registered = backend.register_model(
         RegisterRequest(
@@ -98,9 +98,11 @@ class TestNotebookFlow:
         )
         assert job_put.body["properties"]["experimentName"] == "chat_completion_Phi-3-mini-4k-instruct"
         assert job_put.body["properties"]["settings"]["force_rerun"] is True
-        # wait: NotStarted -> Running -> Completed, reported once each, with ftkit's own sleeps
-        assert statuses[-2:] == ["Running", "Completed"]
-        assert len(statuses) == len(set(statuses))  # reported on change only
+        # wait: Running (each step as it starts, with its last log line) -> Completed, reported on change only
+        assert statuses[0].startswith("Running step ft_nlp_common_validation: ")
+        assert statuses[1].startswith("Running step chat_completion_datapreprocess: ")
+        assert statuses[-1] == "Completed "
+        assert len(statuses) == len(set(statuses))
         # metrics: the HF Trainer keys, by step
         assert {"loss", "eval_loss", "learning_rate", "grad_norm"} <= set(out["metrics"].keys)
         assert out["metrics"].series("loss")[0][0] == 10

@@ -369,7 +369,7 @@ class AzureMLBackend(EndpointsDelegate):
 
     def get_job(self, name: str) -> JobHandle:
         """Return the job's current state."""
-        return _jobs.get_job(self.ml_client, name)
+        return _jobs.get_job(self.ml_client, name, connection=self.connection)
 
     def wait_for_job(
         self, name: str, *, on_status: StatusCallback | None = None, timeout_s: float | None = None

@@ -367,8 +367,8 @@ def _fail_schedule(schedule: Sequence[tuple[str, int]], index: int) -> list[tupl
             out.append((status, index))
             break
         out.append((status, current))
-    if not out or out[-1][0] in WAITING:
-        out.append(("Running", index))
+    if not out or out[-1] != ("Running", index):
+        out.append(("Running", index))  # the failing step is seen running (its log lines) before it fails
     out.append(("Failed", index))
     return out
 
