@@ -68,12 +68,12 @@ class JobRoutes(FakeBase):
 
     job_statuses: tuple[str, ...]
     metrics: dict[str, dict[str, list[tuple[int, float, int]]]]
-    _job_failures: list[tuple[str, str | None]]
+    _job_failures: list[tuple[str, str]]
     _runs: dict[str, JobRun]
 
     # ---------------------------------------------------------------- public
 
-    def fail_job(self, message: str = "CUDA out of memory", *, step: str | None = DEFAULT_FAILED_STEP) -> None:
+    def fail_job(self, message: str = "CUDA out of memory", *, step: str = DEFAULT_FAILED_STEP) -> None:
         """Make the next submitted job fail in ``step`` with ``message``.
 
         The job runs its earlier steps, then ``step`` logs a traceback ending in ``message`` and ends
@@ -82,7 +82,7 @@ class JobRoutes(FakeBase):
 
         Args:
             message: The step's error message.
-            step: The child job that fails (default: the finetune step); ``None`` fails the job itself.
+            step: The child job that fails (default: the finetune step), matched by the end of its name.
         """
         self._job_failures.append((message, step))
 
@@ -141,7 +141,7 @@ class JobRoutes(FakeBase):
         run = JobRun(name, str(props["experimentName"]), steps, self._schedule(len(steps)))
         if self._job_failures:
             message, step_name = self._job_failures.pop(0)
-            index = next((i for i, s in enumerate(steps) if step_name and s.name.endswith(step_name)), len(steps) - 1)
+            index = next((i for i, s in enumerate(steps) if s.name.endswith(step_name)), len(steps) - 1)
             run.failure = (index, message)
         for i, step in enumerate(steps):
             if step.compute != "serverless" and not self._compute_exists(step.compute) and run.failure is None:
