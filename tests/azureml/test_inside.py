@@ -226,6 +226,14 @@ class TestStorage:
         ml.data.create_or_update(Data(name="folder", version="2", type="uri_folder", path=str(folder)))
         assert len(fake.calls("PUT", r"/azureml-blobstore/")) == puts  # same content hash: nothing re-uploaded
 
+    def test_ftkits_real_uploader_works_against_the_fake(self, fake: FakeAzureML, data_files: dict[str, Path]) -> None:
+        """DatastoreUploader (azure-ai-ml's own upload) needs no stand-in: the bytes land in the fake's datastore."""
+        backend = AzureMLBackend(**{**fake.backend_settings(), "uploader": None})
+        uris = backend.upload_data({"train": data_files["train"]}, name_prefix="run")
+        assert uris["train"].startswith("azureml:run-train:")
+        (blob,) = [v for k, v in fake.blobs.items() if k.endswith("/train_sft.jsonl")]
+        assert blob == data_files["train"].read_bytes()
+
     def test_other_storage_accounts_are_not_routed(self, fake: FakeAzureML) -> None:
         """Only the fake's own account is routed to it; a client of another account keeps its own transport."""
         from azure.storage.blob import BlobServiceClient
