@@ -68,8 +68,12 @@ class TestJobInside:
         assert all(s["compute"] == "gpu" for s in steps)
         finetune = steps[3]["log"]
         assert "'loss': 1.0463, 'step': 60" in finetune[-2]
-        children = list(ml.jobs.list(parent_job_name=job.name))
+        # As on Azure, the registry pipeline component is a nested pipeline run holding the steps.
+        (node,) = ml.jobs.list(parent_job_name=job.name)
+        assert node.display_name == "node"  # the pipeline function's node (the notebook's: chat_completion_pipeline)
+        children = list(ml.jobs.list(parent_job_name=node.name))
         assert [c.display_name for c in children] == [s["name"] for s in steps]
+        assert {str(c.status) for c in children} == {"Completed"}
 
     def test_stream_raises_for_a_failed_step(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         """jobs.stream prints the execution log and raises JobException with the pipeline's error."""

@@ -309,6 +309,12 @@ class FakeAzureML(WorkspaceRoutes, ComputeRoutes, ModelRoutes, JobRoutes, Endpoi
             if lowered.startswith("jobs/"):
                 self._read_job(stored)
             return 200, stored, {}
+        m = re.fullmatch(r"jobs/([^/]+)", lowered)
+        if m and self._find_run(m[1]) is not None:
+            # A pipeline's child job: the MFE answers it without properties, and azure-ai-ml then reads it from
+            # the run history ("Child jobs are no longer available through MFE", azure-ai-ml's jobs.get).
+            name = key.rsplit("/", 1)[-1]
+            return 200, {"id": key, "name": name, "type": "Microsoft.MachineLearningServices/workspaces/jobs"}, {}
         children = self._children(key)
         if lowered == "datastores" and record.query.get("isDefault", "").lower() == "true":
             children = [c for c in children if c["properties"].get("isDefault")]

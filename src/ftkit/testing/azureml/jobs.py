@@ -48,6 +48,7 @@ class Step:
     status: str = "NotStarted"
     log: list[str] = attrs.field(factory=list)
     error: str | None = None
+    group: str | None = None  # the pipeline-component node holding it (a nested pipeline run on Azure)
 
 
 @attrs.define
@@ -224,7 +225,7 @@ class JobRoutes(FakeBase):
             if "/components/chat_completion_pipeline/" in component.lower():
                 for step_name, compute_input in CHAT_COMPLETION_STEPS:
                     compute = _input_value(node_inputs.get(compute_input), inputs) or "serverless"
-                    steps.append(Step(step_name, f"{name}-{step_name}", compute))
+                    steps.append(Step(step_name, f"{name}-{step_name}", compute, group=str(node_name)))
             else:
                 compute = str(node.get("computeId") or "serverless").rsplit("/", 1)[-1]
                 steps.append(Step(str(node_name), f"{name}-{node_name}", compute))
@@ -273,32 +274,66 @@ class JobRoutes(FakeBase):
         found = self._find_run(run_id)
         if found is None:
             return 404, ErrorBody("UserError", f"Run {run_id} was not found"), {}
-        run, step = found
-        if step is None:
-            stored = self.resources[self._ws_key(f"jobs/{run.name}").lower()]
-            if what != "/children":
-                self._read_job(stored)
+        run, step, group = found
+        if step is None and group is None and what != "/children":
+            self._read_job(self.resources[self._ws_key(f"jobs/{run.name}").lower()])
         if what == "/children":
-            children = run.steps if step is None else []
-            return 200, {"value": [self._run_body(run, c) for c in children], "continuationToken": None}, {}
-        body = self._run_body(run, step)
+            if step is not None:
+                children: list[dict[str, Any]] = []
+            elif group is not None:
+                children = [self._run_body(run, s) for s in run.steps if s.group == group]
+            else:
+                groups = list(dict.fromkeys(s.group for s in run.steps if s.group is not None))
+                children = [self._group_body(run, g) for g in groups]
+                children += [self._run_body(run, s) for s in run.steps if s.group is None]
+            return 200, {"value": children, "continuationToken": None}, {}
+        body = self._group_body(run, group) if group is not None else self._run_body(run, step)
         if what == "/details":
-            body["logFiles"] = {
-                (PIPELINE_LOG if step is None else STEP_LOG): f"{self._api_host()}/fake-logs/{run_id}/"
-                + (PIPELINE_LOG if step is None else STEP_LOG)
-            }
+            log = STEP_LOG if step is not None else PIPELINE_LOG
+            body["logFiles"] = {log: f"{self._api_host()}/fake-logs/{run_id}/{log}"}
             body["warnings"] = []
         return 200, body, {}
 
-    def _find_run(self, run_id: str) -> tuple[JobRun, Step | None] | None:
-        run = self._runs.get(run_id.lower())
+    def _find_run(self, run_id: str) -> tuple[JobRun, Step | None, str | None] | None:
+        """The job, step or pipeline-component node (``<job>-<node>``) a run id names."""
+        wanted = run_id.lower()
+        run = self._runs.get(wanted)
         if run is not None:
-            return run, None
+            return run, None, None
         for run in self._runs.values():
             for step in run.steps:
-                if step.run_id.lower() == run_id.lower():
-                    return run, step
+                if step.run_id.lower() == wanted:
+                    return run, step, None
+                if step.group is not None and f"{run.name}-{step.group}".lower() == wanted:
+                    return run, None, step.group
         return None
+
+    def _group_body(self, run: JobRun, group: str) -> dict[str, Any]:
+        """The nested pipeline run of a pipeline-component node: its status follows its steps'."""
+        statuses = [s.status for s in run.steps if s.group == group]
+        if all(x == "Completed" for x in statuses):
+            status = "Completed"
+        elif all(x == "NotStarted" for x in statuses):
+            status = "NotStarted"
+        else:
+            status = next((x for x in ("Failed", "Canceled") if x in statuses), "Running")
+        body: dict[str, Any] = {
+            "runId": f"{run.name}-{group}",
+            "parentRunId": run.name,
+            "rootRunId": run.name,
+            "displayName": group,
+            "name": group,
+            "runType": "azureml.PipelineRun",
+            "status": status,
+            "properties": {"azureml.nodeid": group, "StepType": "SubGraphCloudStep"},
+            "tags": {},
+            "experimentName": run.experiment,
+            "startTimeUtc": "2025-01-01T00:00:00.000Z",
+        }
+        failed = next((s for s in run.steps if s.group == group and s.error), None)
+        if failed is not None:
+            body["error"] = {"error": {"code": "UserError", "message": f"Failed nodes: /{failed.name}"}}
+        return body
 
     def _run_body(self, run: JobRun, step: Step | None) -> dict[str, Any]:
         stored = self.resources[self._ws_key(f"jobs/{run.name}").lower()]
@@ -318,7 +353,7 @@ class JobRoutes(FakeBase):
             error = {"code": "UserError", "message": step.error} if step.error else None
             body = {
                 "runId": step.run_id,
-                "parentRunId": run.name,
+                "parentRunId": f"{run.name}-{step.group}" if step.group else run.name,
                 "rootRunId": run.name,
                 "displayName": step.name,
                 "name": step.name,
@@ -340,7 +375,7 @@ class JobRoutes(FakeBase):
         found = self._find_run(run_id)
         if found is None:
             return 404, ErrorBody("BlobNotFound", f"no logs for {run_id}"), {}
-        run, step = found
+        run, step, _ = found
         lines = run.log if step is None else step.log
         return 200, "".join(line + "\n" for line in lines).encode("utf-8"), {"Content-Type": "text/plain"}
 
