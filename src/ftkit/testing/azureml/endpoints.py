@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 from .._http import RecordedRequest
-from .base import ErrorBody, FakeBase, Operation, Reply, merge
+from .base import ErrorBody, FakeBase, Fault, Operation, Reply, merge
 
 __all__ = ["EndpointRoutes"]
 
@@ -52,8 +52,6 @@ class EndpointRoutes(FakeBase):
 
     def fail_deployment_quota(self, *, at: Literal["put", "polling"] = "put") -> None:
         """Make the next deployment fail for quota: synchronously at its PUT (400), or while polling."""
-        from .base import Fault
-
         if at == "polling":
             self.fail_operation("deployment", code="OutOfQuota")
             return
