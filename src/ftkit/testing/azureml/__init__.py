@@ -4,7 +4,8 @@
 * :mod:`.workspace` — the workspace, its discovery document, the ``azureml`` registry.
 * :mod:`.compute` — clusters and VM sizes.
 * :mod:`.models` — model and data versions (and the references a registration needs).
-* :mod:`.jobs` — jobs with child steps, logs, run history and scripted failures.
+* :mod:`.jobs` — jobs with child steps, logs and scripted failures.
+* :mod:`.runhistory` — the run-history routes ``jobs.stream`` and ftkit's wait read.
 * :mod:`.endpoints` — online endpoints and deployments, keys, logs, scoring.
 * :mod:`.storage` — the default blob datastore, and the hook routing azure-storage-blob to the fake.
 * :mod:`.mlflow` — the MLflow tracking REST API.

@@ -22,16 +22,18 @@ from .._http import RecordedRequest
 from .base import ErrorBody, Fault, RegistryModel, Reply, is_collection, merge
 from .compute import DEFAULT_VM_SIZES, ComputeRoutes
 from .endpoints import EndpointRoutes
-from .jobs import JobRoutes
 from .mlflow import MlflowRoutes
 from .models import ModelRoutes
+from .runhistory import RunHistoryRoutes
 from .storage import StorageRoutes, install_storage_hook
 from .workspace import WorkspaceRoutes
 
 __all__ = ["FakeAzureML"]
 
 
-class FakeAzureML(WorkspaceRoutes, ComputeRoutes, ModelRoutes, JobRoutes, EndpointRoutes, StorageRoutes, MlflowRoutes):
+class FakeAzureML(
+    WorkspaceRoutes, ComputeRoutes, ModelRoutes, RunHistoryRoutes, EndpointRoutes, StorageRoutes, MlflowRoutes
+):
     """A stateful fake of the Azure ML services a notebook talks to, for the real azure-ai-ml client.
 
     It serves registry discovery, registry models and components, the workspace and its discovery
