@@ -136,6 +136,20 @@ class TestJobInside:
         assert "step chat_completion_finetune failed: torch.OutOfMemoryError: CUDA out of memory" in err
         assert fake.calls("PUT", "/onlineEndpoints/") == []
 
+    def test_a_command_jobs_error_is_its_own(self, fake: FakeAzureML, backend: AzureMLBackend) -> None:
+        """A job without steps fails with the scripted message itself (no pipeline wording), read by the wait."""
+        from azure.ai.ml import command
+
+        from ftkit.exceptions import JobFailedError
+
+        fake.add_compute("c", "Standard_NC6s_v3")
+        fake.fail_job("boom: exit code 1")
+        fake.ml_client().jobs.create_or_update(
+            command(command="echo", environment="azureml:e:1", compute="c", name="cmd")
+        )
+        with pytest.raises(JobFailedError, match="ended Failed: boom: exit code 1"):
+            backend.wait_for_job("cmd")
+
 
 class TestReferences:
     """Each reference Azure checks answers the error Azure ML answers (sources in the fake's comments)."""

@@ -78,13 +78,13 @@ def get_job(ml_client: Any, name: str, *, connection: AzureMLConnection | None =
     handle = retry.call(read)
     if connection is None or handle.status not in FAILED_STATES | {"Running"}:
         return handle
-    progress, error = read_inside(connection, name)
+    progress, error = read_inside(connection, name, failed_job=handle.status != "Running")
     if handle.status == "Running":
         return attrs.evolve(handle, progress=progress)
     return attrs.evolve(handle, error=error or handle.error)
 
 
-def read_inside(connection: AzureMLConnection, name: str) -> tuple[str | None, str | None]:
+def read_inside(connection: AzureMLConnection, name: str, *, failed_job: bool = False) -> tuple[str | None, str | None]:
     """Read what runs inside a job: ``(progress, error)``, each ``None`` when the run history has nothing.
 
     ``progress`` is ``step <name>: <last log line>`` for the running step; ``error`` is
@@ -95,6 +95,7 @@ def read_inside(connection: AzureMLConnection, name: str) -> tuple[str | None, s
     Args:
         connection: The workspace connection.
         name: The job (its run id is its name).
+        failed_job: The job has ended in failure (its own run's error is read when it has no steps).
 
     Returns:
         The progress line and the error message.
@@ -108,6 +109,13 @@ def read_inside(connection: AzureMLConnection, name: str) -> tuple[str | None, s
         if failed is not None:
             message = _error_message(failed) or _last_log_line(connection, base, str(failed["runId"]))
             return None, f"step {_step_name(failed)} failed: {message or 'no error message'}"
+        if not steps:
+            # A job without steps (a command job): its own run holds the error. Its details are not read while
+            # it runs, since a read of a job's own run is a status read (it would double the polling).
+            if not failed_job:
+                return None, None
+            details = _get(connection, f"{base}/runs/{name}/details")
+            return None, _error_message(details) or _last_log_line(connection, base, name, details=details)
         running = next((s for s in steps if s.get("status") == "Running"), None)
         if running is None:
             return None, None
@@ -159,8 +167,11 @@ def _error_message(run: dict[str, Any]) -> str | None:
     return str(message) if message else None
 
 
-def _last_log_line(connection: AzureMLConnection, base: str, run_id: str) -> str | None:
-    details = _get(connection, f"{base}/runs/{run_id}/details")
+def _last_log_line(
+    connection: AzureMLConnection, base: str, run_id: str, *, details: dict[str, Any] | None = None
+) -> str | None:
+    if details is None:
+        details = _get(connection, f"{base}/runs/{run_id}/details")
     logs = {str(k): str(v) for k, v in (details.get("logFiles") or {}).items()}
     names = sorted(k for k in logs if STEP_LOG.search(k)) or sorted(logs)
     if not names:

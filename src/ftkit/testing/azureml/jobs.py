@@ -61,6 +61,7 @@ class JobRun:
     tick: int = 0
     log: list[str] = attrs.field(factory=list)
     failure: tuple[int, str] | None = None
+    pipeline: bool = True  # a command job's one step is the job itself: no child runs
 
 
 class JobRoutes(FakeBase):
@@ -139,6 +140,7 @@ class JobRoutes(FakeBase):
         stored = self._put(key, body)
         steps = self._steps_of(name, props)
         run = JobRun(name, str(props["experimentName"]), steps, self._schedule(len(steps)))
+        run.pipeline = str(props.get("jobType", "")).lower() == "pipeline"
         if self._job_failures:
             message, step_name = self._job_failures.pop(0)
             index = next((i for i, s in enumerate(steps) if s.name.endswith(step_name)), len(steps) - 1)
@@ -174,7 +176,9 @@ class JobRoutes(FakeBase):
             if step.status != before:
                 self._log_step(run, step, before)
         props["status"] = status
-        if status == "Failed" and run.failure is not None:
+        if status == "Failed" and run.failure is not None and not run.pipeline:
+            props["error"] = {"code": "UserError", "message": run.failure[1]}
+        elif status == "Failed" and run.failure is not None:
             failed = run.steps[run.failure[0]] if run.steps else None
             node = f"/{failed.name}" if failed is not None else ""
             # The root error of a pipeline whose node failed (wording as Azure ML Studio shows it).

@@ -34,7 +34,7 @@ class RunHistoryRoutes(JobRoutes):
         if step is None and group is None and what != "/children":
             self._read_job(self.resources[self._ws_key(f"jobs/{run.name}").lower()])
         if what == "/children":
-            if step is not None:
+            if step is not None or not run.pipeline:
                 children: list[dict[str, Any]] = []
             elif group is not None:
                 children = [self._run_body(run, s) for s in run.steps if s.group == group]
@@ -45,7 +45,7 @@ class RunHistoryRoutes(JobRoutes):
             return 200, {"value": children, "continuationToken": None}, {}
         body = self._group_body(run, group) if group is not None else self._run_body(run, step)
         if what == "/details":
-            log = STEP_LOG if step is not None else PIPELINE_LOG
+            log = STEP_LOG if step is not None or not run.pipeline else PIPELINE_LOG
             body["logFiles"] = {log: f"{self._api_host()}/fake-logs/{run_id}/{log}"}
             body["warnings"] = []
         return 200, body, {}
@@ -100,9 +100,9 @@ class RunHistoryRoutes(JobRoutes):
                 "runId": run.name,
                 "rootRunId": run.name,
                 "displayName": stored["properties"].get("displayName") or run.name,
-                "runType": "azureml.PipelineRun",
+                "runType": "azureml.PipelineRun" if run.pipeline else "azureml.scriptrun",
                 "status": status,
-                "target": "",
+                "target": "" if run.pipeline else (run.steps[0].compute if run.steps else ""),
             }
         else:
             status = step.status
@@ -132,5 +132,7 @@ class RunHistoryRoutes(JobRoutes):
         if found is None:
             return 404, ErrorBody("BlobNotFound", f"no logs for {run_id}"), {}
         run, step, _ = found
+        if step is None and not run.pipeline and run.steps:
+            step = run.steps[0]  # a command job's log is its one step's
         lines = run.log if step is None else step.log
         return 200, "".join(line + "\n" for line in lines).encode("utf-8"), {"Content-Type": "text/plain"}
