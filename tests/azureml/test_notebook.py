@@ -11,7 +11,6 @@ docs/testing.md lists them. No socket may be opened to a non-loopback address.
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -126,6 +125,7 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return refused
 
 
+@pytest.mark.slow  # about 20 s: importing pandas and mlflow, and one 2 s sleep inside jobs.stream
 def test_the_notebook_runs_unchanged_against_the_fake(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_network: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -179,18 +179,3 @@ def test_the_notebook_runs_unchanged_against_the_fake(
     assert "You asked: How long should it rise?" in out
     assert fake.endpoint(ns["online_endpoint_name"]) is None
     assert no_network == []
-
-
-def test_the_stand_in_download_writes_what_the_cells_read(tmp_path: Path) -> None:
-    """The dataset stand-in writes the four splits the notebook's later cells read (and nothing from a hub)."""
-    (tmp_path / "d.py").write_text(DOWNLOAD_STAND_IN, encoding="utf-8")
-    import subprocess
-
-    subprocess.run(
-        [sys.executable, "d.py", "--dataset", "x", "--download_dir", "out", "--dataset_split_pc", "5"],
-        cwd=tmp_path,
-        check=True,
-    )
-    rows = [json.loads(line) for line in (tmp_path / "out" / "test_gen.jsonl").read_text().splitlines()]
-    assert len(rows) == 3
-    assert rows[0]["messages"] == CONVERSATION

@@ -154,6 +154,7 @@ class JobRoutes(FakeBase):
             run.schedule = _fail_schedule(run.schedule, run.failure[0])
         self._runs[name.lower()] = run
         run.log.append(f"[2025-01-01 00:00:00Z] Submitting pipeline job {name} with {len(steps)} steps")
+        self._apply(stored, run)  # a timeline that starts Running has its first step running at once
         return 201, stored, {}
 
     def _read_job(self, stored: dict[str, Any]) -> None:
