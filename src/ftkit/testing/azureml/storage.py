@@ -58,7 +58,17 @@ def install_storage_hook(fake: FakeBase, account: str) -> None:
             from azure.storage.blob._shared import base_client
         except ImportError:  # azure-storage-blob absent: azure-ai-ml cannot upload anyway
             return
-        original = base_client.StorageAccountHostsMixin._create_pipeline
+        original = getattr(base_client.StorageAccountHostsMixin, "_create_pipeline", None)
+        if original is None:  # a future azure-storage-blob: say so rather than let uploads go to the network
+            import warnings
+
+            warnings.warn(
+                "FakeAzureML cannot route this azure-storage-blob version's uploads; pass fake.upload as the "
+                "uploader or use azureml:// inputs",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return
 
         def _create_pipeline(self: Any, credential: Any = None, **kwargs: Any) -> Any:
             host = str((getattr(self, "_hosts", None) or {}).get("primary", "")).split("/")[0].lower()
