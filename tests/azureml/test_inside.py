@@ -17,6 +17,7 @@ from ftkit.backends.base import JobHandle, RegisteredModel, RegisterRequest
 from ftkit.cli import main
 from ftkit.exceptions import NotFoundError
 from ftkit.testing import FakeAzureML, FakeClock
+from ftkit.waiting import wait_for_job
 
 from .conftest import REPO
 
@@ -95,13 +96,13 @@ class TestJobInside:
         assert steps["chat_completion_finetune"]["status"] == "NotStarted"
 
     def test_wait_shows_the_running_step_and_its_last_log_line(
-        self, fake: FakeAzureML, backend: AzureMLBackend, tmp_path: Path
+        self, fake: FakeAzureML, backend: AzureMLBackend, clock: FakeClock, tmp_path: Path
     ) -> None:
         """ftkit's wait reports which step runs and its last log line, as the job moves."""
         fake.add_compute("gpu", "Standard_NC6s_v3")
         job = fake.ml_client().jobs.create_or_update(_pipeline(fake, "gpu", tmp_path))
         seen: list[JobHandle] = []
-        backend.wait_for_job(job.name, on_status=seen.append)
+        wait_for_job(backend, job.name, poll_s=60, on_status=seen.append, clock=clock, sleep=clock.sleep)
         progress = [h.progress for h in seen if h.status == "Running"]
         assert progress[0] == (
             "step ft_nlp_common_validation: 2025-01-01 00:01:00 ft_nlp_common_validation: started on compute gpu"
@@ -122,7 +123,7 @@ class TestJobInside:
         """`ftkit run` fails with the step's name and message; its progress lines showed the step running."""
         import ftkit.runner
 
-        backend = AzureMLBackend(**fake.backend_settings(), clock=clock, sleep=clock.sleep)
+        backend = AzureMLBackend(**fake.backend_settings())
         monkeypatch.setattr(ftkit.runner, "get_backend", lambda *a, **k: backend)
         monkeypatch.setenv("FTKIT_HOME", str(tmp_path / "home"))
         fake.fail_job("torch.OutOfMemoryError: CUDA out of memory", step="chat_completion_finetune")
@@ -136,7 +137,9 @@ class TestJobInside:
         assert "step chat_completion_finetune failed: torch.OutOfMemoryError: CUDA out of memory" in err
         assert fake.calls("PUT", "/onlineEndpoints/") == []
 
-    def test_a_command_jobs_error_is_its_own(self, fake: FakeAzureML, backend: AzureMLBackend) -> None:
+    def test_a_command_jobs_error_is_its_own(
+        self, fake: FakeAzureML, backend: AzureMLBackend, clock: FakeClock
+    ) -> None:
         """A job without steps fails with the scripted message itself (no pipeline wording), read by the wait."""
         from azure.ai.ml import command
 
@@ -148,7 +151,7 @@ class TestJobInside:
             command(command="echo", environment="azureml:e:1", compute="c", name="cmd")
         )
         with pytest.raises(JobFailedError, match="ended Failed: boom: exit code 1"):
-            backend.wait_for_job("cmd")
+            wait_for_job(backend, "cmd", poll_s=60, clock=clock, sleep=clock.sleep)
 
 
 class TestReferences:

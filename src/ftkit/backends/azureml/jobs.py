@@ -18,8 +18,7 @@ from typing import Any
 import attrs
 
 from ... import retry
-from ...waiting import FAILED_STATES
-from ..base import JobHandle
+from ..base import FAILED_JOB_STATES, JobHandle
 from .connection import AzureMLConnection
 from .errors import map_azure_errors
 
@@ -44,7 +43,7 @@ def handle_from_job(job: Any) -> JobHandle:
     error = None
     raw = job.status
     status = str(getattr(raw, "value", raw) or "Unknown")  # azure-ai-ml returns a JobStatus enum
-    if status in FAILED_STATES:
+    if status in FAILED_JOB_STATES:
         rest = getattr(job, "_rest_error", None)
         error = str(rest) if rest else None
     return JobHandle(
@@ -76,7 +75,7 @@ def get_job(ml_client: Any, name: str, *, connection: AzureMLConnection | None =
             return handle_from_job(ml_client.jobs.get(name))
 
     handle = retry.call(read)
-    if connection is None or handle.status not in FAILED_STATES | {"Running"}:
+    if connection is None or handle.status not in FAILED_JOB_STATES | {"Running"}:
         return handle
     progress, error = read_inside(connection, name, failed_job=handle.status != "Running")
     if handle.status == "Running":
