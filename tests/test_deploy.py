@@ -23,7 +23,10 @@ CONVERSATION = [{"role": "user", "content": "Hello?"}]
 
 @pytest.fixture
 def fake() -> FakeAzureML:
-    return FakeAzureML()
+    fake = FakeAzureML()
+    fake.add_model("ft", "1")  # deployments of a model the workspace lacks fail, as on Azure
+    fake.add_model("ft", "2")
+    return fake
 
 
 @pytest.fixture

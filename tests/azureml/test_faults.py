@@ -187,6 +187,7 @@ class TestPermanent:
     def test_job_failure(self, fake: FakeAzureML, backend: AzureMLBackend, clock: FakeClock) -> None:
         """A failed job raises JobFailedError with its name, status and Studio URL."""
         fake.fail_job("Execution failed in step finetune")
+        fake.add_compute("gpu", "Standard_NC6s_v3")
         from azure.ai.ml import command
 
         ml = backend.ml_client  # the real client; the job goes through the fake
@@ -203,6 +204,7 @@ class TestPermanent:
         """A job still running at the deadline raises JobTimeoutError; re-attaching by name continues."""
         slow = FakeAzureML(job_statuses=("NotStarted", "Running", "Running", "Running", "Running", "Completed"))
         backend = AzureMLBackend(**slow.backend_settings())
+        slow.add_compute("c", "Standard_NC6s_v3")
         from azure.ai.ml import command
 
         backend.ml_client.jobs.create_or_update(
@@ -249,6 +251,8 @@ class TestPermanent:
         """A model version registered from another job is a ConflictError, not overwritten."""
         from ftkit.backends.base import RegisterRequest
 
+        fake.add_job("a")
+        fake.add_job("b")
         backend.register_model(RegisterRequest(job=JobHandle(name="a", status="Completed"), name="m", version="1"))
         with pytest.raises(ConflictError):
             backend.register_model(RegisterRequest(job=JobHandle(name="b", status="Completed"), name="m", version="1"))

@@ -367,7 +367,7 @@ class AzureMLBackend:
 
     def get_job(self, name: str) -> JobHandle:
         """Return the job's current state."""
-        return _jobs.get_job(self.ml_client, name)
+        return _jobs.get_job(self.ml_client, name, connection=self.connection)
 
     def list_jobs(self, *, max_results: int = 50) -> list[JobHandle]:
         """Return the workspace's most recent jobs (``jobs.list``), newest first.
