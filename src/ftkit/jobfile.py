@@ -187,6 +187,9 @@ class LocalSection:
         save_steps: Steps between checkpoints (one is also written at each epoch's end).
         lora_target_modules: Comma-separated module names to adapt (default: every linear layer but the head).
         max_eval_examples: Evaluate on at most this many test conversations.
+        processes: Training processes on this host (torchrun ranks). Default: ``compute.gpus_per_node`` (what
+            Azure ML passes as ``number_of_gpu_to_use_finetuning``) when this machine has several GPUs, else 1.
+            With ``device: cpu``, N gloo processes (to test the multi-GPU path without GPUs).
     """
 
     home: str | None = None
@@ -195,6 +198,7 @@ class LocalSection:
     save_steps: int | None = None
     lora_target_modules: str | None = None
     max_eval_examples: int | None = None
+    processes: int | None = None
 
 
 _SECTIONS: Mapping[str, type] = {

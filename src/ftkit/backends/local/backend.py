@@ -34,6 +34,7 @@ from ..base import (
     RegisterRequest,
 )
 from . import jobs, registry, tracking
+from .distributed import describe, sharding_for
 from .training import Device, Progress, TrainConfig
 
 if TYPE_CHECKING:
@@ -262,8 +263,14 @@ class LocalBackend(EndpointsDelegate):
                 kwargs[key] = value
             else:
                 ignored[key] = value
+        processes = self._processes(request)
+        if processes > 1:  # several processes: DeepSpeed's settings pick the sharding (see .distributed)
+            kwargs["sharding"] = sharding_for(params)
+            for key in ("apply_deepspeed", "deepspeed_stage"):
+                ignored.pop(key, None)
         try:
             config = TrainConfig(
+                processes=processes,
                 model_dir=str(self.model_dir_for(request)),
                 train_file=request.train_data,
                 eval_file=request.test_data or None,
@@ -278,6 +285,21 @@ class LocalBackend(EndpointsDelegate):
         if problems:
             raise ValidationError(problems, "finetune parameters the local backend cannot use")
         return config, ignored
+
+    def _processes(self, request: FinetuneRequest) -> int:
+        """Strictly private: training processes: ``local.processes``, else one per GPU the job asks for."""
+        wanted = request.job.local.processes
+        if wanted is not None:
+            return wanted
+        gpus = request.job.compute.gpus_per_node or 1
+        if gpus == 1 or self.device == "cpu":
+            return 1
+        try:
+            import torch
+        except ImportError:
+            return 1
+        # compute.gpus_per_node describes an Azure node; on a machine without several GPUs it runs on one device
+        return gpus if torch.cuda.is_available() and torch.cuda.device_count() > 1 else 1
 
     def _fingerprint(self, config: TrainConfig, hashes: Mapping[str, str]) -> str:
         data = {k: v for k, v in attrs.asdict(config).items() if k != "output_dir"}
@@ -332,6 +354,8 @@ class LocalBackend(EndpointsDelegate):
             "ftkit.parameters": json.dumps(request.spec.parameters(), sort_keys=True, default=str)[:5000],
             "ftkit.ignored_parameters": ", ".join(sorted(ignored)),
         }
+        if config.processes > 1:
+            tags["ftkit.distributed"] = describe(config.sharding, config.processes)
         logger = tracking.RunLogger.start(self.store, request.experiment_name, run_name=name, tags=tags)
         record = jobs.JobRecord(
             name=name,
