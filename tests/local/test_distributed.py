@@ -46,7 +46,9 @@ class _Losses(MetricsSink):
 
 
 @pytest.fixture(scope="module")
-def one_process(tiny_model_dir: Path, chat_files: ChatFiles, tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
+def one_process(
+    tiny_model_dir: Path, chat_files: ChatFiles, tmp_path_factory: pytest.TempPathFactory
+) -> dict[int, float]:
     """The loss at every step of one process on the 8-conversation global batch."""
     sink = _Losses()
     config = tiny_train_config(
@@ -111,6 +113,14 @@ def _ours(folder: Path) -> list[Any]:
     return found
 
 
+def _none_left(folder: Path, timeout: float = 30) -> None:
+    """No process of the job is left (a worker that just wrote its record may take a moment to exit)."""
+    deadline = time.monotonic() + timeout
+    while _ours(folder):
+        assert time.monotonic() < deadline, _ours(folder)
+        time.sleep(0.2)
+
+
 def _losses(backend: LocalBackend, handle: JobHandle) -> dict[int, float]:
     return dict(backend.read_metrics(handle).series("loss"))
 
@@ -118,6 +128,7 @@ def _losses(backend: LocalBackend, handle: JobHandle) -> dict[int, float]:
 def _close(got: Mapping[int, float], want: Mapping[int, float]) -> None:
     assert sorted(got) == sorted(want)
     worst = max(abs(got[s] - want[s]) for s in want)
+    print(f"largest loss difference: {worst:.2e}")
     assert worst < TOLERANCE, (worst, got, want)
 
 
@@ -161,6 +172,7 @@ class TestShares:
         assert shares[0].labels == shares[1].labels == one.labels == pack_arrays(data, chosen).num_labels
 
 
+@pytest.mark.slow
 def test_two_ddp_processes_follow_one_process(
     backend: LocalBackend, chat_files: ChatFiles, one_process: dict[int, float]
 ) -> None:
@@ -169,12 +181,13 @@ def test_two_ddp_processes_follow_one_process(
     folder = backend.job_dir(handle.name)
     assert handle.status == "Completed", handle.error
     _close(_losses(backend, handle), one_process)
-    assert backend.get_job(handle.name).progress == f"step {STEPS}: loss {one_process[STEPS]:.4f}"
+    assert (backend.get_job(handle.name).progress or "").startswith(f"step {STEPS}: loss {one_process[STEPS]:.4f}")
     assert (folder / "output" / "model" / "config.json").is_file()
     assert "DDP" in json.loads((folder / "job.json").read_text())["tags"]["ftkit.distributed"]
-    assert not _ours(folder)
+    _none_left(folder)
 
 
+@pytest.mark.slow
 def test_a_killed_rank_fails_the_job_and_it_resumes(
     backend: LocalBackend, chat_files: ChatFiles, one_process: dict[int, float]
 ) -> None:
@@ -203,10 +216,7 @@ def test_a_killed_rank_fails_the_job_and_it_resumes(
     assert failed.status == "Failed"
     assert "rank 1 of 2 failed (killed by SIGKILL)" in (failed.error or ""), failed.error
     assert "last lines of its log" in (failed.error or "")
-    deadline = time.monotonic() + 30
-    while _ours(folder):
-        assert time.monotonic() < deadline, _ours(folder)
-        time.sleep(0.2)
+    _none_left(folder)
 
     again = _wait(backend, backend.submit_finetune(request))
     assert again.name == handle.name
@@ -214,4 +224,4 @@ def test_a_killed_rank_fails_the_job_and_it_resumes(
     result = json.loads((folder / "output" / "result.json").read_text())
     assert result["global_step"] == STEPS
     _close(_losses(backend, again), one_process)
-    assert not _ours(folder)
+    _none_left(folder)

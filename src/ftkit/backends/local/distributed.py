@@ -43,9 +43,10 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import attrs
 import numpy as np
@@ -123,7 +124,8 @@ def example_labels(data: EncodedSet) -> np.ndarray:
     """
     ends = np.concatenate([[0], np.cumsum(data.assistant, dtype=np.int64)])
     starts = data.offsets[:-1]
-    return ends[data.offsets[1:]] - ends[np.minimum(starts + 1, data.offsets[1:])]
+    counts: np.ndarray = ends[data.offsets[1:]] - ends[np.minimum(starts + 1, data.offsets[1:])]
+    return counts
 
 
 def partition(lengths: np.ndarray, chosen: Sequence[int], parts: int) -> list[list[int]]:
@@ -263,7 +265,7 @@ def _sum_hook(_state: Any, bucket: Any) -> Any:
 
     buffer = bucket.buffer()
     wide = buffer if buffer.dtype == torch.float32 else buffer.float()
-    future = dist.all_reduce(wide, async_op=True).get_future()  # type: ignore[union-attr]
+    future = dist.all_reduce(wide, async_op=True).get_future()
 
     def done(fut: Any) -> Any:
         return fut.value()[0].to(buffer.dtype)
@@ -372,23 +374,29 @@ class TorchRanks(Ranks):
         self.control = dist.new_group(backend="gloo") if device == "cuda" else None
 
     def weights_dtype(self, compute_dtype: Any) -> Any:
+        """float32 under FSDP2 (which computes in ``compute_dtype``), else ``compute_dtype``."""
         import torch
 
         return torch.float32 if self.fsdp else compute_dtype
 
     def wrap(self, model: Any, loss: Callable[[Any, Any], Any], compute_dtype: Any) -> Callable[[Any], Any]:
+        """Wrap the loss in DDP (gradients summed in float32) or shard it with FSDP2 (layers, then the root)."""
         import torch
 
         module = _loss_module(model, loss)
         if not self.fsdp:
             from torch.nn.parallel import DistributedDataParallel
 
-            ddp = DistributedDataParallel(
-                module,
-                device_ids=[torch.cuda.current_device()] if self.device == "cuda" else None,
-                broadcast_buffers=False,  # buffers (rotary tables) are the same on every rank
-            )
-            ddp.register_comm_hook(None, _sum_hook)
+            with warnings.catch_warnings():
+                # torch 2.13 suggests forward_sync_buffers, which still syncs at init; this syncs nothing
+                warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
+                ddp = DistributedDataParallel(
+                    module,
+                    device_ids=[torch.cuda.current_device()] if self.device == "cuda" else None,
+                    broadcast_buffers=False,  # buffers (rotary tables) are the same on every rank
+                )
+            # A lambda: DDP checks the hook's annotations against its own classes, and ours are strings here.
+            ddp.register_comm_hook(None, lambda state, bucket: _sum_hook(state, bucket))
             wrapped: Callable[[Any], Any] = ddp
         else:
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
@@ -413,6 +421,7 @@ class TorchRanks(Ranks):
         return wrapped
 
     def sum(self, value: Any) -> Any:
+        """All-reduce a copy of ``value``."""
         import torch.distributed as dist
 
         total = value.detach().clone()
@@ -420,6 +429,7 @@ class TorchRanks(Ranks):
         return total
 
     def agree(self, flag: bool) -> bool:
+        """A MAX all-reduce of the flag on the CPU group."""
         import torch
         import torch.distributed as dist
 
@@ -428,21 +438,25 @@ class TorchRanks(Ranks):
         return bool(vote.item())
 
     def plain(self, value: Any) -> Any:
+        """The whole tensor of a DTensor."""
         return value.full_tensor() if hasattr(value, "full_tensor") else value
 
     def gathered(self, named: Mapping[str, Any], optimizer: Any) -> tuple[Mapping[str, Any], Any]:
+        """Under FSDP2, whole tensors gathered from the shards (every rank takes part)."""
         if not self.fsdp:
             return named, optimizer  # replicated: rank 0's copy is everyone's
         whole = {k: _full(v) for k, v in named.items()}  # every rank takes part in each gather, in one order
         return whole, _SavedOptimizer(_full_tree(optimizer.state_dict()))
 
     def loading(self, named: Mapping[str, Any], optimizer: Any) -> tuple[Mapping[str, Any], Any]:
+        """Under FSDP2, targets that keep each rank's shard of a whole tensor, for weights and optimizer state."""
         if not self.fsdp:
             return named, optimizer
         optimizer.register_load_state_dict_post_hook(_reshard_state)
         return {k: _ShardTarget(p) for k, p in named.items()}, optimizer
 
     def final_model(self, model: Any, named: Mapping[str, Any], rebuild: Callable[[], Any]) -> Any:
+        """Rank 0's model to save (under FSDP2 an unsharded rebuild with the gathered weights); others ``None``."""
         if not self.fsdp:
             return model if self.main else None
         import torch
@@ -610,7 +624,12 @@ def launch(
     ]
     print(f"launching {describe(config.sharding, config.processes)}", file=sys.stderr, flush=True)
     proc = subprocess.Popen(
-        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
     )
     kept: collections.deque[str] = collections.deque(maxlen=400)
     pump = threading.Thread(target=_pump, args=(proc.stdout, kept), daemon=True)
@@ -675,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
     folder, uri = Path(args[0]), args[1]
     rank = int(os.environ["RANK"])
     config = TrainConfig.from_json((folder / "config.json").read_text(encoding="utf-8"))
-    device = "cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu"
+    device: Literal["cpu", "cuda"] = "cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu"
     try:
         if device == "cuda":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
