@@ -70,14 +70,17 @@ def backend(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> L
     return b
 
 
-def _request(backend: LocalBackend, chat_files: ChatFiles, *, name: str, **finetune: Any) -> FinetuneRequest:
+def _request(
+    backend: LocalBackend, chat_files: ChatFiles, *, name: str, processes: int | None = 2, **finetune: Any
+) -> FinetuneRequest:
     job = JobFile.from_mapping(
         {
             "name": name,
             "backend": "local",
             "model": {"name": "tiny-phi3", "registry": "local"},
             "data": {"train_file": str(chat_files.train), "test_file": str(chat_files.test)},
-            "local": {"device": "cpu", "processes": 2, "save_steps": 3},
+            "compute": {"gpus_per_node": 4},
+            "local": {"device": "cpu", "save_steps": 3, **({"processes": processes} if processes else {})},
         }
     )
     spec = FinetunePipelineSpec.from_mapping({**COMMON, "per_device_train_batch_size": 4, **finetune})
@@ -170,6 +173,18 @@ class TestShares:
         real = [i for s in shares for g, w in zip(s.groups, s.weights, strict=True) if w == 1.0 for i in g]
         assert sorted(real) == chosen
         assert shares[0].labels == shares[1].labels == one.labels == pack_arrays(data, chosen).num_labels
+
+
+def test_the_job_picks_processes_and_sharding(backend: LocalBackend, chat_files: ChatFiles) -> None:
+    """local.processes and DeepSpeed's stage reach the config; on one process DeepSpeed's settings are ignored."""
+    request = _request(backend, chat_files, name="map", apply_deepspeed=True, deepspeed_stage=3)
+    config, ignored = backend.train_config(request, output_dir="-")
+    assert (config.processes, config.sharding) == (2, "zero3")
+    assert "apply_deepspeed" not in ignored
+    # compute.gpus_per_node describes an Azure node: on the CPU it means one process, DeepSpeed unused
+    config, ignored = backend.train_config(_request(backend, chat_files, name="one", processes=None), output_dir="-")
+    assert config.processes == 1
+    assert {"apply_deepspeed", "deepspeed_stage"} <= set(ignored)
 
 
 @pytest.mark.slow
