@@ -245,11 +245,11 @@ def test_a_killed_rank_fails_the_job_and_it_resumes(
 @pytest.mark.slow
 def test_cancel_stops_every_rank_with_a_checkpoint(backend: LocalBackend, chat_files: ChatFiles) -> None:
     """cancel_job (SIGTERM to the worker) makes the ranks agree on a step, checkpoint it and stop: Canceled."""
-    request = _request(backend, chat_files, name="cancel", apply_deepspeed=False, max_steps=400)
+    request = _request(backend, chat_files, name="cancel", apply_deepspeed=False, max_steps=3000)
     handle = backend.submit_finetune(request)
     folder = backend.job_dir(handle.name)
     deadline = time.monotonic() + 240
-    while not (backend.get_job(handle.name).progress or "").startswith("step 2:"):
+    while backend.get_job(handle.name).progress is None:  # training has begun
         assert time.monotonic() < deadline, (folder / "train.log").read_text()
         assert not backend.get_job(handle.name).is_terminal, (folder / "train.log").read_text()
         time.sleep(0.1)
@@ -259,4 +259,5 @@ def test_cancel_stops_every_rank_with_a_checkpoint(backend: LocalBackend, chat_f
     checkpoints = list((folder / "output" / "checkpoints").glob("checkpoint-*/state.json"))
     assert checkpoints
     assert not (folder / "output" / "model").exists()
+    assert int(json.loads(max(checkpoints).read_text())["global_step"]) < 3000
     _none_left(folder)
