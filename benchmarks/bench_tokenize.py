@@ -13,6 +13,7 @@ process and of the largest worker, and bytes per token held.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -157,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     with data.open("w", encoding="utf-8") as f:
         for _ in range(args.rows):
             f.write(json.dumps(row(rng)) + "\n")
-    sample = [json.loads(line) for line in data.open(encoding="utf-8").readlines()[:200]]
+    with data.open(encoding="utf-8") as f:
+        sample = [json.loads(line) for line in itertools.islice(f, 200)]
     model = make_tiny_model(root / "tok", texts=chat_texts(sample), vocab_size=2048)
     tokenizer = AutoTokenizer.from_pretrained(model)
     # Phi-3's own template has no generation marks: assistant spans come from rendering growing prefixes.
@@ -165,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     rss_start = peak_rss_mib(resource.RUSAGE_SELF)
 
     small = root / "slice.jsonl"
-    small.write_text("".join(data.open(encoding="utf-8").readlines()[: args.serial_rows]), encoding="utf-8")
+    with data.open(encoding="utf-8") as f:
+        small.write_text("".join(itertools.islice(f, args.serial_rows)), encoding="utf-8")
     t = time.perf_counter()
     encode_file(tokenizer, small, args.max_len, workers=1)
     serial = args.serial_rows / (time.perf_counter() - t)

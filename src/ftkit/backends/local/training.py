@@ -133,6 +133,8 @@ class TrainConfig:
             when the budget needs it to fit a ``max_seq_length`` conversation.
         gpu_memory_gib: GPU memory to plan the budget for (``None``: the card's), e.g. 22 for a 24 GB card.
         token_cache_dir: Where tokenised data is cached (``None``: ``$FTKIT_HOME/cache/tokens``; ``""``: none).
+        torch_compile: ``torch.compile`` each decoder layer on CUDA (measured on an H200: +4% tokens/s once
+            compiled, after about 35 s of compiling; worth it for runs of more than a few minutes).
         processes: Training processes on this host (torchrun ranks, one per GPU; gloo processes on a CPU);
             ``per_device_train_batch_size`` is per process. See :mod:`.distributed`.
         sharding: With several processes: ``ddp`` (weights replicated), ``zero2`` (FSDP2 sharding gradients
@@ -176,6 +178,7 @@ class TrainConfig:
     gradient_checkpointing: bool | None = None
     gpu_memory_gib: float | None = None
     token_cache_dir: str | None = None
+    torch_compile: bool = False
     processes: int = attrs.field(default=1, validator=_positive)
     sharding: str = attrs.field(default="ddp", validator=_choice(SHARDINGS))
 
@@ -316,7 +319,7 @@ def _plan(torch: Any, config: TrainConfig, model: Any, device: str, max_len: int
     """Strictly private: the token budget and whether to checkpoint, fitted to the GPU's memory."""
     fused = device == "cuda" and bool(_TUNING["liger"]) and fused_kernel() is not None
     label_only = bool(_TUNING["label_only_loss"])
-    compile_layers = device == "cuda" and bool(_TUNING["compile_layers"])
+    compile_layers = device == "cuda" and (config.torch_compile or bool(_TUNING["compile_layers"]))
     wanted = config.max_tokens_per_micro_batch
     if device != "cuda":
         budget = wanted if wanted > 0 else max(max_len, _CPU_BUDGET)
