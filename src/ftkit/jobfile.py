@@ -185,6 +185,16 @@ class LocalSection:
         save_steps: Steps between checkpoints (one is also written at each epoch's end).
         lora_target_modules: Comma-separated module names to adapt (default: every linear layer but the head).
         max_eval_examples: Evaluate on at most this many test conversations.
+        processes: Training processes on this host (torchrun ranks). Default: ``compute.gpus_per_node`` (what
+            Azure ML passes as ``number_of_gpu_to_use_finetuning``) when this machine has several GPUs, else 1.
+            With ``device: cpu``, N gloo processes (to test the multi-GPU path without GPUs).
+        max_tokens_per_micro_batch: Token budget of one micro-batch (a step's conversations are split into
+            micro-batches of at most this many tokens; results do not depend on it). Default: planned from the
+            GPU's memory (or ``gpu_memory_gib``), 16384 on a CPU.
+        gradient_checkpointing: Recompute activations in the backward pass (default: only when the budget
+            needs it).
+        gpu_memory_gib: GPU memory to plan for (default: the card's), e.g. 22 for a 24 GB card.
+        torch_compile: ``torch.compile`` each decoder layer on CUDA (pays off on runs of more than a few minutes).
     """
 
     home: str | None = None
@@ -193,6 +203,11 @@ class LocalSection:
     save_steps: int | None = attrs.field(default=None, metadata=bounds(1))
     lora_target_modules: str | None = None
     max_eval_examples: int | None = attrs.field(default=None, metadata=bounds(1))
+    processes: int | None = attrs.field(default=None, metadata=bounds(1))
+    max_tokens_per_micro_batch: int | None = attrs.field(default=None, metadata=bounds(1))
+    gradient_checkpointing: bool | None = None
+    gpu_memory_gib: float | None = attrs.field(default=None, metadata=bounds(exclusive_minimum=0))
+    torch_compile: bool | None = None
 
     def target_modules(self) -> tuple[str, ...] | None:
         """``lora_target_modules`` as module names (``None``: every linear layer but the head)."""

@@ -35,6 +35,7 @@ from ..base import (
     RegisterRequest,
 )
 from . import jobs, registry, tracking
+from .distributed import describe, sharding_for
 from .training import Device, Progress, TrainConfig
 
 if TYPE_CHECKING:
@@ -99,6 +100,10 @@ TRAIN_CONFIG_TABLE: Mapping[str, tuple[str, Callable[[Any], Any]] | None] = {
     "local.save_steps": ("save_steps", _same),
     "local.lora_target_modules": ("lora_target_modules", _modules),
     "local.max_eval_examples": ("max_eval_examples", _same),
+    "local.max_tokens_per_micro_batch": ("max_tokens_per_micro_batch", _same),
+    "local.gradient_checkpointing": ("gradient_checkpointing", _same),
+    "local.gpu_memory_gib": ("gpu_memory_gib", _same),
+    "local.torch_compile": ("torch_compile", _same),
 }
 # Component inputs that have no meaning on one local device; they are recorded on the run, not used.
 IGNORED_PARAMETERS = frozenset(k.removeprefix("finetune.") for k, v in TRAIN_CONFIG_TABLE.items() if v is None)
@@ -276,8 +281,14 @@ class LocalBackend:
             else:
                 field, spell = row
                 kwargs[field] = spell(value)
+        processes = self._processes(request)
+        if processes > 1:  # several processes: DeepSpeed's settings pick the sharding (see .distributed)
+            kwargs["sharding"] = sharding_for(request.plan.spec.parameters())
+            for key in ("apply_deepspeed", "deepspeed_stage"):
+                ignored.pop(key, None)
         try:
             config = TrainConfig(
+                processes=processes,
                 model_dir=str(self.model_dir_for(request)),
                 train_file=request.train_data,
                 eval_file=request.test_data or None,
@@ -292,6 +303,21 @@ class LocalBackend:
         if problems:
             raise ValidationError(problems, "finetune parameters the local backend cannot use")
         return config, ignored
+
+    def _processes(self, request: FinetuneRequest) -> int:
+        """Strictly private: training processes: ``local.processes``, else one per GPU the job asks for."""
+        wanted = request.plan.job.local.processes
+        if wanted is not None:
+            return wanted
+        gpus = request.plan.job.compute.gpus_per_node or 1
+        if gpus == 1 or self.device == "cpu":
+            return 1
+        try:
+            import torch
+        except ImportError:
+            return 1
+        # compute.gpus_per_node describes an Azure node; on a machine without several GPUs it runs on one device
+        return gpus if torch.cuda.is_available() and torch.cuda.device_count() > 1 else 1
 
     def _fingerprint(self, config: TrainConfig, hashes: Mapping[str, str]) -> str:
         data = {k: v for k, v in attrs.asdict(config).items() if k != "output_dir"}
@@ -373,6 +399,8 @@ class LocalBackend:
             "ftkit.parameters": json.dumps(plan.spec.parameters(), sort_keys=True, default=str)[:5000],
             "ftkit.ignored_parameters": ", ".join(sorted(ignored)),
         }
+        if config.processes > 1:
+            tags["ftkit.distributed"] = describe(config.sharding, config.processes)
         from mlflow.exceptions import MlflowException
 
         try:

@@ -41,6 +41,7 @@ from ...exceptions import MissingDependencyError, Problem, ValidationError
 from ...home import ftkit_home
 from . import attention
 from .data import EncodedSet, PackedArrays, encode_file, pack_arrays
+from .distributed import SHARDINGS, Ranks
 from .loss import fused_kernel, label_cross_entropy
 
 __all__ = [
@@ -134,6 +135,10 @@ class TrainConfig:
         token_cache_dir: Where tokenised data is cached (``None``: ``$FTKIT_HOME/cache/tokens``; ``""``: none).
         torch_compile: ``torch.compile`` each decoder layer on CUDA (measured on an H200: +4% tokens/s once
             compiled, after about 35 s of compiling; worth it for runs of more than a few minutes).
+        processes: Training processes on this host (torchrun ranks, one per GPU; gloo processes on a CPU);
+            ``per_device_train_batch_size`` is per process. See :mod:`.distributed`.
+        sharding: With several processes: ``ddp`` (weights replicated), ``zero2`` (FSDP2 sharding gradients
+            and optimizer state) or ``zero3`` (weights too); from ``apply_deepspeed`` / ``deepspeed_stage``.
     """
 
     model_dir: str
@@ -174,6 +179,8 @@ class TrainConfig:
     gpu_memory_gib: float | None = None
     token_cache_dir: str | None = None
     torch_compile: bool = False
+    processes: int = attrs.field(default=1, validator=_positive)
+    sharding: str = attrs.field(default="ddp", validator=_choice(SHARDINGS))
 
     def to_json(self) -> str:
         """Return the config as JSON (for a background job's worker)."""
@@ -434,15 +441,18 @@ def _forward_loss(torch: Any, model: Any, batch: PackedArrays, device: str, plan
     return torch.nn.functional.cross_entropy(logits.index_select(0, where).float(), targets, reduction="sum")
 
 
-def _evaluate(torch: Any, model: Any, batches: Sequence[PackedArrays], device: str, plan: _Plan) -> float:
+def _evaluate(
+    torch: Any, model: Any, forward: Callable[[Any], Any], batches: Sequence[PackedArrays], device: str, ranks: Ranks
+) -> float:
     model.eval()
     total = torch.zeros((), device=device)
     count = sum(b.num_labels for b in batches)
     with torch.no_grad():
-        for batch in batches:
-            total += _forward_loss(torch, model, batch, device, plan)
+        for batch, weight in ranks.eval_share(batches):  # each rank its part (see .distributed)
+            loss = forward(batch)
+            total += loss if weight == 1.0 else loss * weight
     model.train()
-    return float(total) / max(count, 1)
+    return float(ranks.sum(total)) / max(count, 1)
 
 
 class _Trainables:
@@ -452,10 +462,11 @@ class _Trainables:
     micro-batch (so accumulation never rounds to bf16), and the stepped masters are copied back into the model.
     """
 
-    def __init__(self, torch: Any, named: Mapping[str, Any]) -> None:
+    def __init__(self, torch: Any, named: Mapping[str, Any], *, separate: bool = False) -> None:
         self.torch = torch
         self.params = list(named.values())
-        self.mixed = any(p.dtype != torch.float32 for p in self.params)
+        # separate: float32 masters too (DDP all-reduces the gradient the model holds after each backward)
+        self.mixed = separate or any(p.dtype != torch.float32 for p in self.params)
         if self.mixed:
             self.masters = [p.detach().float().clone().requires_grad_(True) for p in self.params]
         else:
@@ -680,6 +691,7 @@ def train(
     stop_after_steps: int | None = None,
     should_stop: Callable[[], bool] | None = None,
     resume: bool = True,
+    ranks: Ranks | None = None,
 ) -> TrainResult:
     """Fine-tune ``config.model_dir`` on ``config.train_file`` and save the result under ``config.output_dir``.
 
@@ -692,6 +704,8 @@ def train(
         stop_after_steps: Stop (with a checkpoint) once this many steps are done in total: for tests and demos.
         should_stop: Polled after every step; when it returns true the run checkpoints and stops (cancellation).
         resume: Continue from the newest checkpoint in ``output_dir``, if there is one.
+        ranks: This process's rank of a multi-process run (:class:`~.distributed.TorchRanks`); one process
+            by default.
 
     Returns:
         What happened.
@@ -706,6 +720,7 @@ def train(
     except ImportError:
         raise MissingDependencyError("transformers", "local") from None
     sink = metrics if metrics is not None else MetricsSink()
+    ranks = ranks if ranks is not None else Ranks()
     started = time.perf_counter()
     device = _pick_device(torch, config.device)
     dtype = _dtype(torch, device, config.precision)
@@ -726,10 +741,12 @@ def train(
     # Seed before building the model: LoRA's initial weights come from the global RNG.
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    model = _build_model(config, device, dtype)
+    model = _build_model(config, device, ranks.weights_dtype(dtype))
     model.train()
     plan = _plan(torch, config, model, device, max_len)
     _prepare(model, plan)
+    # The one forward of training and evaluation; through DDP or FSDP2 on several processes (.distributed).
+    forward = ranks.wrap(model, lambda m, b: _forward_loss(torch, m, b, device, plan), dtype)
     eval_batches: list[PackedArrays] = []
     if eval_set is not None:
         eval_groups = _split(eval_set.lengths, range(len(eval_set)), plan.budget, config.per_device_eval_batch_size)
@@ -739,7 +756,9 @@ def train(
         # Intra-op threads cost more than they save on tiny matrices (measured: 17x slower linear layers with
         # 2 threads than with 1 on a 2-core machine), so small models train single-threaded.
         torch.set_num_threads(1)
-    trainables = _Trainables(torch, {n: p for n, p in model.named_parameters() if p.requires_grad})
+    trainables = _Trainables(
+        torch, {n: p for n, p in model.named_parameters() if p.requires_grad}, separate=ranks.separate_gradients
+    )
     named = trainables.named
     decay = [p for p in named.values() if p.ndim >= 2]
     no_decay = [p for p in named.values() if p.ndim < 2]
@@ -750,7 +769,7 @@ def train(
         eps=config.adam_epsilon,
         **({"fused": True} if device == "cuda" else {}),  # one kernel for all parameters instead of a few each
     )
-    per_step = config.gradient_accumulation_steps * config.per_device_train_batch_size
+    per_step = config.gradient_accumulation_steps * config.per_device_train_batch_size * ranks.world
     steps_per_epoch = math.ceil(len(train_set) / per_step)
     total_steps = config.max_steps if config.max_steps > 0 else steps_per_epoch * config.num_train_epochs
     scheduler = get_scheduler(
@@ -761,7 +780,7 @@ def train(
     resumed_from = None
     ckpt = latest_checkpoint(out) if resume else None
     if ckpt is not None:
-        step = resumed_from = _load_checkpoint(torch, ckpt, named, optimizer, scheduler)
+        step = resumed_from = _load_checkpoint(torch, ckpt, *ranks.loading(named, optimizer), scheduler)
         trainables.push()
 
     view = _ProgressView(progress, total_steps, step)
@@ -777,7 +796,7 @@ def train(
     def evaluate_now() -> float:
         nonlocal last_eval_step, window_start
         began = time.perf_counter()
-        value = _evaluate(torch, model, eval_batches, device, plan)
+        value = _evaluate(torch, model, forward, eval_batches, device, ranks)
         window_start += time.perf_counter() - began  # tokens/s measures training, not evaluation
         sink.log_metrics({"eval_loss": value}, step)
         sink.flush()
@@ -792,20 +811,23 @@ def train(
             epoch, group = divmod(step, steps_per_epoch)
             order = _epoch_order(len(train_set), config.seed, epoch)
             chosen = order[group * per_step : (group + 1) * per_step]
-            micro = [pack_arrays(train_set, g) for g in _split(train_set.lengths, chosen, plan.budget)]
-            n_labels = sum(b.num_labels for b in micro)
-            for batch in micro:
-                loss = _forward_loss(torch, model, batch, device, plan)
+            share = ranks.step_share(train_set, chosen, plan.budget, _split)  # this rank's part of the step
+            micro = [pack_arrays(train_set, g) for g in share.groups]
+            n_labels = share.labels  # the whole step's, on every rank
+            for batch, weight in zip(micro, share.weights, strict=True):
+                loss = forward(batch)
+                if weight != 1.0:  # a repeat that keeps the ranks in step (see .distributed)
+                    loss = loss * weight
                 # Normalise by the whole step's label tokens: every token weighs the same across micro-batches,
                 # so the step does not depend on how the budget cut it.
                 (loss / max(n_labels, 1)).backward()
                 trainables.accumulate()
                 window_loss += loss.detach()
-                window_tokens += batch.num_tokens
+            window_tokens += share.tokens
             window_labels += n_labels
             masters = trainables.masters
             if config.max_grad_norm > 0:
-                grad_norm = torch.nn.utils.clip_grad_norm_(masters, config.max_grad_norm)
+                grad_norm = ranks.plain(torch.nn.utils.clip_grad_norm_(masters, config.max_grad_norm))
             else:
                 grads = [p.grad for p in masters if p.grad is not None]
                 grad_norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) if grads else None
@@ -815,11 +837,11 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             trainables.push()
             step += 1
-            tokens_done += sum(b.num_tokens for b in micro)
+            tokens_done += share.tokens
 
             logged: dict[str, float] | None = None
             if step % config.logging_steps == 0 or step == total_steps:
-                loss_sum = float(window_loss)  # the one wait for the GPU, once per logging window
+                loss_sum = float(ranks.sum(window_loss))  # the one wait for the GPU, once per logging window
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
                 logged = {
                     "loss": loss_sum / max(window_labels, 1),
@@ -840,11 +862,13 @@ def train(
                 or (config.evaluation_strategy == "epoch" and epoch_end)
             ):
                 final_eval = evaluate_now()
-            want_stop = (stop_after_steps is not None and step >= stop_after_steps) or bool(
-                should_stop and should_stop()
+            want_stop = ranks.agree(  # all ranks stop after the same step
+                (stop_after_steps is not None and step >= stop_after_steps) or bool(should_stop and should_stop())
             )
             if step < total_steps and (step % config.save_steps == 0 or epoch_end or want_stop):
-                _save_checkpoint(torch, out, step, named, optimizer, scheduler, config.save_total_limit)
+                saved, saved_optimizer = ranks.gathered(named, optimizer)
+                if ranks.main:
+                    _save_checkpoint(torch, out, step, saved, saved_optimizer, scheduler, config.save_total_limit)
             if want_stop and step < total_steps:
                 stopped = True
                 break
@@ -856,8 +880,9 @@ def train(
         torch.set_num_threads(threads)
 
     runtime = time.perf_counter() - started
-    model_dir = None if stopped else _save_final(config, model, tokenizer)
-    if not stopped:
+    final = None if stopped else ranks.final_model(model, named, lambda: _build_model(config, "cpu", dtype))
+    model_dir = None if final is None else _save_final(config, final, tokenizer)
+    if not stopped and ranks.main:
         sink.log_metrics({"train_runtime": runtime, "train_tokens_per_second": tokens_done / runtime}, step)
         sink.flush()
         (out / "result.json").write_text(

@@ -19,9 +19,10 @@ from typing import Any
 
 import attrs
 
-from .jobs import CANCEL_FILE, JobRecord, write_record
+from . import distributed
+from .jobs import CANCEL_FILE, JobRecord, read_record, write_record
 from .tracking import MlflowStore, RunLogger
-from .training import MetricsSink, Progress, TrainConfig, train
+from .training import MetricsSink, Progress, TrainConfig, TrainResult, train
 
 __all__ = ["main", "run_job"]
 
@@ -63,6 +64,17 @@ class _ProgressSink(MetricsSink):
             self.logger.flush()
 
 
+def _train(
+    folder: Path, config: TrainConfig, store: MlflowStore, sink: _ProgressSink, progress: Progress, **kw: Any
+) -> TrainResult:
+    """Strictly private: train in this process, or on ``config.processes`` torchrun ranks (see :mod:`.distributed`)."""
+    if config.processes == 1:
+        return train(config, metrics=sink, progress=progress, **kw)
+    result = distributed.launch(folder, config, store.tracking_uri, **kw)
+    sink.record = attrs.evolve(sink.record, progress=read_record(folder.parent.parent, folder.name).progress)
+    return result
+
+
 def run_job(
     folder: str | Path, store: MlflowStore, *, progress: Progress = "plain", handle_sigterm: bool = True
 ) -> JobRecord:
@@ -97,8 +109,8 @@ def run_job(
             logger.log_params(params)
         sink = _ProgressSink(folder, record, logger)
         marker = folder / CANCEL_FILE
-        result = train(
-            config, metrics=sink, progress=progress, should_stop=lambda: cancel["requested"] or marker.exists()
+        result = _train(
+            folder, config, store, sink, progress, should_stop=lambda: cancel["requested"] or marker.exists()
         )
         record = sink.record
         if result.stopped:
