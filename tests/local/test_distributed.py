@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import pytest
 
@@ -23,6 +24,7 @@ from ftkit.backends.local.distributed import NO_MULTICAST, Ranks, describe, part
 from ftkit.backends.local.training import MetricsSink, train
 from ftkit.finetune import FinetunePipelineSpec
 from ftkit.jobfile import JobFile
+from ftkit.plan import plan_run
 
 from .conftest import TINY_TRAINING, ChatFiles, tiny_train_config
 
@@ -83,18 +85,12 @@ def _request(
             "local": {"device": "cpu", "save_steps": 3, **({"processes": processes} if processes else {})},
         }
     )
-    spec = FinetunePipelineSpec.from_mapping({**COMMON, "per_device_train_batch_size": 4, **finetune})
-    return FinetuneRequest(
-        job=job,
-        model=backend.resolve_model(job.model.ref()),
-        spec=spec,
-        parameters=spec.parameters(),
-        display_name=name,
-        experiment_name="ftkit-tests",
-        compute=None,
-        train_data=str(chat_files.train),
-        test_data=str(chat_files.test),
+    job = attrs.evolve(
+        job, finetune=FinetunePipelineSpec.from_mapping({**COMMON, "per_device_train_batch_size": 4, **finetune})
     )
+    model = backend.resolve_model(job.model.ref())
+    plan = attrs.evolve(plan_run(job, model=model), display_name=name, experiment_name="ftkit-tests")
+    return FinetuneRequest(plan=plan, compute=None, train_data=str(chat_files.train), test_data=str(chat_files.test))
 
 
 def _wait(backend: LocalBackend, handle: JobHandle, timeout: float = 240) -> JobHandle:
