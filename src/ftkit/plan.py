@@ -114,6 +114,7 @@ def plan_run(
                 )
             )
     if problems or schema is None:
+        problems = job.overrides.relocate(problems)  # an overridden parameter is named by its --set, not a line
         raise ValidationError(problems, f"{len(problems)} problem(s) in {source or 'the job'}")
     train, test = data_files(job)
     return RunPlan(

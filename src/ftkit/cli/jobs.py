@@ -75,19 +75,23 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     """Print the azure-ai-ml REST body of the pipeline job, built offline from the job file."""
-    from ..backends.azureml.pipeline import build_pipeline_job, component_from_schema, rest_body
-
-    plan = _plan(args)
-    component = component_from_schema(plan.schema)
-    job = build_pipeline_job(plan, component=component, cluster=plan.job.compute.cluster)
-    body: dict[str, Any] = {
-        "name": None,
-        "experiment_name": plan.experiment_name,
-        "component": plan.schema.registry_asset_id,
-        **dict(rest_body(job)),
-    }
+    body = pipeline_body(_plan(args))
     if args.format == "yaml":
         sys.stdout.write(yaml.safe_dump(body, sort_keys=False))
     else:
         sys.stdout.write(json.dumps(body, indent=2) + "\n")
     return 0
+
+
+def pipeline_body(plan: RunPlan) -> dict[str, Any]:
+    """Return the azure-ai-ml REST body of ``plan``'s pipeline job, built offline (no credentials, no network)."""
+    from ..backends.azureml.pipeline import build_pipeline_job, component_from_schema, rest_body
+
+    component = component_from_schema(plan.schema)
+    job = build_pipeline_job(plan, component=component, cluster=plan.job.compute.cluster)
+    return {
+        "name": None,
+        "experiment_name": plan.experiment_name,
+        "component": plan.schema.registry_asset_id,
+        **dict(rest_body(job)),
+    }
