@@ -42,8 +42,8 @@ CORE_TESTS = ("tests/core", "tests/data", "tests/azureml")
 PLOTS_TESTS = ("tests/azureml/test_cli_run.py",)
 
 
-def _install_lowest(session: nox.Session, *extras: str) -> None:
-    """Install ftkit with the lowest versions its core dependencies (and ``extras``) allow, then the tests group."""
+def _install_lowest(session: nox.Session, wheel: Path, *extras: str) -> None:
+    """Install ftkit's wheel with the lowest versions its core dependencies (and ``extras``) allow, and the tests."""
     lock = Path(session.create_tmp()) / f"lowest{'-' + '-'.join(extras) if extras else ''}.txt"
     flags = [arg for extra in extras for arg in ("--extra", extra)]
     # uv resolves the lowest version of each direct dependency (transitive ones newest, as pip would pick them).
@@ -53,7 +53,8 @@ def _install_lowest(session: nox.Session, *extras: str) -> None:
     )  # fmt: skip
     python = str(Path(session.bin) / "python")
     session.run("uv", "pip", "install", "--python", python, "--quiet", "-r", str(lock))
-    session.run("uv", "pip", "install", "--python", python, "--quiet", "--no-deps", "-e", ".")
+    # The built wheel, not the source tree: the tests then see what a user's `pip install ftkit` gets.
+    session.run("uv", "pip", "install", "--python", python, "--quiet", "--no-deps", "--reinstall", str(wheel))
     # The tests group under the same pins, so no test tool upgrades a dependency under test.
     session.run("uv", "pip", "install", "--python", python, "--quiet", "-c", str(lock), "--group", "tests")
     session.run("python", "-c", "import ftkit, azure.ai.ml; print('ftkit imports at the lowest versions')")
@@ -62,11 +63,17 @@ def _install_lowest(session: nox.Session, *extras: str) -> None:
 
 @nox.session(python=PYTHON)
 def mindeps(session: nox.Session) -> None:
-    """The core and Azure-fake tests at the lowest allowed versions of the core dependencies, then with ``plots``."""
+    """Build the sdist and wheel and check them; run the core and Azure-fake tests on the wheel at the lowest
+    allowed versions of the core dependencies, then the plots tests with the ``plots`` extra at its lowest.
+    """
     session.install("uv>=0.5")
-    _install_lowest(session)
+    dist = Path(session.create_tmp()) / "dist"
+    session.run("uv", "build", "--quiet", "--out-dir", str(dist))
+    session.run("python", "scripts/check_dist.py", str(dist))  # LICENSE in both, URLs, extras
+    (wheel,) = dist.glob("ftkit-*.whl")
+    _install_lowest(session, wheel)
     session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *CORE_TESTS, *session.posargs)
-    _install_lowest(session, "plots")
+    _install_lowest(session, wheel, "plots")
     session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *PLOTS_TESTS, *session.posargs)
 
 
