@@ -36,3 +36,11 @@ def test_table_cells_stay_on_one_line() -> None:
         if line.startswith("| ") and not line.startswith("|---"):
             assert line.endswith(" |"), line
             assert line.count(" | ") - line.count("\\|") >= 1
+
+
+def test_the_committed_page_is_current() -> None:
+    """docs/cli.md is rewritten by every docs build; the committed copy (linked from the README) must match."""
+    from pathlib import Path
+
+    committed = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
+    assert committed.read_text(encoding="utf-8") == markdown(), "run: python -m ftkit.cli.reference > docs/cli.md"

@@ -1,4 +1,4 @@
-"""The CLI reference page, generated from the argparse parser itself (docs/conf.py writes docs/cli.md with it).
+"""The CLI reference page, generated from the argparse parser itself (docs/conf.py rewrites docs/cli.md with it).
 
 Generating the page from :func:`~ftkit.cli.main.build_parser` keeps it true to the code: a new option shows up
 in the documentation the next time the docs are built. ``python -m ftkit.cli.reference`` prints it.
@@ -14,7 +14,8 @@ __all__ = ["markdown"]
 
 _HEADER = """# Command-line reference
 
-<!-- Generated from ftkit's argparse parser by ftkit.cli.reference at docs build time: edit the parser. -->
+<!-- Generated from ftkit's argparse parser by ftkit.cli.reference (every docs build rewrites it; a test keeps the
+committed copy current): edit the parser, then `python -m ftkit.cli.reference > docs/cli.md`. -->
 
 Every command prints its own help with `ftkit COMMAND --help`. Errors print one line per problem and exit 1;
 usage errors exit 2; `ftkit ... | head` ends quietly (exit 141, as a SIGPIPE would).
