@@ -179,3 +179,22 @@ def test_a_closed_pipe_ends_quietly(argv: list[str]) -> None:
         os.close(write_end)
     assert proc.stderr.decode() == ""
     assert proc.returncode == 141
+
+
+def test_progress_lines_wrap_under_the_message_column_in_a_terminal() -> None:
+    import io
+
+    from ftkit.cli.run import ProgressPrinter
+    from ftkit.runner import StageEvent
+
+    message = "job phi3-ultrachat-7f3a Running: step 120/400, loss 1.234, eval loss 1.456, 512 tokens/s, 3 min left"
+    wrapped, piped = io.StringIO(), io.StringIO()
+    ProgressPrinter(wrapped, width=80)(StageEvent("finetune", message))
+    ProgressPrinter(piped)(StageEvent("finetune", message))
+    lines = wrapped.getvalue().splitlines()
+    assert len(lines) == 2
+    assert all(len(line) <= 80 for line in lines)
+    assert lines[1].startswith(" " * ProgressPrinter.PREFIX)
+    assert lines[0].index("job") == ProgressPrinter.PREFIX
+    assert " ".join(" ".join(lines).split()).endswith(message)
+    assert piped.getvalue().count("\n") == 1  # not a terminal: one line per event

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -112,19 +114,33 @@ def _overrides(args: argparse.Namespace) -> Overrides:
 class ProgressPrinter:
     """Prints stage events: one line each, timed from the start of the run.
 
+    In a terminal, a message longer than the window continues on the next line under the message column
+    instead of wrapping to column 0; piped output keeps one line per event, for grep.
+
     Args:
         stream: Where to print.
+        width: The terminal's width (default: the stream's, when it is a terminal; else no wrapping).
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    PREFIX = 25  # "[  12.3s] finetune ....  "
+
+    def __init__(self, stream: TextIO, width: int | None = None) -> None:
         self.stream = stream
         self.start = time.monotonic()
+        if width is None and stream.isatty():
+            width = shutil.get_terminal_size().columns
+        self.width = width
 
     def __call__(self, event: StageEvent) -> None:
         """Print one event."""
         mark = "done" if event.done else "...."
         elapsed = time.monotonic() - self.start
-        print(f"[{elapsed:6.1f}s] {event.stage:<8} {mark}  {event.message}", file=self.stream, flush=True)
+        head = f"[{elapsed:6.1f}s] {event.stage:<8} {mark}  "
+        message = event.message
+        if self.width is not None and self.width - self.PREFIX >= 40 and len(head) + len(message) > self.width:
+            lines = textwrap.wrap(message, self.width - self.PREFIX, break_on_hyphens=False) or [message]
+            message = f"\n{' ' * self.PREFIX}".join(lines)
+        print(f"{head}{message}", file=self.stream, flush=True)
 
 
 def _quiet_progress_bars() -> None:
