@@ -275,14 +275,13 @@ class JobRunner:
             handle.name,
             timeout_s=self.wait_timeout_s,
             poll_s=self.poll_s,
-            on_status=lambda h: self._emit(
-                "finetune", f"job {h.name} {h.status}" + (f": {h.progress}" if h.progress else "")
-            ),
+            # The job was named once, when submitted; status lines stay short (a local job name can be long).
+            on_status=lambda h: self._emit("finetune", f"{h.status}" + (f": {h.progress}" if h.progress else "")),
             clock=self._clock,
             sleep=self._sleep,
         )
         self._record["finetune_job"]["status"] = handle.status
-        self._emit("finetune", f"job {handle.name} completed", done=True)
+        self._emit("finetune", "job completed", done=True)
 
         metrics = backend.read_metrics(handle)
         self._emit("metrics", self._review(metrics), done=True)

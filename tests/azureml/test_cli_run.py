@@ -58,6 +58,11 @@ def test_json_prints_the_run_record_and_the_set_keys_are_in_it(
     assert record["endpoint"]["kept"] is False
     assert len(fake.calls("PUT", r"/jobs/[^/]+$")) == 1
     assert "score    done  answer: " in captured.err
+    # The job is named once, when submitted; its status lines do not repeat the name.
+    (submitted,) = [line for line in captured.err.splitlines() if "submitted job" in line]
+    job_name = submitted.split("submitted job ", 1)[1].split()[0]
+    assert len([line for line in captured.err.splitlines() if " finetune " in line and job_name in line]) == 1
+    assert "finetune ....  Running" in captured.err
 
 
 def test_keep_endpoint_keeps_it(
