@@ -198,3 +198,26 @@ def test_progress_lines_wrap_under_the_message_column_in_a_terminal() -> None:
     assert lines[0].index("job") == ProgressPrinter.PREFIX
     assert " ".join(" ".join(lines).split()).endswith(message)
     assert piped.getvalue().count("\n") == 1  # not a terminal: one line per event
+
+
+@pytest.mark.parametrize(
+    ("response", "text"),
+    [
+        ({"output": "Paris."}, "Paris."),
+        (["Paris."], "Paris."),
+        ([{"0": "Paris."}], "Paris."),
+        ("Paris.", "Paris."),
+        ({"output": ["a", "b"]}, '["a", "b"]'),
+        ({"choices": [1]}, '{"choices": [1]}'),
+    ],
+)
+def test_answer_text(response: object, text: str) -> None:
+    from ftkit.runner import answer_text
+
+    assert answer_text(response) == text
+
+
+def test_a_multi_line_answer_keeps_its_lines_under_the_label() -> None:
+    from ftkit.cli.run import _indented
+
+    assert _indented("First line.\nSecond line.\n") == "First line.\n" + " " * 17 + "Second line."

@@ -167,9 +167,9 @@ def _execute(job: JobFile, *, as_json: bool = False, **options: Any) -> RunResul
         print(f"endpoint         {result.endpoint.name} ({'kept' if job.deploy.keep else 'deleted'})", file=out)
     if result.score_request is not None:
         question = result.score_request["input_data"]["input_string"][0][-1]["content"]
-        print(f"sample question  {_one_line(question)}", file=out)
+        print(f"sample question  {_indented(question)}", file=out)
     if result.score_response is not None:
-        print(f"sample answer    {_one_line(answer_text(result.score_response))}", file=out)
+        print(f"sample answer    {_indented(answer_text(result.score_response))}", file=out)
     if result.loss_curves is not None:
         print(f"loss curves      {result.loss_curves}", file=out)
     print(f"run record       {result.run_dir / 'run.json'}", file=out)
@@ -183,9 +183,9 @@ def _print_record(run_dir: Path) -> None:
         sys.stdout.flush()
 
 
-def _one_line(text: str, limit: int = 200) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else f"{flat[: limit - 1]}…"
+def _indented(text: str) -> str:
+    # The whole text (an answer is the point of the run), its later lines under the first.
+    return "\n".join(line.rstrip() for line in text.strip().splitlines()).replace("\n", "\n" + " " * 17)
 
 
 def _run(args: argparse.Namespace) -> int:
