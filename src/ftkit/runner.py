@@ -118,8 +118,8 @@ def answer_text(response: Any) -> str:
         value = value["output"]
     if isinstance(value, list) and len(value) == 1:
         value = value[0]
-    if isinstance(value, Mapping) and len(value) == 1:
-        value = next(iter(value.values()))
+        if isinstance(value, Mapping) and len(value) == 1:  # [{"0": "..."}]: a one-column frame's row
+            value = next(iter(value.values()))
     if isinstance(value, str):
         return value
     return json.dumps(value, ensure_ascii=False, default=str)
