@@ -168,6 +168,7 @@ class EndpointDeployer:
             request_timeout_ms=s.request_timeout_ms,
             liveness_initial_delay_s=s.liveness_initial_delay_s,
             max_concurrent_requests=s.max_concurrent_requests,
+            device=s.device,
         )
 
     def add_deployment(

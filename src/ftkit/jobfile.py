@@ -150,6 +150,8 @@ class DeploySection:
         liveness_initial_delay_s: Seconds before the first liveness probe (model loading takes a while).
         max_concurrent_requests: Requests handled at once per instance.
         keep: Keep the endpoint after the run (it costs money while it exists).
+        device: Local backend: ``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N`` (checked when
+            the deployment is created; Azure runs on ``instance_type``).
     """
 
     endpoint_name: str | None = None
@@ -160,6 +162,7 @@ class DeploySection:
     liveness_initial_delay_s: int = 600
     max_concurrent_requests: int = 1
     keep: bool = False
+    device: str = "auto"
 
 
 @attrs.frozen(kw_only=True)

@@ -261,6 +261,8 @@ class DeploymentSpec:
         liveness_initial_delay_s: Seconds before the first liveness probe.
         max_concurrent_requests: Requests handled at once per instance.
         max_queue: Requests waiting beyond those before the endpoint answers 503 (local).
+        device: Where a local deployment runs: ``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or
+            ``cuda:N`` (local; Azure runs on its instance type).
     """
 
     name: str
@@ -272,6 +274,7 @@ class DeploymentSpec:
     liveness_initial_delay_s: int = 600
     max_concurrent_requests: int = 1
     max_queue: int = 64
+    device: str = "auto"
 
 
 @attrs.frozen(kw_only=True)

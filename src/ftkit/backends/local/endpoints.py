@@ -39,7 +39,7 @@ from ...exceptions import (
 from ...retry import call as retry_call
 from ..base import DeploymentInfo, DeploymentSpec, EndpointInfo, EndpointKeys, EndpointSpec
 from .serve.process import is_server_alive, port_open, start_server, stop_server, wait_listening
-from .serve.state import DEFAULT_SETTINGS, EndpointFiles, new_key
+from .serve.state import DEFAULT_SETTINGS, DEVICE_CHOICES, ENGINES, EndpointFiles, new_key, valid_device
 
 __all__ = ["LocalEndpoints"]
 
@@ -71,6 +71,13 @@ class LocalEndpoints:
         max_new_tokens_cap: The largest ``max_new_tokens``/``max_tokens`` a request may ask for.
         max_body_bytes: The largest request body accepted.
         torch_threads: torch's intra-op threads in the server (0: one fewer than the cores, at least one).
+        engine: What generates on a GPU: ``auto`` (continuous batching where the model supports it), ``static``
+            (the CPU's batcher, on the GPU) or ``continuous``. The CPU always uses the static batcher under
+            ``auto``.
+        max_context: GPU engine: positions per slot (0: the model's context, shrunk to what fits).
+        prefill_tokens: GPU engine: prompt tokens admitted per decode step.
+        gpu_memory_fraction_pct: GPU engine: the share of the GPU one deployment may plan for.
+        cuda_graphs: GPU engine: capture decode steps as CUDA graphs.
         start_timeout_s: How long to wait for a server to start listening.
         load_timeout_s: How long to wait for a deployment's model to load.
 
@@ -86,6 +93,11 @@ class LocalEndpoints:
         max_new_tokens_cap: int = DEFAULT_SETTINGS["max_new_tokens_cap"],
         max_body_bytes: int = DEFAULT_SETTINGS["max_body_bytes"],
         torch_threads: int = DEFAULT_SETTINGS["torch_threads"],
+        engine: str = "auto",
+        max_context: int = DEFAULT_SETTINGS["max_context"],
+        prefill_tokens: int = DEFAULT_SETTINGS["prefill_tokens"],
+        gpu_memory_fraction_pct: int = DEFAULT_SETTINGS["gpu_memory_fraction_pct"],
+        cuda_graphs: bool = True,
         start_timeout_s: float = 120.0,
         load_timeout_s: float = 600.0,
     ) -> None:
@@ -97,7 +109,17 @@ class LocalEndpoints:
             "max_new_tokens_cap": max_new_tokens_cap,
             "max_body_bytes": max_body_bytes,
             "torch_threads": torch_threads,
+            "max_context": max_context,
+            "prefill_tokens": prefill_tokens,
+            "gpu_memory_fraction_pct": gpu_memory_fraction_pct,
+            "cuda_graphs": int(cuda_graphs),
         }
+        if engine not in ENGINES:
+            raise ValidationError(
+                [Problem("engine", f"{engine!r} is not an engine", f"choose one of: {', '.join(ENGINES)}")],
+                "invalid local endpoint settings",
+            )
+        self.engine = engine
         self.start_timeout_s = start_timeout_s
         self.load_timeout_s = load_timeout_s
         # Servers this object started: polled so that an exited child is reaped rather than left a zombie.
@@ -204,7 +226,7 @@ class LocalEndpoints:
             tags=dict(config.get("tags", {})),
         )
 
-    def _admin_reload(self, files: EndpointFiles, port: int) -> dict[str, str]:
+    def _admin_reload(self, files: EndpointFiles, port: int) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
         import httpx
 
         admin = files.read_keys().get("admin", "")
@@ -226,8 +248,13 @@ class LocalEndpoints:
                 endpoint=files.name,
                 logs=files.log_tail(50),
             )
-        result = resp.json().get("deployments", {})
-        return {str(k): str(v) for k, v in result.items()}
+        answer = resp.json()
+        result = answer.get("deployments", {})
+        placement = answer.get("placement", {})
+        return (
+            {str(k): str(v) for k, v in result.items()},
+            {str(k): dict(v) for k, v in placement.items() if isinstance(v, dict)},
+        )
 
     # -- the Backend protocol's endpoint operations --------------------------------------------------------
 
@@ -284,6 +311,11 @@ class LocalEndpoints:
             DeploymentError: The model failed to load (with the server's log).
         """
         _check_name("deployment", spec.name)
+        if not valid_device(spec.device):
+            raise ValidationError(
+                [Problem("deploy.device", f"{spec.device!r} is not a device", f"use {DEVICE_CHOICES}")],
+                "invalid deployment",
+            )
         files = self._existing(spec.endpoint)
         path = spec.model.path
         if path is None or not Path(path).is_dir():
@@ -307,6 +339,8 @@ class LocalEndpoints:
             "liveness_initial_delay_s": spec.liveness_initial_delay_s,
             "max_concurrent_requests": spec.max_concurrent_requests,
             "max_queue": spec.max_queue,
+            "device": spec.device,
+            "engine": self.engine,
             "provisioning_state": "Creating",
         }
         with files.locked():
@@ -314,7 +348,8 @@ class LocalEndpoints:
             config.setdefault("deployments", {})[spec.name] = record
             files.write_config(config)
         port = self._ensure_server(files)
-        result = self._admin_reload(files, port).get(spec.name, "Failed: the server did not load it")
+        results, placements = self._admin_reload(files, port)
+        result = results.get(spec.name, "Failed: the server did not load it")
         state = "Succeeded" if result == "Succeeded" else "Failed"
         with files.locked():
             config = files.read_config()
@@ -322,6 +357,7 @@ class LocalEndpoints:
             if current is not None:
                 current["provisioning_state"] = state
                 current["error"] = None if state == "Succeeded" else result.removeprefix("Failed: ")
+                current["placement"] = placements.get(spec.name)
                 files.write_config(config)
         if state != "Succeeded":
             raise DeploymentError(
@@ -397,6 +433,23 @@ class LocalEndpoints:
             NotFoundError: It does not exist.
         """
         return self._info(self._existing(name))
+
+    def placements(self, endpoint: str) -> dict[str, dict[str, Any]]:
+        """Where each deployment of an endpoint runs, as its server reported at load time.
+
+        Returns:
+            Deployment name to ``device``, ``dtype``, ``engine``, ``weights_gib``, ``kv_cache_gib``, ``slots``
+            and ``context`` (an empty record for a deployment that never loaded).
+
+        Raises:
+            NotFoundError: The endpoint does not exist.
+        """
+        deployments = self._existing(endpoint).read_config().get("deployments", {})
+        return {
+            name: dict(record.get("placement") or {})
+            for name, record in sorted(deployments.items())
+            if isinstance(record, dict)
+        }
 
     def list_endpoints(self) -> list[EndpointInfo]:
         """Return every endpoint under this home, by name."""

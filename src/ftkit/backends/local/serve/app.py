@@ -27,7 +27,6 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -35,7 +34,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from .batching import Batcher, Job, QueueFull
+from .engine import ContinuousBatcher
 from .generation import LoadedModel
+from .placement import Placement, load_deployment
 from .requests import BadRequest, GenParams, parse_chat, parse_score
 from .state import DEFAULT_SETTINGS, EndpointFiles, stat_key
 
@@ -82,11 +83,19 @@ def _error(
 class Deployment:
     """Strictly private: a loaded deployment (its spec from ``endpoint.json``, model and batcher)."""
 
-    def __init__(self, name: str, spec: Mapping[str, Any], model: LoadedModel, batcher: Batcher) -> None:
+    def __init__(
+        self,
+        name: str,
+        spec: Mapping[str, Any],
+        model: LoadedModel,
+        batcher: Batcher | ContinuousBatcher,
+        placement: Placement,
+    ) -> None:
         self.name = name
         self.spec = dict(spec)
         self.model = model
         self.batcher = batcher
+        self.placement = placement
 
     @property
     def timeout_s(self) -> float:
@@ -96,7 +105,7 @@ class Deployment:
 
 def _fingerprint(spec: Mapping[str, Any]) -> str:
     """What, when changed, means a deployment must be reloaded."""
-    keys = ("model_id", "model_path", "max_queue", "max_batch_size", "revision")
+    keys = ("model_id", "model_path", "max_queue", "max_batch_size", "revision", "device", "engine")
     return json.dumps({k: spec.get(k) for k in keys}, sort_keys=True, default=str)
 
 
@@ -111,6 +120,7 @@ class ServerState:
         self.files = files
         config = files.read_config()
         settings = {**DEFAULT_SETTINGS, **{k: v for k, v in config.get("settings", {}).items() if isinstance(v, int)}}
+        self.settings = settings
         self.max_batch_size = settings["max_batch_size"]
         self.window_s = settings["batch_window_ms"] / 1000.0
         self.max_body_bytes = settings["max_body_bytes"]
@@ -243,16 +253,11 @@ class ServerState:
             raise ValueError("the deployment's model has no local path")
         started = time.monotonic()
         log.info("deployment %s: loading model %s from %s", name, spec.get("model_id"), path)
-        model = LoadedModel(Path(path))
-        batcher = Batcher(
-            name,
-            model,
-            max_batch_size=int(spec.get("max_batch_size") or self.max_batch_size),
-            window_s=self.window_s,
-            max_queue=int(spec.get("max_queue", 64)),
+        model, batcher, placement = load_deployment(
+            name, spec, max_batch_size=self.max_batch_size, window_s=self.window_s, settings=self.settings
         )
-        log.info("deployment %s: ready in %.1fs", name, time.monotonic() - started)
-        return Deployment(name, spec, model, batcher)
+        log.info("deployment %s: ready in %.1fs on %s", name, time.monotonic() - started, placement.as_dict())
+        return Deployment(name, spec, model, batcher, placement)
 
     def close(self) -> None:
         """Stop every deployment's worker."""
@@ -599,7 +604,9 @@ def create_app(state: ServerState, *, on_ready: Any = None) -> FastAPI:
     @app.post("/-/admin/reload", include_in_schema=False)
     async def admin_reload(request: Request) -> dict[str, Any]:
         state.check_key(request.headers.get("authorization"), admin=True)
-        return {"deployments": await state.reload()}
+        results = await state.reload()
+        placement = {n: d.placement.as_dict() for n, d in state.deployments.items()}
+        return {"deployments": results, "placement": placement}
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -644,26 +651,38 @@ async def _stream(
         }
         return _sse(payload)
 
+    # A content chunk is this prefix, the JSON string of the delta, this suffix: one json.dumps per token.
+    head, _, tail = chunk({"content": "\x00"}, None).decode().partition(json.dumps("\x00"))
     sent = ""
-    ids: list[int] = []
+    text_stream = deployment.model.streamer()
     loop = asyncio.get_running_loop()
     end = loop.time() + deployment.timeout_s
     try:
         yield chunk({"role": "assistant", "content": ""}, None)
         while True:
             try:
-                kind, value = await asyncio.wait_for(job.events.get(), timeout=max(0.0, end - loop.time()))
+                # One timer for the whole answer, not one per token.
+                async with asyncio.timeout_at(end):
+                    kind, value = await job.events.get()
             except TimeoutError:
                 message = "the request took longer than the deployment's request_timeout_ms"
                 yield _sse({"error": {"message": message, "type": "timeout_error", "code": 408}})
                 break
+            # Tokens that queued up while this handler waited for the event loop go out in one write: when the
+            # server is busy, it spends less per token instead of falling further behind.
+            out: list[str] = []
+            while kind == "token":
+                # A partial multi-byte character is held back until the next token completes it.
+                delta = text_stream.push(int(value))  # type: ignore[call-overload]
+                if delta:
+                    sent += delta
+                    out.append(f"{head}{json.dumps(delta)}{tail}")
+                if job.events.empty():
+                    break
+                kind, value = job.events.get_nowait()
+            if out:
+                yield "".join(out).encode()
             if kind == "token":
-                ids.append(int(value))  # type: ignore[call-overload]
-                text = deployment.model.decode(ids)
-                # Hold back a partial multi-byte character until the next token completes it.
-                if not text.endswith("\ufffd") and len(text) > len(sent) and text.startswith(sent):
-                    delta, sent = text[len(sent) :], text
-                    yield chunk({"content": delta}, None)
                 continue
             if kind == "error":
                 yield _sse({"error": {"message": str(value), "type": "server_error", "code": 503}})

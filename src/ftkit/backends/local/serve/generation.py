@@ -17,7 +17,7 @@ import torch
 
 from .requests import BadRequest, GenParams
 
-__all__ = ["LoadedModel"]
+__all__ = ["LoadedModel", "choose_tokens"]
 
 Emit = Callable[[int, int], bool]
 """``emit(row, token_id)`` is called for each new token; it returns ``False`` to stop that row."""
@@ -28,16 +28,23 @@ class LoadedModel:
 
     Args:
         path: A directory that ``AutoModelForCausalLM`` and ``AutoTokenizer`` load (tokenizer with a chat template).
+        device: Where the model runs: the CPU (the default) or a CUDA device.
+        dtype: The weights' type; float32 on the CPU and bfloat16 on CUDA when not given.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.path = path
+        self.device = torch.device(device)
+        # bfloat16 halves the weights and the bytes each decode step reads on a GPU; the CPU keeps float32, whose
+        # kernels are the fast ones there (and whose outputs the CPU tests pin).
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(f"the tokenizer in {path} has no chat template; the endpoint needs one")
-        self.model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        placed = {} if self.device.type == "cpu" else {"device_map": str(self.device)}
+        self.model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, **placed)
         self.model.train(False)  # inference mode: no dropout
         eos: set[int] = set()
         for value in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
@@ -77,6 +84,10 @@ class LoadedModel:
         """Return the text of generated token ids (special tokens dropped)."""
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
+    def streamer(self) -> TextStream:
+        """A fresh incremental detokenizer for one streamed answer."""
+        return TextStream(self)
+
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int]], params: Sequence[GenParams], emit: Emit) -> list[str]:
         """Generate every row of a batch at once (left-padded), calling ``emit`` for each new token.
@@ -97,22 +108,27 @@ class LoadedModel:
             if p:
                 input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
                 mask[i, width - len(p) :] = 1
+        device = self.device
+        input_ids, mask = input_ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
         past = out[self._cache_arg]
         logits = out.logits[:, -1, :]
         next_pos = positions[:, -1:] + 1
 
-        sample = torch.tensor([p.do_sample for p in params])
-        temps = torch.tensor([p.temperature if p.do_sample else 1.0 for p in params], dtype=torch.float32)
-        top_ps = torch.tensor([p.top_p for p in params], dtype=torch.float32)
+        sample = torch.tensor([p.do_sample for p in params], device=device)
+        temps = torch.tensor(
+            [p.temperature if p.do_sample else 1.0 for p in params], dtype=torch.float32, device=device
+        )
+        top_ps = torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device)
+        any_sample = any(p.do_sample for p in params)
         budgets = [p.max_new_tokens for p in params]
         counts = [0] * n
         reasons: list[str | None] = [None] * n
-        pad = torch.tensor(self.pad_id, dtype=torch.long)
+        pad = torch.tensor(self.pad_id, dtype=torch.long, device=device)
 
         for _ in range(max(budgets)):
-            chosen = _choose(logits.float(), sample, temps, top_ps)
+            chosen = choose_tokens(logits.float(), sample, temps, top_ps, any_sample=any_sample)
             for i, token in enumerate(chosen.tolist()):
                 if reasons[i] is not None:
                     continue
@@ -126,9 +142,9 @@ class LoadedModel:
                     reasons[i] = "length"
             if all(r is not None for r in reasons):
                 break
-            done = torch.tensor([r is not None for r in reasons])
+            done = torch.tensor([r is not None for r in reasons], device=device)
             feed = torch.where(done, pad, chosen)[:, None]
-            mask = torch.cat([mask, torch.ones((n, 1), dtype=torch.long)], dim=-1)
+            mask = torch.cat([mask, torch.ones((n, 1), dtype=torch.long, device=device)], dim=-1)
             out = self.model(
                 input_ids=feed, attention_mask=mask, position_ids=next_pos, use_cache=True, **{self._cache_arg: past}
             )
@@ -138,10 +154,25 @@ class LoadedModel:
         return [r or "length" for r in reasons]
 
 
-def _choose(logits: torch.Tensor, sample: torch.Tensor, temps: torch.Tensor, top_ps: torch.Tensor) -> torch.Tensor:
-    """Strictly private: pick each row's next token, greedily or by temperature + nucleus sampling."""
+def choose_tokens(
+    logits: torch.Tensor,
+    sample: torch.Tensor,
+    temps: torch.Tensor,
+    top_ps: torch.Tensor,
+    *,
+    any_sample: bool | None = None,
+) -> torch.Tensor:
+    """Pick each row's next token, greedily or by temperature + nucleus sampling.
+
+    Args:
+        logits: ``[rows, vocab]`` float logits.
+        sample: Which rows sample (the others take the argmax).
+        temps: Each row's temperature.
+        top_ps: Each row's nucleus mass.
+        any_sample: Whether any row samples, when the caller knows (saves a device round trip on a GPU).
+    """
     greedy = logits.argmax(dim=-1)
-    if not bool(sample.any()):
+    if not (bool(sample.any()) if any_sample is None else any_sample):
         return greedy
     # Temperatures and top_p too small for float32 (1e-300 reads as 0) must not divide by zero or empty the pool.
     probs = torch.softmax(logits / temps.clamp_min(1e-4)[:, None], dim=-1).nan_to_num(0.0)
@@ -153,3 +184,30 @@ def _choose(logits: torch.Tensor, sample: torch.Tensor, temps: torch.Tensor, top
     sorted_probs[:, 0] = sorted_probs[:, 0].clamp_min(1e-12)  # a row of zeros (all NaN) falls back to greedy
     picked = order.gather(-1, torch.multinomial(sorted_probs, 1)).squeeze(-1)
     return torch.where(sample, picked, greedy)
+
+
+class TextStream:
+    """Turn one answer's tokens into text deltas, decoding a few tokens per step instead of the whole answer.
+
+    Decoding everything so far at every token costs O(n) per token, O(n^2) per answer, on the server's event
+    loop. Here each token decodes a short window: the text of ``ids[prefix:]`` minus that of
+    ``ids[prefix:read]`` is the new text, once it does not end in a partial multi-byte character (U+FFFD);
+    then the window moves on. The deltas concatenate to :meth:`LoadedModel.decode` of all the ids for the
+    tokenizers transformers ships (byte-level BPE, SentencePiece, word-level).
+    """
+
+    def __init__(self, model: LoadedModel) -> None:
+        self._model = model
+        self.ids: list[int] = []
+        self._prefix = 0
+        self._read = 0
+
+    def push(self, token: int) -> str:
+        """Add a token; return the text it completes (empty while a character is incomplete)."""
+        self.ids.append(token)
+        before = self._model.decode(self.ids[self._prefix : self._read])
+        after = self._model.decode(self.ids[self._prefix :])
+        if len(after) <= len(before) or after.endswith("\ufffd") or not after.startswith(before):
+            return ""
+        self._prefix, self._read = self._read, len(self.ids)
+        return after[len(before) :]
