@@ -37,6 +37,7 @@ import httpx
 from ftkit.backends.base import DeploymentSpec, EndpointSpec, RegisteredModel
 from ftkit.backends.local.endpoints import LocalEndpoints
 from ftkit.backends.local.tiny import make_tiny_model
+from ftkit.deployment_settings import DeploymentSettings
 
 CONCURRENCY = (1, 4, 16)
 
@@ -100,7 +101,12 @@ def serve_and_measure(home: Path, model: RegisteredModel, batch: int, args: argp
     endpoints.create_endpoint(EndpointSpec(name=name))
     try:
         endpoints.create_deployment(
-            DeploymentSpec(name="demo", endpoint=name, model=model, max_queue=256, request_timeout_ms=120_000)
+            DeploymentSpec(
+                name="demo",
+                endpoint=name,
+                model=model,
+                settings=DeploymentSettings(max_queue=256, request_timeout_ms=120_000),
+            )
         )
         info = endpoints.set_traffic(name, {"demo": 100})
         assert info.openai_uri is not None

@@ -7,8 +7,6 @@ and docs/jobfile.md for every key.
 
 from __future__ import annotations
 
-import contextlib
-import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +15,8 @@ from typing import Any, Literal, TypeVar
 import attrs
 import yaml
 
+from .convert import BAD, bounds, convert_value, describe_type
+from .deployment_settings import DeploymentSettings, ServerSettings
 from .display import html_table, set_fields, short
 from .exceptions import JobFileError, Problem, closest
 from .finetune import FinetunePipelineSpec
@@ -32,6 +32,7 @@ __all__ = [
     "ModelSection",
     "RegisterSection",
     "ScoreSection",
+    "load_sections",
     "parse_yaml",
 ]
 
@@ -82,11 +83,11 @@ class ComputeSection:
 
     cluster: str = "gpu-cluster-big"
     size: str | None = None
-    max_instances: int = 2
-    min_instances: int = 0
+    max_instances: int = attrs.field(default=2, metadata=bounds(1))
+    min_instances: int = attrs.field(default=0, metadata=bounds(0))
     tier: Literal["dedicated", "low_priority"] = "dedicated"
     low_priority_fallback: bool = True
-    gpus_per_node: int | None = None
+    gpus_per_node: int | None = attrs.field(default=None, metadata=bounds(1))
 
 
 @attrs.frozen(kw_only=True)
@@ -112,10 +113,10 @@ class DataSection:
     train_split: str = "train_sft"
     test_split: str = "test_sft"
     score_split: str | None = "test_gen"
-    percent: float | None = None
-    rows: int | None = None
+    percent: float | None = attrs.field(default=None, metadata=bounds(maximum=100, exclusive_minimum=0))
+    rows: int | None = attrs.field(default=None, metadata=bounds(1))
     sample: Literal["first", "random"] = "first"
-    seed: int = 0
+    seed: int = attrs.field(default=0, metadata=bounds(0))
     strict: bool = False
     out_dir: str = "data"
     train_file: str | None = None
@@ -138,31 +139,25 @@ class RegisterSection:
 
 
 @attrs.frozen(kw_only=True)
-class DeploySection:
+class DeploySection(DeploymentSettings):
     """``deploy:`` the online endpoint and its deployment.
+
+    Every :class:`~ftkit.deployment_settings.DeploymentSettings` field (instance type and count, request
+    timeout, liveness delay, concurrency, ``max_queue``, ``max_batch_size``) is a key of this section; these
+    are the endpoint's own.
 
     Attributes:
         endpoint_name: The endpoint's name (default: ``{job name}-{timestamp}``).
         deployment_name: The deployment's name.
-        instance_type: VM size of the deployment (checked against the model's inference allow-list).
-        instance_count: Instances.
-        request_timeout_ms: Scoring request timeout.
-        liveness_initial_delay_s: Seconds before the first liveness probe (model loading takes a while).
-        max_concurrent_requests: Requests handled at once per instance.
         keep: Keep the endpoint after the run (it costs money while it exists).
-        device: Local backend: ``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N`` (checked when
-            the deployment is created; Azure runs on ``instance_type``).
+        server: The local endpoint server's settings (``deploy.server:``; the local backend only; ``None``:
+            the backend's own).
     """
 
     endpoint_name: str | None = None
     deployment_name: str = "demo"
-    instance_type: str = "Standard_NC6s_v3"
-    instance_count: int = 1
-    request_timeout_ms: int = 90000
-    liveness_initial_delay_s: int = 600
-    max_concurrent_requests: int = 1
     keep: bool = False
-    device: str = "auto"
+    server: ServerSettings | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -176,10 +171,10 @@ class ScoreSection:
         max_new_tokens: Longest answer.
     """
 
-    temperature: float = 0.6
-    top_p: float = 0.9
+    temperature: float = attrs.field(default=0.6, metadata=bounds(0))
+    top_p: float = attrs.field(default=0.9, metadata=bounds(maximum=1, exclusive_minimum=0))
     do_sample: bool = True
-    max_new_tokens: int = 200
+    max_new_tokens: int = attrs.field(default=200, metadata=bounds(1))
 
 
 @attrs.frozen(kw_only=True)
@@ -197,9 +192,15 @@ class LocalSection:
     home: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Training settings the Azure component does not declare, so they cannot go under `finetune:`.
-    save_steps: int | None = None
+    save_steps: int | None = attrs.field(default=None, metadata=bounds(1))
     lora_target_modules: str | None = None
-    max_eval_examples: int | None = None
+    max_eval_examples: int | None = attrs.field(default=None, metadata=bounds(1))
+
+    def target_modules(self) -> tuple[str, ...] | None:
+        """``lora_target_modules`` as module names (``None``: every linear layer but the head)."""
+        if self.lora_target_modules is None:
+            return None
+        return tuple(m.strip() for m in self.lora_target_modules.split(",") if m.strip())
 
 
 _SECTIONS: Mapping[str, type] = {
@@ -396,54 +397,7 @@ class JobFile:
             JobFileError: Every bad key or value.
         """
         lines = dict(lines or {})
-        problems: list[Problem] = []
-
-        def problem(where: str, message: str, suggestion: str | None = None) -> None:
-            problems.append(Problem(where, message, suggestion, source, lines.get(where)))
-
-        for key in data:
-            if key not in _TOP_LEVEL:
-                near = closest(str(key), _TOP_LEVEL)
-                problem(
-                    str(key),
-                    "unknown top-level key",
-                    f"did you mean {near[0]}?" if near else f"valid keys: {', '.join(_TOP_LEVEL)}",
-                )
-        kwargs: dict[str, Any] = {}
-        for key in ("name", "experiment_name"):
-            if key in data:
-                kwargs[key] = _convert(data[key], str | None if key != "name" else str, key, problem)
-        if "name" not in data:
-            problem("name", "is required", "name the run, e.g. name: phi3-ultrachat")
-        if "backend" in data:
-            kwargs["backend"] = _convert(data["backend"], BackendName, "backend", problem)
-        for key, section_cls in _SECTIONS.items():
-            if key in data:
-                kwargs[key] = _build_section(section_cls, data[key], key, problem)
-        if "model" not in data:
-            problem(
-                "model",
-                "is required",
-                "e.g. model: {name: Phi-3-mini-4k-instruct, registry: azureml, version: latest}",
-            )
-        raw_data = data.get("data")
-        given: Mapping[str, Any] = raw_data if isinstance(raw_data, dict) else {}
-        if bool(given.get("train_file")) != bool(given.get("test_file")):
-            # With only one of them, the other would silently come from the builder's output instead.
-            problem("data", "train_file and test_file go together", "set both, or neither to build them from source")
-        if "finetune" in data:
-            section = data["finetune"]
-            if isinstance(section, dict):
-                kwargs["finetune"] = FinetunePipelineSpec.from_mapping({str(k): v for k, v in section.items()})
-                policy = section.get("model_defaults", "model")
-                if policy not in ("model", "job", "ignore"):
-                    problem(
-                        "finetune.model_defaults",
-                        f"{policy!r} is not allowed",
-                        "choose one of: model, job, ignore",
-                    )
-            elif section is not None:
-                problem("finetune", "expected a mapping of parameters")
+        kwargs, problems = load_sections(data, source=source, lines=lines)
         if problems:
             raise JobFileError(problems, f"{len(problems)} problem(s) in {source or 'the job file'}")
         return cls(**kwargs, source=Path(source) if source else None, lines=lines)
@@ -484,6 +438,88 @@ def _plain(value: object) -> Any:
         else:
             out[field.name.lstrip("_")] = _plain(item)
     return out
+
+
+def load_sections(
+    data: Mapping[str, Any],
+    *,
+    source: str | None = None,
+    lines: Mapping[str, int] | None = None,
+    partial: bool = False,
+) -> tuple[dict[str, Any], list[Problem]]:
+    """Convert a job file's top-level mapping section by section, keeping the sections that loaded.
+
+    :meth:`JobFile.from_mapping` raises when any problem was found; ``ftkit validate`` uses the sections that
+    did load to check the rest of the file in the same run (a bad ``percent`` does not hide a missing model).
+
+    Args:
+        data: The top-level mapping.
+        source: The file it came from, for messages.
+        lines: Line numbers of keys.
+        partial: Keep a section whose values partly failed, built from the values that converted (the
+            others at their defaults), so that what it points at can still be checked.
+
+    Returns:
+        The :class:`JobFile` keyword arguments that converted, and every problem found.
+    """
+    lines = dict(lines or {})
+    problems: list[Problem] = []
+
+    def problem(where: str, message: str, suggestion: str | None = None) -> None:
+        problems.append(Problem(where, message, suggestion, source, lines.get(where)))
+
+    for key in data:
+        if key not in _TOP_LEVEL:
+            near = closest(str(key), _TOP_LEVEL)
+            problem(
+                str(key),
+                "unknown top-level key",
+                f"did you mean {near[0]}?" if near else f"valid keys: {', '.join(_TOP_LEVEL)}",
+            )
+    kwargs: dict[str, Any] = {}
+    for key, hint in (("name", str), ("experiment_name", str | None), ("backend", BackendName)):
+        if key in data:
+            value, reason = convert_value(data[key], hint)
+            if value is BAD:
+                problem(key, reason or f"expected {describe_type(hint)}")
+            else:
+                kwargs[key] = value
+    if "name" not in data:
+        problem("name", "is required", "name the run, e.g. name: phi3-ultrachat")
+    for key, section_cls in _SECTIONS.items():
+        if key in data:
+            kwargs[key] = _build_section(section_cls, data[key], key, problem, partial=partial)
+    if "model" not in data:
+        problem(
+            "model",
+            "is required",
+            "e.g. model: {name: Phi-3-mini-4k-instruct, registry: azureml, version: latest}",
+        )
+    raw_data = data.get("data")
+    given: Mapping[str, Any] = raw_data if isinstance(raw_data, dict) else {}
+    if bool(given.get("train_file")) != bool(given.get("test_file")):
+        # With only one of them, the other would silently come from the builder's output instead.
+        problem("data", "train_file and test_file go together", "set both, or neither to build them from source")
+    section = kwargs.get("data")
+    if isinstance(section, DataSection) and section.percent is not None and section.rows is not None:
+        problem("data.rows", "is set together with data.percent", "keep one of percent and rows")
+    compute = kwargs.get("compute")
+    if isinstance(compute, ComputeSection) and compute.min_instances > compute.max_instances:
+        problem(
+            "compute.min_instances",
+            f"{compute.min_instances} is above compute.max_instances ({compute.max_instances})",
+            "lower min_instances or raise max_instances",
+        )
+    if "finetune" in data:
+        section = data["finetune"]
+        if isinstance(section, dict):
+            kwargs["finetune"] = FinetunePipelineSpec.from_mapping(
+                {str(k): v for k, v in section.items()},
+                on_problem=lambda key, reason: problem(f"finetune.{key}", reason),
+            )
+        elif section is not None:
+            problem("finetune", "expected a mapping of parameters")
+    return kwargs, problems
 
 
 def parse_yaml(text: str, *, source: str = "<string>") -> tuple[Any, dict[str, int]]:
@@ -527,7 +563,8 @@ def _collect_lines(node: yaml.Node, prefix: str, out: dict[str, int]) -> None:
             _collect_lines(value_node, f"{key}.", out)
 
 
-def _build_section(cls: type[S], raw: object, prefix: str, problem: Any) -> S | None:
+def _build_section(cls: type[S], raw: object, prefix: str, problem: Any, *, partial: bool = False) -> S | None:
+    """Strictly private: one section's values, each converted to its field's type (sections nest: ``deploy.server``)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -548,63 +585,26 @@ def _build_section(cls: type[S], raw: object, prefix: str, problem: Any) -> S | 
             )
             ok = False
             continue
-        converted = _convert(value, hints[key], where, problem)
-        if converted is _BAD:
+        hint = hints[key]
+        nested = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        if value is not None and len(nested) == 1 and attrs.has(nested[0]):
+            hint = nested[0]
+        if attrs.has(hint):
+            converted = _build_section(hint, value, where, problem, partial=partial)
+            reason = None if converted is not None else ""
+        else:
+            converted, reason = convert_value(value, hint, fields[key].metadata)
+        if converted is BAD or reason is not None:
+            if reason:
+                problem(where, reason)
             ok = False
         else:
             kwargs[key] = converted
+    required = True
     for name, field in fields.items():
         if field.default is attrs.NOTHING and name not in raw:
             problem(f"{prefix}.{name}", "is required")
-            ok = False
-    return cls(**kwargs) if ok else None
-
-
-_BAD: Any = object()
-
-
-def _convert(value: object, hint: Any, where: str, problem: Any) -> Any:
-    """Strictly private: check ``value`` against a simple annotation; report and return _BAD on mismatch."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (types.UnionType, typing.Union):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], where, problem)
-    if origin is Literal:
-        if value in args:
-            return value
-        near = closest(str(value), [str(a) for a in args])
-        hint_text = f"did you mean {near[0]}? " if near else ""
-        problem(where, f"{value!r} is not allowed", f"{hint_text}choose one of: {', '.join(map(str, args))}")
-        return _BAD
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        problem(where, f"expected true or false, got {value!r}")
-        return _BAD
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            if value < 0:
-                problem(where, f"expected a non-negative integer, got {value}")
-                return _BAD
-            return value
-        problem(where, f"expected an integer, got {type(value).__name__} {value!r}")
-        return _BAD
-    if hint is float:
-        if isinstance(value, str):  # YAML 1.1 reads 5e-6 (no dot) as a string
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        problem(where, f"expected a number, got {type(value).__name__} {value!r}")
-        return _BAD
-    if hint is str:
-        if isinstance(value, str) and value:
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)  # versions such as 0.0.82 or 7 are fine as numbers in YAML
-        problem(where, f"expected a non-empty string, got {value!r}")
-        return _BAD
-    return value
+            ok = required = False
+    if ok or (partial and required and all(n in kwargs for n, f in fields.items() if f.default is attrs.NOTHING)):
+        return cls(**kwargs)
+    return None

@@ -18,6 +18,7 @@ import json
 import re
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import attrs
@@ -31,7 +32,8 @@ __all__ = ["attribute_docs", "job_file_schema", "main"]
 # Fields of JobFile that are not keys of the file.
 _NOT_IN_FILE = frozenset({"source", "lines", "overrides"})
 # A number written as a string: YAML 1.1 (PyYAML) reads 5e-6, without a dot, as a string, and the loader takes it.
-_NUMERIC = r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$"
+_NUMERIC = r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"
+_BOOL_TEXT = r"^\s*([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])\s*$"
 
 
 def job_file_schema(component: ComponentSchema | None = None) -> dict[str, Any]:
@@ -63,7 +65,7 @@ def _object_schema(cls: type, *, skip: frozenset[str] = frozenset()) -> dict[str
             continue
         hint = hints[field.name]
         section = _unoptional(hint)
-        prop = _object_schema(section) if attrs.has(section) else _value_schema(hint)
+        prop = _object_schema(section) if attrs.has(section) else _value_schema(hint, field.metadata)
         prop = {"description": docs[field.name], **prop} if field.name in docs else prop
         if field.default is attrs.NOTHING:
             required.append(field.name)
@@ -88,7 +90,8 @@ def _finetune_schema(component: ComponentSchema) -> dict[str, Any]:
         if field.name == "extra":
             continue
         declared = component.inputs.get(field.name)
-        prop = _input_schema(declared) if declared is not None else _value_schema(hints[field.name])
+        hint, metadata = hints[field.name], field.metadata
+        prop = _input_schema(declared) if declared is not None else _value_schema(hint, metadata)
         if field.name in docs:
             prop = {"description": docs[field.name], **prop}
         if _jsonable(field.default) and field.default is not None:
@@ -128,28 +131,39 @@ def _input_schema(declared: ComponentInput) -> dict[str, Any]:
     return {"type": ["string", "number", "null"]}
 
 
-def _value_schema(hint: Any) -> dict[str, Any]:
-    """Schema of a simple annotation, accepting what ``jobfile._convert`` accepts."""
+def _value_schema(hint: Any, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Schema of a simple annotation, accepting what :func:`ftkit.convert.convert_value` accepts."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
+    limits = _limits(metadata)
     if origin in (types.UnionType, typing.Union):
         inner = [a for a in args if a is not type(None)]
-        schema = _value_schema(inner[0])
+        schema = _value_schema(inner[0], metadata)
         if type(None) in args:
             schema = _nullable(schema)
         return schema
     if origin is Literal:
-        return {"enum": list(args)}
+        # The loader also takes a choice's text (2 for "2", "2" for 2).
+        values: list[Any] = list(args)
+        values += [str(a) for a in args if not isinstance(a, str) and str(a) not in values]
+        values += [n for a in args if isinstance(a, str) and (n := _number(a)) is not None and n not in values]
+        return {"enum": values}
     if hint is bool:
-        return {"type": "boolean"}
+        return {"anyOf": [{"type": "boolean"}, {"type": "string", "pattern": _BOOL_TEXT}]}
     if hint is int:
-        return {"type": "integer", "minimum": 0}
+        return {"anyOf": [{"type": "integer", **limits}, {"type": "string", "pattern": _NUMERIC}]}
     if hint is float:
-        return {"anyOf": [{"type": "number"}, {"type": "string", "pattern": _NUMERIC}]}
+        return {"anyOf": [{"type": "number", **limits}, {"type": "string", "pattern": _NUMERIC}]}
     if hint is str:
         # Versions such as 0.0.82 or 7 may be written as numbers.
         return {"anyOf": [{"type": "string", "minLength": 1}, {"type": "number"}]}
     return {}
+
+
+def _limits(metadata: Mapping[str, Any] | None) -> dict[str, Any]:
+    """JSON Schema bounds from a field's :func:`ftkit.convert.bounds` metadata."""
+    names = {"minimum": "minimum", "maximum": "maximum", "exclusive_minimum": "exclusiveMinimum"}
+    return {names[k]: v for k, v in (metadata or {}).items() if k in names}
 
 
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
@@ -182,8 +196,16 @@ def _jsonable(value: object) -> bool:
 
 
 def attribute_docs(cls: type) -> dict[str, str]:
-    """Return the ``Attributes:`` section of a Google-style class docstring, by attribute name (one line each)."""
-    doc = cls.__doc__ or ""
+    """Return the ``Attributes:`` of a Google-style class docstring and its bases', by name (one line each)."""
+    out: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass is not object:
+            out.update(_own_attribute_docs(klass))
+    return out
+
+
+def _own_attribute_docs(cls: type) -> dict[str, str]:
+    doc = cls.__dict__.get("__doc__") or ""
     lines = doc.expandtabs().splitlines()
     out: dict[str, str] = {}
     inside = False

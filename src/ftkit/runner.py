@@ -39,7 +39,7 @@ from .hashing import sha256_file
 from .home import ftkit_home
 from .jobfile import JobFile
 from .model import FoundationModelRef
-from .plan import RunPlan, data_files, plan_run
+from .plan import RunPlan, check_job, data_files, plan_run
 from .waiting import wait_for_job
 
 __all__ = ["JobRunner", "RunResult", "StageEvent", "answer_text", "run"]
@@ -69,7 +69,7 @@ class RunResult:
 
     Attributes:
         job_file: The job file.
-        plan: The checked plan that was submitted.
+        plan: The checked plan of the run (its data as the job file names it; the request had the uploaded URIs).
         compute: The compute check, where there is a cluster.
         data_files: The data files used (``train``, ``test``, ``score`` when present).
         job: The finished fine-tuning job.
@@ -224,8 +224,9 @@ class JobRunner:
 
     def _run(self) -> RunResult:
         job, backend = self.job, self.backend
-        # Check the parameters offline first: a typo should fail in a second, not after a cluster was created.
-        plan_run(job, gpus_per_node=job.compute.gpus_per_node or 1)
+        # Check values, files and parameters offline first: a typo or a missing file should fail in a second,
+        # not after a cluster was created. The plan itself is made once, below, with what the stages resolved.
+        check_job(job)
         self._emit("model", f"resolving {job.model.ref().asset_id if not job.model.path else job.model.path}")
         if job.model.path:
             # A local model directory needs no registry lookup: the backend reads it from the job file.
@@ -251,19 +252,20 @@ class JobRunner:
         else:
             self._emit("compute", "this machine", done=True)
 
-        # Plan again with the model's tags and the live GPU count, before the (possibly long) data step.
-        plan = plan_run(job, model=model, gpus_per_node=compute.gpus_per_node if compute else None)
+        # The one plan of the run: the model's tags, the live GPU count and the component as the backend will
+        # check it, before the (possibly long) data step.
+        schema = backend.component_schema(job.finetune.component_name, job.finetune.component_version)
+        plan = plan_run(job, schema, model=model, gpus_per_node=compute.gpus_per_node if compute else None)
         for override in plan.overrides:
             self._emit("finetune", f"model default: {override}")
 
         files = self._data()
         uris = backend.upload_data({k: v for k, v in files.items() if k in ("train", "test")}, name_prefix=job.name)
-        plan = attrs.evolve(plan, train_data=uris["train"], test_data=uris["test"])
         self._record["component"] = f"{plan.schema.name}:{plan.schema.version}"
         self._record["parameters"] = plan.parameters
         self._record["display_name"] = plan.display_name
 
-        request = FinetuneRequest.from_plan(plan, compute)
+        request = FinetuneRequest(plan=plan, compute=compute, train_data=uris["train"], test_data=uris["test"])
         self._emit("finetune", f"submitting {plan.display_name}")
         handle = backend.submit_finetune(request)
         self._record["finetune_job"] = {"name": handle.name, "url": handle.studio_url}

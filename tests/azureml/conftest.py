@@ -34,7 +34,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def backend(fake: FakeAzureML, clock: FakeClock) -> AzureMLBackend:
-    return AzureMLBackend(**fake.backend_settings(), clock=clock, sleep=clock.sleep, job_poll_interval_s=60)
+    return AzureMLBackend(**fake.backend_settings())
 
 
 @pytest.fixture

@@ -107,13 +107,35 @@ def test_local_dry_run_starts_nothing_and_writes_nothing(
     monkeypatch.setenv("FTKIT_HOME", str(home))
     job = tmp_path / "job.yaml"
     job.write_text(LOCAL_EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
-    record = dry_run_json(capsys, str(job), "--output", str(tmp_path / "out"))
+    for split in ("train", "test"):
+        (tmp_path / f"{split}.jsonl").write_text('{"messages": []}\n', encoding="utf-8")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    record = dry_run_json(
+        capsys,
+        str(job),
+        "--output",
+        str(tmp_path / "out"),
+        "--set",
+        "model.path=null",  # a local registry entry instead of a directory: nothing to read from disk
+        "--set",
+        "data={train_file: train.jsonl, test_file: test.jsonl}",
+    )
     body = record["body"]
     assert isinstance(body, dict)
-    assert body["model_dir"] == str(tmp_path / "models" / "Phi-3-mini-4k-instruct")
+    assert body["model"] == "azureml://registries/azureml/models/Phi-3-mini-4k-instruct/labels/latest"
+    assert body["train_file"] == str(tmp_path / "train.jsonl")
     assert body["parameters"]["lora_r"] == 16
     assert body["local"] == {"save_steps": 200, "max_eval_examples": 500}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["job.yaml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_dry_run_checks_the_files_as_validate_does(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job = tmp_path / "job.yaml"
+    job.write_text(LOCAL_EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    assert main(["run", str(job), "--dry-run"]) == 1
+    assert "model.path: " in capsys.readouterr().err
+    assert main(["run", str(job), "--dry-run", "--set", "model.path=elsewhere"]) == 1
+    assert "--set model.path: " in capsys.readouterr().err
 
 
 def test_readable_dry_run_names_the_plan_and_prints_the_body(capsys: pytest.CaptureFixture[str]) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from ftkit.backends.base import DeploymentSpec, EndpointSpec, RegisteredModel
 from ftkit.backends.local.endpoints import LocalEndpoints
+from ftkit.deployment_settings import DeploymentSettings
 from ftkit.exceptions import DeploymentError, ValidationError
 
 openai = pytest.importorskip("openai")
@@ -28,8 +29,12 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: RegisteredModel
     continuous = LocalEndpoints(home, engine="continuous", max_batch_size=4, max_context=512)
     continuous.create_endpoint(EndpointSpec(name="ep-place"))
     static = LocalEndpoints(home, engine="static")
-    static.create_deployment(DeploymentSpec(name="fixed", endpoint="ep-place", model=tiny_model, device="cpu"))
-    continuous.create_deployment(DeploymentSpec(name="flow", endpoint="ep-place", model=tiny_model, device="auto"))
+    static.create_deployment(
+        DeploymentSpec(name="fixed", endpoint="ep-place", model=tiny_model, settings=DeploymentSettings(device="cpu"))
+    )
+    continuous.create_deployment(
+        DeploymentSpec(name="flow", endpoint="ep-place", model=tiny_model, settings=DeploymentSettings(device="auto"))
+    )
     continuous.set_traffic("ep-place", {"fixed": 50, "flow": 50})
     try:
         yield continuous
@@ -87,16 +92,25 @@ def test_a_prompt_longer_than_a_slot_is_a_400(served: LocalEndpoints) -> None:
 def test_bad_device_and_engine_are_named(tmp_path: Path, tiny_model: RegisteredModel) -> None:
     with pytest.raises(ValidationError, match="engine"):
         LocalEndpoints(tmp_path, engine="turbo")
-    endpoints = LocalEndpoints(tmp_path)
     with pytest.raises(ValidationError) as caught:
-        endpoints.create_deployment(DeploymentSpec(name="blue", endpoint="nowhere", model=tiny_model, device="tpu"))
+        DeploymentSettings.from_dict({"device": "tpu"}, where="deploy")
+    assert caught.value.problems[0].where == "deploy.device"
+    # Built in Python (not converted), the value is still checked when the deployment is created.
+    endpoints = LocalEndpoints(tmp_path)
+    spec = DeploymentSpec(name="blue", endpoint="nowhere", model=tiny_model, settings=DeploymentSettings(device="tpu"))
+    with pytest.raises(ValidationError) as caught:
+        endpoints.create_deployment(spec)
     assert caught.value.problems[0].where == "deploy.device"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_asking_for_a_gpu_without_one_fails_at_create_time(served: LocalEndpoints, tiny_model: RegisteredModel) -> None:
     with pytest.raises(DeploymentError, match="asks for a GPU but torch sees none"):
-        served.create_deployment(DeploymentSpec(name="gpu", endpoint="ep-place", model=tiny_model, device="cuda:1"))
+        served.create_deployment(
+            DeploymentSpec(
+                name="gpu", endpoint="ep-place", model=tiny_model, settings=DeploymentSettings(device="cuda:1")
+            )
+        )
     # The failed deployment does not take the others down.
     info = served.get_endpoint("ep-place")
     health = httpx.get(info.scoring_uri.removesuffix("/score") + "/health/live", timeout=10)

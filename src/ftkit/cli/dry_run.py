@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..exceptions import JobFileError, ValidationError
+from ..job_checks import job_file_problems
 from ..jobfile import JobFile
 from ..plan import RunPlan, plan_run
 
@@ -29,7 +31,14 @@ def dry_run(job: JobFile, *, as_json: bool, deploy: bool, run_dir: Path | None) 
     Raises:
         ValidationError: Every offline problem (the same as ``ftkit validate``'s).
     """
-    plan = plan_run(job)
+    # The same checks as `ftkit validate`: the files the job points at, then the plan.
+    problems = job.overrides.relocate(job_file_problems(job))
+    try:
+        plan = plan_run(job)
+    except ValidationError as exc:
+        raise JobFileError([*problems, *exc.problems], f"{len(problems) + len(exc.problems)} problem(s)") from None
+    if problems:
+        raise JobFileError(problems, f"{len(problems)} problem(s) in {job.source or job.name}")
     record = dry_run_record(plan, deploy=deploy, run_dir=run_dir)
     if as_json:
         sys.stdout.write(json.dumps(record, indent=2, default=str) + "\n")

@@ -155,8 +155,8 @@ def _cleanup(args: argparse.Namespace) -> int:
             return 2
         backend = _azureml_backend(args)
         where = f"workspace {backend.connection.workspace.workspace_name}"
-        names = [e.name for e in backend.list_endpoints()]
-        return _delete_all(names, backend.delete_endpoint, where, dry_run=args.dry_run)
+        names = [e.name for e in backend.endpoints.list_endpoints()]
+        return _delete_all(names, backend.endpoints.delete_endpoint, where, dry_run=args.dry_run)
     if args.config is not None:
         print("error: --config applies to --backend azureml only", file=sys.stderr)
         return 2

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -29,23 +28,20 @@ from ...exceptions import (
 from ...hashing import sha256_file
 from ...jobfile import ComputeSection
 from ...model import FoundationModelRef
-from ...plan import plan_run
-from ...waiting import wait_for_job
 from ..base import (
-    EndpointsDelegate,
     FinetuneRequest,
     JobHandle,
     MetricsTable,
     RegisteredModel,
     RegisterRequest,
-    StatusCallback,
 )
 from . import jobs as _jobs
 from . import metrics as _metrics
 from .connection import AzureMLConnection, WorkspaceRef
-from .endpoints import CREATED_BY_TAG, EndpointOperations
+from .endpoints import EndpointOperations
 from .errors import map_azure_errors
 from .pipeline import build_pipeline_job
+from .tags import CREATED_BY_TAG
 
 __all__ = ["AzureMLBackend", "DatastoreUploader", "Uploader"]
 
@@ -123,7 +119,7 @@ def private_upload_function() -> Callable[..., Any]:
     return function
 
 
-class AzureMLBackend(EndpointsDelegate):
+class AzureMLBackend:
     """Azure ML through azure-ai-ml: registry models and components, compute, data, jobs, endpoints.
 
     The workspace comes from the explicit ids, else environment variables, else ``config.json`` (see
@@ -140,10 +136,8 @@ class AzureMLBackend(EndpointsDelegate):
         uploader: How local data files reach the datastore (default: :class:`DatastoreUploader`).
         connection: A ready connection, instead of the settings above.
         lro_timeout_s: Deadline for one long-running operation (endpoint/deployment create, delete).
-        job_timeout_s: Deadline of :meth:`wait_for_job`.
-        job_poll_interval_s: Seconds between job status reads.
-        clock: Monotonic clock for :meth:`wait_for_job` (tests).
-        sleep: Sleep for :meth:`wait_for_job` (tests).
+
+    Waiting for a job is :func:`ftkit.waiting.wait_for_job` over :meth:`get_job` (the runner's one loop).
     """
 
     name = "azureml"
@@ -161,10 +155,6 @@ class AzureMLBackend(EndpointsDelegate):
         uploader: Uploader | None = None,
         connection: AzureMLConnection | None = None,
         lro_timeout_s: float = 3600.0,
-        job_timeout_s: float = 48 * 3600.0,
-        job_poll_interval_s: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if connection is None:
             workspace = WorkspaceRef.resolve(
@@ -180,10 +170,8 @@ class AzureMLBackend(EndpointsDelegate):
         self.uploader: Uploader = uploader if uploader is not None else DatastoreUploader(connection)
         self._endpoint_ops = EndpointOperations(connection, lro_timeout_s=lro_timeout_s)
         self.lro_timeout_s = lro_timeout_s
-        self.job_timeout_s = job_timeout_s
-        self.job_poll_interval_s = job_poll_interval_s
-        self._clock = clock
-        self._sleep = sleep
+        # Fetched by component_schema (the plan's schema) and reused by submit_finetune to build the job.
+        self._components: dict[tuple[str, str], Any] = {}
 
     @property
     def ml_client(self) -> Any:
@@ -373,34 +361,44 @@ class AzureMLBackend(EndpointsDelegate):
         )
         return schema, component
 
-    def submit_finetune(self, request: FinetuneRequest) -> JobHandle:
-        """Re-check the run against the live registry component, build the pipeline job and submit it.
+    def component_schema(self, name: str, version: str) -> ComponentSchema:
+        """Return the live registry component's declared inputs (the schema the runner plans with).
 
         Raises:
-            ValidationError: The parameters do not fit the live component, or no compute was checked.
+            NotFoundError: The pinned version is not in the registry.
+        """
+        schema, component = self.live_schema(name, version)
+        self._components[(name, version)] = component
+        return schema
+
+    def submit_finetune(self, request: FinetuneRequest) -> JobHandle:
+        """Build the pipeline job from the checked plan and submit it (the plan is not made again here).
+
+        Raises:
+            ValidationError: No compute was checked.
             NotFoundError: The pinned component version is not in the registry.
         """
         if request.compute is None:
             raise ValidationError(
                 [Problem("compute", "the azureml backend needs a checked compute cluster", "run ensure_compute first")]
             )
-        spec = request.spec
-        schema, component = self.live_schema(spec.component_name, spec.component_version)
-        plan = plan_run(request.job, schema=schema, model=request.model, gpus_per_node=request.compute.gpus_per_node)
-        plan = attrs.evolve(
-            plan,
-            train_data=request.train_data,
-            test_data=request.test_data,
-            display_name=request.display_name,
-            experiment_name=request.experiment_name,
+        plan = request.plan
+        key = (plan.schema.name, plan.schema.version)
+        component = self._components.get(key)
+        if component is None:
+            _, component = self.live_schema(*key)
+            self._components[key] = component
+        job = build_pipeline_job(
+            attrs.evolve(plan, train_data=request.train_data, test_data=request.test_data),
+            component=component,
+            cluster=request.compute.cluster.name,
         )
-        job = build_pipeline_job(plan, component=component, cluster=request.compute.cluster.name)
         # Named before the PUT, so a retried PUT updates the same job instead of starting a second one.
-        job.name = _jobs.job_name_for(request.display_name)
+        job.name = _jobs.job_name_for(plan.display_name)
         ml = self.ml_client
         created = self._call(
             "submit_finetune",
-            lambda: ml.jobs.create_or_update(job, experiment_name=request.experiment_name),
+            lambda: ml.jobs.create_or_update(job, experiment_name=plan.experiment_name),
             resource=f"job {job.name}",
         )
         return _jobs.handle_from_job(created)
@@ -408,25 +406,6 @@ class AzureMLBackend(EndpointsDelegate):
     def get_job(self, name: str) -> JobHandle:
         """Return the job's current state."""
         return _jobs.get_job(self.ml_client, name)
-
-    def wait_for_job(
-        self, name: str, *, on_status: StatusCallback | None = None, timeout_s: float | None = None
-    ) -> JobHandle:
-        """Wait for a job (or re-attach to one by name) until it completes.
-
-        Raises:
-            JobFailedError: It failed or was canceled (with the Studio URL).
-            JobTimeoutError: It was still running at the deadline.
-        """
-        return wait_for_job(
-            self,
-            name,
-            timeout_s=timeout_s if timeout_s is not None else self.job_timeout_s,
-            poll_s=self.job_poll_interval_s,
-            on_status=on_status,
-            clock=self._clock,
-            sleep=self._sleep,
-        )
 
     def cancel_job(self, name: str) -> None:
         """Ask the job to stop; nothing happens when it has already finished."""

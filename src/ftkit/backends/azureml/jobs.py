@@ -11,8 +11,7 @@ import uuid
 from typing import Any
 
 from ... import retry
-from ...waiting import FAILED_STATES
-from ..base import JobHandle
+from ..base import FAILED_JOB_STATES, JobHandle
 from .errors import map_azure_errors
 
 __all__ = ["get_job", "handle_from_job", "job_name_for"]
@@ -33,7 +32,7 @@ def handle_from_job(job: Any) -> JobHandle:
     error = None
     raw = job.status
     status = str(getattr(raw, "value", raw) or "Unknown")  # azure-ai-ml returns a JobStatus enum
-    if status in FAILED_STATES:
+    if status in FAILED_JOB_STATES:
         rest = getattr(job, "_rest_error", None)
         error = str(rest) if rest else None
     return JobHandle(

@@ -8,13 +8,13 @@ the same REST body because a registry component is sent by id.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
 from ...component import ComponentSchema
 from ...plan import RunPlan
-from .endpoints import CREATED_BY_TAG
+from .connection import quiet_azure_logging
+from .tags import CREATED_BY_TAG
 
 __all__ = ["build_pipeline_job", "component_from_schema", "data_input", "rest_body"]
 
@@ -27,14 +27,6 @@ COMPUTE_INPUTS = (
 )
 
 
-def _quiet_azure() -> None:
-    # azure-ai-ml logs a warning per experimental schema class at import time; they are noise for users.
-    logging.getLogger("azure.ai.ml").setLevel(logging.ERROR)
-    # Older releases' msrest models warn that azure-ai-ml's own outputs carry an attribute the REST model of
-    # that API version lacks (pathOnCompute); the body is right without it, and the warning is not the user's.
-    logging.getLogger("msrest.serialization").setLevel(logging.ERROR)
-
-
 def component_from_schema(schema: ComponentSchema) -> Any:
     """Return an azure-ai-ml pipeline component with ``schema``'s inputs and its registry asset id.
 
@@ -44,7 +36,7 @@ def component_from_schema(schema: ComponentSchema) -> Any:
     Returns:
         A ``PipelineComponent`` usable inside ``@pipeline``.
     """
-    _quiet_azure()
+    quiet_azure_logging()
     from azure.ai.ml import Input, Output
     from azure.ai.ml.entities import PipelineComponent
 
@@ -85,7 +77,7 @@ def build_pipeline_job(plan: RunPlan, *, component: Any, cluster: str) -> Any:
     Returns:
         An azure-ai-ml ``PipelineJob`` with ``force_rerun=True`` and ``continue_on_step_failure=False``.
     """
-    _quiet_azure()
+    quiet_azure_logging()
     from azure.ai.ml import Input
     from azure.ai.ml.dsl import pipeline
 

@@ -13,12 +13,13 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ...component import ComponentSchema
 from ...compute import ComputeCheck, ComputeValidator
 from ...exceptions import ConflictError, NotFoundError, Problem, ValidationError
 from ...hashing import sha256_file
@@ -26,7 +27,6 @@ from ...home import ftkit_home
 from ...jobfile import ComputeSection
 from ...model import FoundationModelRef
 from ..base import (
-    EndpointsDelegate,
     FinetuneRequest,
     JobHandle,
     MetricsTable,
@@ -39,65 +39,75 @@ from .training import Device, Progress, TrainConfig
 if TYPE_CHECKING:
     from .endpoints import LocalEndpoints
 
-__all__ = ["IGNORED_PARAMETERS", "LocalBackend"]
+__all__ = ["IGNORED_PARAMETERS", "TRAIN_CONFIG_TABLE", "LocalBackend"]
 
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _modules(value: Any) -> tuple[str, ...]:
+    # `local.lora_target_modules` is one comma-separated string in the job file.
+    return tuple(v.strip() for v in str(value).split(",") if v.strip())
+
+
+# The one table from a plan to a TrainConfig: each parameter the plan may carry (``finetune.*``, already typed
+# by the job loader and the component schema) or local-only setting (``local.*``: the job file's section for
+# what the component does not declare), to the TrainConfig field it sets and how its value is spelled there;
+# ``None``: no meaning on one local device (recorded on the run, not used). Parameters not listed are recorded
+# as ignored too.
+TRAIN_CONFIG_TABLE: Mapping[str, tuple[str, Callable[[Any], Any]] | None] = {
+    "finetune.num_train_epochs": ("num_train_epochs", _same),
+    "finetune.max_steps": ("max_steps", _same),
+    "finetune.per_device_train_batch_size": ("per_device_train_batch_size", _same),
+    "finetune.per_device_eval_batch_size": ("per_device_eval_batch_size", _same),
+    "finetune.gradient_accumulation_steps": ("gradient_accumulation_steps", _same),
+    "finetune.learning_rate": ("learning_rate", _same),
+    "finetune.lr_scheduler_type": ("lr_scheduler_type", _same),
+    "finetune.warmup_steps": ("warmup_steps", _same),
+    "finetune.weight_decay": ("weight_decay", _same),
+    "finetune.max_grad_norm": ("max_grad_norm", _same),
+    "finetune.adam_beta1": ("adam_beta1", _same),
+    "finetune.adam_beta2": ("adam_beta2", _same),
+    "finetune.adam_epsilon": ("adam_epsilon", _same),
+    "finetune.max_seq_length": ("max_seq_length", _same),
+    "finetune.apply_lora": ("apply_lora", _same),
+    "finetune.lora_r": ("lora_r", _same),
+    "finetune.lora_alpha": ("lora_alpha", _same),
+    "finetune.lora_dropout": ("lora_dropout", _same),
+    "finetune.merge_lora_weights": ("merge_lora_weights", _same),
+    "finetune.precision": ("precision", str),  # the component's 16/32; TrainConfig also takes "auto"
+    "finetune.seed": ("seed", _same),
+    "finetune.logging_steps": ("logging_steps", _same),
+    "finetune.evaluation_strategy": ("evaluation_strategy", _same),
+    "finetune.eval_steps": ("eval_steps", _same),
+    "finetune.save_total_limit": ("save_total_limit", _same),
+    "finetune.apply_deepspeed": None,
+    "finetune.deepspeed_stage": None,
+    "finetune.deepspeed": None,
+    "finetune.num_nodes_finetune": None,
+    "finetune.apply_ort": None,
+    "finetune.auto_find_batch_size": None,
+    "finetune.dataloader_num_workers": None,
+    "finetune.optim": None,
+    "finetune.pad_to_max_length": None,
+    "finetune.eval_accumulation_steps": None,
+    "finetune.enable_full_determinism": None,
+    "finetune.logging_strategy": None,
+    "finetune.task_name": None,
+    "local.save_steps": ("save_steps", _same),
+    "local.lora_target_modules": ("lora_target_modules", _modules),
+    "local.max_eval_examples": ("max_eval_examples", _same),
+}
 # Component inputs that have no meaning on one local device; they are recorded on the run, not used.
-IGNORED_PARAMETERS = frozenset(
-    {
-        "apply_deepspeed",
-        "deepspeed_stage",
-        "deepspeed",
-        "num_nodes_finetune",
-        "apply_ort",
-        "auto_find_batch_size",
-        "dataloader_num_workers",
-        "optim",
-        "pad_to_max_length",
-        "eval_accumulation_steps",
-        "enable_full_determinism",
-        "logging_strategy",
-        "task_name",
-    }
-)
-# Parameters that map one to one onto TrainConfig fields.
-_DIRECT = (
-    "num_train_epochs",
-    "max_steps",
-    "per_device_train_batch_size",
-    "per_device_eval_batch_size",
-    "gradient_accumulation_steps",
-    "learning_rate",
-    "lr_scheduler_type",
-    "warmup_steps",
-    "weight_decay",
-    "max_grad_norm",
-    "adam_beta1",
-    "adam_beta2",
-    "adam_epsilon",
-    "max_seq_length",
-    "apply_lora",
-    "lora_r",
-    "lora_alpha",
-    "lora_dropout",
-    "merge_lora_weights",
-    "seed",
-    "logging_steps",
-    "evaluation_strategy",
-    "eval_steps",
-    "save_total_limit",
-    # Local-only settings: from the job file's `local:` section (or FinetunePipelineSpec.extra in Python).
-    "save_steps",
-    "lora_target_modules",
-    "max_eval_examples",
-)
-_BOOL = {"true": True, "false": False}
+IGNORED_PARAMETERS = frozenset(k.removeprefix("finetune.") for k, v in TRAIN_CONFIG_TABLE.items() if v is None)
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60] or "job"
 
 
-class LocalBackend(EndpointsDelegate):
+class LocalBackend:
     """The whole flow on this machine: transformers + peft training, MLflow tracking and registry, local endpoints.
 
     Constructing one does no I/O and imports neither torch nor fastapi.
@@ -169,6 +179,14 @@ class LocalBackend(EndpointsDelegate):
 
     # -- compute and data ---------------------------------------------------------------------------------
 
+    def component_schema(self, name: str, version: str) -> ComponentSchema:
+        """Return ftkit's bundled snapshot of the component (its inputs are what a local job accepts too).
+
+        Raises:
+            ParameterError: ftkit ships no snapshot of that version.
+        """
+        return ComponentSchema.bundled(name, version)
+
     def ensure_compute(self, section: ComputeSection, validator: ComputeValidator) -> ComputeCheck | None:  # noqa: ARG002 - the protocol's signature
         """Check the local device (there is no cluster): ``None``, or a ValidationError when CUDA is missing."""
         if self.device == "cuda":
@@ -214,12 +232,13 @@ class LocalBackend(EndpointsDelegate):
             NotFoundError: The model is neither a directory nor registered.
             ValidationError: The directory is not a model with a tokenizer.
         """
-        if request.job.model.path:
-            return registry.check_hf_dir(request.job.resolve_path(request.job.model.path))
-        tagged = request.model.tags.get(registry.PATH_TAG)
+        job, model = request.plan.job, request.plan.model
+        if job.model.path:
+            return registry.check_hf_dir(job.resolve_path(job.model.path))
+        tagged = model.tags.get(registry.PATH_TAG)
         if tagged:
             return registry.check_hf_dir(tagged)
-        ref = request.model.name if request.model.version is None else f"{request.model.name}:{request.model.version}"
+        ref = model.name if model.version is None else f"{model.name}:{model.version}"
         found = registry.get_registered(self.store, ref)
         if found.path is None:
             raise NotFoundError(f"registry entry {found.id} has no local directory", operation="submit_finetune")
@@ -240,28 +259,23 @@ class LocalBackend(EndpointsDelegate):
         Raises:
             ValidationError: Parameters the local backend does not know, or bad values (all listed).
         """
-        params = request.spec.parameters()
-        local = request.job.local
-        # The job file's `local:` section carries the local-only settings the component does not declare.
-        for key in ("save_steps", "lora_target_modules", "max_eval_examples"):
-            if getattr(local, key) is not None and key not in params:
-                params[key] = getattr(local, key)
+        local = request.plan.job.local
+        given = {
+            **{f"finetune.{k}": v for k, v in request.plan.spec.parameters().items()},
+            **{k: getattr(local, k.removeprefix("local.")) for k in TRAIN_CONFIG_TABLE if k.startswith("local.")},
+        }
         kwargs: dict[str, Any] = {}
         ignored: dict[str, object] = {}
         problems: list[Problem] = []
-        for key, value in params.items():
-            if key in IGNORED_PARAMETERS:
-                ignored[key] = value
-            elif key == "precision":
-                kwargs["precision"] = str(value)
-            elif key in _DIRECT:
-                if isinstance(value, str) and value.lower() in _BOOL and key in ("apply_lora", "merge_lora_weights"):
-                    value = _BOOL[value.lower()]
-                if key == "lora_target_modules" and isinstance(value, str):
-                    value = tuple(v.strip() for v in value.split(",") if v.strip())
-                kwargs[key] = value
+        for key, value in given.items():
+            if value is None:
+                continue
+            row = TRAIN_CONFIG_TABLE.get(key)
+            if row is None:
+                ignored[key.removeprefix("finetune.")] = value
             else:
-                ignored[key] = value
+                field, spell = row
+                kwargs[field] = spell(value)
         try:
             config = TrainConfig(
                 model_dir=str(self.model_dir_for(request)),
@@ -302,7 +316,8 @@ class LocalBackend(EndpointsDelegate):
             raise ValidationError(missing, "data files the local backend cannot use")
         hashes = {k: sha256_file(p) for k, p in files.items()}
         probe, ignored = self.train_config(request, output_dir="-")
-        base = f"{_slug(request.display_name or request.job.name)}-{self._fingerprint(probe, hashes)}"
+        plan = request.plan
+        base = f"{_slug(plan.display_name or plan.job.name)}-{self._fingerprint(probe, hashes)}"
         name, n = base, 1
         while True:
             folder = jobs.job_dir(self.home, name)
@@ -319,7 +334,7 @@ class LocalBackend(EndpointsDelegate):
         config = attrs.evolve(probe, output_dir=str(folder / "output"))
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.json").write_text(config.to_json(), encoding="utf-8")
-        base_ref = f"{request.model.name}:{request.model.version}" if request.model.version else request.model.name
+        base_ref = f"{plan.model.name}:{plan.model.version}" if plan.model.version else plan.model.name
         tags = {
             "ftkit.job": name,
             "ftkit.backend": "local",
@@ -329,15 +344,15 @@ class LocalBackend(EndpointsDelegate):
             "ftkit.data.train.sha256": hashes["train"],
             "ftkit.data.test": str(files["test"].absolute()),
             "ftkit.data.test.sha256": hashes["test"],
-            "ftkit.parameters": json.dumps(request.spec.parameters(), sort_keys=True, default=str)[:5000],
+            "ftkit.parameters": json.dumps(plan.spec.parameters(), sort_keys=True, default=str)[:5000],
             "ftkit.ignored_parameters": ", ".join(sorted(ignored)),
         }
-        logger = tracking.RunLogger.start(self.store, request.experiment_name, run_name=name, tags=tags)
+        logger = tracking.RunLogger.start(self.store, plan.experiment_name, run_name=name, tags=tags)
         record = jobs.JobRecord(
             name=name,
             status="Queued",
-            display_name=request.display_name,
-            experiment_name=request.experiment_name,
+            display_name=plan.display_name,
+            experiment_name=plan.experiment_name,
             run_id=logger.run_id,
             tags=tags,
         )

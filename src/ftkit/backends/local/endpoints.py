@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from ...deployment_settings import DEVICE_CHOICES, ENGINES, Engine, ServerSettings, valid_device
 from ...exceptions import (
     AuthError,
     ConflictError,
@@ -39,9 +40,12 @@ from ...exceptions import (
 from ...retry import call as retry_call
 from ..base import DeploymentInfo, DeploymentSpec, EndpointInfo, EndpointKeys, EndpointSpec
 from .serve.process import is_server_alive, port_open, start_server, stop_server, wait_listening
-from .serve.state import DEFAULT_SETTINGS, DEVICE_CHOICES, ENGINES, EndpointFiles, new_key, valid_device
+from .serve.records import DeploymentRecord
+from .serve.state import EndpointFiles, new_key
 
 __all__ = ["LocalEndpoints"]
+
+_DEFAULTS = ServerSettings()
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]$")
 DEPLOYMENT_HEADER = "azureml-model-deployment"
@@ -88,38 +92,38 @@ class LocalEndpoints:
         self,
         home: Path,
         *,
-        max_batch_size: int = DEFAULT_SETTINGS["max_batch_size"],
-        batch_window_ms: int = DEFAULT_SETTINGS["batch_window_ms"],
-        max_new_tokens_cap: int = DEFAULT_SETTINGS["max_new_tokens_cap"],
-        max_body_bytes: int = DEFAULT_SETTINGS["max_body_bytes"],
-        torch_threads: int = DEFAULT_SETTINGS["torch_threads"],
+        max_batch_size: int = _DEFAULTS.max_batch_size,
+        batch_window_ms: int = _DEFAULTS.batch_window_ms,
+        max_new_tokens_cap: int = _DEFAULTS.max_new_tokens_cap,
+        max_body_bytes: int = _DEFAULTS.max_body_bytes,
+        torch_threads: int = _DEFAULTS.torch_threads,
         engine: str = "auto",
-        max_context: int = DEFAULT_SETTINGS["max_context"],
-        prefill_tokens: int = DEFAULT_SETTINGS["prefill_tokens"],
-        gpu_memory_fraction_pct: int = DEFAULT_SETTINGS["gpu_memory_fraction_pct"],
-        cuda_graphs: bool = True,
+        max_context: int = _DEFAULTS.max_context,
+        prefill_tokens: int = _DEFAULTS.prefill_tokens,
+        gpu_memory_fraction_pct: int = _DEFAULTS.gpu_memory_fraction_pct,
+        cuda_graphs: bool = _DEFAULTS.cuda_graphs,
         start_timeout_s: float = 120.0,
         load_timeout_s: float = 600.0,
     ) -> None:
         self.home = Path(home)
         self.root = self.home / "endpoints"
-        self.settings = {
-            "max_batch_size": max_batch_size,
-            "batch_window_ms": batch_window_ms,
-            "max_new_tokens_cap": max_new_tokens_cap,
-            "max_body_bytes": max_body_bytes,
-            "torch_threads": torch_threads,
-            "max_context": max_context,
-            "prefill_tokens": prefill_tokens,
-            "gpu_memory_fraction_pct": gpu_memory_fraction_pct,
-            "cuda_graphs": int(cuda_graphs),
-        }
         if engine not in ENGINES:
             raise ValidationError(
                 [Problem("engine", f"{engine!r} is not an engine", f"choose one of: {', '.join(ENGINES)}")],
                 "invalid local endpoint settings",
             )
-        self.engine = engine
+        self.engine: Engine = next(e for e in ENGINES if e == engine)
+        self.settings = ServerSettings(
+            max_batch_size=max_batch_size,
+            batch_window_ms=batch_window_ms,
+            max_new_tokens_cap=max_new_tokens_cap,
+            max_body_bytes=max_body_bytes,
+            torch_threads=torch_threads,
+            max_context=max_context,
+            prefill_tokens=prefill_tokens,
+            gpu_memory_fraction_pct=gpu_memory_fraction_pct,
+            cuda_graphs=cuda_graphs,
+        )
         self.start_timeout_s = start_timeout_s
         self.load_timeout_s = load_timeout_s
         # Servers this object started: polled so that an exited child is reaped rather than left a zombie.
@@ -285,7 +289,8 @@ class LocalEndpoints:
                 description=spec.description,
                 auth_mode=spec.auth_mode,
                 tags=dict(spec.tags),
-                settings=dict(self.settings),
+                # The job's deploy.server settings when it has them, else this object's.
+                settings=(spec.server or self.settings).to_dict(),
             )
             config.setdefault("deployments", {})
             config.setdefault("traffic", {})
@@ -311,9 +316,9 @@ class LocalEndpoints:
             DeploymentError: The model failed to load (with the server's log).
         """
         _check_name("deployment", spec.name)
-        if not valid_device(spec.device):
+        if not valid_device(spec.settings.device):
             raise ValidationError(
-                [Problem("deploy.device", f"{spec.device!r} is not a device", f"use {DEVICE_CHOICES}")],
+                [Problem("deploy.device", f"{spec.settings.device!r} is not a device", f"use {DEVICE_CHOICES}")],
                 "invalid deployment",
             )
         files = self._existing(spec.endpoint)
@@ -328,21 +333,14 @@ class LocalEndpoints:
                     )
                 ]
             )
-        record = {
-            "model_id": spec.model.id,
-            "model_name": spec.model.name,
-            "model_version": spec.model.version,
-            "model_path": str(Path(path).resolve()),
-            "instance_type": spec.instance_type,
-            "instance_count": spec.instance_count,
-            "request_timeout_ms": spec.request_timeout_ms,
-            "liveness_initial_delay_s": spec.liveness_initial_delay_s,
-            "max_concurrent_requests": spec.max_concurrent_requests,
-            "max_queue": spec.max_queue,
-            "device": spec.device,
-            "engine": self.engine,
-            "provisioning_state": "Creating",
-        }
+        record = DeploymentRecord(
+            model_id=spec.model.id,
+            model_name=spec.model.name,
+            model_version=spec.model.version,
+            model_path=str(Path(path).resolve()),
+            settings=spec.settings,
+            engine=self.engine,
+        ).to_dict()
         with files.locked():
             config = files.read_config()
             config.setdefault("deployments", {})[spec.name] = record
@@ -371,7 +369,7 @@ class LocalEndpoints:
             endpoint=spec.endpoint,
             provisioning_state=state,
             model_id=spec.model.id,
-            instance_type=spec.instance_type,
+            instance_type=spec.settings.instance_type,
         )
 
     def get_deployment(self, endpoint: str, name: str) -> DeploymentInfo:
@@ -385,13 +383,13 @@ class LocalEndpoints:
         if not isinstance(record, dict):
             raise NotFoundError(f"deployment {name!r} of endpoint {endpoint!r} not found", operation="get_deployment")
         _, _, alive = self._server(files)
-        state = str(record.get("provisioning_state", "Succeeded")) if alive else "Failed"
+        deployment = DeploymentRecord.from_dict(record)
         return DeploymentInfo(
             name=name,
             endpoint=endpoint,
-            provisioning_state=state,
-            model_id=record.get("model_id"),
-            instance_type=record.get("instance_type"),
+            provisioning_state=deployment.provisioning_state if alive else "Failed",
+            model_id=deployment.model_id,
+            instance_type=deployment.settings.instance_type,
         )
 
     def set_traffic(self, endpoint: str, traffic: Mapping[str, int]) -> EndpointInfo:

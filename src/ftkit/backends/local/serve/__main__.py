@@ -41,8 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from .app import ServerState, create_app
+    from .records import read_server_settings
 
-    threads = int(files.read_config().get("settings", {}).get("torch_threads") or 0)
+    threads = read_server_settings(files.read_config()).torch_threads
     # Leave a core to the event loop: with every core in torch's spinning thread pool, small models on a busy
     # two-core machine ran 15x slower than on one thread (measured; see docs/benchmarks.md).
     torch.set_num_threads(threads if threads > 0 else max(1, (os.cpu_count() or 1) - 1))

@@ -33,12 +33,14 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from ....exceptions import ValidationError
 from .batching import Batcher, Job, QueueFull
 from .engine import ContinuousBatcher
 from .generation import LoadedModel
 from .placement import Placement, load_deployment
+from .records import DeploymentRecord, read_server_settings
 from .requests import BadRequest, GenParams, parse_chat, parse_score
-from .state import DEFAULT_SETTINGS, EndpointFiles, stat_key
+from .state import EndpointFiles, stat_key
 
 __all__ = ["DEPLOYMENT_HEADER", "ServerState", "create_app"]
 
@@ -81,18 +83,18 @@ def _error(
 
 
 class Deployment:
-    """Strictly private: a loaded deployment (its spec from ``endpoint.json``, model and batcher)."""
+    """Strictly private: a loaded deployment (its record from ``endpoint.json``, model and batcher)."""
 
     def __init__(
         self,
         name: str,
-        spec: Mapping[str, Any],
+        record: DeploymentRecord,
         model: LoadedModel,
         batcher: Batcher | ContinuousBatcher,
         placement: Placement,
     ) -> None:
         self.name = name
-        self.spec = dict(spec)
+        self.record = record
         self.model = model
         self.batcher = batcher
         self.placement = placement
@@ -100,13 +102,7 @@ class Deployment:
     @property
     def timeout_s(self) -> float:
         """The per-request timeout."""
-        return max(0.001, float(self.spec.get("request_timeout_ms", 90000)) / 1000.0)
-
-
-def _fingerprint(spec: Mapping[str, Any]) -> str:
-    """What, when changed, means a deployment must be reloaded."""
-    keys = ("model_id", "model_path", "max_queue", "max_batch_size", "revision", "device", "engine")
-    return json.dumps({k: spec.get(k) for k in keys}, sort_keys=True, default=str)
+        return self.record.timeout_s
 
 
 class ServerState:
@@ -118,17 +114,17 @@ class ServerState:
 
     def __init__(self, files: EndpointFiles) -> None:
         self.files = files
-        config = files.read_config()
-        settings = {**DEFAULT_SETTINGS, **{k: v for k, v in config.get("settings", {}).items() if isinstance(v, int)}}
+        settings = read_server_settings(files.read_config())
         self.settings = settings
-        self.max_batch_size = settings["max_batch_size"]
-        self.window_s = settings["batch_window_ms"] / 1000.0
-        self.max_body_bytes = settings["max_body_bytes"]
-        self.max_new_tokens_cap = settings["max_new_tokens_cap"]
+        self.max_batch_size = settings.max_batch_size
+        self.window_s = settings.batch_window_ms / 1000.0
+        self.max_body_bytes = settings.max_body_bytes
+        self.max_new_tokens_cap = settings.max_new_tokens_cap
         self.deployments: dict[str, Deployment] = {}
         self.failed: dict[str, str] = {}
         self.traffic: dict[str, int] = {}
-        self.wanted: dict[str, dict[str, Any]] = {}
+        self.wanted: dict[str, DeploymentRecord] = {}
+        self.unreadable: dict[str, str] = {}
         self._keys: tuple[bytes, ...] = ()
         self._admin: bytes = b""
         self._config_stat: tuple[int, int, int] | None = None
@@ -146,8 +142,12 @@ class ServerState:
             config = self.files.read_config()
             traffic = config.get("traffic", {})
             self.traffic = {k: int(v) for k, v in traffic.items() if isinstance(v, int)}
-            wanted = config.get("deployments", {})
-            self.wanted = {k: v for k, v in wanted.items() if isinstance(v, dict)}
+            self.wanted, self.unreadable = {}, {}
+            for name, raw in (config.get("deployments") or {}).items():
+                try:
+                    self.wanted[name] = DeploymentRecord.from_dict(raw if isinstance(raw, dict) else {})
+                except ValidationError as exc:
+                    self.unreadable[name] = exc.render()
             self._config_stat = cstat
         kstat = stat_key(self.files.keys_path)
         if kstat != self._keys_stat:
@@ -225,15 +225,15 @@ class ServerState:
             for name in list(self.failed):
                 if name not in self.wanted:
                     del self.failed[name]
-            results: dict[str, str] = {}
-            for name, spec in sorted(self.wanted.items()):
+            results: dict[str, str] = {name: f"Failed: {why}" for name, why in self.unreadable.items()}
+            for name, record in sorted(self.wanted.items()):
                 current = self.deployments.get(name)
-                if current is not None and _fingerprint(current.spec) == _fingerprint(spec):
-                    current.spec = dict(spec)  # timeouts apply at once
+                if current is not None and current.record.reload_key() == record.reload_key():
+                    current.record = record  # timeouts apply at once
                     results[name] = "Succeeded"
                     continue
                 try:
-                    deployment = await run_in_threadpool(self._load, name, spec)
+                    deployment = await run_in_threadpool(self._load, name, record)
                 except Exception as exc:
                     message = f"{type(exc).__name__}: {exc}"
                     log.exception("deployment %s failed to load", name)
@@ -247,17 +247,14 @@ class ServerState:
                 results[name] = "Succeeded"
             return results
 
-    def _load(self, name: str, spec: Mapping[str, Any]) -> Deployment:
-        path = spec.get("model_path")
-        if not isinstance(path, str) or not path:
-            raise ValueError("the deployment's model has no local path")
+    def _load(self, name: str, record: DeploymentRecord) -> Deployment:
         started = time.monotonic()
-        log.info("deployment %s: loading model %s from %s", name, spec.get("model_id"), path)
+        log.info("deployment %s: loading model %s from %s", name, record.model_id, record.model_path)
         model, batcher, placement = load_deployment(
-            name, spec, max_batch_size=self.max_batch_size, window_s=self.window_s, settings=self.settings
+            name, record, max_batch_size=self.max_batch_size, window_s=self.window_s, settings=self.settings
         )
         log.info("deployment %s: ready in %.1fs on %s", name, time.monotonic() - started, placement.as_dict())
-        return Deployment(name, spec, model, batcher, placement)
+        return Deployment(name, record, model, batcher, placement)
 
     def close(self) -> None:
         """Stop every deployment's worker."""
@@ -334,7 +331,7 @@ async def _wait_all(deployment: Deployment, jobs: Sequence[Job]) -> list[str]:
         raise HTTPError(
             408,
             "the request took longer than the deployment's request_timeout_ms "
-            f"({deployment.spec.get('request_timeout_ms')})",
+            f"({deployment.record.settings.request_timeout_ms})",
         ) from None
     finally:
         for job in jobs:

@@ -17,18 +17,18 @@ from __future__ import annotations
 
 import gc
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
 
+from ....deployment_settings import DEVICE_CHOICES, ServerSettings
 from .batching import Batcher
 from .engine import ContinuousBatcher
 from .generation import LoadedModel
+from .records import DeploymentRecord
 from .slots import SlotDecoder, kv_bytes_per_token, supports_config
-from .state import DEVICE_CHOICES, ENGINES
 
 __all__ = ["Placement", "load_deployment", "plan_context", "resolve_device"]
 
@@ -167,28 +167,26 @@ def plan_context(
 
 
 def load_deployment(
-    name: str, spec: Mapping[str, Any], *, max_batch_size: int, window_s: float, settings: Mapping[str, Any]
+    name: str, record: DeploymentRecord, *, max_batch_size: int, window_s: float, settings: ServerSettings
 ) -> tuple[LoadedModel, Batcher | ContinuousBatcher, Placement]:
-    """Load a deployment's model where its spec says and start the worker that serves it.
+    """Load a deployment's model where its record says and start the worker that serves it.
 
     Args:
         name: The deployment's name.
-        spec: Its record in ``endpoint.json`` (``model_path``, ``device``, ``engine``, ``max_queue``...).
-        max_batch_size: The endpoint's batch size (slots on the continuous engine).
+        record: Its record in ``endpoint.json`` (model path and :class:`~ftkit.DeploymentSettings`).
+        max_batch_size: The endpoint's batch size (slots on the continuous engine) unless the deployment sets one.
         window_s: The static batcher's gathering window.
-        settings: The endpoint's settings (``max_context``, ``prefill_tokens``, ``gpu_memory_fraction_pct``,
-            ``cuda_graphs``).
+        settings: The endpoint's server settings (``max_context``, ``prefill_tokens``,
+            ``gpu_memory_fraction_pct``, ``cuda_graphs``).
 
     Raises:
-        ValueError: A bad device or engine, or a plan that does not fit on the GPU (with the numbers).
+        ValueError: A bad device, or a plan that does not fit on the GPU (with the numbers).
     """
-    path = Path(str(spec["model_path"]))
-    device = resolve_device(str(spec.get("device") or "auto"))
-    engine = str(spec.get("engine") or "auto")
-    if engine not in ENGINES:
-        raise ValueError(f"engine: {engine!r} is not one of {', '.join(ENGINES)}")
-    slots = max(1, int(spec.get("max_batch_size") or max_batch_size))
-    max_queue = int(spec.get("max_queue", 64))
+    path = Path(record.model_path)
+    device = resolve_device(record.settings.device)
+    engine = record.engine
+    slots = max(1, record.settings.max_batch_size or max_batch_size)
+    max_queue = record.settings.max_queue
     if device.type == "cpu":
         if engine == "continuous":
             model = LoadedModel(path, device)
@@ -225,19 +223,15 @@ def load_deployment(
         free=free,
         total=total,
         weights=weights,
-        reserve=_reserve_bytes(config, slots, _prefill_tokens(settings), dtype),
+        reserve=_reserve_bytes(config, slots, settings.prefill_tokens, dtype),
         slots=slots,
         per_token=kv_bytes_per_token(config, dtype),
         model_context=_model_context(config),
-        asked=int(settings.get("max_context") or 0),
-        fraction=int(settings.get("gpu_memory_fraction_pct") or 90) / 100,
+        asked=settings.max_context,
+        fraction=settings.gpu_memory_fraction_pct / 100,
     )
     model = LoadedModel(path, device, dtype)
     return _continuous(name, model, device, slots, max_queue, settings, context)
-
-
-def _prefill_tokens(settings: Mapping[str, Any]) -> int:
-    return int(settings.get("prefill_tokens") or 8192)
 
 
 def _model_context(config: Any) -> int:
@@ -264,17 +258,15 @@ def _continuous(
     device: torch.device,
     slots: int,
     max_queue: int,
-    settings: Mapping[str, Any],
+    settings: ServerSettings,
     context: int | None,
 ) -> tuple[LoadedModel, ContinuousBatcher, Placement]:
-    prefill_tokens = _prefill_tokens(settings)
+    prefill_tokens = settings.prefill_tokens
     if context is None:  # the CPU: no plan, the asked context or the model's
-        asked = int(settings.get("max_context") or 0)
+        asked = settings.max_context
         context = min(model.max_length, asked) if asked > 0 else model.max_length
     model.max_length = context  # prompts that cannot fit a slot get a 400 at encode time
-    decoder = SlotDecoder(
-        model.model, slots=slots, context=context, cuda_graphs=bool(int(settings.get("cuda_graphs", 1) or 0))
-    )
+    decoder = SlotDecoder(model.model, slots=slots, context=context, cuda_graphs=settings.cuda_graphs)
     worker = ContinuousBatcher(name, model, decoder, max_queue=max_queue, prefill_tokens=prefill_tokens)
     if device.type == "cuda":
         # The engine thread wakes from each step's GPU wait wanting the GIL while the event loop streams the

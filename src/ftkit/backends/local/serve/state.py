@@ -24,44 +24,11 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "DEFAULT_SETTINGS",
-    "DEVICE_CHOICES",
-    "ENGINES",
     "EndpointFiles",
     "new_key",
 ]
 
-DEFAULT_SETTINGS: dict[str, int] = {
-    "max_batch_size": 16,
-    "batch_window_ms": 5,
-    "max_body_bytes": 1_048_576,
-    "max_new_tokens_cap": 1024,
-    "torch_threads": 0,
-    "max_context": 0,
-    "prefill_tokens": 8192,
-    "gpu_memory_fraction_pct": 90,
-    "cuda_graphs": 1,
-}
-"""Server-wide limits, stored in ``endpoint.json`` (``settings``) and overridable per endpoint.
-
-``torch_threads`` 0 means one fewer than the machine's cores (at least one): the event loop and HTTP parsing
-keep a core, and on a loaded two-core machine torch's spinning intra-op threads would otherwise fight them.
-The GPU (continuous) engine's: ``max_context`` positions per slot (0: the model's, shrunk to fit),
-``prefill_tokens`` admitted per step, ``gpu_memory_fraction_pct`` of the GPU one deployment may plan for,
-``cuda_graphs`` 1/0 (see :mod:`.placement`).
-"""
-
-
-ENGINES = ("auto", "static", "continuous")
-"""What generates: ``auto`` is continuous batching on a GPU where the model supports it, static otherwise."""
-
-DEVICE_CHOICES = "auto, cpu, cuda or cuda:N (N a GPU index)"
-
-
-def valid_device(value: str) -> bool:
-    """Whether ``value`` is a device a deployment may ask for (``auto``, ``cpu``, ``cuda``, ``cuda:N``)."""
-    value = value.strip().lower()
-    return value in {"auto", "cpu", "cuda"} or (value.startswith("cuda:") and value[5:].isdigit())
+# The server-wide settings are a typed record: ftkit.deployment_settings.ServerSettings (see .records).
 
 
 def new_key() -> str:
