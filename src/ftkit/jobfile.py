@@ -17,9 +17,11 @@ import yaml
 
 from .convert import BAD, bounds, convert_value, describe_type
 from .deployment_settings import DeploymentSettings, ServerSettings
+from .display import html_table, set_fields, short
 from .exceptions import JobFileError, Problem, closest
 from .finetune import FinetunePipelineSpec
 from .model import FoundationModelRef
+from .overrides import Overrides
 
 __all__ = [
     "ComputeSection",
@@ -246,6 +248,7 @@ class JobFile:
         local: See :class:`LocalSection`.
         source: The file it was loaded from, if any.
         lines: Line numbers of keys in ``source`` (``finetune.learning_rate`` -> 14).
+        overrides: Keys replaced from outside the file (``--set``, ``overrides=``), recorded in ``run.json``.
     """
 
     name: str
@@ -261,13 +264,16 @@ class JobFile:
     local: LocalSection = attrs.field(factory=LocalSection)
     source: Path | None = attrs.field(default=None, eq=False)
     lines: Mapping[str, int] = attrs.field(factory=dict, eq=False, repr=False)
+    overrides: Overrides = attrs.field(factory=Overrides, eq=False, repr=False)
 
     @classmethod
-    def load(cls, path: str | Path) -> JobFile:
+    def load(cls, path: str | Path, *, overrides: Overrides | Mapping[str, object] | None = None) -> JobFile:
         """Read and check a YAML job file.
 
         Args:
             path: The file.
+            overrides: Keys to replace before the file is checked (``{"finetune.learning_rate": 1e-4}``);
+                see :mod:`ftkit.overrides`.
 
         Returns:
             The job.
@@ -281,15 +287,18 @@ class JobFile:
         except OSError as exc:
             reason = "no such file" if isinstance(exc, FileNotFoundError) else exc.strerror or str(exc)
             raise JobFileError([Problem("", reason, source=str(path))], "cannot read the job file") from None
-        return cls.from_yaml(text, source=str(path))
+        return cls.from_yaml(text, source=str(path), overrides=overrides)
 
     @classmethod
-    def from_yaml(cls, text: str, *, source: str = "<string>") -> JobFile:
+    def from_yaml(
+        cls, text: str, *, source: str = "<string>", overrides: Overrides | Mapping[str, object] | None = None
+    ) -> JobFile:
         """Parse a job file's text (see :meth:`load`).
 
         Args:
             text: The YAML.
             source: A name for messages.
+            overrides: Keys to replace before the text is checked (see :meth:`load`).
 
         Returns:
             The job.
@@ -303,8 +312,87 @@ class JobFile:
                 [Problem("", "expected a mapping of sections at the top level", source=source, line=1)],
                 "invalid job file",
             )
-        job = cls.from_mapping(data, source=source, lines=lines)
+        job = cls._from_raw(data, source=source, lines=lines, overrides=_as_overrides(overrides))
         return attrs.evolve(job, source=Path(source) if source != "<string>" else None)
+
+    @classmethod
+    def _from_raw(
+        cls, data: Mapping[str, Any], *, source: str | None, lines: Mapping[str, int], overrides: Overrides
+    ) -> JobFile:
+        """Apply ``overrides`` to the raw mapping, then load it; problems with overridden keys name the override."""
+        if not overrides:
+            return cls.from_mapping(data, source=source, lines=lines)
+        try:
+            job = cls.from_mapping(overrides.apply(data), source=source, lines=overrides.drop_lines(lines))
+        except JobFileError as exc:
+            problems = overrides.relocate(exc.problems)
+            raise JobFileError(problems, f"{len(problems)} problem(s) in {source or 'the job file'}") from None
+        return attrs.evolve(job, overrides=overrides)
+
+    def evolve(self, overrides: Mapping[str, object] | None = None, /, **sections: Any) -> JobFile:
+        """Return this job with keys replaced, checked again exactly as if the file had said so.
+
+        ``job.evolve({"finetune.learning_rate": 1e-4, "deploy.keep": True})`` or, section by section,
+        ``job.evolve(data={"percent": 1})``. The replaced keys are recorded in :attr:`overrides` (and in
+        ``run.json``); bad values raise the loader's errors, named by their key.
+
+        Args:
+            overrides: Dotted key to value (see :mod:`ftkit.overrides`).
+            **sections: Top-level keys to replace (a mapping is merged into the section).
+
+        Returns:
+            The new job.
+
+        Raises:
+            JobFileError: An overridden value is not allowed where it goes.
+        """
+        given = Overrides({**(overrides or {}), **sections}, "overrides")
+        combined = self.overrides.merged(given) if self.overrides else given
+        source = str(self.source) if self.source is not None else None
+        # Start from this job's own values (not the file again), so earlier evolve() calls are kept.
+        job = type(self)._from_raw(
+            self.to_mapping(), source=source, lines=combined.drop_lines(self.lines), overrides=given
+        )
+        return attrs.evolve(job, source=self.source, overrides=combined)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Return the job as a job file's mapping (every key, defaults included); ``from_mapping`` reads it back."""
+        out: dict[str, Any] = {}
+        for field in attrs.fields(type(self)):
+            if field.name in ("source", "lines", "overrides"):
+                continue
+            out[field.name] = _plain(getattr(self, field.name))
+        return out
+
+    def __repr__(self) -> str:
+        # The generated repr (every section, every default) runs to ~1,800 characters on one line.
+        parts = [repr(self.name), f"backend={self.backend!r}", f"model={self.model.path or self.model.name!r}"]
+        if self.backend == "azureml":
+            parts.append(f"compute={self.compute.cluster!r}")
+        parts.append(f"data={self.data.train_file or self.data.source!r}")
+        changed = set_fields(self.finetune)
+        if changed:
+            shown = ", ".join(f"{k}={short(v, 24)}" for k, v in changed[:4])
+            parts.append(f"finetune={{{shown}{', …' if len(changed) > 4 else ''}}}")
+        if self.overrides:
+            parts.append(f"overrides={dict(self.overrides.values)!r}")
+        if self.source is not None:
+            parts.append(f"source={str(self.source)!r}")
+        return f"JobFile({', '.join(parts)})"
+
+    def _repr_html_(self) -> str:
+        rows: list[tuple[str, str]] = [("backend", self.backend)]
+        if self.experiment_name:
+            rows.append(("experiment", self.experiment_name))
+        for name in (*_SECTIONS, "finetune"):
+            section = getattr(self, name)
+            changed = set_fields(section)
+            if name == "model" or changed:
+                rows.append((name, ", ".join(f"{k}={v!r}" for k, v in set_fields(section)) or "defaults"))
+        for key, value in self.overrides.values.items():
+            rows.append((f"{self.overrides.origin} {key}", repr(value)))
+        caption = f"JobFile {self.name}" + (f" ({self.source})" if self.source is not None else "")
+        return html_table(rows, caption)
 
     @classmethod
     def from_mapping(
@@ -343,6 +431,28 @@ class JobFile:
         """Resolve a path from the job file against :attr:`base_dir`."""
         p = Path(path).expanduser()
         return p if p.is_absolute() else self.base_dir / p
+
+
+def _as_overrides(value: Overrides | Mapping[str, object] | None) -> Overrides:
+    if value is None:
+        return Overrides()
+    return value if isinstance(value, Overrides) else Overrides(dict(value), "overrides")
+
+
+def _plain(value: object) -> Any:
+    """An attrs section as the job file's mapping (``extra`` parameters flattened in, as the file writes them)."""
+    if not attrs.has(type(value)):
+        return dict(value) if isinstance(value, Mapping) else value
+    out: dict[str, Any] = {}
+    for field in attrs.fields(type(value)):  # type: ignore[arg-type]
+        if not field.init:
+            continue
+        item = getattr(value, field.name)
+        if field.name == "extra" and isinstance(item, Mapping):
+            out.update({str(k): _plain(v) for k, v in item.items()})
+        else:
+            out[field.name.lstrip("_")] = _plain(item)
+    return out
 
 
 def load_sections(

@@ -53,6 +53,30 @@ class RunPlan:
     train_data: str
     test_data: str
 
+    def __repr__(self) -> str:
+        # The generated repr nests the whole job file and component schema (thousands of characters).
+        return (
+            f"RunPlan({self.display_name!r}, backend={self.job.backend!r}, model={self.model.asset_id!r}, "
+            f"component='{self.schema.name}:{self.schema.version}', parameters={len(self.parameters)}, "
+            f"model_defaults={len(self.overrides)})"
+        )
+
+    def _repr_html_(self) -> str:
+        from .display import html_table
+
+        rows = [
+            ("backend", self.job.backend),
+            ("model", self.model.asset_id),
+            ("component", f"{self.schema.name} {self.schema.version} ({self.schema.source})"),
+            ("experiment", self.experiment_name),
+            ("GPUs per node", str(self.gpus_per_node)),
+            ("train data", self.train_data),
+            ("test data", self.test_data),
+            *((f"parameter {k}", repr(v)) for k, v in sorted(self.parameters.items())),
+            *(("model default", str(o)) for o in self.overrides),
+        ]
+        return html_table(rows, f"RunPlan {self.display_name}")
+
 
 def data_files(job: JobFile) -> tuple[str, str]:
     """Return the train and test data the job uses: given files/URIs, or the builder's output paths."""
@@ -123,6 +147,7 @@ def plan_run(
                 )
             )
     if problems or schema is None:
+        problems = job.overrides.relocate(problems)  # an overridden parameter is named by its --set, not a line
         raise ValidationError(problems, f"{len(problems)} problem(s) in {source or 'the job'}")
     train, test = data_files(job)
     return RunPlan(

@@ -51,7 +51,7 @@ from .names import random_suffix
 from .plan import RunPlan, check_job, data_files, plan_run
 from .waiting import wait_for_job
 
-__all__ = ["JobRunner", "RunResult", "StageEvent", "run"]
+__all__ = ["JobRunner", "RunResult", "StageEvent", "answer_text", "run"]
 
 STAGES = ("model", "compute", "data", "finetune", "metrics", "register", "deploy", "score", "cleanup")
 
@@ -88,6 +88,7 @@ class RunResult:
         score_request: The sample request sent to the endpoint.
         score_response: The endpoint's answer.
         run_dir: Where ``run.json`` and the loss curves are.
+        loss_curves: The loss-curve PNG, when one was drawn (matplotlib installed, a loss logged).
     """
 
     job_file: JobFile
@@ -101,6 +102,36 @@ class RunResult:
     score_request: Mapping[str, Any] | None
     score_response: Any
     run_dir: Path
+    loss_curves: Path | None = None
+
+    @property
+    def answer(self) -> str | None:
+        """The endpoint's sample answer as text (see :func:`answer_text`), ``None`` when nothing was scored."""
+        return None if self.score_response is None else answer_text(self.score_response)
+
+
+def answer_text(response: Any) -> str:
+    """Return the text of an endpoint's answer.
+
+    Understands ``{"output": "..."}`` (local and Azure ML chat models) and the list forms some scoring scripts
+    return (``["..."]``, ``[{"0": "..."}]``); anything else comes back as JSON.
+
+    Args:
+        response: The endpoint's parsed answer.
+
+    Returns:
+        The answer's text.
+    """
+    value = response
+    if isinstance(value, Mapping) and "output" in value:
+        value = value["output"]
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+        if isinstance(value, Mapping) and len(value) == 1:  # [{"0": "..."}]: a one-column frame's row
+            value = next(iter(value.values()))
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _endpoint_name(job_name: str, suffix: str) -> str:
@@ -185,6 +216,9 @@ class JobRunner:
         }
         self._stage = "model"
         self._job_done = False
+        self._loss_curves: Path | None = None
+        if job.overrides:
+            self._record["overrides"] = job.overrides.as_record()
 
     def _emit(self, stage: str, message: str, *, done: bool = False) -> None:
         self._stage = stage
@@ -373,15 +407,14 @@ class JobRunner:
             handle.name,
             timeout_s=self.wait_timeout_s,
             poll_s=self.poll_s,
-            on_status=lambda h: self._emit(
-                "finetune", f"job {h.name} {h.status}" + (f": {h.progress}" if h.progress else "")
-            ),
+            # The job was named once, when submitted; status lines stay short (a local job name can be long).
+            on_status=lambda h: self._emit("finetune", f"{h.status}" + (f": {h.progress}" if h.progress else "")),
             clock=self._clock,
             sleep=self._sleep,
         )
         self._job_done = True
         self._record["finetune_job"]["status"] = handle.status
-        self._emit("finetune", f"job {handle.name} completed", done=True)
+        self._emit("finetune", "job completed", done=True)
 
         metrics = backend.read_metrics(handle)
         self._emit("metrics", self._review(metrics), done=True)
@@ -407,6 +440,7 @@ class JobRunner:
             score_request=request_body,
             score_response=response,
             run_dir=self.run_dir,
+            loss_curves=self._loss_curves,
         )
 
     def _data(self) -> dict[str, str]:
@@ -438,6 +472,7 @@ class JobRunner:
         try:
             curves = plot_loss_curves(metrics, self.run_dir / "loss.png", title=f"{self.job.name}: loss")
             self._record["loss_curves"] = str(curves.path)
+            self._loss_curves = curves.path
         except (MissingDependencyError, ValidationError) as exc:
             # matplotlib is optional and a run may log no loss; the summary still stands.
             self._emit("metrics", f"no loss curves: {exc}")
@@ -494,7 +529,8 @@ class JobRunner:
                 self._emit("score", f"scoring one conversation from {Path(source).name}")
                 response = deployer.invoke(request_body)
                 self._record["score"] = {"request": request_body, "response": response}
-                self._emit("score", f"answer: {str(response)[:120]}", done=True)
+                answer = " ".join(answer_text(response).split())
+                self._emit("score", f"answer: {answer[:100]}{'…' if len(answer) > 100 else ''}", done=True)
             if not job.deploy.keep:
                 self._emit("cleanup", f"deleting endpoint {name}")
         self._emit(
@@ -514,6 +550,7 @@ def run(
     backend: Backend | None = None,
     *,
     on_event: Callable[[StageEvent], None] | None = None,
+    overrides: Mapping[str, object] | None = None,
     **options: Any,
 ) -> RunResult:
     """Run a job file end to end (see :class:`JobRunner`).
@@ -522,11 +559,18 @@ def run(
         job: A :class:`~ftkit.jobfile.JobFile` or the path of one.
         backend: Where to run; by default the job's ``backend``.
         on_event: Called with each :class:`StageEvent`.
+        overrides: Job-file keys to replace, checked like the file (``{"finetune.learning_rate": 1e-4}``,
+            see :meth:`JobFile.evolve <ftkit.jobfile.JobFile.evolve>`); recorded in ``run.json``.
         **options: More :class:`JobRunner` options.
 
     Returns:
         The run's result.
+
+    Raises:
+        JobFileError: The file, or an override, is not a valid job.
     """
     if not isinstance(job, JobFile):
-        job = JobFile.load(job)
+        job = JobFile.load(job, overrides=overrides)
+    elif overrides:
+        job = job.evolve(overrides)
     return JobRunner(job, backend, on_event=on_event, **options).run()

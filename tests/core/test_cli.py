@@ -13,6 +13,7 @@ from ftkit.cli.main import build_parser
 COMMANDS = [
     ["validate"],
     ["render"],
+    ["schema"],
     ["data"],
     ["data", "build"],
     ["run"],

@@ -448,8 +448,9 @@ class TestSourcesAndJob:
 
         monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-        # Both libraries read the variables once, at import.
-        monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+        # Both libraries read the variables once, at import (datasets before 2.20 names it HF_DATASETS_OFFLINE).
+        monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+        monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True, raising=False)
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
         with pytest.raises(DataSourceError, match="local Hugging Face cache"):
             ChatDatasetBuilder(

@@ -141,6 +141,24 @@ class MetricsTable:
         s = self.series(key)
         return s[-1][1] if s else None
 
+    def to_pandas(self) -> Any:
+        """Return the metrics as a pandas DataFrame: one row per step, one column per metric.
+
+        pandas comes with the core install (through ``datasets``); it is imported only here.
+
+        Returns:
+            A DataFrame indexed by ``step`` with columns sorted by name (missing values are NaN).
+        """
+        import pandas as pd
+
+        frame = pd.DataFrame(
+            [{"step": p.step, "key": p.key, "value": p.value} for p in self.points], columns=["step", "key", "value"]
+        )
+        # A metric logged twice at one step (a resumed run) keeps the last value logged.
+        table = frame.pivot_table(index="step", columns="key", values="value", aggfunc="last")
+        table.columns.name = None
+        return table.reindex(sorted(table.columns), axis=1)
+
 
 @attrs.frozen(kw_only=True)
 class RegisterRequest:

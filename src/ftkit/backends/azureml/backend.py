@@ -74,16 +74,49 @@ class DatastoreUploader:
 
     def __call__(self, path: Path, destination: str) -> str:
         """Upload ``path``; azure-ai-ml picks the blob path (``LocalUpload/<hash>/...``), ``destination`` is a hint."""
-        from azure.ai.ml._artifacts._artifact_utilities import _upload_and_generate_remote_uri
-
+        upload = private_upload_function()
         del destination
         ml = self._connection.ml_client
         with map_azure_errors("upload_data", resource=f"file {path}"):
             return str(
-                _upload_and_generate_remote_uri(
+                upload(
                     ml._operation_scope, ml.datastores, path, datastore_name="workspaceblobstore", show_progress=False
                 )
             )
+
+
+# The private azure-ai-ml function DatastoreUploader calls, and the keyword arguments it passes. Private names
+# may change in any release: pyproject.toml bounds azure-ai-ml to the tested major, and this check turns a
+# change inside it into a clear error instead of an AttributeError or TypeError halfway through a run.
+PRIVATE_UPLOAD = ("azure.ai.ml._artifacts._artifact_utilities", "_upload_and_generate_remote_uri")
+PRIVATE_UPLOAD_KEYWORDS = ("datastore_name", "show_progress")
+
+
+def private_upload_function() -> Callable[..., Any]:
+    """Return azure-ai-ml's datastore upload function, checked to take the arguments ftkit passes.
+
+    Raises:
+        BackendError: The installed azure-ai-ml no longer has it (or changed its parameters); names the version.
+    """
+    import importlib
+    import inspect
+    from importlib.metadata import version
+
+    module_name, attr = PRIVATE_UPLOAD
+    try:
+        function: Callable[..., Any] = getattr(importlib.import_module(module_name), attr)
+        parameters = inspect.signature(function).parameters
+    except (ImportError, AttributeError, TypeError, ValueError):
+        parameters = None
+    missing = [k for k in PRIVATE_UPLOAD_KEYWORDS if parameters is None or k not in parameters]
+    if missing:
+        raise BackendError(
+            f"azure-ai-ml {version('azure-ai-ml')} changed {module_name}.{attr}, which ftkit uses to upload data "
+            f"({'missing' if parameters is None else 'no ' + ', '.join(missing)}); install the range ftkit "
+            "supports (pip install 'azure-ai-ml>=1.20,<2') or pass data.train_file/test_file as azureml:// URIs",
+            operation="upload_data",
+        )
+    return function
 
 
 class AzureMLBackend:
@@ -207,7 +240,12 @@ class AzureMLBackend:
         where = f"compute {section.cluster}"
         poller = self._call("create_compute", lambda: ml.compute.begin_create_or_update(cluster), resource=where)
         with map_azure_errors("create_compute", polling=True, resource=where):
-            return _cluster_info(poller.result(timeout=self.lro_timeout_s))
+            created = poller.result(timeout=self.lro_timeout_s)
+        if not getattr(created, "size", None):
+            # azure-ai-ml before ~1.27 can hand back the operation's final body as an "unsupported compute"
+            # without its size; the cluster itself is fine, so read it back as it now stands.
+            created = self._call("get_compute", lambda: ml.compute.get(section.cluster), resource=where)
+        return _cluster_info(created)
 
     def ensure_compute(self, section: ComputeSection, validator: ComputeValidator) -> ComputeCheck:
         """Get the cluster, or create it (dedicated, then low priority as the notebook does), then check it.

@@ -36,6 +36,9 @@ __all__ = ["ARM_SCOPE", "AzureMLConnection", "WorkspaceRef", "is_ci", "make_cred
 def quiet_azure_logging() -> None:
     """Silence azure-ai-ml's import-time warnings (one per experimental schema class: noise for users)."""
     logging.getLogger("azure.ai.ml").setLevel(logging.ERROR)
+    # Older releases' msrest models warn that azure-ai-ml's own outputs carry an attribute the REST model of
+    # that API version lacks (pathOnCompute); the body is right without it, and the warning is not the user's.
+    logging.getLogger("msrest.serialization").setLevel(logging.ERROR)
 
 
 ARM_SCOPE = "https://management.azure.com/.default"

@@ -114,6 +114,14 @@ def build_pipeline_job(plan: RunPlan, *, component: Any, cluster: str) -> Any:
 
 
 def rest_body(job: Any) -> Mapping[str, Any]:
-    """Return the REST body azure-ai-ml sends for ``job`` (``PUT .../jobs/{name}``)."""
-    body: Mapping[str, Any] = job._to_rest_object().as_dict()
+    """Return the REST body azure-ai-ml sends for ``job`` (``PUT .../jobs/{name}``), in the wire's camelCase keys."""
+    return wire_body(job._to_rest_object())
+
+
+def wire_body(rest: Any) -> dict[str, Any]:
+    """Return an azure-ai-ml REST model as the JSON it sends (camelCase keys), on every supported version."""
+    # Older azure-ai-ml (msrest models, before ~1.27) name attributes in snake_case in as_dict(); serialize()
+    # is what they put on the wire. Newer ones (model_base) have no serialize() and as_dict() is the wire body.
+    serialize = getattr(rest, "serialize", None)
+    body: dict[str, Any] = serialize() if callable(serialize) else rest.as_dict()
     return body

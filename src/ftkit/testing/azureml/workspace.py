@@ -66,7 +66,9 @@ class WorkspaceRoutes(FakeBase):
             from ...component import ComponentSchema
 
             component = component_from_schema(ComponentSchema.bundled())
-        body = component._to_rest_object().as_dict()
+        from ...backends.azureml.pipeline import wire_body
+
+        body = wire_body(component._to_rest_object())
         name, version = str(component.name), str(component.version)
         body["id"] = f"azureml://registries/azureml/components/{name}/versions/{version}"
         body["name"] = version
