@@ -26,7 +26,7 @@ def test_a_release_without_it_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, 
     uploader = azure_backend.DatastoreUploader(connection=None)  # type: ignore[arg-type]
     with pytest.raises(BackendError, match=r"azure-ai-ml \S+ changed .*_upload_and_generate_remote_uri") as info:
         uploader(tmp_path / "train.jsonl", "train")
-    assert "azure-ai-ml>=1.20,<2" in str(info.value)
+    assert "azure-ai-ml>=1.35,<2" in str(info.value)
     assert info.value.operation == "upload_data"
 
 

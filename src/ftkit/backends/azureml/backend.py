@@ -113,7 +113,7 @@ def private_upload_function() -> Callable[..., Any]:
         raise BackendError(
             f"azure-ai-ml {version('azure-ai-ml')} changed {module_name}.{attr}, which ftkit uses to upload data "
             f"({'missing' if parameters is None else 'no ' + ', '.join(missing)}); install the range ftkit "
-            "supports (pip install 'azure-ai-ml>=1.20,<2') or pass data.train_file/test_file as azureml:// URIs",
+            "supports (pip install 'azure-ai-ml>=1.35,<2') or pass data.train_file/test_file as azureml:// URIs",
             operation="upload_data",
         )
     return function
