@@ -186,7 +186,7 @@ def test_ctrl_c_while_fine_tuning_stops_the_job_and_a_rerun_resumes_it(
     """SIGINT while the worker trains: the job stops with a checkpoint (Canceled), and is said so; the next
     `ftkit run` resumes the same job from its checkpoint instead of starting a new one."""
     run = Run(demo_job, home)
-    run.wait_for(r"finetune \.\.\.\.  job \S+ Running: step")
+    run.wait_for(r"finetune \.\.\.\.  Running: step")
     run.proc.send_signal(signal.SIGINT)
     code, _, err = run.finish()
     record = assert_nothing_left(run, code, err, signum=signal.SIGINT, stage="finetune")
