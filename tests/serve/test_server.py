@@ -237,8 +237,9 @@ class TestMalformed:
             f"{live.base}/score", content=raw, headers={**live.auth(), "Content-Type": "application/json"}
         )
         assert resp.status_code == 400, resp.text
-        error = resp.json()["error"]
-        assert error["param"] == field
+        error = resp.json()["error"]  # Azure's shape under /score: the field is the error's target
+        assert error["code"] == "BadRequest"
+        assert error["target"] == field
         assert error["message"].startswith(field)
 
     @pytest.mark.parametrize(
@@ -263,7 +264,7 @@ class TestMalformed:
         body = {"input_data": {"input_string": [[{"role": "user", "content": "word " * 3000}]]}}
         resp = post(live, "/score", body)
         assert resp.status_code == 400
-        assert resp.json()["error"]["param"] == "input_data.input_string[0]"
+        assert resp.json()["error"]["target"] == "input_data.input_string[0]"
         assert "context" in resp.json()["error"]["message"]
 
     def test_body_too_large(self, live: LiveEndpoint) -> None:

@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from .requests import BadRequest, GenParams
+from .prompts import encode_conversation, longest_token_chars
+from .requests import GenParams
 
 __all__ = ["LoadedModel"]
 
@@ -51,27 +52,24 @@ class LoadedModel:
         self.max_length: int = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
         # transformers 5.x renamed the KV cache argument from past_key_values to cache (the old name warns).
         self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        self.max_token_chars = longest_token_chars(self.tokenizer)
 
     def encode(self, conversation: Sequence[Mapping[str, str]], field: str, max_new_tokens: int) -> list[int]:
         """Render a conversation with the chat template (with the generation prompt) and tokenize it.
 
+        Special tokens inside messages stay text (see :mod:`.prompts`). CPU work: call it off the event loop.
+
         Raises:
             BadRequest: The template rejects the conversation, or prompt plus answer exceed the context.
         """
-        try:
-            text = self.tokenizer.apply_chat_template(
-                [dict(m) for m in conversation], tokenize=False, add_generation_prompt=True
-            )
-            ids: list[int] = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        except Exception as exc:  # a template may raise anything (jinja's raise_exception, a KeyError...)
-            raise BadRequest(field, f"the model's chat template rejected the conversation: {exc}") from None
-        if len(ids) + max_new_tokens > self.max_length:
-            raise BadRequest(
-                field,
-                f"the prompt is {len(ids)} tokens; with max_new_tokens={max_new_tokens} it exceeds the model's "
-                f"context of {self.max_length} tokens",
-            )
-        return ids
+        return encode_conversation(
+            self.tokenizer,
+            conversation,
+            field,
+            max_new_tokens=max_new_tokens,
+            context=self.max_length,
+            max_token_chars=self.max_token_chars,
+        )
 
     def decode(self, ids: Sequence[int]) -> str:
         """Return the text of generated token ids (special tokens dropped)."""
@@ -104,6 +102,11 @@ class LoadedModel:
         next_pos = positions[:, -1:] + 1
 
         sample = torch.tensor([p.do_sample for p in params])
+        # A seeded row samples from its own generator, so its answer does not depend on what else is in the batch.
+        generators = [
+            torch.Generator().manual_seed(p.seed % 2**64) if p.do_sample and p.seed is not None else None
+            for p in params
+        ]
         temps = torch.tensor([p.temperature if p.do_sample else 1.0 for p in params], dtype=torch.float32)
         top_ps = torch.tensor([p.top_p for p in params], dtype=torch.float32)
         budgets = [p.max_new_tokens for p in params]
@@ -112,7 +115,7 @@ class LoadedModel:
         pad = torch.tensor(self.pad_id, dtype=torch.long)
 
         for _ in range(max(budgets)):
-            chosen = _choose(logits.float(), sample, temps, top_ps)
+            chosen = _choose(logits.float(), sample, temps, top_ps, generators)
             for i, token in enumerate(chosen.tolist()):
                 if reasons[i] is not None:
                     continue
@@ -138,18 +141,34 @@ class LoadedModel:
         return [r or "length" for r in reasons]
 
 
-def _choose(logits: torch.Tensor, sample: torch.Tensor, temps: torch.Tensor, top_ps: torch.Tensor) -> torch.Tensor:
-    """Strictly private: pick each row's next token, greedily or by temperature + nucleus sampling."""
+def _choose(
+    logits: torch.Tensor,
+    sample: torch.Tensor,
+    temps: torch.Tensor,
+    top_ps: torch.Tensor,
+    generators: Sequence[torch.Generator | None] = (),
+) -> torch.Tensor:
+    """Strictly private: pick each row's next token, greedily or by temperature + nucleus sampling.
+
+    A row with a generator (a request's ``seed``) draws from it alone; the others share torch's global one.
+    """
     greedy = logits.argmax(dim=-1)
     if not bool(sample.any()):
         return greedy
     # Temperatures and top_p too small for float32 (1e-300 reads as 0) must not divide by zero or empty the pool.
     probs = torch.softmax(logits / temps.clamp_min(1e-4)[:, None], dim=-1).nan_to_num(0.0)
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
     # Drop tokens once the mass before them reaches top_p; the most likely token always stays.
     drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_ps[:, None]
     drop[:, 0] = False
     sorted_probs = sorted_probs.masked_fill(drop, 0.0)
     sorted_probs[:, 0] = sorted_probs[:, 0].clamp_min(1e-12)  # a row of zeros (all NaN) falls back to greedy
-    picked = order.gather(-1, torch.multinomial(sorted_probs, 1)).squeeze(-1)
+    seeded = [(i, g) for i, g in enumerate(generators) if g is not None]
+    if len(seeded) < int(sample.sum()):
+        draws = torch.multinomial(sorted_probs, 1)
+    else:
+        draws = torch.zeros((logits.shape[0], 1), dtype=torch.long)
+    for i, generator in seeded:
+        draws[i] = torch.multinomial(sorted_probs[i], 1, generator=generator)
+    picked = order.gather(-1, draws).squeeze(-1)
     return torch.where(sample, picked, greedy)
