@@ -6,8 +6,8 @@ ftkit.backends.local.serve``) on a free loopback port, which becomes the endpoin
 restart (``create_endpoint`` after a crash) listens on the same port, so clients' saved URLs keep working, and
 fails with :class:`~ftkit.exceptions.ConflictError` if another process took it meanwhile. Creating a
 deployment records it in the endpoint's ``endpoint.json`` and asks the server (over an admin route with a key
-of its own) to load the model, waiting until it serves or failed. Traffic and keys live in files the server re-reads when they change, so moving
-traffic or regenerating a key takes effect without a restart. Everything is persisted under
+of its own) to load the model, waiting until it serves or failed. Traffic and keys live in files the server
+re-reads when they change, so moving traffic or regenerating a key takes effect without a restart. Everything is persisted under
 ``{home}/endpoints/NAME/`` (see :mod:`.serve.state`), so another process (``ftkit endpoint list``,
 ``ftkit endpoint delete``, ``ftkit cleanup``) sees and manages the same endpoints; a server that died is
 reported with provisioning state ``Failed`` and its log tail.
