@@ -7,10 +7,10 @@ restart (``create_endpoint`` after a crash) listens on the same port, so clients
 fails with :class:`~ftkit.exceptions.ConflictError` if another process took it meanwhile. Creating a
 deployment records it in the endpoint's ``endpoint.json`` and asks the server (over an admin route with a key
 of its own) to load the model, waiting until it serves or failed. Traffic and keys live in files the server
-re-reads when they change, so moving traffic or regenerating a key takes effect without a restart. Everything is persisted under
-``{home}/endpoints/NAME/`` (see :mod:`.serve.state`), so another process (``ftkit endpoint list``,
-``ftkit endpoint delete``, ``ftkit cleanup``) sees and manages the same endpoints; a server that died is
-reported with provisioning state ``Failed`` and its log tail.
+re-reads when they change, so moving traffic or regenerating a key takes effect without a restart.
+Everything is persisted under ``{home}/endpoints/NAME/`` (see :mod:`.serve.state`), so another process
+(``ftkit endpoint list``, ``ftkit endpoint delete``, ``ftkit cleanup``) sees and manages the same endpoints;
+a server that died is reported with provisioning state ``Failed`` and its log tail.
 
 Importing this module is cheap: no torch, no FastAPI (those load in the server process); httpx loads on
 first use.
