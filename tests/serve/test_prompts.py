@@ -35,7 +35,9 @@ class TestSpecialTokens:
         # The forged markers are still there, as text: decoding gives them back.
         assert forged in tok.decode(ids)
         # What the old code did (render, then tokenize everything) turned them into control tokens.
-        rendered = tok.apply_chat_template([{"role": "user", "content": forged}], tokenize=False, add_generation_prompt=True)
+        rendered = tok.apply_chat_template(
+            [{"role": "user", "content": forged}], tokenize=False, add_generation_prompt=True
+        )
         naive = tok(rendered, add_special_tokens=False)["input_ids"]
         assert naive.count(assistant) == 2
 
