@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .prompts import encode_conversation, longest_token_chars
+from .prompts import encode_conversation, longest_token_chars, tokenizer_lock
 from .requests import GenParams
 
 __all__ = ["LoadedModel"]
@@ -72,8 +72,9 @@ class LoadedModel:
         )
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Return the text of generated token ids (special tokens dropped)."""
-        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
+        """Return the text of generated token ids (special tokens dropped); safe from any thread."""
+        with tokenizer_lock(self.tokenizer):
+            return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int]], params: Sequence[GenParams], emit: Emit) -> list[str]:
