@@ -1,4 +1,5 @@
-"""Developer tasks: ``nox -s tests``, ``nox -s lint``, ``nox -s typing``, ``nox -s docs``, ``nox -s demo``.
+"""Developer tasks: ``nox -s tests``, ``nox -s lint``, ``nox -s typing``, ``nox -s docs``, ``nox -s demo``,
+``nox -s mindeps`` (the lowest versions pyproject.toml allows).
 
 Sessions install the CPU build of torch first (``FTKIT_TORCH`` overrides the pin, e.g. ``FTKIT_TORCH=torch``
 for a CUDA build), then ftkit with its ``local`` extra. ``nox -R`` reuses the environments.
@@ -33,6 +34,47 @@ def tests(session: nox.Session) -> None:
     """Run the test suite (GPU and live-Azure tests skip themselves when there is no GPU/credential)."""
     _install(session, "tests")
     session.run("python", "-m", "pytest", *session.posargs)
+
+
+# The tests that need no torch: the core, the data step, and Azure ML through the real azure-ai-ml over the fake.
+CORE_TESTS = ("tests/core", "tests/data", "tests/azureml")
+# Tests of the plots extra on a core install (the loss PNG named in `ftkit run`'s summary).
+PLOTS_TESTS = ("tests/azureml/test_cli_run.py",)
+
+
+def _install_lowest(session: nox.Session, wheel: Path, *extras: str) -> None:
+    """Install ftkit's wheel with the lowest versions its core dependencies (and ``extras``) allow, and the tests."""
+    lock = Path(session.create_tmp()) / f"lowest{'-' + '-'.join(extras) if extras else ''}.txt"
+    flags = [arg for extra in extras for arg in ("--extra", extra)]
+    # uv resolves the lowest version of each direct dependency (transitive ones newest, as pip would pick them).
+    session.run(
+        "uv", "pip", "compile", "pyproject.toml", "--resolution", "lowest-direct", "--python-version", PYTHON,
+        *flags, "--quiet", "--output-file", str(lock),
+    )  # fmt: skip
+    python = str(Path(session.bin) / "python")
+    session.run("uv", "pip", "install", "--python", python, "--quiet", "-r", str(lock))
+    # The built wheel, not the source tree: the tests then see what a user's `pip install ftkit` gets.
+    session.run("uv", "pip", "install", "--python", python, "--quiet", "--no-deps", "--reinstall", str(wheel))
+    # The tests group under the same pins, so no test tool upgrades a dependency under test.
+    session.run("uv", "pip", "install", "--python", python, "--quiet", "-c", str(lock), "--group", "tests")
+    session.run("python", "-c", "import ftkit, azure.ai.ml; print('ftkit imports at the lowest versions')")
+    session.run("uv", "pip", "freeze", "--python", python, "--quiet", silent=False)
+
+
+@nox.session(python=PYTHON)
+def mindeps(session: nox.Session) -> None:
+    """Build the sdist and wheel and check them; run the core and Azure-fake tests on the wheel at the lowest
+    allowed versions of the core dependencies, then the plots tests with the ``plots`` extra at its lowest.
+    """
+    session.install("uv>=0.5")
+    dist = Path(session.create_tmp()) / "dist"
+    session.run("uv", "build", "--quiet", "--out-dir", str(dist))
+    session.run("python", "scripts/check_dist.py", str(dist))  # LICENSE in both, URLs, extras
+    (wheel,) = dist.glob("ftkit-*.whl")
+    _install_lowest(session, wheel)
+    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *CORE_TESTS, *session.posargs)
+    _install_lowest(session, wheel, "plots")
+    session.run("python", "-m", "pytest", "-q", "-p", "no:cacheprovider", *PLOTS_TESTS, *session.posargs)
 
 
 @nox.session(python=PYTHON)

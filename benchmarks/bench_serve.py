@@ -1,4 +1,6 @@
-"""Load test of the local endpoint server: batched vs one-request-at-a-time generation, same run, same model.
+"""Load test of the local endpoint server: CPU mode (default) and GPU mode (``--gpu``).
+
+CPU mode: batched vs one-request-at-a-time generation, same run, same model.
 
 Starts two real endpoints on a tiny random Phi-3 model (loopback only): one with dynamic batching
 (``max_batch_size=16``) and one that generates one request at a time (``max_batch_size=1``). For 1, 4 and 16
@@ -7,6 +9,13 @@ and number of requests, and reports requests/s, output tokens/s and p50/p95 late
 error answer or if batched serving is not at least ``--min-speedup`` times faster at 16 clients.
 
     python benchmarks/bench_serve.py [--seconds 6] [--max-requests 1000] [--max-tokens 64] [--json out.json]
+
+GPU mode (``--gpu``, see :mod:`bench_serve_gpu`): the Phi-3-mini shape with random bfloat16 weights, streamed
+through ftkit's own server with the official ``openai`` async client at 16, 64 and 256 concurrent streams:
+today's static batcher moved to the GPU, ftkit's continuous batcher, and transformers' own continuous
+batching (``generate_batch``, in-process) for reference.
+
+    python benchmarks/bench_serve.py --gpu [--json out.json]
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import httpx
 from ftkit.backends.base import DeploymentSpec, EndpointSpec, RegisteredModel
 from ftkit.backends.local.endpoints import LocalEndpoints
 from ftkit.backends.local.tiny import make_tiny_model
+from ftkit.deployment_settings import DeploymentSettings
 
 CONCURRENCY = (1, 4, 16)
 
@@ -91,7 +101,12 @@ def serve_and_measure(home: Path, model: RegisteredModel, batch: int, args: argp
     endpoints.create_endpoint(EndpointSpec(name=name))
     try:
         endpoints.create_deployment(
-            DeploymentSpec(name="demo", endpoint=name, model=model, max_queue=256, request_timeout_ms=120_000)
+            DeploymentSpec(
+                name="demo",
+                endpoint=name,
+                model=model,
+                settings=DeploymentSettings(max_queue=256, request_timeout_ms=120_000),
+            )
         )
         info = endpoints.set_traffic(name, {"demo": 100})
         assert info.openai_uri is not None
@@ -111,6 +126,11 @@ def serve_and_measure(home: Path, model: RegisteredModel, batch: int, args: argp
 
 
 def main() -> int:
+    if "--gpu" in sys.argv[1:]:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_serve_gpu import main as gpu_main
+
+        return gpu_main([a for a in sys.argv[1:] if a != "--gpu"])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=6.0, help="time per concurrency level")
     parser.add_argument("--max-requests", type=int, default=1000, help="request cap per concurrency level")

@@ -1,22 +1,32 @@
-"""Throughput of the local training loop on a GPU, for a mid-size Phi-3-shaped model with random weights.
+"""LoRA training throughput on one GPU: the stock Trainer + PEFT path and ftkit's loop, side by side in one run.
 
-Builds a Phi-3-architecture model from ``Phi3Config`` (by default hidden size 1024, 8 layers, 16 heads, MLP 2816,
-Phi-3's vocabulary of 32064: about 168M parameters) with random weights and the tiny model's tokenizer, writes
-long synthetic conversations (each truncated to ``--seq / 2`` tokens, two per packed micro-batch: ``--seq``
-tokens a step), and trains with :func:`ftkit.backends.local.training.train`: LoRA (r 16, every linear layer) and
-full fine-tuning. It reports the median tokens/s over the logging windows after the first (warm-up), the
-model TFLOP/s that implies (matrix products only: 6 x parameters per token for full fine-tuning, 4x for LoRA,
-whose frozen weights need no weight gradients) and the peak GPU memory. Context, not a target.
+Phi-3-mini-4k-instruct's shape (3.82B parameters, random bf16 weights: throughput needs the shapes, not trained
+weights), LoRA r=8, alpha=128, dropout 0 on qkv_proj/o_proj/gate_up_proj/down_proj. Conversations have
+ultrachat-like lengths (log-normal, median ~1.1k tokens, capped at 4096, as ``shared/bench/hf_lora_baseline.py``)
+and the loss is on assistant tokens only (~3/4 of them). MFU counts 4N FLOPs per real token (frozen base: forward
+2N, input gradients 2N) over 989 TFLOP/s (H100/H200 dense bf16).
 
-    python benchmarks/bench_train_gpu.py [--steps 40] [--seq 2048] [--json out.json]
+Each path runs in its own process (clean peak memory; liger-kernel patches transformers' classes process-wide):
+
+- ``stock``: transformers ``Trainer`` + PEFT defaults (float32 adapters, SDPA), batch 1, no checkpointing;
+- ``fast``: :func:`ftkit.backends.local.training.train` as ``ftkit run`` calls it on a GPU (every default);
+- ``22gib``: the same with ``gpu_memory_gib: 22`` (a 24 GB card) and ``max_seq_length: 4096``;
+- ``--ablate``: on a shallower model of the same layer shape, each optimisation switched on in turn;
+- ``--profile``: a torch profiler table of a few steps of ``fast``.
+
+    python benchmarks/bench_train_gpu.py [--steps 24] [--ablate] [--profile] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
+import math
+import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,50 +34,70 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-import transformers
+PEAK_TFLOPS = 989.0
+LORA_TARGETS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
+# Phi-3-mini-4k-instruct
+SHAPE = {"hidden_size": 3072, "intermediate_size": 8192, "num_attention_heads": 32, "vocab_size": 32064}
+WORDS = [f"w{i}" for i in range(600)]
 
-from ftkit.backends.local.tiny import chat_texts, make_tiny_model, synthetic_conversations
-from ftkit.backends.local.training import TrainConfig, train
+# What each row of the ablation table switches on, cumulatively (training._TUNING keys).
+ABLATIONS: list[tuple[str, dict[str, Any]]] = [
+    (
+        "ftkit loop, stock kernels (SDPA mask, fp32 adapters, full logits)",
+        {"attention": "sdpa", "liger": False, "label_only_loss": False, "bf16_adapters": False},
+    ),
+    ("+ bf16 adapters (float32 masters)", {"bf16_adapters": True}),
+    ("+ varlen flash attention (no mask)", {"attention": "ftkit_varlen"}),
+    ("+ head at label positions only, chunked", {"label_only_loss": True}),
+    ("+ liger RMSNorm/SwiGLU/RoPE + fused linear CE", {"liger": True}),
+    ("+ torch.compile per decoder layer", {"compile_layers": True}),
+]
 
 
-class Windows:
-    """A metrics sink keeping each logging window's tokens/s."""
+def lengths(n: int, seed: int = 0, cap: int = 4096) -> list[int]:
+    """Ultrachat-like conversation lengths in tokens (log-normal, median ~1100)."""
+    import numpy as np
 
-    def __init__(self) -> None:
-        self.tokens_per_second: list[float] = []
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:  # noqa: ARG002 - the sink's signature
-        if "tokens_per_second" in metrics:
-            self.tokens_per_second.append(metrics["tokens_per_second"])
-
-    def flush(self) -> None:
-        pass
+    rng = np.random.default_rng(seed)
+    return [int(x) for x in np.clip(rng.lognormal(math.log(1100), 0.6, size=n), 64, cap)]
 
 
-def long_conversations(n: int, exchanges: int, seed: int) -> list[dict[str, Any]]:
-    """``n`` rows of ``exchanges`` user/assistant turns each, from the synthetic chat patterns."""
-    pool = synthetic_conversations(n * exchanges, seed=seed, system_every=0)
+def conversations(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Rows whose tokenised length follows :func:`lengths` (each word is one token of the bench's tokenizer)."""
+    import random
+
+    rng = random.Random(seed)
     rows = []
-    for i in range(n):
-        messages = [m for row in pool[i * exchanges : (i + 1) * exchanges] for m in row["messages"]]
+    for total in lengths(n, seed):
+        pairs = rng.randint(1, 4)
+        messages = []
+        for _ in range(pairs):
+            budget = max(8, total // pairs - 8) // 2  # ~4 template tokens a message, ~2 tokens a word
+            user = max(3, budget // 4)
+            for role, words in (("user", user), ("assistant", max(3, budget - user))):
+                messages.append({"role": role, "content": " ".join(rng.choices(WORDS, k=words))})
         rows.append({"messages": messages})
     return rows
 
 
-def build_model(root: Path, rows: list[dict[str, Any]], args: argparse.Namespace) -> tuple[Path, int]:
-    """The tiny model's tokenizer, with a Phi-3-shaped model of the asked size in place of its weights."""
+def build(root: Path, layers: int, small: bool = False) -> Path:
+    """A Phi-3-mini-shaped model with random bf16 weights and a tokenizer that reads each bench word as a token."""
+    import torch
     from transformers import AutoConfig, Phi3Config, Phi3ForCausalLM
 
-    out = make_tiny_model(root / "model", texts=chat_texts(rows), max_position_embeddings=4096)
+    from ftkit.backends.local.tiny import make_tiny_model
+
+    out = root / f"phi3-{'small' if small else 'mini'}-{layers}l"
+    if (out / "config.json").is_file():
+        return out
+    texts = [" ".join(WORDS[i : i + 40]) for i in range(0, len(WORDS), 40)] * 30
+    make_tiny_model(out, texts=texts, vocab_size=2048, max_position_embeddings=4096)
     tiny = AutoConfig.from_pretrained(out)
+    shape = {**SHAPE, "hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4} if small else SHAPE
     config = Phi3Config(
-        vocab_size=32064,
-        hidden_size=args.hidden,
-        intermediate_size=args.intermediate,
-        num_hidden_layers=args.layers,
-        num_attention_heads=args.heads,
-        num_key_value_heads=args.heads,
+        **shape,
+        num_hidden_layers=layers,
+        num_key_value_heads=shape["num_attention_heads"],
         max_position_embeddings=4096,
         original_max_position_embeddings=4096,
         bos_token_id=tiny.bos_token_id,
@@ -77,91 +107,301 @@ def build_model(root: Path, rows: list[dict[str, Any]], args: argparse.Namespace
         tie_word_embeddings=False,
     )
     torch.manual_seed(0)
-    model = Phi3ForCausalLM(config).to(torch.bfloat16)  # stored in bf16, as Phi-3's own checkpoints are
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = Phi3ForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(out)
-    return out, sum(p.numel() for p in model.parameters())
+    del model
+    return out
 
 
-def run(model_dir: Path, data: Path, out: Path, lora: bool, args: argparse.Namespace) -> dict[str, Any]:
+class Windows:
+    """A metrics sink keeping each logging window's tokens/s (and stepping a profiler, if given)."""
+
+    def __init__(self, profiler: Any = None) -> None:
+        self.tokens_per_second: list[float] = []
+        self.loss: list[float] = []
+        self.profiler = profiler
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:  # noqa: ARG002 - the sink's signature
+        if "tokens_per_second" in metrics:
+            self.tokens_per_second.append(metrics["tokens_per_second"])
+            self.loss.append(metrics["loss"])
+        if self.profiler is not None:
+            self.profiler.step()
+
+    def flush(self) -> None:
+        pass
+
+
+def n_params(model_dir: Path) -> int:
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(model_dir)
+    h, i, v, n = c.hidden_size, c.intermediate_size, c.vocab_size, c.num_hidden_layers
+    per_layer = h * 3 * h + h * h + h * 2 * i + i * h + 2 * h
+    return int(n * per_layer + 2 * v * h + h)
+
+
+def run_ftkit(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from ftkit.backends.local import training
+    from ftkit.backends.local.training import TrainConfig, train
+
+    tuning = json.loads(args.tuning)
+    training._TUNING.update(tuning)
+    extra: dict[str, Any] = {}
+    if args.variant == "22gib":
+        extra = {"gpu_memory_gib": 22.0}
     config = TrainConfig(
-        model_dir=str(model_dir),
-        train_file=str(data),
-        output_dir=str(out),
-        max_steps=args.steps,
-        per_device_train_batch_size=2,
-        max_seq_length=args.seq // 2,
+        model_dir=args.model,
+        train_file=args.data,
+        output_dir=tempfile.mkdtemp(),
+        max_steps=args.steps + 1,
+        per_device_train_batch_size=args.batch,
+        max_seq_length=4096,
         learning_rate=1e-4,
-        apply_lora=lora,
-        lora_r=16,
-        lora_alpha=32,
-        logging_steps=5,
+        lora_r=8,
+        lora_alpha=128,
+        lora_dropout=0.0,
+        lora_target_modules=LORA_TARGETS,
+        logging_steps=1 if args.variant == "profile" else 4,
         evaluation_strategy="disable",
         save_steps=10**6,
-        device=args.device,
+        token_cache_dir=args.cache,
+        **extra,
     )
-    sink = Windows()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    profiler = None
+    if args.variant == "profile":
+        profiler = torch.profiler.profile(
+            activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA],
+            schedule=torch.profiler.schedule(wait=3, warmup=1, active=3, repeat=1),
+        )
+        profiler.start()
+    sink = Windows(profiler)
+    plans: list[Any] = []
+    real_plan = training._plan
+
+    def spy(*a: Any, **k: Any) -> Any:
+        plan = real_plan(*a, **k)
+        plans.append(plan)
+        return plan
+
+    training._plan = spy  # type: ignore[assignment]  # to report the budget and checkpointing chosen
+    cuda = torch.cuda.is_available()
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
-    result = train(config, metrics=sink)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else float("nan")
+    # stop_after_steps one short of max_steps: the run stops with a checkpoint of the adapters instead of
+    # merging and saving a 7.6 GB model, which is not training.
+    result = train(config, metrics=sink, stop_after_steps=args.steps, progress="none")
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
     steady = sink.tokens_per_second[1:] or sink.tokens_per_second
-    return {
-        "mode": "lora" if lora else "full",
+    out: dict[str, Any] = {
+        "variant": args.variant,
+        "tuning": {**training._TUNING},
+        "budget": plans[0].budget if plans else None,
+        "checkpointing": plans[0].checkpointing if plans else None,
         "steps": result.global_step,
         "tokens_per_step": result.tokens / max(result.global_step, 1),
-        "tokens_per_second": statistics.median(steady),
+        "tokens_per_second": statistics.median(steady) if steady else result.tokens / result.runtime_s,
         "windows": [round(x) for x in sink.tokens_per_second],
-        "runtime_s": result.runtime_s,
-        "peak_gib": peak,
+        "loss": [round(x, 4) for x in sink.loss],
+        "peak_gib": round(peak, 2),
     }
+    if profiler is not None:
+        profiler.stop()
+        table = profiler.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70)
+        if os.environ.get("OUT"):
+            Path(os.environ["OUT"], "profile.txt").write_text(table, encoding="utf-8")
+        print(table[:6000], file=sys.stderr)
+    return out
+
+
+def run_stock(args: argparse.Namespace) -> dict[str, Any]:
+    """transformers Trainer + PEFT defaults, batch 1 (no padding), the same lengths, labels on every token."""
+    import peft
+    import torch
+    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+
+    ls = lengths(args.steps + 8)
+    warm = 4
+
+    class Rows(torch.utils.data.Dataset):  # type: ignore[type-arg]
+        def __len__(self) -> int:
+            return len(ls)
+
+        def __getitem__(self, i: int) -> dict[str, Any]:
+            g = torch.Generator().manual_seed(i)
+            ids = torch.randint(10, 1000, (ls[i],), generator=g)
+            return {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
+
+    def collate(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return {k: torch.stack([r[k] for r in rows]) for k in rows[0]}
+
+    class Clock(TrainerCallback):  # type: ignore[misc]
+        t0 = 0.0
+        seen = 0
+
+        def on_step_end(self, *_: Any, **__: Any) -> None:
+            self.seen += 1
+            if self.seen == warm:
+                torch.cuda.synchronize()
+                self.t0 = time.perf_counter()
+
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16, attn_implementation="sdpa")
+    model = model.to("cuda")
+    lora = peft.LoraConfig(
+        r=8, lora_alpha=128, lora_dropout=0.0, target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM"
+    )
+    model = peft.get_peft_model(model, lora)
+    targs = TrainingArguments(
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=1,
+        max_steps=args.steps,
+        bf16=True,
+        learning_rate=1e-4,
+        logging_steps=10**6,
+        save_strategy="no",
+        report_to=[],
+        remove_unused_columns=False,
+    )
+    clock = Clock()
+    data = Rows()
+    trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=collate, callbacks=[clock])
+    trainer._get_train_sampler = lambda *_a, **_k: torch.utils.data.SequentialSampler(data)  # a fixed workload
+    torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    torch.cuda.synchronize()
+    dt = time.perf_counter() - clock.t0
+    real = sum(ls[warm : args.steps])
+    return {
+        "variant": "stock",
+        "tokens_per_second": real / dt,
+        "tokens_per_step": real / (args.steps - warm),
+        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+    }
+
+
+def child(args: argparse.Namespace) -> int:
+    result = run_stock(args) if args.variant == "stock" else run_ftkit(args)
+    result["mfu"] = 4 * n_params(Path(args.model)) * result["tokens_per_second"] / (PEAK_TFLOPS * 1e12)
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+def spawn(
+    variant: str,
+    model: Path,
+    data: Path,
+    cache: Path,
+    steps: int,
+    tuning: Mapping[str, Any],
+    timeout: float,
+    batch: int,
+) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", variant, "--model", str(model), "--data", str(data)]
+    cmd += ["--cache", str(cache), "--steps", str(steps), "--tuning", json.dumps(dict(tuning)), "--batch", str(batch)]
+    began = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"variant": variant, "error": f"timed out after {timeout:.0f}s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        tail = (proc.stderr or proc.stdout)[-3000:]
+        print(f"--- {variant} failed ---\n{tail}", file=sys.stderr)
+        return {"variant": variant, "error": tail[-400:]}
+    result: dict[str, Any] = json.loads(lines[-1].removeprefix("RESULT "))
+    result["wall_s"] = round(time.perf_counter() - began, 1)
+    if proc.stderr and variant == "profile":
+        print(proc.stderr[-6000:], file=sys.stderr)
+    print(f"{variant}: {json.dumps(result)}", file=sys.stderr, flush=True)
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--seq", type=int, default=2048, help="tokens per packed micro-batch (two conversations)")
-    parser.add_argument("--hidden", type=int, default=1024)
-    parser.add_argument("--layers", type=int, default=8)
-    parser.add_argument("--heads", type=int, default=16)
-    parser.add_argument("--intermediate", type=int, default=2816)
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--steps", type=int, default=24)
+    parser.add_argument("--layers", type=int, default=32)
+    parser.add_argument("--ablate", action="store_true", help="the per-optimisation table")
+    parser.add_argument("--ablate-layers", type=int, default=8)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--only", default="stock,fast,22gib", help="which side-by-side variants to run")
+    parser.add_argument("--rows", type=int, default=1200)
+    parser.add_argument("--batch", type=int, default=16, help="conversations per optimizer step (ftkit)")
+    parser.add_argument("--timeout", type=float, default=240)
+    parser.add_argument("--root", type=Path, help="keep models and data here (default: a temporary directory)")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--small", action="store_true", help="a small model of Phi-3's kind: a CPU smoke test")
+    parser.add_argument("--child", dest="variant", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--cache", help=argparse.SUPPRESS)
+    parser.add_argument("--tuning", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.variant:
+        return child(args)
+
+    import torch
+    import transformers
 
     began = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        rows = long_conversations(2 * args.steps, exchanges=max(4, args.seq // 40), seed=0)
-        data = root / "train.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        model_dir, params = build_model(root, rows, args)
-        results = [run(model_dir, data, root / mode, mode == "lora", args) for mode in ("lora", "full")]
-    for r in results:
-        r["model_tflops"] = (4 if r["mode"] == "lora" else 6) * params * r["tokens_per_second"] / 1e12
+    root = args.root or Path(tempfile.mkdtemp())
+    root.mkdir(parents=True, exist_ok=True)
+    data = root / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in conversations(args.rows)), encoding="utf-8")
+    cache = root / "tokens"
+    results: list[dict[str, Any]] = []
+    model = build(root, args.layers, args.small)
+    for variant in [v for v in args.only.split(",") if v]:
+        results.append(spawn(variant, model, data, cache, args.steps, {}, args.timeout, args.batch))
+    if args.profile:
+        results.append(spawn("profile", model, data, cache, 8, {}, args.timeout, args.batch))
+    ablations: list[dict[str, Any]] = []
+    if args.ablate:
+        shallow = build(root, args.ablate_layers, args.small)
+        tuning: dict[str, Any] = {}
+        for label, change in ABLATIONS:
+            tuning.update(change)
+            r = spawn("fast", shallow, data, cache, args.steps, tuning, args.timeout, args.batch)
+            r["label"] = label
+            ablations.append(r)
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    import peft
+
     report = {
-        "device": device,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor(),
         "torch": torch.__version__,
-        "cuda": torch.version.cuda,
         "transformers": transformers.__version__,
+        "peft": peft.__version__,
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),
-        "params": params,
-        "shape": {k: getattr(args, k) for k in ("hidden", "layers", "heads", "intermediate", "seq", "steps")},
+        "params": n_params(model),
         "results": results,
-        "wall_s": time.perf_counter() - began,
+        "ablations": ablations,
+        "wall_s": round(time.perf_counter() - began, 1),
     }
+    try:
+        report["liger_kernel"] = importlib.metadata.version("liger-kernel")
+    except importlib.metadata.PackageNotFoundError:
+        report["liger_kernel"] = None
     if args.json:
         args.json.write_text(json.dumps(report, indent=2), encoding="utf-8")
     print(json.dumps(report, indent=2), file=sys.stderr)
-    print(f"{device}, torch {torch.__version__}, transformers {transformers.__version__}, {params / 1e6:.0f}M params")
-    print(f"{'mode':6} {'tok/step':>9} {'tok/s':>9} {'TFLOP/s':>8} {'peak GiB':>9}")
-    for r in results:
+    stock = next((r for r in results if r.get("variant") == "stock" and "error" not in r), None)
+    print(
+        f"{report['device']}, torch {torch.__version__}, transformers {transformers.__version__}, liger "
+        f"{report['liger_kernel']}, {report['params'] / 1e9:.2f}B params"
+    )
+    print(f"{'path':44} {'tokens/s':>9} {'MFU':>6} {'peak GiB':>9} {'x stock':>8}")
+    for r in results + ablations:
+        if "error" in r:
+            print(f"{r.get('label', r['variant']):44} failed: {r['error'][-120:]!r}")
+            continue
+        ratio = r["tokens_per_second"] / stock["tokens_per_second"] if stock else float("nan")
         print(
-            f"{r['mode']:6} {r['tokens_per_step']:9.0f} {r['tokens_per_second']:9.0f} "
-            f"{r['model_tflops']:8.1f} {r['peak_gib']:9.2f}"
+            f"{r.get('label', r['variant'])[:44]:44} {r['tokens_per_second']:9.0f} {r['mfu']:6.1%} "
+            f"{r['peak_gib']:9.2f} {ratio:8.2f}"
         )
     return 0
 

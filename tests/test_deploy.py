@@ -23,7 +23,10 @@ CONVERSATION = [{"role": "user", "content": "Hello?"}]
 
 @pytest.fixture
 def fake() -> FakeAzureML:
-    return FakeAzureML()
+    fake = FakeAzureML()
+    fake.add_model("ft", "1")  # deployments of a model the workspace lacks fail, as on Azure
+    fake.add_model("ft", "2")
+    return fake
 
 
 @pytest.fixture
@@ -115,7 +118,7 @@ class TestLifecycle:
             deployer.deploy(BLUE)
             deployer.invoke(CONVERSATION)
             old = fake.keys("ep-key")["primaryKey"]
-            keys = backend.regenerate_key("ep-key", "primary")
+            keys = backend.endpoints.regenerate_key("ep-key", "primary")
             assert keys.primary != old
             assert "primary" not in repr(keys) or keys.primary not in repr(keys)
             deployer.invoke(CONVERSATION)
@@ -129,7 +132,7 @@ class TestLifecycle:
     def test_delete_is_idempotent(self, fake: FakeAzureML, backend: AzureMLBackend) -> None:
         """Deleting an endpoint that is gone is not an error."""
         EndpointDeployer(backend, "never-created").delete()
-        backend.delete_deployment("never-created", "demo")
+        backend.endpoints.delete_deployment("never-created", "demo")
         assert fake.endpoint("never-created") is None
 
     def test_list_endpoints_only_ftkit(self, fake: FakeAzureML, backend: AzureMLBackend) -> None:
@@ -142,4 +145,4 @@ class TestLifecycle:
                 name="not-ftkit", auth_mode="key"
             )
         ).result()
-        assert [e.name for e in backend.list_endpoints()] == ["ep-list"]
+        assert [e.name for e in backend.endpoints.list_endpoints()] == ["ep-list"]

@@ -26,6 +26,7 @@ from typing import Any
 import attrs
 import yaml
 
+from .convert import BAD, convert_value
 from .exceptions import ParameterError, Problem, closest
 
 __all__ = [
@@ -115,24 +116,38 @@ class ComponentSchema:
 
         Returns:
             The schema.
+
+        Raises:
+            ParameterError: A default, minimum or maximum that is not a number where one is declared.
         """
         parsed = {}
+        problems: list[Problem] = []
         for key, raw in inputs.items():
             kind = str(raw.get("type", "string"))
             default = raw.get("default")
             # PyYAML (YAML 1.1) reads an unquoted 1e-8 as a string; the declared type decides.
             if kind == "number" and isinstance(default, str):
-                default = float(default)
+                default, reason = convert_value(default, float)
+                if reason is not None:
+                    problems.append(Problem(f"inputs.{key}.default", reason, source=source))
+            bounds: dict[str, float | None] = {}
+            for bound in ("min", "max"):
+                value, reason = (None, None) if raw.get(bound) is None else convert_value(raw[bound], float)
+                if reason is not None:
+                    problems.append(Problem(f"inputs.{key}.{bound}", reason, source=source))
+                bounds[bound] = None if value is BAD else value
             enum = raw.get("enum")
             parsed[key] = ComponentInput(
                 name=key,
                 type=kind,
                 optional=bool(raw.get("optional", False)),
-                default=default,
+                default=None if default is BAD else default,
                 enum=tuple(str(e) for e in enum) if enum is not None else None,
-                min=float(raw["min"]) if raw.get("min") is not None else None,
-                max=float(raw["max"]) if raw.get("max") is not None else None,
+                min=bounds["min"],
+                max=bounds["max"],
             )
+        if problems:
+            raise ParameterError(problems, f"malformed inputs in component {name} {version}")
         return cls(name=name, version=str(version), inputs=parsed, outputs=dict(outputs or {}), source=source)
 
     @classmethod
@@ -197,6 +212,32 @@ class ComponentSchema:
             )
         body = json.loads(target.read_text(encoding="utf-8"))
         return cls.from_input_dicts(body["name"], body["version"], body["inputs"], body["outputs"], "bundled")
+
+    def decode(self, name: str, value: object) -> tuple[object, str | None]:
+        """Decode one parameter from the component's encoding (or a YAML spelling) to a Python value.
+
+        ``"true"`` becomes ``True`` for the component's boolean enums, ``"2"`` becomes ``2`` for integers,
+        ``"2e-5"`` becomes ``2e-05`` for numbers; bounds are checked. Other enums and strings stay strings.
+
+        Args:
+            name: A declared input.
+            value: Its value.
+
+        Returns:
+            The decoded value and ``None``, or the value as given and why it cannot be decoded.
+        """
+        declared = self.inputs[name]
+        if declared.is_boolean_enum or declared.type == "boolean":
+            hint: Any = bool
+        elif declared.type == "integer" and declared.enum is None:
+            hint = int
+        elif declared.type == "number" and declared.enum is None:
+            hint = float
+        else:
+            return value, None
+        meta = {k: v for k, v in (("minimum", declared.min), ("maximum", declared.max)) if v is not None}
+        decoded, reason = convert_value(value, hint, meta)
+        return (value, reason) if decoded is BAD else (decoded, None)
 
     @property
     def registry_asset_id(self) -> str:

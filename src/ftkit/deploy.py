@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Any
 
+import attrs
+
 from .backends.base import Backend, DeploymentInfo, DeploymentSpec, EndpointInfo, EndpointSpec, RegisteredModel
 from .exceptions import FtkitError, Problem, ValidationError
 from .jobfile import DeploySection, JobFile, ScoreSection
@@ -59,7 +61,8 @@ class EndpointDeployer:
     Args:
         backend: Where the endpoint lives.
         name: The endpoint's name.
-        settings: Deployment settings (instance type and count, probe delay, request timeout, ``keep``).
+        settings: The job's ``deploy`` section: the :class:`~ftkit.deployment_settings.DeploymentSettings`
+            every deployment gets, the deployment's name, the local server's settings and ``keep``.
         score: Default sampling parameters for :meth:`invoke`.
         description: The endpoint's description.
         tags: Extra endpoint tags.
@@ -130,8 +133,10 @@ class EndpointDeployer:
         """Create the endpoint (key auth) and wait until it is ready; idempotent."""
         if self._info is None:
             self._emit(f"creating endpoint {self.name}")
-            spec = EndpointSpec(name=self.name, description=self.description, tags=self.tags)
-            self._info = self.backend.create_endpoint(spec)
+            spec = EndpointSpec(
+                name=self.name, description=self.description, tags=self.tags, server=self.settings.server
+            )
+            self._info = self.backend.endpoints.create_endpoint(spec)
         return self._info
 
     def check_instance_type(self, instance_type: str, base_model: FoundationModelRef | None = None) -> None:
@@ -158,17 +163,10 @@ class EndpointDeployer:
         )
 
     def _spec(self, model: RegisteredModel, name: str, instance_type: str | None) -> DeploymentSpec:
-        s = self.settings
-        return DeploymentSpec(
-            name=name,
-            endpoint=self.name,
-            model=model,
-            instance_type=instance_type or s.instance_type,
-            instance_count=s.instance_count,
-            request_timeout_ms=s.request_timeout_ms,
-            liveness_initial_delay_s=s.liveness_initial_delay_s,
-            max_concurrent_requests=s.max_concurrent_requests,
-        )
+        settings = self.settings.deployment_settings()
+        if instance_type is not None:
+            settings = attrs.evolve(settings, instance_type=instance_type)
+        return DeploymentSpec(name=name, endpoint=self.name, model=model, settings=settings)
 
     def add_deployment(
         self,
@@ -186,10 +184,12 @@ class EndpointDeployer:
             QuotaError: Not enough quota for the instance type.
         """
         spec = self._spec(model, name or self.settings.deployment_name, instance_type)
-        self.check_instance_type(spec.instance_type, base_model)
+        self.check_instance_type(spec.settings.instance_type, base_model)
         self.create()
-        self._emit(f"deploying {model.name}:{model.version} as {self.name}/{spec.name} on {spec.instance_type}")
-        info = self.backend.create_deployment(spec)
+        self._emit(
+            f"deploying {model.name}:{model.version} as {self.name}/{spec.name} on {spec.settings.instance_type}"
+        )
+        info = self.backend.endpoints.create_deployment(spec)
         if spec.name not in self.deployments:
             self.deployments.append(spec.name)
         return info
@@ -219,7 +219,7 @@ class EndpointDeployer:
     def set_traffic(self, traffic: Mapping[str, int]) -> EndpointInfo:
         """Route traffic between deployments (percentages adding up to 100)."""
         self._emit(f"routing {self.name}: {dict(traffic)}")
-        self._info = self.backend.set_traffic(self.name, traffic)
+        self._info = self.backend.endpoints.set_traffic(self.name, traffic)
         return self._info
 
     def update(
@@ -254,9 +254,9 @@ class EndpointDeployer:
         info = self.set_traffic({name: traffic, current: 100 - traffic})
         if delete_old and traffic == 100:
             self._emit(f"deleting deployment {self.name}/{current}")
-            self.backend.delete_deployment(self.name, current)
+            self.backend.endpoints.delete_deployment(self.name, current)
             self.deployments = [d for d in self.deployments if d != current]
-            info = self.backend.get_endpoint(self.name)
+            info = self.backend.endpoints.get_endpoint(self.name)
             self._info = info
         return info
 
@@ -304,17 +304,17 @@ class EndpointDeployer:
                 [Problem("deployment", f"endpoint {self.name} has no deployment yet", "call deploy() first")]
             )
         timeout = timeout_s if timeout_s is not None else self.settings.request_timeout_ms / 1000
-        return self.backend.score(self.name, body, deployment=target, timeout_s=timeout)
+        return self.backend.endpoints.score(self.name, body, deployment=target, timeout_s=timeout)
 
     def logs(self, deployment: str | None = None, *, lines: int = 200) -> str:
         """Return the last lines of a deployment's logs (default: the primary deployment)."""
         target = deployment or self.primary_deployment() or self.settings.deployment_name
-        return self.backend.get_logs(self.name, target, lines=lines)
+        return self.backend.endpoints.get_logs(self.name, target, lines=lines)
 
     def delete(self) -> None:
         """Delete the endpoint and its deployments (no error when already gone)."""
         self._emit(f"deleting endpoint {self.name}")
-        self.backend.delete_endpoint(self.name)
+        self.backend.endpoints.delete_endpoint(self.name)
         self._info = None
         self.deployments = []
 

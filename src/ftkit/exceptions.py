@@ -24,7 +24,8 @@ SDK errors (azure-core, azure-ai-ml, mlflow, torch) are translated at the backen
     │   └── JobTimeoutError                   waiting for a job ran past its deadline
     ├── DeploymentError                       an endpoint or deployment failed (endpoint, deployment, logs)
     │   └── ProbeFailedError                  the container never became live/ready
-    └── ScoringError                          a scoring request was answered with an error
+    ├── ScoringError                          a scoring request was answered with an error
+    └── StorageError                          the file system said no (full disk, permissions): stage and path
 
 The retry policy (:mod:`ftkit.retry`) retries :class:`TransientBackendError` and nothing else.
 """
@@ -54,6 +55,7 @@ __all__ = [
     "Problem",
     "QuotaError",
     "ScoringError",
+    "StorageError",
     "TagError",
     "TransientBackendError",
     "ValidationError",
@@ -306,3 +308,28 @@ class ScoringError(FtkitError):
         self.endpoint = endpoint
         self.deployment = deployment
         super().__init__(message)
+
+
+class StorageError(FtkitError):
+    """Writing or reading ftkit's files failed (a full disk, no permission): one message with the stage and path.
+
+    Args:
+        stage: The run's stage (``data``, ``finetune``, ``register``...) or the operation.
+        error: The operating system's error.
+    """
+
+    def __init__(self, stage: str, error: OSError) -> None:
+        import errno
+
+        self.stage = stage
+        self.errno = error.errno
+        self.path = error.filename
+        reason = error.strerror or str(error)
+        where = f" ({error.filename})" if error.filename else ""
+        hint = {
+            errno.ENOSPC: "free some space (or point FTKIT_HOME at a larger disk) and run again",
+            errno.EDQUOT: "free some space within your quota and run again",
+            errno.EACCES: "check the permissions of that path",
+            errno.EROFS: "the file system is read-only; point FTKIT_HOME elsewhere",
+        }.get(error.errno or 0, "fix the file system problem and run again")
+        super().__init__(f"{stage}: {reason}{where}; {hint}")

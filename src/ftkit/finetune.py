@@ -13,12 +13,14 @@ Precedence with the model's ``model_specific_defaults`` tag (see :meth:`Finetune
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, ClassVar, Literal, cast
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Literal
 
 import attrs
 
 from .component import DEFAULT_COMPONENT, DEFAULT_COMPONENT_VERSION, ComponentSchema, encode_parameters
+from .convert import BAD, bounds, convert_value
 from .exceptions import ParameterError, Problem
 
 __all__ = ["FinetunePipelineSpec", "ModelDefaultsPolicy", "ParameterOverride"]
@@ -120,30 +122,30 @@ class FinetunePipelineSpec:
     component_name: str = DEFAULT_COMPONENT
     component_version: str = DEFAULT_COMPONENT_VERSION
     model_defaults: ModelDefaultsPolicy = "model"
-    num_train_epochs: int | None = 3
-    per_device_train_batch_size: int | None = 1
-    per_device_eval_batch_size: int | None = 1
-    learning_rate: float | None = 5e-6
+    num_train_epochs: int | None = attrs.field(default=3, metadata=bounds(1))
+    per_device_train_batch_size: int | None = attrs.field(default=1, metadata=bounds(1))
+    per_device_eval_batch_size: int | None = attrs.field(default=1, metadata=bounds(1))
+    learning_rate: float | None = attrs.field(default=5e-6, metadata=bounds(exclusive_minimum=0))
     lr_scheduler_type: str | None = "cosine"
     apply_lora: bool | None = True
     apply_deepspeed: bool | None = True
     deepspeed_stage: int | None = 2
-    gradient_accumulation_steps: int | None = None
+    gradient_accumulation_steps: int | None = attrs.field(default=None, metadata=bounds(1))
     max_seq_length: int | None = None
     save_total_limit: int | None = None
-    num_nodes_finetune: int | None = None
+    num_nodes_finetune: int | None = attrs.field(default=None, metadata=bounds(1))
     max_steps: int | None = None
-    warmup_steps: int | None = None
-    weight_decay: float | None = None
-    lora_r: int | None = None
-    lora_alpha: int | None = None
-    lora_dropout: float | None = None
+    warmup_steps: int | None = attrs.field(default=None, metadata=bounds(0))
+    weight_decay: float | None = attrs.field(default=None, metadata=bounds(0))
+    lora_r: int | None = attrs.field(default=None, metadata=bounds(1))
+    lora_alpha: int | None = attrs.field(default=None, metadata=bounds(1))
+    lora_dropout: float | None = attrs.field(default=None, metadata=bounds(0, 1))
     merge_lora_weights: bool | None = None
     precision: int | None = None
-    seed: int | None = None
-    logging_steps: int | None = None
+    seed: int | None = attrs.field(default=None, metadata=bounds(0))
+    logging_steps: int | None = attrs.field(default=None, metadata=bounds(1))
     evaluation_strategy: str | None = None
-    eval_steps: int | None = None
+    eval_steps: int | None = attrs.field(default=None, metadata=bounds(1))
     extra: Mapping[str, object] = attrs.field(factory=dict, eq=False, hash=False)
 
     _SETTINGS: ClassVar[frozenset[str]] = frozenset({"component_name", "component_version", "model_defaults"})
@@ -154,25 +156,58 @@ class FinetunePipelineSpec:
         return tuple(a.name for a in attrs.fields(cls) if a.name not in cls._SETTINGS and a.name != "extra")
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> FinetunePipelineSpec:
-        """Build a spec from a job file's ``finetune`` section.
+    def from_mapping(
+        cls, values: Mapping[str, Any], *, on_problem: Callable[[str, str], None] | None = None
+    ) -> FinetunePipelineSpec:
+        """Build a spec from a job file's ``finetune`` section, each typed field converted to its type.
 
-        Typed parameters go to their fields, every other key to :attr:`extra`; nothing is validated here
-        (see :meth:`encoded`), so one pass can report every problem.
+        Exponent forms (``5e-6``, a string in YAML 1.1) and the component's encodings (``"true"``, ``"2"``)
+        are accepted. Every other key goes to :attr:`extra` as given; the component schema decodes and checks
+        those when the run is planned (:meth:`decoded`, :meth:`encoded`).
 
         Args:
             values: The section's keys and values.
+            on_problem: Told ``(key, reason)`` for each value that cannot be converted; without it they are
+                raised together.
 
         Returns:
-            The spec.
+            The spec (with ``on_problem``: of the values that converted, the others at their defaults).
+
+        Raises:
+            ParameterError: A value cannot be converted to its field's type (only without ``on_problem``).
         """
         typed = set(cls.typed_parameter_names()) | cls._SETTINGS
-        kwargs = {k: v for k, v in values.items() if k in typed}
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in attrs.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        problems: list[Problem] = []
+        for key, value in values.items():
+            if key not in typed:
+                continue
+            converted, reason = convert_value(value, hints[key], fields[key].metadata)
+            if converted is BAD:
+                problems.append(Problem(f"finetune.{key}", reason or "bad value"))
+                if on_problem is not None:
+                    on_problem(key, reason or "bad value")
+            else:
+                kwargs[key] = converted
         extra = {k: v for k, v in values.items() if k not in typed}
-        for key in ("component_version", "component_name"):
-            if key in kwargs and kwargs[key] is not None:
-                kwargs[key] = str(kwargs[key])
+        if problems and on_problem is None:
+            raise ParameterError(problems, f"{len(problems)} invalid finetune parameter(s)")
+        # With on_problem, the values that converted still make a spec, for checks of the rest of the file.
         return cls(**kwargs, extra=extra)
+
+    def decoded(self, schema: ComponentSchema) -> FinetunePipelineSpec:
+        """Return the spec with :attr:`extra` decoded to Python values by the component's declared types.
+
+        Values the schema does not declare, or cannot decode, are left as given for :meth:`encoded` to report.
+        """
+        extra: dict[str, object] = {}
+        for key, value in self.extra.items():
+            declared = schema.inputs.get(key)
+            decoded, reason = schema.decode(key, value) if declared is not None else (value, None)
+            extra[key] = value if reason is not None else decoded
+        return attrs.evolve(self, extra=extra)
 
     def parameters(self) -> dict[str, object]:
         """Return every set parameter (typed fields and extras) in Python form, ``None`` values left out."""
@@ -235,30 +270,54 @@ class FinetunePipelineSpec:
         return encoded
 
     def with_model_defaults(
-        self, defaults: Mapping[str, object]
+        self, defaults: Mapping[str, object], schema: ComponentSchema | None = None
     ) -> tuple[FinetunePipelineSpec, tuple[ParameterOverride, ...]]:
         """Merge the model's ``model_specific_defaults`` under this spec's :attr:`model_defaults` policy.
 
+        The tag's values (strings such as ``"true"``, ``"16"``, ``"2e-5"``) are decoded first: typed fields by
+        their type, other parameters by the component's declared type.
+
         Args:
             defaults: The model's tag, parsed (see :attr:`FoundationModelRef.model_specific_defaults`).
+            schema: The component's declared inputs, to decode parameters without a typed field.
 
         Returns:
             The merged spec, and every parameter where job and model disagreed (or that the model adds),
             with who won.
+
+        Raises:
+            ParameterError: A tag value cannot be decoded to the parameter's type (each named).
         """
+        hints = typing.get_type_hints(type(self))
+        fields = {f.name: f for f in attrs.fields(type(self))}
+        typed = set(self.typed_parameter_names())
+        problems: list[Problem] = []
+        decoded: dict[str, object] = {}
+        for key, raw in defaults.items():
+            if key in typed:
+                value, reason = convert_value(raw, hints[key], fields[key].metadata)
+            elif schema is not None and key in schema.inputs:
+                value, reason = schema.decode(key, raw)
+            else:
+                value, reason = raw, None  # not a declared input: encoded() names it
+            if value is BAD or reason is not None:
+                problems.append(Problem(f"tags.model_specific_defaults.{key}", reason or "bad value"))
+            else:
+                decoded[key] = value
+        if problems:
+            raise ParameterError(problems, "the model's model_specific_defaults tag has values of the wrong type")
         current = self.parameters()
         merged = dict(current)
         overrides: list[ParameterOverride] = []
-        for key, model_value in defaults.items():
+        for key, model_value in decoded.items():
             job_value = current.get(key)
-            if job_value is not None and _same(job_value, model_value):
+            if job_value is not None and job_value == model_value:
                 continue
             if self.model_defaults == "model" or (self.model_defaults == "job" and job_value is None):
                 merged[key] = model_value
                 overrides.append(ParameterOverride(key, job_value, model_value, "model"))
             else:
                 overrides.append(ParameterOverride(key, job_value, model_value, "job"))
-        typed = set(self.typed_parameter_names())
         # Fields the merge did not touch keep their value; explicit None keeps "component default".
         changes: dict[str, Any] = {k: v for k, v in merged.items() if k in typed}
         extra = {k: v for k, v in merged.items() if k not in typed}
@@ -279,55 +338,15 @@ class FinetunePipelineSpec:
         Returns:
             The display name.
         """
-        p = self.parameters()
         total = (
-            _int(p.get("per_device_train_batch_size"), 1)
-            * _int(p.get("gradient_accumulation_steps"), 1)
+            (self.per_device_train_batch_size or 1)
+            * (self.gradient_accumulation_steps or 1)
             * gpus_per_node
-            * _int(p.get("num_nodes_finetune"), 1)
+            * (self.num_nodes_finetune or 1)
         )
-        scheduler = p.get("lr_scheduler_type") or "linear"
-        ds = f"ds{_enum_text(p.get('deepspeed_stage'), '2')}" if _truthy(p.get("apply_deepspeed")) else "nods"
-        lora = "lora" if _truthy(p.get("apply_lora")) else "nolora"
-        save_limit = _int(p.get("save_total_limit"), -1)
-        seqlen = _int(p.get("max_seq_length"), -1)
+        scheduler = self.lr_scheduler_type or "linear"
+        ds = f"ds{self.deepspeed_stage or 2}" if self.apply_deepspeed else "nods"
+        lora = "lora" if self.apply_lora else "nolora"
+        save_limit = -1 if self.save_total_limit is None else self.save_total_limit
+        seqlen = -1 if self.max_seq_length is None else self.max_seq_length
         return f"{model_name}-{dataset}-bs{total}-{scheduler}-{ds}-{lora}-save_limit{save_limit}-seqlen{seqlen}"
-
-
-def _truthy(value: object) -> bool:
-    return value is True or (isinstance(value, str) and value.lower() == "true")
-
-
-def _int(value: object, default: int) -> int:
-    if value is None:
-        return default
-    try:
-        return int(cast(Any, value))
-    except (TypeError, ValueError):
-        return default
-
-
-def _enum_text(value: object, default: str) -> str:
-    if value is None:
-        return default
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
-
-
-def _same(a: object, b: object) -> bool:
-    """Compare a job value and a tag value across encodings (True == "true", 2 == "2")."""
-
-    def norm(v: object) -> object:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, int | float):
-            return float(v)
-        if isinstance(v, str):
-            try:
-                return float(v)
-            except ValueError:
-                return v.lower()
-        return v
-
-    return norm(a) == norm(b)

@@ -7,8 +7,6 @@ and docs/jobfile.md for every key.
 
 from __future__ import annotations
 
-import contextlib
-import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,9 +15,13 @@ from typing import Any, Literal, TypeVar
 import attrs
 import yaml
 
+from .convert import BAD, bounds, convert_value, describe_type
+from .deployment_settings import DeploymentSettings, ServerSettings
+from .display import html_table, set_fields, short
 from .exceptions import JobFileError, Problem, closest
 from .finetune import FinetunePipelineSpec
 from .model import FoundationModelRef
+from .overrides import Overrides
 
 __all__ = [
     "ComputeSection",
@@ -30,6 +32,7 @@ __all__ = [
     "ModelSection",
     "RegisterSection",
     "ScoreSection",
+    "load_sections",
     "parse_yaml",
 ]
 
@@ -80,11 +83,11 @@ class ComputeSection:
 
     cluster: str = "gpu-cluster-big"
     size: str | None = None
-    max_instances: int = 2
-    min_instances: int = 0
+    max_instances: int = attrs.field(default=2, metadata=bounds(1))
+    min_instances: int = attrs.field(default=0, metadata=bounds(0))
     tier: Literal["dedicated", "low_priority"] = "dedicated"
     low_priority_fallback: bool = True
-    gpus_per_node: int | None = None
+    gpus_per_node: int | None = attrs.field(default=None, metadata=bounds(1))
 
 
 @attrs.frozen(kw_only=True)
@@ -110,10 +113,10 @@ class DataSection:
     train_split: str = "train_sft"
     test_split: str = "test_sft"
     score_split: str | None = "test_gen"
-    percent: float | None = None
-    rows: int | None = None
+    percent: float | None = attrs.field(default=None, metadata=bounds(maximum=100, exclusive_minimum=0))
+    rows: int | None = attrs.field(default=None, metadata=bounds(1))
     sample: Literal["first", "random"] = "first"
-    seed: int = 0
+    seed: int = attrs.field(default=0, metadata=bounds(0))
     strict: bool = False
     out_dir: str = "data"
     train_file: str | None = None
@@ -136,28 +139,25 @@ class RegisterSection:
 
 
 @attrs.frozen(kw_only=True)
-class DeploySection:
+class DeploySection(DeploymentSettings):
     """``deploy:`` the online endpoint and its deployment.
+
+    Every :class:`~ftkit.deployment_settings.DeploymentSettings` field (instance type and count, request
+    timeout, liveness delay, concurrency, ``max_queue``, ``max_batch_size``) is a key of this section; these
+    are the endpoint's own.
 
     Attributes:
         endpoint_name: The endpoint's name (default: ``{job name}-{timestamp}``).
         deployment_name: The deployment's name.
-        instance_type: VM size of the deployment (checked against the model's inference allow-list).
-        instance_count: Instances.
-        request_timeout_ms: Scoring request timeout.
-        liveness_initial_delay_s: Seconds before the first liveness probe (model loading takes a while).
-        max_concurrent_requests: Requests handled at once per instance.
         keep: Keep the endpoint after the run (it costs money while it exists).
+        server: The local endpoint server's settings (``deploy.server:``; the local backend only; ``None``:
+            the backend's own).
     """
 
     endpoint_name: str | None = None
     deployment_name: str = "demo"
-    instance_type: str = "Standard_NC6s_v3"
-    instance_count: int = 1
-    request_timeout_ms: int = 90000
-    liveness_initial_delay_s: int = 600
-    max_concurrent_requests: int = 1
     keep: bool = False
+    server: ServerSettings | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -171,10 +171,10 @@ class ScoreSection:
         max_new_tokens: Longest answer.
     """
 
-    temperature: float = 0.6
-    top_p: float = 0.9
+    temperature: float = attrs.field(default=0.6, metadata=bounds(0))
+    top_p: float = attrs.field(default=0.9, metadata=bounds(maximum=1, exclusive_minimum=0))
     do_sample: bool = True
-    max_new_tokens: int = 200
+    max_new_tokens: int = attrs.field(default=200, metadata=bounds(1))
 
 
 @attrs.frozen(kw_only=True)
@@ -187,14 +187,35 @@ class LocalSection:
         save_steps: Steps between checkpoints (one is also written at each epoch's end).
         lora_target_modules: Comma-separated module names to adapt (default: every linear layer but the head).
         max_eval_examples: Evaluate on at most this many test conversations.
+        processes: Training processes on this host (torchrun ranks). Default: ``compute.gpus_per_node`` (what
+            Azure ML passes as ``number_of_gpu_to_use_finetuning``) when this machine has several GPUs, else 1.
+            With ``device: cpu``, N gloo processes (to test the multi-GPU path without GPUs).
+        max_tokens_per_micro_batch: Token budget of one micro-batch (a step's conversations are split into
+            micro-batches of at most this many tokens; results do not depend on it). Default: planned from the
+            GPU's memory (or ``gpu_memory_gib``), 16384 on a CPU.
+        gradient_checkpointing: Recompute activations in the backward pass (default: only when the budget
+            needs it).
+        gpu_memory_gib: GPU memory to plan for (default: the card's), e.g. 22 for a 24 GB card.
+        torch_compile: ``torch.compile`` each decoder layer on CUDA (pays off on runs of more than a few minutes).
     """
 
     home: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Training settings the Azure component does not declare, so they cannot go under `finetune:`.
-    save_steps: int | None = None
+    save_steps: int | None = attrs.field(default=None, metadata=bounds(1))
     lora_target_modules: str | None = None
-    max_eval_examples: int | None = None
+    max_eval_examples: int | None = attrs.field(default=None, metadata=bounds(1))
+    processes: int | None = attrs.field(default=None, metadata=bounds(1))
+    max_tokens_per_micro_batch: int | None = attrs.field(default=None, metadata=bounds(1))
+    gradient_checkpointing: bool | None = None
+    gpu_memory_gib: float | None = attrs.field(default=None, metadata=bounds(exclusive_minimum=0))
+    torch_compile: bool | None = None
+
+    def target_modules(self) -> tuple[str, ...] | None:
+        """``lora_target_modules`` as module names (``None``: every linear layer but the head)."""
+        if self.lora_target_modules is None:
+            return None
+        return tuple(m.strip() for m in self.lora_target_modules.split(",") if m.strip())
 
 
 _SECTIONS: Mapping[str, type] = {
@@ -227,6 +248,7 @@ class JobFile:
         local: See :class:`LocalSection`.
         source: The file it was loaded from, if any.
         lines: Line numbers of keys in ``source`` (``finetune.learning_rate`` -> 14).
+        overrides: Keys replaced from outside the file (``--set``, ``overrides=``), recorded in ``run.json``.
     """
 
     name: str
@@ -242,13 +264,16 @@ class JobFile:
     local: LocalSection = attrs.field(factory=LocalSection)
     source: Path | None = attrs.field(default=None, eq=False)
     lines: Mapping[str, int] = attrs.field(factory=dict, eq=False, repr=False)
+    overrides: Overrides = attrs.field(factory=Overrides, eq=False, repr=False)
 
     @classmethod
-    def load(cls, path: str | Path) -> JobFile:
+    def load(cls, path: str | Path, *, overrides: Overrides | Mapping[str, object] | None = None) -> JobFile:
         """Read and check a YAML job file.
 
         Args:
             path: The file.
+            overrides: Keys to replace before the file is checked (``{"finetune.learning_rate": 1e-4}``);
+                see :mod:`ftkit.overrides`.
 
         Returns:
             The job.
@@ -262,15 +287,18 @@ class JobFile:
         except OSError as exc:
             reason = "no such file" if isinstance(exc, FileNotFoundError) else exc.strerror or str(exc)
             raise JobFileError([Problem("", reason, source=str(path))], "cannot read the job file") from None
-        return cls.from_yaml(text, source=str(path))
+        return cls.from_yaml(text, source=str(path), overrides=overrides)
 
     @classmethod
-    def from_yaml(cls, text: str, *, source: str = "<string>") -> JobFile:
+    def from_yaml(
+        cls, text: str, *, source: str = "<string>", overrides: Overrides | Mapping[str, object] | None = None
+    ) -> JobFile:
         """Parse a job file's text (see :meth:`load`).
 
         Args:
             text: The YAML.
             source: A name for messages.
+            overrides: Keys to replace before the text is checked (see :meth:`load`).
 
         Returns:
             The job.
@@ -284,8 +312,87 @@ class JobFile:
                 [Problem("", "expected a mapping of sections at the top level", source=source, line=1)],
                 "invalid job file",
             )
-        job = cls.from_mapping(data, source=source, lines=lines)
+        job = cls._from_raw(data, source=source, lines=lines, overrides=_as_overrides(overrides))
         return attrs.evolve(job, source=Path(source) if source != "<string>" else None)
+
+    @classmethod
+    def _from_raw(
+        cls, data: Mapping[str, Any], *, source: str | None, lines: Mapping[str, int], overrides: Overrides
+    ) -> JobFile:
+        """Apply ``overrides`` to the raw mapping, then load it; problems with overridden keys name the override."""
+        if not overrides:
+            return cls.from_mapping(data, source=source, lines=lines)
+        try:
+            job = cls.from_mapping(overrides.apply(data), source=source, lines=overrides.drop_lines(lines))
+        except JobFileError as exc:
+            problems = overrides.relocate(exc.problems)
+            raise JobFileError(problems, f"{len(problems)} problem(s) in {source or 'the job file'}") from None
+        return attrs.evolve(job, overrides=overrides)
+
+    def evolve(self, overrides: Mapping[str, object] | None = None, /, **sections: Any) -> JobFile:
+        """Return this job with keys replaced, checked again exactly as if the file had said so.
+
+        ``job.evolve({"finetune.learning_rate": 1e-4, "deploy.keep": True})`` or, section by section,
+        ``job.evolve(data={"percent": 1})``. The replaced keys are recorded in :attr:`overrides` (and in
+        ``run.json``); bad values raise the loader's errors, named by their key.
+
+        Args:
+            overrides: Dotted key to value (see :mod:`ftkit.overrides`).
+            **sections: Top-level keys to replace (a mapping is merged into the section).
+
+        Returns:
+            The new job.
+
+        Raises:
+            JobFileError: An overridden value is not allowed where it goes.
+        """
+        given = Overrides({**(overrides or {}), **sections}, "overrides")
+        combined = self.overrides.merged(given) if self.overrides else given
+        source = str(self.source) if self.source is not None else None
+        # Start from this job's own values (not the file again), so earlier evolve() calls are kept.
+        job = type(self)._from_raw(
+            self.to_mapping(), source=source, lines=combined.drop_lines(self.lines), overrides=given
+        )
+        return attrs.evolve(job, source=self.source, overrides=combined)
+
+    def to_mapping(self) -> dict[str, Any]:
+        """Return the job as a job file's mapping (every key, defaults included); ``from_mapping`` reads it back."""
+        out: dict[str, Any] = {}
+        for field in attrs.fields(type(self)):
+            if field.name in ("source", "lines", "overrides"):
+                continue
+            out[field.name] = _plain(getattr(self, field.name))
+        return out
+
+    def __repr__(self) -> str:
+        # The generated repr (every section, every default) runs to ~1,800 characters on one line.
+        parts = [repr(self.name), f"backend={self.backend!r}", f"model={self.model.path or self.model.name!r}"]
+        if self.backend == "azureml":
+            parts.append(f"compute={self.compute.cluster!r}")
+        parts.append(f"data={self.data.train_file or self.data.source!r}")
+        changed = set_fields(self.finetune)
+        if changed:
+            shown = ", ".join(f"{k}={short(v, 24)}" for k, v in changed[:4])
+            parts.append(f"finetune={{{shown}{', …' if len(changed) > 4 else ''}}}")
+        if self.overrides:
+            parts.append(f"overrides={dict(self.overrides.values)!r}")
+        if self.source is not None:
+            parts.append(f"source={str(self.source)!r}")
+        return f"JobFile({', '.join(parts)})"
+
+    def _repr_html_(self) -> str:
+        rows: list[tuple[str, str]] = [("backend", self.backend)]
+        if self.experiment_name:
+            rows.append(("experiment", self.experiment_name))
+        for name in (*_SECTIONS, "finetune"):
+            section = getattr(self, name)
+            changed = set_fields(section)
+            if name == "model" or changed:
+                rows.append((name, ", ".join(f"{k}={v!r}" for k, v in set_fields(section)) or "defaults"))
+        for key, value in self.overrides.values.items():
+            rows.append((f"{self.overrides.origin} {key}", repr(value)))
+        caption = f"JobFile {self.name}" + (f" ({self.source})" if self.source is not None else "")
+        return html_table(rows, caption)
 
     @classmethod
     def from_mapping(
@@ -305,54 +412,7 @@ class JobFile:
             JobFileError: Every bad key or value.
         """
         lines = dict(lines or {})
-        problems: list[Problem] = []
-
-        def problem(where: str, message: str, suggestion: str | None = None) -> None:
-            problems.append(Problem(where, message, suggestion, source, lines.get(where)))
-
-        for key in data:
-            if key not in _TOP_LEVEL:
-                near = closest(str(key), _TOP_LEVEL)
-                problem(
-                    str(key),
-                    "unknown top-level key",
-                    f"did you mean {near[0]}?" if near else f"valid keys: {', '.join(_TOP_LEVEL)}",
-                )
-        kwargs: dict[str, Any] = {}
-        for key in ("name", "experiment_name"):
-            if key in data:
-                kwargs[key] = _convert(data[key], str | None if key != "name" else str, key, problem)
-        if "name" not in data:
-            problem("name", "is required", "name the run, e.g. name: phi3-ultrachat")
-        if "backend" in data:
-            kwargs["backend"] = _convert(data["backend"], BackendName, "backend", problem)
-        for key, section_cls in _SECTIONS.items():
-            if key in data:
-                kwargs[key] = _build_section(section_cls, data[key], key, problem)
-        if "model" not in data:
-            problem(
-                "model",
-                "is required",
-                "e.g. model: {name: Phi-3-mini-4k-instruct, registry: azureml, version: latest}",
-            )
-        raw_data = data.get("data")
-        given: Mapping[str, Any] = raw_data if isinstance(raw_data, dict) else {}
-        if bool(given.get("train_file")) != bool(given.get("test_file")):
-            # With only one of them, the other would silently come from the builder's output instead.
-            problem("data", "train_file and test_file go together", "set both, or neither to build them from source")
-        if "finetune" in data:
-            section = data["finetune"]
-            if isinstance(section, dict):
-                kwargs["finetune"] = FinetunePipelineSpec.from_mapping({str(k): v for k, v in section.items()})
-                policy = section.get("model_defaults", "model")
-                if policy not in ("model", "job", "ignore"):
-                    problem(
-                        "finetune.model_defaults",
-                        f"{policy!r} is not allowed",
-                        "choose one of: model, job, ignore",
-                    )
-            elif section is not None:
-                problem("finetune", "expected a mapping of parameters")
+        kwargs, problems = load_sections(data, source=source, lines=lines)
         if problems:
             raise JobFileError(problems, f"{len(problems)} problem(s) in {source or 'the job file'}")
         return cls(**kwargs, source=Path(source) if source else None, lines=lines)
@@ -371,6 +431,110 @@ class JobFile:
         """Resolve a path from the job file against :attr:`base_dir`."""
         p = Path(path).expanduser()
         return p if p.is_absolute() else self.base_dir / p
+
+
+def _as_overrides(value: Overrides | Mapping[str, object] | None) -> Overrides:
+    if value is None:
+        return Overrides()
+    return value if isinstance(value, Overrides) else Overrides(dict(value), "overrides")
+
+
+def _plain(value: object) -> Any:
+    """An attrs section as the job file's mapping (``extra`` parameters flattened in, as the file writes them)."""
+    if not attrs.has(type(value)):
+        return dict(value) if isinstance(value, Mapping) else value
+    out: dict[str, Any] = {}
+    for field in attrs.fields(type(value)):  # type: ignore[arg-type]
+        if not field.init:
+            continue
+        item = getattr(value, field.name)
+        if field.name == "extra" and isinstance(item, Mapping):
+            out.update({str(k): _plain(v) for k, v in item.items()})
+        else:
+            out[field.name.lstrip("_")] = _plain(item)
+    return out
+
+
+def load_sections(
+    data: Mapping[str, Any],
+    *,
+    source: str | None = None,
+    lines: Mapping[str, int] | None = None,
+    partial: bool = False,
+) -> tuple[dict[str, Any], list[Problem]]:
+    """Convert a job file's top-level mapping section by section, keeping the sections that loaded.
+
+    :meth:`JobFile.from_mapping` raises when any problem was found; ``ftkit validate`` uses the sections that
+    did load to check the rest of the file in the same run (a bad ``percent`` does not hide a missing model).
+
+    Args:
+        data: The top-level mapping.
+        source: The file it came from, for messages.
+        lines: Line numbers of keys.
+        partial: Keep a section whose values partly failed, built from the values that converted (the
+            others at their defaults), so that what it points at can still be checked.
+
+    Returns:
+        The :class:`JobFile` keyword arguments that converted, and every problem found.
+    """
+    lines = dict(lines or {})
+    problems: list[Problem] = []
+
+    def problem(where: str, message: str, suggestion: str | None = None) -> None:
+        problems.append(Problem(where, message, suggestion, source, lines.get(where)))
+
+    for key in data:
+        if key not in _TOP_LEVEL:
+            near = closest(str(key), _TOP_LEVEL)
+            problem(
+                str(key),
+                "unknown top-level key",
+                f"did you mean {near[0]}?" if near else f"valid keys: {', '.join(_TOP_LEVEL)}",
+            )
+    kwargs: dict[str, Any] = {}
+    for key, hint in (("name", str), ("experiment_name", str | None), ("backend", BackendName)):
+        if key in data:
+            value, reason = convert_value(data[key], hint)
+            if value is BAD:
+                problem(key, reason or f"expected {describe_type(hint)}")
+            else:
+                kwargs[key] = value
+    if "name" not in data:
+        problem("name", "is required", "name the run, e.g. name: phi3-ultrachat")
+    for key, section_cls in _SECTIONS.items():
+        if key in data:
+            kwargs[key] = _build_section(section_cls, data[key], key, problem, partial=partial)
+    if "model" not in data:
+        problem(
+            "model",
+            "is required",
+            "e.g. model: {name: Phi-3-mini-4k-instruct, registry: azureml, version: latest}",
+        )
+    raw_data = data.get("data")
+    given: Mapping[str, Any] = raw_data if isinstance(raw_data, dict) else {}
+    if bool(given.get("train_file")) != bool(given.get("test_file")):
+        # With only one of them, the other would silently come from the builder's output instead.
+        problem("data", "train_file and test_file go together", "set both, or neither to build them from source")
+    section = kwargs.get("data")
+    if isinstance(section, DataSection) and section.percent is not None and section.rows is not None:
+        problem("data.rows", "is set together with data.percent", "keep one of percent and rows")
+    compute = kwargs.get("compute")
+    if isinstance(compute, ComputeSection) and compute.min_instances > compute.max_instances:
+        problem(
+            "compute.min_instances",
+            f"{compute.min_instances} is above compute.max_instances ({compute.max_instances})",
+            "lower min_instances or raise max_instances",
+        )
+    if "finetune" in data:
+        section = data["finetune"]
+        if isinstance(section, dict):
+            kwargs["finetune"] = FinetunePipelineSpec.from_mapping(
+                {str(k): v for k, v in section.items()},
+                on_problem=lambda key, reason: problem(f"finetune.{key}", reason),
+            )
+        elif section is not None:
+            problem("finetune", "expected a mapping of parameters")
+    return kwargs, problems
 
 
 def parse_yaml(text: str, *, source: str = "<string>") -> tuple[Any, dict[str, int]]:
@@ -414,7 +578,8 @@ def _collect_lines(node: yaml.Node, prefix: str, out: dict[str, int]) -> None:
             _collect_lines(value_node, f"{key}.", out)
 
 
-def _build_section(cls: type[S], raw: object, prefix: str, problem: Any) -> S | None:
+def _build_section(cls: type[S], raw: object, prefix: str, problem: Any, *, partial: bool = False) -> S | None:
+    """Strictly private: one section's values, each converted to its field's type (sections nest: ``deploy.server``)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -435,63 +600,26 @@ def _build_section(cls: type[S], raw: object, prefix: str, problem: Any) -> S | 
             )
             ok = False
             continue
-        converted = _convert(value, hints[key], where, problem)
-        if converted is _BAD:
+        hint = hints[key]
+        nested = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        if value is not None and len(nested) == 1 and attrs.has(nested[0]):
+            hint = nested[0]
+        if attrs.has(hint):
+            converted = _build_section(hint, value, where, problem, partial=partial)
+            reason = None if converted is not None else ""
+        else:
+            converted, reason = convert_value(value, hint, fields[key].metadata)
+        if converted is BAD or reason is not None:
+            if reason:
+                problem(where, reason)
             ok = False
         else:
             kwargs[key] = converted
+    required = True
     for name, field in fields.items():
         if field.default is attrs.NOTHING and name not in raw:
             problem(f"{prefix}.{name}", "is required")
-            ok = False
-    return cls(**kwargs) if ok else None
-
-
-_BAD: Any = object()
-
-
-def _convert(value: object, hint: Any, where: str, problem: Any) -> Any:
-    """Strictly private: check ``value`` against a simple annotation; report and return _BAD on mismatch."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (types.UnionType, typing.Union):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], where, problem)
-    if origin is Literal:
-        if value in args:
-            return value
-        near = closest(str(value), [str(a) for a in args])
-        hint_text = f"did you mean {near[0]}? " if near else ""
-        problem(where, f"{value!r} is not allowed", f"{hint_text}choose one of: {', '.join(map(str, args))}")
-        return _BAD
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        problem(where, f"expected true or false, got {value!r}")
-        return _BAD
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            if value < 0:
-                problem(where, f"expected a non-negative integer, got {value}")
-                return _BAD
-            return value
-        problem(where, f"expected an integer, got {type(value).__name__} {value!r}")
-        return _BAD
-    if hint is float:
-        if isinstance(value, str):  # YAML 1.1 reads 5e-6 (no dot) as a string
-            with contextlib.suppress(ValueError):
-                value = float(value)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        problem(where, f"expected a number, got {type(value).__name__} {value!r}")
-        return _BAD
-    if hint is str:
-        if isinstance(value, str) and value:
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return str(value)  # versions such as 0.0.82 or 7 are fine as numbers in YAML
-        problem(where, f"expected a non-empty string, got {value!r}")
-        return _BAD
-    return value
+            ok = required = False
+    if ok or (partial and required and all(n in kwargs for n, f in fields.items() if f.default is attrs.NOTHING)):
+        return cls(**kwargs)
+    return None

@@ -191,7 +191,7 @@ def plot_loss_curves(table: MetricsTable, path: str | Path | None = None, *, tit
 
     Raises:
         ValidationError: The run logged no loss at all.
-        MissingDependencyError: matplotlib is not installed.
+        MissingDependencyError: matplotlib is not installed (it comes with ``ftkit[plots]``, and with ``local``).
 
     .. versionadded:: 0.1
     """
@@ -206,7 +206,7 @@ def plot_loss_curves(table: MetricsTable, path: str | Path | None = None, *, tit
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise MissingDependencyError("matplotlib", "local") from None
+        raise MissingDependencyError("matplotlib", "plots") from None
     lr = table.series("learning_rate")
     # Figure() without pyplot: no global state, no GUI backend, safe in servers and threads.
     fig = Figure(figsize=(10 if lr else 6.5, 4), dpi=100, layout="constrained")

@@ -1,7 +1,10 @@
 """From a job file to a checked run plan, without touching any service.
 
-:func:`plan_run` does every check that can be done offline and reports all problems together; the job
-runner calls it again with the resolved model (its tags) and the live compute check before submitting.
+:func:`plan_run` merges the job's typed parameters with the resolved model's defaults and checks them against
+the component's schema; it does no I/O. The job runner calls it once per run, after the model and compute
+stages (with the model's tags, the live GPU count and the live component schema), and before those runs
+:func:`check_job`, so that a bad value or a missing file fails in a second, before anything is created.
+``ftkit validate`` is :func:`plan_file`: the loader's problems, the file checks and the plan's, all at once.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import attrs
 from .component import ComponentSchema
 from .exceptions import JobFileError, ParameterError, Problem, ValidationError
 from .finetune import FinetunePipelineSpec, ParameterOverride
-from .jobfile import JobFile, parse_yaml
+from .job_checks import file_problems, job_file_problems
+from .jobfile import JobFile, load_sections, parse_yaml
 from .model import FoundationModelRef
 
-__all__ = ["RunPlan", "data_files", "plan_file", "plan_run"]
+__all__ = ["RunPlan", "check_job", "data_files", "plan_file", "plan_run"]
 
 
 @attrs.frozen(kw_only=True)
@@ -49,6 +53,30 @@ class RunPlan:
     train_data: str
     test_data: str
 
+    def __repr__(self) -> str:
+        # The generated repr nests the whole job file and component schema (thousands of characters).
+        return (
+            f"RunPlan({self.display_name!r}, backend={self.job.backend!r}, model={self.model.asset_id!r}, "
+            f"component='{self.schema.name}:{self.schema.version}', parameters={len(self.parameters)}, "
+            f"model_defaults={len(self.overrides)})"
+        )
+
+    def _repr_html_(self) -> str:
+        from .display import html_table
+
+        rows = [
+            ("backend", self.job.backend),
+            ("model", self.model.asset_id),
+            ("component", f"{self.schema.name} {self.schema.version} ({self.schema.source})"),
+            ("experiment", self.experiment_name),
+            ("GPUs per node", str(self.gpus_per_node)),
+            ("train data", self.train_data),
+            ("test data", self.test_data),
+            *((f"parameter {k}", repr(v)) for k, v in sorted(self.parameters.items())),
+            *(("model default", str(o)) for o in self.overrides),
+        ]
+        return html_table(rows, f"RunPlan {self.display_name}")
+
 
 def data_files(job: JobFile) -> tuple[str, str]:
     """Return the train and test data the job uses: given files/URIs, or the builder's output paths."""
@@ -71,7 +99,7 @@ def plan_run(
     model: FoundationModelRef | None = None,
     gpus_per_node: int | None = None,
 ) -> RunPlan:
-    """Check a job offline and merge its parameters with the model's defaults.
+    """Merge a job's parameters with the model's defaults and check them against the component (no I/O).
 
     Args:
         job: The job file.
@@ -91,15 +119,20 @@ def plan_run(
     spec = job.finetune
     overrides: tuple[ParameterOverride, ...] = ()
     try:
-        spec, overrides = spec.with_model_defaults(model.model_specific_defaults)
+        schema = schema if schema is not None else spec.schema()
+    except ParameterError as exc:
+        problems.extend(exc.problems)
+    try:
+        spec, overrides = spec.with_model_defaults(model.model_specific_defaults, schema)
     except ValidationError as exc:
         problems.extend(exc.problems)
     parameters: dict[str, object] = {}
-    try:
-        schema = schema if schema is not None else spec.schema()
-        parameters = spec.encoded(schema, source=source, lines=job.finetune_lines())
-    except ParameterError as exc:
-        problems.extend(exc.problems)
+    if schema is not None:
+        spec = spec.decoded(schema)
+        try:
+            parameters = spec.encoded(schema, source=source, lines=job.finetune_lines())
+        except ParameterError as exc:
+            problems.extend(exc.problems)
     gpus = gpus_per_node if gpus_per_node is not None else job.compute.gpus_per_node
     if gpus is None:
         gpus = 1 if job.backend == "local" else 0
@@ -114,6 +147,7 @@ def plan_run(
                 )
             )
     if problems or schema is None:
+        problems = job.overrides.relocate(problems)  # an overridden parameter is named by its --set, not a line
         raise ValidationError(problems, f"{len(problems)} problem(s) in {source or 'the job'}")
     train, test = data_files(job)
     return RunPlan(
@@ -131,8 +165,38 @@ def plan_run(
     )
 
 
+def check_job(job: JobFile, schema: ComponentSchema | None = None) -> None:
+    """Check a loaded job before any stage runs: its files and, where a schema is at hand, its parameters.
+
+    Args:
+        job: The job file.
+        schema: The component's inputs; the bundled snapshot of the pinned version when ftkit has one (without
+            either the parameters wait for :func:`plan_run` with the live schema).
+
+    Raises:
+        ValidationError: Every problem found, each with file and line.
+    """
+    source = str(job.source) if job.source is not None else None
+    problems = job_file_problems(job)
+    if schema is None:
+        try:
+            schema = job.finetune.schema()
+        except ParameterError as exc:
+            # Azure ML: the live registry schema decides at plan time. Locally the bundled one is all there is.
+            if job.backend == "local":
+                problems.extend(exc.problems)
+            schema = None
+    if schema is not None:
+        try:
+            job.finetune.decoded(schema).encoded(schema, source=source, lines=job.finetune_lines())
+        except ParameterError as exc:
+            problems.extend(exc.problems)
+    if problems:
+        raise ValidationError(_by_line(problems), f"{len(problems)} problem(s) in {source or 'the job'}")
+
+
 def plan_file(path: str | Path, schema: ComponentSchema | None = None) -> RunPlan:
-    """Load a job file and plan it offline, reporting job-file and parameter problems together.
+    """Load a job file, check its files and plan it offline, reporting every problem of the file together.
 
     Args:
         path: The job file.
@@ -142,28 +206,52 @@ def plan_file(path: str | Path, schema: ComponentSchema | None = None) -> RunPla
         The plan.
 
     Raises:
-        ValidationError: Every problem in the file: keys, values, and finetune parameters.
+        ValidationError: Every problem in the file: keys, values, files, and finetune parameters.
     """
     try:
         job = JobFile.load(path)
     except JobFileError as exc:
-        problems = sorted([*exc.problems, *_finetune_problems(Path(path), schema)], key=lambda p: p.line or 0)
-        raise JobFileError(problems, f"{len(problems)} problem(s) in {path}") from None
-    return plan_run(job, schema)
-
-
-def _finetune_problems(path: Path, schema: ComponentSchema | None) -> list[Problem]:
-    """Strictly private: parameter problems of a job file whose other sections failed to load."""
+        problems = [*exc.problems, *_partial_problems(Path(path), schema)]
+        raise JobFileError(_by_line(problems), f"{len(problems)} problem(s) in {path}") from None
+    problems = job_file_problems(job)
     try:
-        raw, all_lines = parse_yaml(path.read_text(encoding="utf-8"), source=str(path))
-        section = raw.get("finetune") if isinstance(raw, dict) else None
-        if not isinstance(section, dict):
-            return []
-        lines = {k.removeprefix("finetune."): v for k, v in all_lines.items() if k.startswith("finetune.")}
-        spec = FinetunePipelineSpec.from_mapping({str(k): v for k, v in section.items()})
-        spec.encoded(schema, source=str(path), lines=lines)
-    except (OSError, JobFileError, TypeError):
-        return []  # the load error already says what is wrong with the file
+        plan = plan_run(job, schema)
     except ValidationError as exc:
-        return list(exc.problems)
-    return []
+        problems.extend(exc.problems)
+    if problems:
+        raise JobFileError(_by_line(problems), f"{len(problems)} problem(s) in {path}")
+    return plan
+
+
+def _by_line(problems: list[Problem]) -> list[Problem]:
+    return sorted(problems, key=lambda p: p.line or 0)
+
+
+def _partial_problems(path: Path, schema: ComponentSchema | None) -> list[Problem]:
+    """Strictly private: file and parameter problems of a job file whose other sections failed to load."""
+    try:
+        raw, lines = parse_yaml(path.read_text(encoding="utf-8"), source=str(path))
+    except (OSError, JobFileError):
+        return []  # the load error already says what is wrong with the file
+    if not isinstance(raw, dict):
+        return []
+    parts, _ = load_sections(raw, source=str(path), lines=lines, partial=True)
+    problems = file_problems(
+        backend=parts.get("backend", "local"),
+        model=parts.get("model"),
+        data=parts.get("data"),
+        finetune=parts.get("finetune"),
+        local=parts.get("local"),
+        base_dir=path.parent,
+        source=str(path),
+        lines=lines,
+    )
+    spec = parts.get("finetune")
+    if isinstance(spec, FinetunePipelineSpec):
+        finetune_lines = {k.removeprefix("finetune."): v for k, v in lines.items() if k.startswith("finetune.")}
+        try:
+            use = schema if schema is not None else spec.schema()
+            spec.decoded(use).encoded(use, source=str(path), lines=finetune_lines)
+        except ValidationError as exc:
+            problems.extend(exc.problems)
+    return problems

@@ -9,10 +9,17 @@ Each stage is a call on the :class:`~ftkit.backends.base.Backend` (or on ``ChatD
 component versions, data files and their hashes, parameters, job name, registered model) is written to
 ``run.json`` in the run directory, and the endpoint is deleted at the end unless ``deploy.keep`` is set,
 also when scoring fails.
+
+SIGINT and SIGTERM (see :mod:`ftkit.interrupts`) stop the run where it is: the endpoint it created is
+deleted (also one whose server is still starting), a local training job is asked to stop with a checkpoint
+(the next run of the same job resumes it), ``run.json`` gets ``status: interrupted`` with what was cleaned
+and what is left, and :class:`~ftkit.interrupts.Interrupted` is raised with the same account. A full disk
+or another file-system error is reported as one :class:`~ftkit.exceptions.StorageError` naming the stage.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -34,15 +41,17 @@ from .backends.base import (
     RegisterRequest,
 )
 from .compute import ComputeCheck, ComputeValidator
-from .exceptions import FtkitError, MissingDependencyError, ValidationError
+from .exceptions import FtkitError, MissingDependencyError, StorageError, ValidationError
 from .hashing import sha256_file
 from .home import ftkit_home
+from .interrupts import Interrupted, deferred, handle_signals
 from .jobfile import JobFile
 from .model import FoundationModelRef
-from .plan import RunPlan, data_files, plan_run
+from .names import random_suffix
+from .plan import RunPlan, check_job, data_files, plan_run
 from .waiting import wait_for_job
 
-__all__ = ["JobRunner", "RunResult", "StageEvent", "run"]
+__all__ = ["JobRunner", "RunResult", "StageEvent", "answer_text", "run"]
 
 STAGES = ("model", "compute", "data", "finetune", "metrics", "register", "deploy", "score", "cleanup")
 
@@ -69,7 +78,7 @@ class RunResult:
 
     Attributes:
         job_file: The job file.
-        plan: The checked plan that was submitted.
+        plan: The checked plan of the run (its data as the job file names it; the request had the uploaded URIs).
         compute: The compute check, where there is a cluster.
         data_files: The data files used (``train``, ``test``, ``score`` when present).
         job: The finished fine-tuning job.
@@ -79,6 +88,7 @@ class RunResult:
         score_request: The sample request sent to the endpoint.
         score_response: The endpoint's answer.
         run_dir: Where ``run.json`` and the loss curves are.
+        loss_curves: The loss-curve PNG, when one was drawn (matplotlib installed, a loss logged).
     """
 
     job_file: JobFile
@@ -92,14 +102,44 @@ class RunResult:
     score_request: Mapping[str, Any] | None
     score_response: Any
     run_dir: Path
+    loss_curves: Path | None = None
+
+    @property
+    def answer(self) -> str | None:
+        """The endpoint's sample answer as text (see :func:`answer_text`), ``None`` when nothing was scored."""
+        return None if self.score_response is None else answer_text(self.score_response)
 
 
-def _endpoint_name(job_name: str, stamp: str) -> str:
+def answer_text(response: Any) -> str:
+    """Return the text of an endpoint's answer.
+
+    Understands ``{"output": "..."}`` (local and Azure ML chat models) and the list forms some scoring scripts
+    return (``["..."]``, ``[{"0": "..."}]``); anything else comes back as JSON.
+
+    Args:
+        response: The endpoint's parsed answer.
+
+    Returns:
+        The answer's text.
+    """
+    value = response
+    if isinstance(value, Mapping) and "output" in value:
+        value = value["output"]
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+        if isinstance(value, Mapping) and len(value) == 1:  # [{"0": "..."}]: a one-column frame's row
+            value = next(iter(value.values()))
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
+
+
+def _endpoint_name(job_name: str, suffix: str) -> str:
     # Azure: 3-32 characters, letters, digits and hyphens, starting with a letter; unique in the region.
     base = re.sub(r"[^a-z0-9-]+", "-", job_name.lower()).strip("-") or "ftkit"
     if not base[0].isalpha():
         base = f"ft-{base}"
-    return f"{base[: 31 - len(stamp)]}-{stamp}"
+    return f"{base[: 31 - len(suffix)].rstrip('-')}-{suffix}"
 
 
 def _pick_conversation(path: Path, seed: int) -> list[dict[str, str]] | None:
@@ -125,13 +165,17 @@ class JobRunner:
     Args:
         job: The job file.
         backend: Where to run; by default the job's ``backend`` with its settings.
-        run_dir: Where ``run.json`` and plots go (default ``{ftkit home}/runs/{name}-{timestamp}``).
+        run_dir: Where ``run.json`` and plots go (default ``{ftkit home}/runs/{name}-{timestamp}-{random}``,
+            claimed atomically so that two runs never share one).
         on_event: Called with each :class:`StageEvent`.
         wait_timeout_s: How long to wait for the fine-tuning job.
         poll_s: Seconds between job status polls.
         deploy: Whether to deploy and score (``False`` stops after registration).
         clock: Monotonic clock for waiting (injectable for tests).
         sleep: Sleep for waiting (injectable for tests).
+        stop_job_on_interrupt: Whether SIGINT/SIGTERM during fine-tuning also stops the training job. The
+            default stops a local job (it checkpoints, and the next run resumes it) and leaves an Azure ML job
+            running (a cancelled pipeline cannot resume; the interruption report says how to cancel it).
     """
 
     def __init__(
@@ -146,29 +190,65 @@ class JobRunner:
         deploy: bool = True,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        stop_job_on_interrupt: bool | None = None,
     ) -> None:
         self.job = job
         self.backend = backend if backend is not None else _default_backend(job)
         self.stamp = time.strftime("%Y%m%d%H%M%S")
+        self.suffix = random_suffix()
         home = ftkit_home(job.local.home)
-        self.run_dir = run_dir if run_dir is not None else home / "runs" / f"{job.name}-{self.stamp}"
+        self._claim_run_dir = run_dir is None
+        self.run_dir = run_dir if run_dir is not None else home / "runs" / f"{job.name}-{self.stamp}-{self.suffix}"
         self._on_event = on_event
         self.wait_timeout_s = wait_timeout_s
         self.poll_s = poll_s
         self.deploy = deploy
         self._clock = clock
         self._sleep = sleep
-        self._record: dict[str, Any] = {"job": job.name, "backend": self.backend.name, "started": self.stamp}
+        self.stop_job_on_interrupt = (
+            stop_job_on_interrupt if stop_job_on_interrupt is not None else self.backend.name == "local"
+        )
+        self._record: dict[str, Any] = {
+            "job": job.name,
+            "backend": self.backend.name,
+            "started": self.stamp,
+            "status": "running",
+        }
+        self._stage = "model"
+        self._job_done = False
+        self._loss_curves: Path | None = None
+        if job.overrides:
+            self._record["overrides"] = job.overrides.as_record()
 
     def _emit(self, stage: str, message: str, *, done: bool = False) -> None:
+        self._stage = stage
         if self._on_event is not None:
             self._on_event(StageEvent(stage, message, done))
 
+    def _claim(self) -> None:
+        """Create the run directory; a default one that exists (another run's) gets a new random suffix."""
+        if not self._claim_run_dir:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            return
+        for _ in range(100):
+            try:
+                self.run_dir.mkdir(parents=True, exist_ok=False)
+                return
+            except FileExistsError:
+                self.suffix = random_suffix()
+                self.run_dir = self.run_dir.with_name(f"{self.job.name}-{self.stamp}-{self.suffix}")
+        raise FileExistsError(f"no free run directory name beside {self.run_dir}")
+
     def _save(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.run_dir / "run.json.tmp"
-        tmp.write_text(json.dumps(self._record, indent=2, default=str) + "\n", encoding="utf-8")
-        tmp.replace(self.run_dir / "run.json")
+        tmp = self.run_dir / f".run.json.{self.suffix}.tmp"
+        try:
+            tmp.write_text(json.dumps(self._record, indent=2, default=str) + "\n", encoding="utf-8")
+            tmp.replace(self.run_dir / "run.json")
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
 
     def run(self) -> RunResult:
         """Run every stage in order.
@@ -178,20 +258,102 @@ class JobRunner:
 
         Raises:
             FtkitError: The first stage that failed, after the endpoint (if any) was deleted; ``run.json``
-                records the error beside what the run had done by then (job name, endpoint).
+                records the error beside what the run had done by then (job name, endpoint). A file-system
+                error (a full disk) is a :class:`~ftkit.exceptions.StorageError` naming the stage.
+            Interrupted: SIGINT or SIGTERM arrived; what was cleaned up and what is left are on the exception
+                and in ``run.json`` (``status: interrupted``).
         """
+        with handle_signals():
+            try:
+                try:
+                    self._claim()
+                    result = self._run()
+                except OSError as exc:
+                    raise StorageError(self._stage, exc) from exc
+            except Interrupted as exc:
+                self._interrupted(exc)
+                self._save_quietly(exc)
+                raise
+            except Exception as exc:  # FtkitError, and anything unexpected: run.json still says what happened
+                self._record["status"] = "failed"
+                self._record["error"] = {"type": type(exc).__name__, "message": str(exc), "stage": self._stage}
+                self._save_quietly(exc)
+                raise
+            self._record["status"] = "succeeded"
+            with deferred():
+                try:
+                    self._save()
+                except OSError as exc:
+                    raise StorageError("run record", exc) from exc
+            return result
+
+    def _save_quietly(self, exc: BaseException) -> None:
+        """Write ``run.json`` after a failure; if even that fails (a full disk), say so on the first error."""
         try:
-            return self._run()
-        except FtkitError as exc:
-            self._record["error"] = {"type": type(exc).__name__, "message": str(exc)}
-            raise
-        finally:
             self._save()
+        except OSError as save_error:
+            exc.add_note(f"run.json could not be written either: {save_error}")
+            if isinstance(exc, Interrupted):
+                exc.run_record = None
+                exc.left.append(f"no run record: {save_error}")
+
+    def _interrupted(self, exc: Interrupted) -> None:
+        """Clean up after SIGINT/SIGTERM (further signals are held meanwhile) and record what is left."""
+        exc.stage = self._stage
+        backend, cleaned, left = self.backend, exc.cleaned, exc.left
+        job = self._record.get("finetune_job", {}).get("name")
+        if job and not self._job_done:
+            if self.stop_job_on_interrupt:
+                try:
+                    cleaned.append(self._stop_job(job))
+                except FtkitError as error:
+                    left.append(f"job {job} may still be running ({error}); stop it with `ftkit job cancel {job}`")
+            else:
+                extra = " --backend azureml" if backend.name == "azureml" else ""
+                left.append(f"job {job} is still running; stop it with `ftkit job cancel {job}{extra}`")
+        endpoint = self._record.get("endpoint")
+        if endpoint:
+            name = endpoint["name"]
+            cleanup = "ftkit cleanup --backend azureml" if backend.name == "azureml" else "ftkit cleanup"
+            if endpoint.get("kept"):
+                left.append(f"endpoint {name} (deploy.keep); delete it with `ftkit endpoint delete {name}`")
+            else:
+                try:
+                    backend.endpoints.delete_endpoint(name)
+                    cleaned.append(f"endpoint {name} deleted")
+                    endpoint["deleted"] = True
+                except FtkitError as error:
+                    left.append(f"endpoint {name} may still exist ({error}); run `{cleanup}`")
+        self._record["status"] = "interrupted"
+        self._record["interrupted"] = {
+            "signal": exc.signal_name,
+            "stage": exc.stage,
+            "cleaned": list(cleaned),
+            "left": list(left),
+        }
+        exc.run_record = self.run_dir / "run.json"
+
+    def _stop_job(self, name: str, timeout_s: float = 120.0) -> str:
+        """Cancel the training job and wait until it stopped (a local job writes a checkpoint first)."""
+        self.backend.cancel_job(name)
+        deadline = self._clock() + timeout_s
+        handle = self.backend.get_job(name)
+        while not handle.is_terminal and self._clock() < deadline:
+            self._sleep(0.2)
+            handle = self.backend.get_job(name)
+        self._record["finetune_job"]["status"] = handle.status
+        if not handle.is_terminal:
+            raise FtkitError(f"it did not stop within {timeout_s:.0f}s")
+        if handle.status == "Completed":
+            return f"job {name} had completed already"
+        again = " (a checkpoint is kept: running the job again resumes it)" if self.backend.name == "local" else ""
+        return f"job {name} stopped ({handle.status}){again}"
 
     def _run(self) -> RunResult:
         job, backend = self.job, self.backend
-        # Check the parameters offline first: a typo should fail in a second, not after a cluster was created.
-        plan_run(job, gpus_per_node=job.compute.gpus_per_node or 1)
+        # Check values, files and parameters offline first: a typo or a missing file should fail in a second,
+        # not after a cluster was created. The plan itself is made once, below, with what the stages resolved.
+        check_job(job)
         self._emit("model", f"resolving {job.model.ref().asset_id if not job.model.path else job.model.path}")
         if job.model.path:
             # A local model directory needs no registry lookup: the backend reads it from the job file.
@@ -217,22 +379,26 @@ class JobRunner:
         else:
             self._emit("compute", "this machine", done=True)
 
-        # Plan again with the model's tags and the live GPU count, before the (possibly long) data step.
-        plan = plan_run(job, model=model, gpus_per_node=compute.gpus_per_node if compute else None)
+        # The one plan of the run: the model's tags, the live GPU count and the component as the backend will
+        # check it, before the (possibly long) data step.
+        schema = backend.component_schema(job.finetune.component_name, job.finetune.component_version)
+        plan = plan_run(job, schema, model=model, gpus_per_node=compute.gpus_per_node if compute else None)
         for override in plan.overrides:
             self._emit("finetune", f"model default: {override}")
 
         files = self._data()
         uris = backend.upload_data({k: v for k, v in files.items() if k in ("train", "test")}, name_prefix=job.name)
-        plan = attrs.evolve(plan, train_data=uris["train"], test_data=uris["test"])
         self._record["component"] = f"{plan.schema.name}:{plan.schema.version}"
         self._record["parameters"] = plan.parameters
         self._record["display_name"] = plan.display_name
 
-        request = FinetuneRequest.from_plan(plan, compute)
+        request = FinetuneRequest(plan=plan, compute=compute, train_data=uris["train"], test_data=uris["test"])
         self._emit("finetune", f"submitting {plan.display_name}")
-        handle = backend.submit_finetune(request)
-        self._record["finetune_job"] = {"name": handle.name, "url": handle.studio_url}
+        # Held signals: interrupted after the service accepted the job but before its name is known, the run
+        # could neither stop nor report it.
+        with deferred():
+            handle = backend.submit_finetune(request)
+            self._record["finetune_job"] = {"name": handle.name, "url": handle.studio_url}
         self._emit(
             "finetune", f"submitted job {handle.name}" + (f" ({handle.studio_url})" if handle.studio_url else "")
         )
@@ -241,14 +407,14 @@ class JobRunner:
             handle.name,
             timeout_s=self.wait_timeout_s,
             poll_s=self.poll_s,
-            on_status=lambda h: self._emit(
-                "finetune", f"job {h.name} {h.status}" + (f": {h.progress}" if h.progress else "")
-            ),
+            # The job was named once, when submitted; status lines stay short (a local job name can be long).
+            on_status=lambda h: self._emit("finetune", f"{h.status}" + (f": {h.progress}" if h.progress else "")),
             clock=self._clock,
             sleep=self._sleep,
         )
+        self._job_done = True
         self._record["finetune_job"]["status"] = handle.status
-        self._emit("finetune", f"job {handle.name} completed", done=True)
+        self._emit("finetune", "job completed", done=True)
 
         metrics = backend.read_metrics(handle)
         self._emit("metrics", self._review(metrics), done=True)
@@ -274,6 +440,7 @@ class JobRunner:
             score_request=request_body,
             score_response=response,
             run_dir=self.run_dir,
+            loss_curves=self._loss_curves,
         )
 
     def _data(self) -> dict[str, str]:
@@ -305,6 +472,7 @@ class JobRunner:
         try:
             curves = plot_loss_curves(metrics, self.run_dir / "loss.png", title=f"{self.job.name}: loss")
             self._record["loss_curves"] = str(curves.path)
+            self._loss_curves = curves.path
         except (MissingDependencyError, ValidationError) as exc:
             # matplotlib is optional and a run may log no loss; the summary still stands.
             self._emit("metrics", f"no loss curves: {exc}")
@@ -342,7 +510,7 @@ class JobRunner:
         from .deploy import EndpointDeployer
 
         job = self.job
-        name = job.deploy.endpoint_name or _endpoint_name(job.name, self.stamp[-8:])
+        name = job.deploy.endpoint_name or _endpoint_name(job.name, self.suffix)
         self._record["endpoint"] = {"name": name, "kept": job.deploy.keep}
         deployer = EndpointDeployer.from_job(self.backend, job, name=name, model_ref=model)
         self._emit("deploy", f"creating endpoint {name}")
@@ -361,7 +529,8 @@ class JobRunner:
                 self._emit("score", f"scoring one conversation from {Path(source).name}")
                 response = deployer.invoke(request_body)
                 self._record["score"] = {"request": request_body, "response": response}
-                self._emit("score", f"answer: {str(response)[:120]}", done=True)
+                answer = " ".join(answer_text(response).split())
+                self._emit("score", f"answer: {answer[:100]}{'…' if len(answer) > 100 else ''}", done=True)
             if not job.deploy.keep:
                 self._emit("cleanup", f"deleting endpoint {name}")
         self._emit(
@@ -381,6 +550,7 @@ def run(
     backend: Backend | None = None,
     *,
     on_event: Callable[[StageEvent], None] | None = None,
+    overrides: Mapping[str, object] | None = None,
     **options: Any,
 ) -> RunResult:
     """Run a job file end to end (see :class:`JobRunner`).
@@ -389,11 +559,18 @@ def run(
         job: A :class:`~ftkit.jobfile.JobFile` or the path of one.
         backend: Where to run; by default the job's ``backend``.
         on_event: Called with each :class:`StageEvent`.
+        overrides: Job-file keys to replace, checked like the file (``{"finetune.learning_rate": 1e-4}``,
+            see :meth:`JobFile.evolve <ftkit.jobfile.JobFile.evolve>`); recorded in ``run.json``.
         **options: More :class:`JobRunner` options.
 
     Returns:
         The run's result.
+
+    Raises:
+        JobFileError: The file, or an override, is not a valid job.
     """
     if not isinstance(job, JobFile):
-        job = JobFile.load(job)
+        job = JobFile.load(job, overrides=overrides)
+    elif overrides:
+        job = job.evolve(overrides)
     return JobRunner(job, backend, on_event=on_event, **options).run()

@@ -9,25 +9,77 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Protocol, TypeVar
 
-from .backends.base import Backend, JobHandle
 from .exceptions import JobFailedError, JobTimeoutError
 
-__all__ = ["wait_for_job"]
+__all__ = ["JobStatus", "JobStatusSource", "wait_for_job"]
 
-FAILED_STATES = frozenset({"Failed", "Canceled", "NotResponding"})
+
+class JobStatus(Protocol):
+    """What the loop reads of a job's state (a :class:`~ftkit.backends.base.JobHandle` is one).
+
+    A protocol, so that this module imports nothing from the backends (which sit below it).
+    """
+
+    @property
+    def name(self) -> str:
+        """The job's name."""
+        ...
+
+    @property
+    def status(self) -> str:
+        """Its status (``Running``, ``Completed``...)."""
+        ...
+
+    @property
+    def progress(self) -> str | None:
+        """What it is doing now, where known."""
+        ...
+
+    @property
+    def studio_url(self) -> str | None:
+        """Where to watch it, if anywhere."""
+        ...
+
+    @property
+    def error(self) -> str | None:
+        """Its failure message."""
+        ...
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether it has finished."""
+        ...
+
+    @property
+    def is_failed(self) -> bool:
+        """Whether it ended Failed, Canceled or NotResponding."""
+        ...
+
+
+H = TypeVar("H", bound=JobStatus)
+H_co = TypeVar("H_co", bound=JobStatus, covariant=True)
+
+
+class JobStatusSource(Protocol[H_co]):
+    """Anything that reads a job's state by name (every :class:`~ftkit.backends.base.Backend`)."""
+
+    def get_job(self, name: str) -> H_co:
+        """Return the job's current state."""
+        ...
 
 
 def wait_for_job(
-    backend: Backend,
+    backend: JobStatusSource[H],
     name: str,
     *,
     timeout_s: float = 24 * 3600.0,
     poll_s: float = 30.0,
-    on_status: Callable[[JobHandle], None] | None = None,
+    on_status: Callable[[H], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
-) -> JobHandle:
+) -> H:
     """Poll ``backend.get_job(name)`` until the job finishes.
 
     Re-attaching to a running job is the same call with its name.
@@ -56,7 +108,7 @@ def wait_for_job(
             last = (handle.status, handle.progress)
             if on_status is not None:
                 on_status(handle)
-        if handle.status in FAILED_STATES:
+        if handle.is_failed:
             raise JobFailedError(handle.name, handle.status, handle.studio_url, handle.error)
         if handle.is_terminal:
             return handle

@@ -18,8 +18,8 @@ from ftkit.testing import FakeAzureML
 @pytest.fixture
 def workspace(fake: FakeAzureML, backend: AzureMLBackend, monkeypatch: pytest.MonkeyPatch) -> FakeAzureML:
     """Two ftkit endpoints and one someone else made; the CLI reaches the fake through the backend fixture."""
-    backend.create_endpoint(EndpointSpec(name="ft-one", tags={"ftkit.job": "a"}))
-    backend.create_endpoint(EndpointSpec(name="ft-two", tags={"ftkit.job": "b"}))
+    backend.endpoints.create_endpoint(EndpointSpec(name="ft-one", tags={"ftkit.job": "a"}))
+    backend.endpoints.create_endpoint(EndpointSpec(name="ft-two", tags={"ftkit.job": "b"}))
     fake.ml_client().online_endpoints.begin_create_or_update(
         ManagedOnlineEndpoint(name="not-ftkit", auth_mode="key")
     ).result()

@@ -27,6 +27,7 @@ from ftkit.jobfile import ComputeSection, DeploySection, JobFile
 from ftkit.model import FoundationModelRef
 from ftkit.retry import MAX_ATTEMPTS
 from ftkit.testing import FakeAzureML, FakeClock
+from ftkit.waiting import wait_for_job
 
 from .conftest import CONVERSATION
 
@@ -65,9 +66,9 @@ class TestTransient:
         model = backend.resolve_model(job.model.ref())
         check = backend.ensure_compute(job.compute, ComputeValidator(model.finetune_compute_allow_list, 8))
         plan = plan_run(job, model=model, gpus_per_node=8)
-        request = FinetuneRequest.from_plan(
-            plan,
-            check,
+        request = FinetuneRequest(
+            plan=plan,
+            compute=check,
             train_data="azureml://datastores/workspaceblobstore/paths/t.jsonl",
             test_data="azureml://datastores/workspaceblobstore/paths/v.jsonl",
         )
@@ -183,16 +184,17 @@ class TestPermanent:
             use()
         assert fake.endpoint(ENDPOINT) is None
 
-    def test_job_failure(self, fake: FakeAzureML, backend: AzureMLBackend) -> None:
+    def test_job_failure(self, fake: FakeAzureML, backend: AzureMLBackend, clock: FakeClock) -> None:
         """A failed job raises JobFailedError with its name, status and Studio URL."""
         fake.fail_job("Execution failed in step finetune")
+        fake.add_compute("gpu", "Standard_NC6s_v3")
         from azure.ai.ml import command
 
         ml = backend.ml_client  # the real client; the job goes through the fake
         job = command(command="echo hi", environment="azureml:env:1", compute="gpu", name="j1")
         ml.jobs.create_or_update(job)
         with pytest.raises(JobFailedError) as info:
-            backend.wait_for_job("j1")
+            wait_for_job(backend, "j1", poll_s=60, clock=clock, sleep=clock.sleep)
         assert info.value.status == "Failed"
         assert info.value.job_name == "j1"
         assert info.value.studio_url is not None
@@ -201,17 +203,18 @@ class TestPermanent:
     def test_job_timeout(self, fake: FakeAzureML, clock: FakeClock) -> None:
         """A job still running at the deadline raises JobTimeoutError; re-attaching by name continues."""
         slow = FakeAzureML(job_statuses=("NotStarted", "Running", "Running", "Running", "Running", "Completed"))
-        backend = AzureMLBackend(**slow.backend_settings(), clock=clock, sleep=clock.sleep, job_poll_interval_s=60)
+        backend = AzureMLBackend(**slow.backend_settings())
+        slow.add_compute("c", "Standard_NC6s_v3")
         from azure.ai.ml import command
 
         backend.ml_client.jobs.create_or_update(
             command(command="echo", environment="azureml:e:1", compute="c", name="j2")
         )
         with pytest.raises(JobTimeoutError) as info:
-            backend.wait_for_job("j2", timeout_s=90)
+            wait_for_job(backend, "j2", timeout_s=90, poll_s=60, clock=clock, sleep=clock.sleep)
         assert info.value.job_name == "j2"
         assert clock.now >= 90
-        assert backend.wait_for_job("j2").status == "Completed"
+        assert wait_for_job(backend, "j2", poll_s=60, clock=clock, sleep=clock.sleep).status == "Completed"
 
     def test_unauthorized(self, fake: FakeAzureML, backend: AzureMLBackend) -> None:
         """A 401 is an AuthError after one attempt, with advice on setting up a credential."""
@@ -241,13 +244,15 @@ class TestPermanent:
         with deployer(backend) as d:
             d.deploy(MODEL)
             with pytest.raises(ConflictError):
-                backend.delete_deployment(ENDPOINT, "demo")
+                backend.endpoints.delete_deployment(ENDPOINT, "demo")
         assert len(fake.calls("DELETE", r"/deployments/")) == 1
 
     def test_register_conflict(self, fake: FakeAzureML, backend: AzureMLBackend) -> None:
         """A model version registered from another job is a ConflictError, not overwritten."""
         from ftkit.backends.base import RegisterRequest
 
+        fake.add_job("a")
+        fake.add_job("b")
         backend.register_model(RegisterRequest(job=JobHandle(name="a", status="Completed"), name="m", version="1"))
         with pytest.raises(ConflictError):
             backend.register_model(RegisterRequest(job=JobHandle(name="b", status="Completed"), name="m", version="1"))

@@ -11,23 +11,36 @@ from ftkit.backends.base import FinetuneRequest, RegisterRequest
 from ftkit.compute import ComputeValidator
 from ftkit.jobfile import JobFile
 from ftkit.plan import plan_run
-from ftkit.testing import FakeAzureML
+from ftkit.testing import FakeAzureML, FakeClock
+from ftkit.waiting import wait_for_job
 
 from .conftest import CONVERSATION
 
 
 def run_notebook(
-    backend: AzureMLBackend, job: JobFile, statuses: list[str], stamp: str = "1700000000"
+    backend: AzureMLBackend,
+    job: JobFile,
+    statuses: list[str],
+    stamp: str = "1700000000",
+    clock: FakeClock | None = None,
 ) -> dict[str, Any]:
     model = backend.resolve_model(job.model.ref())
     validator = ComputeValidator(model.finetune_compute_allow_list, job.compute.gpus_per_node)
     check = backend.ensure_compute(job.compute, validator)
     files = {"train": Path(str(job.data.train_file)), "test": Path(str(job.data.test_file))}
     uris = backend.upload_data(files, name_prefix=job.name)
-    plan = plan_run(job, model=model, gpus_per_node=check.gpus_per_node)
-    request = FinetuneRequest.from_plan(plan, check, train_data=uris["train"], test_data=uris["test"])
+    schema = backend.component_schema(job.finetune.component_name, job.finetune.component_version)
+    plan = plan_run(job, schema, model=model, gpus_per_node=check.gpus_per_node)
+    request = FinetuneRequest(plan=plan, compute=check, train_data=uris["train"], test_data=uris["test"])
     handle = backend.submit_finetune(request)
-    done = backend.wait_for_job(handle.name, on_status=lambda h: statuses.append(h.status))
+    waits = {"clock": clock, "sleep": clock.sleep} if clock is not None else {}
+    done = wait_for_job(
+        backend,
+        handle.name,
+        poll_s=60,
+        on_status=lambda h: statuses.append(f"{h.status} {h.progress or ''}"),
+        **waits,
+    )
     metrics = backend.read_metrics(done)
     registered = backend.register_model(
         RegisterRequest(
@@ -57,10 +70,12 @@ def run_notebook(
 
 
 class TestNotebookFlow:
-    def test_whole_flow_requests(self, fake: FakeAzureML, backend: AzureMLBackend, job: JobFile) -> None:
+    def test_whole_flow_requests(
+        self, fake: FakeAzureML, backend: AzureMLBackend, job: JobFile, clock: FakeClock
+    ) -> None:
         """Every stage runs through the real MLClient; the request log holds exactly the right writes."""
         statuses: list[str] = []
-        out = run_notebook(backend, job, statuses)
+        out = run_notebook(backend, job, statuses, clock=clock)
 
         # model: resolved by label, pinned, tags read
         assert out["model"].version == "15"
@@ -98,9 +113,11 @@ class TestNotebookFlow:
         )
         assert job_put.body["properties"]["experimentName"] == "chat_completion_Phi-3-mini-4k-instruct"
         assert job_put.body["properties"]["settings"]["force_rerun"] is True
-        # wait: NotStarted -> Running -> Completed, reported once each, with ftkit's own sleeps
-        assert statuses[-2:] == ["Running", "Completed"]
-        assert len(statuses) == len(set(statuses))  # reported on change only
+        # wait: Running (each step as it starts, with its last log line) -> Completed, reported on change only
+        assert statuses[0].startswith("Running step ft_nlp_common_validation: ")
+        assert statuses[1].startswith("Running step chat_completion_datapreprocess: ")
+        assert statuses[-1] == "Completed "
+        assert len(statuses) == len(set(statuses))
         # metrics: the HF Trainer keys, by step
         assert {"loss", "eval_loss", "learning_rate", "grad_norm"} <= set(out["metrics"].keys)
         assert out["metrics"].series("loss")[0][0] == 10
@@ -139,8 +156,8 @@ class TestNotebookFlow:
         """The component generated from the bundled schema and the real spec give the same job inputs."""
         bodies = []
         for fake in (FakeAzureML(), FakeAzureML(component_spec=pipeline_spec)):
-            backend = AzureMLBackend(**fake.backend_settings(), sleep=lambda s: None)
-            run_notebook(backend, job, [])
+            backend = AzureMLBackend(**fake.backend_settings())
+            run_notebook(backend, job, [], clock=FakeClock())
             (put,) = fake.calls("PUT", r"/jobs/")
             bodies.append(put.body["properties"]["jobs"]["node"]["inputs"])
         strip = {"train_file_path", "test_file_path"}
@@ -164,6 +181,7 @@ class TestNotebookFlow:
         """Registering the same job's model again returns the existing version without a second PUT."""
         from ftkit.backends.base import JobHandle
 
+        fake.add_job("job-1")
         handle = JobHandle(name="job-1", status="Completed", backend="azureml")
         request = RegisterRequest(job=handle, name="m", version="1", tags={"ftkit.job": "job-file-name"})
         assert backend.register_model(request) == backend.register_model(request)

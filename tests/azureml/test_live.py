@@ -32,7 +32,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def live_backend() -> AzureMLBackend:
     try:
-        backend = AzureMLBackend(lro_timeout_s=3600, job_poll_interval_s=60)
+        backend = AzureMLBackend(lro_timeout_s=3600)
         backend.connection.check_credential()
     except (ftkit.AuthError, ftkit.ValidationError) as exc:
         pytest.skip(f"no usable Azure workspace or credential: {exc}")

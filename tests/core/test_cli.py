@@ -13,10 +13,16 @@ from ftkit.cli.main import build_parser
 COMMANDS = [
     ["validate"],
     ["render"],
+    ["schema"],
     ["data"],
     ["data", "build"],
     ["run"],
     ["demo"],
+    ["job"],
+    ["job", "list"],
+    ["job", "show"],
+    ["job", "logs"],
+    ["job", "cancel"],
     ["endpoint"],
     ["endpoint", "list"],
     ["endpoint", "delete"],
@@ -30,7 +36,7 @@ def test_top_level_help_lists_every_command_and_where_to_start(capsys: pytest.Ca
         main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for command in ("validate", "render", "data", "run", "demo", "endpoint", "cleanup"):
+    for command in ("validate", "render", "data", "run", "demo", "job", "endpoint", "cleanup"):
         assert f"    {command}" in out
     assert "Start with `ftkit demo`" in out
 

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from ftkit.cli import main
+from ftkit.jobfile import JobFile
 
 
 def test_validate_example_against_the_real_spec(
@@ -76,7 +77,7 @@ def test_validate_reports_every_problem_and_exits_1(tmp_path: Path, capsys: pyte
         "bad.yaml:7: finetune.learning_rat: unknown parameter for chat_completion_pipeline 0.0.82; did you mean learning_rate?",
         "bad.yaml:8: finetune.lr_scheduler_type: 'cosin' is not allowed; did you mean cosine?",
         "bad.yaml:9: finetune.num_train_epochs: 0 is below the minimum 1",
-        "bad.yaml:10: finetune.apply_lora: 'maybe' is not allowed",
+        "bad.yaml:10: finetune.apply_lora: expected true or false, got str 'maybe'",
         "bad.yaml:11: finetune.per_device_train_batch_size: expected an integer",
     ):
         assert expected in err
@@ -107,6 +108,44 @@ def test_offline_render_needs_gpus_per_node(tmp_path: Path, capsys: pytest.Captu
 @pytest.mark.parametrize(
     "example", sorted((Path(__file__).parents[2] / "examples").glob("*.yaml")), ids=lambda p: p.name
 )
-def test_every_example_validates(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The shipped example job files pass `ftkit validate`."""
+def test_every_example_validates(example: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The shipped example job files pass `ftkit validate` (a local one once its model directory is there)."""
+    job = JobFile.load(example)
+    if job.model.path:
+        # The model directory is the user's own (nothing is downloaded): stand one in beside a copy of the job.
+        copy = tmp_path / example.name
+        copy.write_text(example.read_text(encoding="utf-8"), encoding="utf-8")
+        _fake_model_dir(tmp_path / job.model.path)
+        example = copy
     assert main(["validate", str(example)]) == 0, capsys.readouterr().err
+
+
+def test_validate_names_what_a_model_directory_lacks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A local model directory without a tokenizer or chat template is named at model.path's line."""
+    model = tmp_path / "m"
+    _fake_model_dir(model)
+    (model / "tokenizer_config.json").write_text("{}")
+    job = tmp_path / "job.yaml"
+    job.write_text("name: x\nbackend: local\nmodel: {name: m, path: m}\n")
+    assert main(["validate", str(job)]) == 1
+    err = capsys.readouterr().err
+    assert "job.yaml:3: model.path: " in err
+    assert "has no chat template" in err
+    (model / "tokenizer.json").unlink()
+    assert main(["validate", str(job)]) == 1
+    assert "has no tokenizer" in capsys.readouterr().err
+
+
+def _fake_model_dir(path: Path) -> None:
+    """A directory with every file a model needs, holding no real weights (enough for the file checks)."""
+    import json
+    import struct
+
+    path.mkdir(parents=True)
+    (path / "config.json").write_text("{}")
+    header = json.dumps(
+        {"model.layers.0.self_attn.qkv_proj.weight": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}}
+    )
+    (path / "model.safetensors").write_bytes(struct.pack("<Q", len(header)) + header.encode())
+    (path / "tokenizer.json").write_text("{}")
+    (path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "{{ messages }}"}))

@@ -27,7 +27,7 @@ from ftkit.data import (
 )
 from ftkit.data.validate import check_arrow, is_canonical
 from ftkit.data.writer import encode_jsonl
-from ftkit.exceptions import DatasetValidationError
+from ftkit.exceptions import DatasetValidationError, ValidationError
 from ftkit.jobfile import JobFile
 
 PAIRS = 3
@@ -395,10 +395,15 @@ class TestSelection:
         assert a[:3] == ["id3", "id20", "id30"] or pytest.fail(f"sample changed: {a[:3]}")
 
     def test_selection_validation(self) -> None:
-        with pytest.raises(ValueError, match="percent or rows"):
+        """Bad selections raise ftkit's ValidationError naming the job file's key, never a bare ValueError."""
+        with pytest.raises(ValidationError, match="percent or rows") as both:
             SplitSelection(percent=5, rows=10)
-        with pytest.raises(ValueError):
-            SplitSelection(percent=0)
+        assert both.value.problems[0].where == "data.rows"
+        for bad in (0, -5, 150):
+            with pytest.raises(ValidationError, match=r"data\.percent"):
+                SplitSelection(percent=bad)
+        with pytest.raises(ValidationError, match=r"data\.rows"):
+            SplitSelection(rows=-1)
 
     def test_split_purpose(self) -> None:
         assert SplitSpec.infer("test_gen").purpose == "score"
@@ -443,8 +448,9 @@ class TestSourcesAndJob:
 
         monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
         monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-        # Both libraries read the variables once, at import.
-        monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+        # Both libraries read the variables once, at import (datasets before 2.20 names it HF_DATASETS_OFFLINE).
+        monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True, raising=False)
+        monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True, raising=False)
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
         with pytest.raises(DataSourceError, match="local Hugging Face cache"):
             ChatDatasetBuilder(
@@ -533,3 +539,34 @@ def test_output_files_get_the_usual_mode(tmp_path: Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     assert target.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+class TestFileQuirks:
+    def test_jsonl_with_a_byte_order_mark_keeps_its_first_row(self, tmp_path: Path) -> None:
+        """A JSONL file saved on Windows (UTF-8 with BOM): the first row is read like the others."""
+        path = tmp_path / "train_sft.jsonl"
+        path.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(good(i)) + "\n" for i in range(3)).encode())
+        build = ChatDatasetBuilder(path, splits=["train_sft"], out_dir=tmp_path / "o").build()
+        (split,) = build.report.splits
+        assert (split.rows_written, split.rows_rejected) == (3, 0)
+
+    def test_single_file_builds_one_split_named_after_it(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """``ftkit data build --source one.parquet`` without --splits writes that file as split ``one``."""
+        source = tmp_path / "one.parquet"
+        pq.write_table(pa.Table.from_pylist([good(i) for i in range(4)]), source)
+        assert main(["data", "build", "--source", str(source), "--out", str(tmp_path / "D")]) == 0, (
+            capsys.readouterr().err
+        )
+        assert (tmp_path / "D" / "one.jsonl").read_text(encoding="utf-8").count("\n") == 4
+
+    def test_missing_split_names_the_ones_present_and_the_flag(self, tmp_path: Path) -> None:
+        """Asking a source for a split it lacks lists the splits it has and how to choose them."""
+        path = tmp_path / "one.jsonl"
+        path.write_text(json.dumps(good(0)) + "\n", encoding="utf-8")
+        with pytest.raises(DataSourceError) as info:
+            ChatDatasetBuilder(path, splits=["train_sft", "test_sft"], out_dir=tmp_path / "o").build()
+        text = str(info.value.render())
+        assert "available: one" in text
+        assert "--splits one" in text

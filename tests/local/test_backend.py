@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 from ftkit.backends.base import Backend, FinetuneRequest, JobHandle, RegisterRequest
@@ -17,6 +18,7 @@ from ftkit.exceptions import ConflictError, NotFoundError, ValidationError
 from ftkit.finetune import FinetunePipelineSpec
 from ftkit.jobfile import JobFile
 from ftkit.metrics import plot_loss_curves, summarize
+from ftkit.plan import plan_run
 
 from .conftest import TINY_TRAINING, ChatFiles
 
@@ -34,20 +36,16 @@ def _request(backend: LocalBackend, chat_files: ChatFiles, **finetune: Any) -> F
             "data": {"train_file": str(chat_files.train), "test_file": str(chat_files.test)},
         }
     )
-    model = backend.resolve_model(job.model.ref())
-    spec = FinetunePipelineSpec.from_mapping({**FINETUNE, **finetune})
-    files = backend.upload_data({"train": chat_files.train, "test": chat_files.test}, name_prefix="tiny")
-    return FinetuneRequest(
-        job=job,
-        model=model,
-        spec=spec,
-        parameters=spec.parameters(),
-        display_name="tiny-test",
-        experiment_name="ftkit-tests",
-        compute=None,
-        train_data=files["train"],
-        test_data=files["test"],
+    local = {k: finetune.pop(k) for k in ("save_steps", "lora_target_modules", "max_eval_examples") if k in finetune}
+    job = attrs.evolve(
+        job,
+        finetune=FinetunePipelineSpec.from_mapping({**FINETUNE, **finetune}),
+        local=attrs.evolve(job.local, **local),
     )
+    model = backend.resolve_model(job.model.ref())
+    plan = attrs.evolve(plan_run(job, model=model), display_name="tiny-test", experiment_name="ftkit-tests")
+    files = backend.upload_data({"train": chat_files.train, "test": chat_files.test}, name_prefix="tiny")
+    return FinetuneRequest(plan=plan, compute=None, train_data=files["train"], test_data=files["test"])
 
 
 def _wait(backend: LocalBackend, handle: JobHandle, timeout: float = 120) -> JobHandle:
@@ -87,11 +85,12 @@ def test_a_background_job_reports_its_progress(finished: JobHandle, backend: Loc
 
 class TestProtocol:
     def test_is_a_backend_and_light(self, tmp_path: Path) -> None:
-        """LocalBackend satisfies the protocol; constructing it imports neither fastapi nor starts anything."""
+        """LocalBackend satisfies the protocol; constructing it (and its endpoints object) starts nothing."""
         b = LocalBackend(tmp_path)
-        assert isinstance(b, Backend)
+        assert isinstance(b, Backend)  # reads b.endpoints, which makes the LocalEndpoints object
         assert b.name == "local"
-        assert b._endpoints is None
+        assert b.endpoints.names() == []
+        assert not (tmp_path / "endpoints").exists()
 
     def test_resolve_model(self, backend: LocalBackend) -> None:
         """A registered name resolves to its version with the directory as a tag; unknown names are NotFound."""
@@ -231,17 +230,7 @@ def test_local_section_settings_reach_the_training_config(tmp_path: Path) -> Non
         "local: {save_steps: 7, lora_target_modules: 'qkv_proj, o_proj', max_eval_examples: 3}\n"
     )
     backend = LocalBackend(home=tmp_path / "home")
-    request = FinetuneRequest(
-        job=job,
-        model=job.model.ref(),
-        spec=job.finetune,
-        parameters={},
-        display_name="x",
-        experiment_name="x",
-        compute=None,
-        train_data="train.jsonl",
-        test_data="test.jsonl",
-    )
+    request = FinetuneRequest(plan=plan_run(job), compute=None, train_data="train.jsonl", test_data="test.jsonl")
     backend.model_dir_for = lambda request: tmp_path  # type: ignore[method-assign]
     config, _ = backend.train_config(request, output_dir=tmp_path / "out")
     assert (config.save_steps, config.max_eval_examples) == (7, 3)

@@ -1,4 +1,4 @@
-"""The training loop's CUDA path: bf16 autocast, float32 trainable weights, packing and resume on a GPU.
+"""The training loop's CUDA path: bf16 weights and adapters (float32 masters), varlen attention, loss, resume.
 
 Skipped without CUDA. Needs torch, transformers and peft only (no mlflow): run them with
 ``pytest tests/local/test_gpu.py -m gpu``. About half a minute on one H100.
@@ -98,7 +98,7 @@ class TestCudaTraining:
     def test_lora_trains_on_cuda_in_bf16(
         self, tiny_model_dir: Path, chat_files: ChatFiles, tmp_path: Path, seen: Seen
     ) -> None:
-        """device/precision auto: CUDA, bf16 frozen base, float32 adapters, bf16 autocast; eval loss falls."""
+        """device/precision auto: CUDA, bf16 base and adapters computing in bf16 without autocast; loss falls."""
         from transformers import AutoModelForCausalLM
 
         torch.cuda.reset_peak_memory_stats()
@@ -110,10 +110,10 @@ class TestCudaTraining:
         )
         assert result.global_step == result.total_steps == 76
         assert seen.param_devices == {"cuda"}
-        assert seen.trainable_dtypes == {torch.float32}  # peft keeps adapters in float32 over a bf16 base
+        assert seen.trainable_dtypes == {torch.bfloat16}  # the optimizer steps float32 masters of them
         assert seen.frozen_dtypes == {torch.bfloat16}
         assert seen.forwards
-        assert set(seen.forwards) == {(True, torch.bfloat16, torch.bfloat16)}
+        assert {(enabled, out) for enabled, _, out in seen.forwards} == {(False, torch.bfloat16)}
         assert result.first_eval_loss is not None
         assert result.final_eval_loss is not None
         assert result.final_eval_loss < result.first_eval_loss - 0.3
@@ -124,14 +124,14 @@ class TestCudaTraining:
     def test_full_finetune_keeps_float32_master_weights(
         self, tiny_model_dir: Path, chat_files: ChatFiles, tmp_path: Path, seen: Seen
     ) -> None:
-        """Without LoRA, weights and optimizer stay float32 and only the compute is bf16; eval loss falls."""
+        """Without LoRA, the model computes in bf16 and AdamW steps float32 masters; eval loss falls."""
         cfg = _config(tiny_model_dir, chat_files, tmp_path / "out", apply_lora=False, learning_rate=1e-3)
         result = train(cfg)
         print(f"\nfull fine-tuning: eval loss {result.first_eval_loss:.4f} -> {result.final_eval_loss:.4f}")
         assert seen.param_devices == {"cuda"}
-        assert seen.trainable_dtypes == {torch.float32}
+        assert seen.trainable_dtypes == {torch.bfloat16}
         assert not seen.frozen_dtypes
-        assert set(seen.forwards) == {(True, torch.bfloat16, torch.bfloat16)}
+        assert {(enabled, out) for enabled, _, out in seen.forwards} == {(False, torch.bfloat16)}
         assert result.first_eval_loss is not None
         assert result.final_eval_loss is not None
         assert result.final_eval_loss < result.first_eval_loss - 0.3
@@ -162,7 +162,7 @@ class TestCudaTraining:
             max_steps=20,
             save_steps=5,
             save_total_limit=2,
-            merge_lora_weights=False,  # compare the float32 adapters, not bf16-rounded merged weights
+            merge_lora_weights=False,  # compare the adapters, not merged weights
         )
         whole = train(attrs.evolve(cfg, output_dir=str(tmp_path / "b")))
         first = train(cfg, stop_after_steps=10)
@@ -229,3 +229,73 @@ class TestCudaPacking:
         assert errors["packed"] < 2e-2
         assert errors["vs_fp32"] < 5e-2
         assert errors["leaky"] > 0.1
+
+
+class TestCudaFastPath:
+    def test_varlen_kernel_is_present(self) -> None:
+        """This torch has the variable-length flash attention the fast path relies on."""
+        from ftkit.backends.local.attention import varlen_kernel
+
+        assert varlen_kernel() is not None
+
+    def test_varlen_packed_row_matches_separate_runs(self, wide_model_dir: Path) -> None:
+        """bf16 varlen attention on CUDA: a packed row's logits are each example's alone (SDPA), within bf16."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from ftkit.backends.local import attention
+        from ftkit.backends.local.data import EncodedSet, pack_arrays
+
+        tokenizer = AutoTokenizer.from_pretrained(wide_model_dir)
+        rows = synthetic_conversations(6, seed=3)
+        examples = [e for e in (encode_conversation(tokenizer, r["messages"], 256) for r in rows) if e is not None]
+        batch = pack_arrays(EncodedSet.from_examples(examples), range(len(examples)))
+        attention.register()
+        fast = AutoModelForCausalLM.from_pretrained(
+            wide_model_dir, dtype=torch.bfloat16, attn_implementation="ftkit_varlen"
+        ).to("cuda")
+        ref = AutoModelForCausalLM.from_pretrained(wide_model_dir, dtype=torch.bfloat16, attn_implementation="sdpa")
+        ref = ref.to("cuda")
+        cu = torch.from_numpy(batch.cu_seqlens).cuda()
+        with torch.no_grad():
+            packed = fast(
+                input_ids=torch.from_numpy(batch.input_ids).cuda()[None],
+                position_ids=torch.from_numpy(batch.position_ids).cuda()[None],
+                cu_seq_lens_q=cu,
+                cu_seq_lens_k=cu,
+                max_length_q=batch.max_seqlen,
+                max_length_k=batch.max_seqlen,
+            ).logits[0]
+            alone = torch.cat([ref(input_ids=torch.tensor([e.input_ids], device="cuda")).logits[0] for e in examples])
+        err = _rel(packed, alone)
+        print(f"\nvarlen packed vs alone: relative error {err:.2e}")
+        assert err < 2e-2
+
+    def test_fast_loss_equals_stock_loss_in_bf16(self, wide_model_dir: Path) -> None:
+        """The loop's loss (varlen, label positions, fused or chunked head) is the stock HF loss, within bf16."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from ftkit.backends.local import attention
+        from ftkit.backends.local.data import IGNORE_INDEX, EncodedSet, pack_arrays
+
+        tokenizer = AutoTokenizer.from_pretrained(wide_model_dir)
+        rows = synthetic_conversations(5, seed=8)
+        examples = [e for e in (encode_conversation(tokenizer, r["messages"], 256) for r in rows) if e is not None]
+        attention.register()
+        ref = AutoModelForCausalLM.from_pretrained(wide_model_dir, dtype=torch.bfloat16, attn_implementation="sdpa")
+        ref = ref.to("cuda")
+        with torch.no_grad():
+            stock = 0.0
+            for e in examples:
+                labels = torch.tensor([e.labels], device="cuda")
+                n = int((labels[0, 1:] != IGNORE_INDEX).sum())
+                stock += float(ref(input_ids=torch.tensor([e.input_ids], device="cuda"), labels=labels).loss) * n
+        fast = AutoModelForCausalLM.from_pretrained(
+            wide_model_dir, dtype=torch.bfloat16, attn_implementation="ftkit_varlen"
+        ).to("cuda")
+        batch = pack_arrays(EncodedSet.from_examples(examples), range(len(examples)))
+        for fused in (False, True):
+            plan = training._Plan(16384, False, fused, True, False)
+            with torch.no_grad():
+                ours = float(training._forward_loss(torch, fast, batch, "cuda", plan))
+            print(f"\nstock {stock:.4f} vs ftkit {ours:.4f} (fused={fused})")
+            assert ours == pytest.approx(stock, rel=1e-2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -9,8 +10,15 @@ from typing import Any
 import attrs
 import pytest
 
-from ftkit.backends.local import registry, tracking
-from ftkit.backends.local.data import IGNORE_INDEX, encode_conversation, encode_file, pack
+from ftkit.backends.local import attention, registry, tracking
+from ftkit.backends.local.data import (
+    IGNORE_INDEX,
+    EncodedSet,
+    encode_conversation,
+    encode_file,
+    pack,
+    pack_arrays,
+)
 from ftkit.backends.local.tiny import synthetic_conversations
 from ftkit.backends.local.training import TrainConfig, latest_checkpoint, train
 from ftkit.exceptions import ValidationError
@@ -213,3 +221,157 @@ class TestTrain:
             _config(tiny_model_dir, chat_files, tmp_path, lr_scheduler_type="warm")
         with pytest.raises(ValidationError, match="qkv_proj"):
             train(_config(tiny_model_dir, chat_files, tmp_path, lora_target_modules=("q_proj",), max_steps=1))
+
+
+class TestCompactData:
+    def test_encoded_set_is_compact_and_matches_per_row_encoding(self, tokenizer: Any, chat_files: ChatFiles) -> None:
+        """encode_file stores at most 8 bytes a token and gives the same examples as encode_conversation."""
+        data, _ = encode_file(tokenizer, chat_files.train, 256)
+        rows = [json.loads(line)["messages"] for line in chat_files.train.read_text().splitlines()]
+        assert list(data) == [encode_conversation(tokenizer, m, 256) for m in rows]
+        assert data.nbytes / len(data.tokens) <= 8
+
+    def test_pack_arrays_matches_pack(self, tokenizer: Any, chat_files: ChatFiles) -> None:
+        """Packing from the arrays gives pack()'s tokens, positions and labels, and the boundaries."""
+        data, _ = encode_file(tokenizer, chat_files.train, 256)
+        chosen = [7, 3, 11]
+        arrays = pack_arrays(data, chosen)
+        batch = pack([data[i] for i in chosen])
+        assert arrays.input_ids.tolist() == list(batch.input_ids[0])
+        assert arrays.position_ids.tolist() == list(batch.position_ids[0])
+        shifted = list(batch.labels[0][1:])
+        assert arrays.loss_positions.tolist() == [t for t, x in enumerate(shifted) if x != IGNORE_INDEX]
+        assert arrays.targets.tolist() == [x for x in shifted if x != IGNORE_INDEX]
+        assert arrays.num_labels == batch.num_labels
+        lengths = [len(data[i].input_ids) for i in chosen]
+        assert arrays.cu_seqlens.tolist() == [0, lengths[0], lengths[0] + lengths[1], sum(lengths)]
+        assert arrays.max_seqlen == max(lengths)
+
+    def test_parallel_encoding_equals_serial(self, tokenizer: Any, tmp_path: Path) -> None:
+        """A file large enough for worker processes encodes to the same arrays as one process does."""
+        rows = synthetic_conversations(2600, seed=4)
+        path = tmp_path / "big.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n", encoding="utf-8")
+        serial, r1 = encode_file(tokenizer, path, 128, workers=1)
+        parallel, r2 = encode_file(tokenizer, path, 128, workers=2)
+        assert r1 == r2
+        assert r1.unreadable == 1
+        assert r1.rows == 2601
+        for name in ("tokens", "assistant", "offsets"):
+            assert (getattr(serial, name) == getattr(parallel, name)).all(), name
+
+    def test_cache_is_reused_and_keyed(
+        self, tokenizer: Any, chat_files: ChatFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A second encoding of the same file, tokenizer and length reads the cache; another length does not."""
+        from ftkit.backends.local import data as data_module
+
+        first, report = encode_file(tokenizer, chat_files.train, 256, cache_dir=tmp_path)
+        assert len(list(tmp_path.iterdir())) == 1
+
+        def boom(*_: Any) -> None:
+            raise AssertionError("tokenised again")
+
+        monkeypatch.setattr(data_module, "encode_conversation", boom)
+        again, report2 = encode_file(tokenizer, chat_files.train, 256, cache_dir=tmp_path)
+        assert report2 == report
+        assert (again.tokens == first.tokens).all()
+        assert (again.offsets == first.offsets).all()
+        with pytest.raises(AssertionError, match="tokenised again"):
+            encode_file(tokenizer, chat_files.train, 200, cache_dir=tmp_path)
+
+
+def _stock_and_ours(tiny_model_dir: Path, examples: list[Any]) -> tuple[Any, Any, Any, Any]:
+    """Summed loss and adapter gradients of the stock HF + PEFT forward and of the loop's, on the same batch."""
+    import peft
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from ftkit.backends.local import training
+
+    def fresh(implementation: str) -> Any:
+        torch.manual_seed(0)
+        if implementation == "ftkit_varlen":
+            attention.register()
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=implementation)
+        lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM")
+        model = peft.get_peft_model(base, lora)
+        with torch.no_grad():  # non-zero B, so every adapter gets a gradient
+            for n, p in model.named_parameters():
+                if "lora_B" in n:
+                    p.normal_(0, 0.02)
+        return model
+
+    stock = fresh("sdpa")
+    total = torch.zeros(())
+    for ex in examples:  # the stock path: one conversation a batch, HF's mean loss times its label count
+        labels = torch.tensor([ex.labels])
+        n = int((labels[0, 1:] != IGNORE_INDEX).sum())
+        out = stock(input_ids=torch.tensor([ex.input_ids]), labels=labels)
+        total = total + out.loss * n
+    total.backward()
+    stock_grads = {n: p.grad.clone() for n, p in stock.named_parameters() if p.requires_grad}
+
+    ours = fresh("ftkit_varlen")
+    plan = training._Plan(16384, False, False, True, False)
+    batch = pack_arrays(EncodedSet.from_examples(examples), range(len(examples)))
+    loss = training._forward_loss(torch, ours, batch, "cpu", plan)
+    loss.backward()
+    our_grads = {n: p.grad.clone() for n, p in ours.named_parameters() if p.requires_grad}
+    return total.detach(), loss.detach(), stock_grads, our_grads
+
+
+class TestFastPathEquivalence:
+    def test_packed_label_only_loss_equals_stock_loss(self, tiny_model_dir: Path, tokenizer: Any) -> None:
+        """Loss and gradients of a packed row (varlen attention, head at label positions only) equal the stock
+        Trainer-style forward run on each conversation alone."""
+        rows = synthetic_conversations(4, seed=9)
+        examples = [e for e in (encode_conversation(tokenizer, r["messages"], 256) for r in rows) if e is not None]
+        stock, ours, stock_grads, our_grads = _stock_and_ours(tiny_model_dir, examples)
+        assert float(ours) == pytest.approx(float(stock), rel=1e-5)
+        assert stock_grads.keys() == our_grads.keys()
+        for name, grad in stock_grads.items():
+            torch_close(our_grads[name], grad, name)
+
+    def test_varlen_attention_isolates_packed_examples(self, tiny_model_dir: Path, tokenizer: Any) -> None:
+        """Through the ftkit_varlen implementation, a packed row's logits are each example's alone."""
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        attention.register()
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation="ftkit_varlen").eval()
+        rows = synthetic_conversations(3, seed=2)
+        examples = [e for e in (encode_conversation(tokenizer, r["messages"], 256) for r in rows) if e is not None]
+        batch = pack_arrays(EncodedSet.from_examples(examples), range(len(examples)))
+        bounds = tuple(int(x) for x in batch.cu_seqlens)
+        with torch.no_grad():
+            ids = torch.from_numpy(batch.input_ids)[None]
+            pos = torch.from_numpy(batch.position_ids)[None]
+            packed = model(input_ids=ids, position_ids=pos, ftkit_bounds=bounds).logits[0]
+            leaky = model(input_ids=ids, position_ids=pos).logits[0]  # no boundaries: one causal sequence
+            for (a, b), ex in zip(itertools.pairwise(bounds), examples, strict=True):
+                alone = model(input_ids=torch.tensor([ex.input_ids])).logits[0]
+                torch.testing.assert_close(packed[a:b], alone, atol=1e-4, rtol=1e-4)
+            assert (leaky[bounds[1] :] - packed[bounds[1] :]).abs().max() > 1e-2
+
+    def test_step_does_not_depend_on_the_token_budget(
+        self, tiny_model_dir: Path, chat_files: ChatFiles, tmp_path: Path
+    ) -> None:
+        """Three steps with micro-batches of ~300 tokens end with the weights of one micro-batch a step."""
+        from safetensors.torch import load_file
+
+        common = {"max_steps": 3, "evaluation_strategy": "disable", "merge_lora_weights": False}
+        small = train(_config(tiny_model_dir, chat_files, tmp_path / "s", max_tokens_per_micro_batch=300, **common))
+        whole = train(_config(tiny_model_dir, chat_files, tmp_path / "w", **common))
+        assert small.model_dir is not None
+        assert whole.model_dir is not None
+        a = load_file(small.model_dir / "adapter_model.safetensors")
+        b = load_file(whole.model_dir / "adapter_model.safetensors")
+        for key in a:
+            assert (a[key] - b[key]).abs().max() < 1e-5, key
+
+
+def torch_close(actual: Any, expected: Any, name: str) -> None:
+    """Gradients agree to float32 rounding, relative to their size."""
+    err = float((actual - expected).norm() / expected.norm().clamp_min(1e-12))
+    assert err < 1e-4, (name, err)

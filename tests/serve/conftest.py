@@ -13,6 +13,7 @@ pytest.importorskip("torch")
 
 from ftkit.backends.base import DeploymentSpec, EndpointInfo, EndpointKeys, EndpointSpec, RegisteredModel
 from ftkit.backends.local.endpoints import LocalEndpoints
+from ftkit.deployment_settings import DeploymentSettings
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +61,8 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: RegisteredModel) 
         ("tight", {"max_queue": 1}),
         ("hasty", {"request_timeout_ms": 1}),  # shorter than the batching window: always late
     ):
-        endpoints.create_deployment(DeploymentSpec(name=name, endpoint="ep-test", model=tiny_model, **extra))  # type: ignore[arg-type]
+        spec = DeploymentSpec(name=name, endpoint="ep-test", model=tiny_model, settings=DeploymentSettings(**extra))
+        endpoints.create_deployment(spec)
     info = endpoints.set_traffic("ep-test", {"blue": 100})
     try:
         yield LiveEndpoint(endpoints=endpoints, info=info)

@@ -38,6 +38,11 @@ def test_list_delete_cleanup_from_another_process(tmp_path: Path, tiny_model: Re
         assert [r["name"] for r in records] == ["ep-one", "ep-two"]
         assert records[0]["traffic"] == {"blue": 100}
         assert records[0]["provisioning_state"] == "Succeeded"
+        placement = records[0]["placement"]["blue"]
+        assert (placement["device"], placement["dtype"], placement["engine"]) == ("cpu", "float32", "static")
+        assert placement["weights_gib"] > 0
+        shown = ftkit("endpoint", "list", "--home", str(tmp_path))
+        assert "blue         cpu float32, static batching" in shown.stdout
 
         os.kill(two["pid"], signal.SIGKILL)
         endpoints.get_endpoint("ep-two")  # reaps the killed child

@@ -185,3 +185,25 @@ class TestStops:
             assert row.update(list(range(n)))
         assert row.finish(list(range(49))) == "x" * 49
         assert calls == [49]
+
+
+def test_windowed_text_equals_the_whole_decoding(model: Any) -> None:
+    """On the real tokenizer, streamed pieces add up to the decoding of every token, and each step decodes
+    a few tokens, not the answer so far."""
+    text = "Héllo wörld, naïve café 東京 — it's <b>fine</b>  spaced   out\n\tend 😀!"
+    tokens = list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
+    longest = []
+
+    def decode(ids: Any) -> str:
+        longest.append(len(ids))
+        return str(model.decode(ids))
+
+    row = RowText(decode, ["zzz"], streaming=True)
+    pieces = []
+    for n in range(1, len(tokens) + 1):
+        assert row.update(tokens[:n])
+        pieces.append(row.delta())
+    pieces.append(row.finish(tokens))
+    assert "".join(pieces) == model.decode(tokens)
+    assert len(tokens) > 20
+    assert max(longest) < 10

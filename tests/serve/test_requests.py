@@ -192,11 +192,11 @@ class TestSampling:
         """Temperatures and top_p below float32's range (found by fuzzing) still pick a valid token."""
         import torch
 
-        from ftkit.backends.local.serve.generation import _choose
+        from ftkit.backends.local.serve.generation import choose_tokens
 
         logits = torch.randn(3, 50)
         logits[2] = float("nan")
-        picked = _choose(
+        picked = choose_tokens(
             logits,
             torch.tensor([True, True, True]),
             torch.tensor([1e-300, 1.0, 1.0], dtype=torch.float32),

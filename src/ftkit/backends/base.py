@@ -13,13 +13,15 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import attrs
 
+from ..component import ComponentSchema
 from ..compute import ComputeCheck, ComputeValidator
-from ..finetune import FinetunePipelineSpec
-from ..jobfile import ComputeSection, JobFile
+from ..deployment_settings import DeploymentSettings, ServerSettings
+from ..jobfile import ComputeSection
 from ..model import FoundationModelRef
 from ..plan import RunPlan
 
 __all__ = [
+    "FAILED_JOB_STATES",
     "TERMINAL_JOB_STATES",
     "Backend",
     "DeploymentInfo",
@@ -28,7 +30,6 @@ __all__ = [
     "EndpointKeys",
     "EndpointSpec",
     "Endpoints",
-    "EndpointsDelegate",
     "FinetuneRequest",
     "JobHandle",
     "MetricPoint",
@@ -38,65 +39,27 @@ __all__ = [
 ]
 
 TERMINAL_JOB_STATES = frozenset({"Completed", "Failed", "Canceled", "NotResponding"})
+FAILED_JOB_STATES = frozenset({"Failed", "Canceled", "NotResponding"})
 
 
 @attrs.frozen(kw_only=True)
 class FinetuneRequest:
-    """Everything a backend needs to start one fine-tuning job.
+    """Everything a backend needs to start one fine-tuning job: the checked plan and what the runner resolved.
+
+    The backend reads the plan's typed values (:attr:`RunPlan.spec`, :attr:`RunPlan.parameters`, names,
+    model); it never reads or plans the job file again.
 
     Attributes:
-        job: The job file the run comes from.
-        model: The resolved base model.
-        spec: The fine-tuning parameters, already merged with the model's defaults.
-        parameters: ``spec``'s parameters in the component's encoding (checked).
-        display_name: The job's display name.
-        experiment_name: The experiment to file it under.
+        plan: The checked plan (:func:`~ftkit.plan.plan_run`, once per run).
         compute: The checked compute (cluster and GPUs per node); ``None`` for the local backend.
-        train_data: The training data (a local path or a service URI).
-        test_data: The test data (a local path or a service URI).
+        train_data: The training data as the backend can read it (an uploaded URI, or a local path).
+        test_data: The test data as the backend can read it.
     """
 
-    job: JobFile
-    model: FoundationModelRef
-    spec: FinetunePipelineSpec
-    parameters: Mapping[str, object]
-    display_name: str
-    experiment_name: str
+    plan: RunPlan
     compute: ComputeCheck | None
     train_data: str
     test_data: str
-
-    @classmethod
-    def from_plan(
-        cls,
-        plan: RunPlan,
-        compute: ComputeCheck | None,
-        *,
-        train_data: str | None = None,
-        test_data: str | None = None,
-    ) -> FinetuneRequest:
-        """Build the request for a checked plan.
-
-        Args:
-            plan: The checked plan (its model, merged spec, encoded parameters and names).
-            compute: The compute check, where there is a cluster.
-            train_data: The training data as the backend can read it (default: the plan's).
-            test_data: The test data as the backend can read it (default: the plan's).
-
-        Returns:
-            The request.
-        """
-        return cls(
-            job=plan.job,
-            model=plan.model,
-            spec=plan.spec,
-            parameters=plan.parameters,
-            display_name=plan.display_name,
-            experiment_name=plan.experiment_name,
-            compute=compute,
-            train_data=train_data if train_data is not None else plan.train_data,
-            test_data=test_data if test_data is not None else plan.test_data,
-        )
 
 
 @attrs.frozen(kw_only=True)
@@ -128,6 +91,11 @@ class JobHandle:
     def is_terminal(self) -> bool:
         """Whether the job has finished, one way or the other."""
         return self.status in TERMINAL_JOB_STATES
+
+    @property
+    def is_failed(self) -> bool:
+        """Whether the job ended Failed, Canceled or NotResponding."""
+        return self.status in FAILED_JOB_STATES
 
 
 @attrs.frozen
@@ -172,6 +140,24 @@ class MetricsTable:
         """Return the metric's value at its last step, or ``None`` if it was never logged."""
         s = self.series(key)
         return s[-1][1] if s else None
+
+    def to_pandas(self) -> Any:
+        """Return the metrics as a pandas DataFrame: one row per step, one column per metric.
+
+        pandas comes with the core install (through ``datasets``); it is imported only here.
+
+        Returns:
+            A DataFrame indexed by ``step`` with columns sorted by name (missing values are NaN).
+        """
+        import pandas as pd
+
+        frame = pd.DataFrame(
+            [{"step": p.step, "key": p.key, "value": p.value} for p in self.points], columns=["step", "key", "value"]
+        )
+        # A metric logged twice at one step (a resumed run) keeps the last value logged.
+        table = frame.pivot_table(index="step", columns="key", values="value", aggfunc="last")
+        table.columns.name = None
+        return table.reindex(sorted(table.columns), axis=1)
 
 
 @attrs.frozen(kw_only=True)
@@ -221,12 +207,14 @@ class EndpointSpec:
         description: Its description.
         auth_mode: ``key`` (the only mode ftkit uses).
         tags: Tags (ftkit tags everything it creates, for ``ftkit cleanup``).
+        server: The local endpoint server's settings (``None``: the backend's own; Azure ML has no use for them).
     """
 
     name: str
     description: str = ""
     auth_mode: Literal["key"] = "key"
     tags: Mapping[str, str] = attrs.field(factory=dict)
+    server: ServerSettings | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -237,23 +225,13 @@ class DeploymentSpec:
         name: The deployment's name (``demo``, ``blue``, ``green``...).
         endpoint: The endpoint's name.
         model: The model to serve.
-        instance_type: VM size (ignored locally).
-        instance_count: Instances.
-        request_timeout_ms: Scoring request timeout.
-        liveness_initial_delay_s: Seconds before the first liveness probe.
-        max_concurrent_requests: Requests handled at once per instance.
-        max_queue: Requests waiting beyond those before the endpoint answers 503 (local).
+        settings: How it serves (instance type and count, timeouts, concurrency, queue, batch size).
     """
 
     name: str
     endpoint: str
     model: RegisteredModel
-    instance_type: str = "Standard_NC6s_v3"
-    instance_count: int = 1
-    request_timeout_ms: int = 90000
-    liveness_initial_delay_s: int = 600
-    max_concurrent_requests: int = 1
-    max_queue: int = 64
+    settings: DeploymentSettings = attrs.field(factory=DeploymentSettings)
 
 
 @attrs.frozen(kw_only=True)
@@ -318,8 +296,8 @@ StatusCallback = Callable[[JobHandle], None]
 class Endpoints(Protocol):
     """Online endpoints and their deployments: the half of :class:`Backend` that serves models.
 
-    Each backend keeps these in an object of its own (Azure ML's operations, the local server processes)
-    and exposes them through :class:`EndpointsDelegate`.
+    Each backend keeps these in an object of its own (Azure ML's operations, the local server processes),
+    its :attr:`Backend.endpoints`.
     """
 
     def create_endpoint(self, spec: EndpointSpec) -> EndpointInfo:
@@ -375,14 +353,23 @@ class Endpoints(Protocol):
 
 
 @runtime_checkable
-class Backend(Endpoints, Protocol):
+class Backend(Protocol):
     """The operations a run needs from a service (Azure ML) or from this machine.
 
-    The endpoint half is :class:`Endpoints`. Every method raises only :class:`~ftkit.exceptions.FtkitError`
-    subclasses.
+    The endpoint half is the :attr:`endpoints` object (an :class:`Endpoints`). Every method raises only
+    :class:`~ftkit.exceptions.FtkitError` subclasses.
     """
 
     name: str
+
+    @property
+    def endpoints(self) -> Endpoints:
+        """The backend's online endpoints and deployments."""
+        ...
+
+    def component_schema(self, name: str, version: str) -> ComponentSchema:
+        """Return the declared inputs of the pinned component, as the service will check them (the plan's schema)."""
+        ...
 
     def resolve_model(self, ref: FoundationModelRef) -> FoundationModelRef:
         """Pin ``ref`` to a concrete version and read its tags (:class:`~ftkit.exceptions.NotFoundError` if absent)."""
@@ -415,66 +402,3 @@ class Backend(Endpoints, Protocol):
     def register_model(self, request: RegisterRequest) -> RegisteredModel:
         """Register the job's trained model with lineage tags."""
         ...
-
-
-class EndpointsDelegate:
-    """The :class:`Endpoints` half of a backend, forwarded to the backend's ``endpoints`` object.
-
-    Strictly a mixin for backends: the subclass provides ``endpoints``.
-    """
-
-    @property
-    def endpoints(self) -> Endpoints:
-        """The object that manages this backend's endpoints."""
-        raise NotImplementedError
-
-    def create_endpoint(self, spec: EndpointSpec) -> EndpointInfo:
-        """See :meth:`Endpoints.create_endpoint`."""
-        return self.endpoints.create_endpoint(spec)
-
-    def create_deployment(self, spec: DeploymentSpec) -> DeploymentInfo:
-        """See :meth:`Endpoints.create_deployment`."""
-        return self.endpoints.create_deployment(spec)
-
-    def set_traffic(self, endpoint: str, traffic: Mapping[str, int]) -> EndpointInfo:
-        """See :meth:`Endpoints.set_traffic`."""
-        return self.endpoints.set_traffic(endpoint, traffic)
-
-    def get_endpoint(self, name: str) -> EndpointInfo:
-        """See :meth:`Endpoints.get_endpoint`."""
-        return self.endpoints.get_endpoint(name)
-
-    def list_endpoints(self) -> list[EndpointInfo]:
-        """See :meth:`Endpoints.list_endpoints`."""
-        return self.endpoints.list_endpoints()
-
-    def get_keys(self, endpoint: str) -> EndpointKeys:
-        """See :meth:`Endpoints.get_keys`."""
-        return self.endpoints.get_keys(endpoint)
-
-    def regenerate_key(self, endpoint: str, which: Literal["primary", "secondary"]) -> EndpointKeys:
-        """See :meth:`Endpoints.regenerate_key`."""
-        return self.endpoints.regenerate_key(endpoint, which)
-
-    def score(
-        self,
-        endpoint: str,
-        body: Mapping[str, Any],
-        *,
-        deployment: str | None = None,
-        timeout_s: float = 90.0,
-    ) -> Any:
-        """See :meth:`Endpoints.score`."""
-        return self.endpoints.score(endpoint, body, deployment=deployment, timeout_s=timeout_s)
-
-    def get_logs(self, endpoint: str, deployment: str, *, lines: int = 200) -> str:
-        """See :meth:`Endpoints.get_logs`."""
-        return self.endpoints.get_logs(endpoint, deployment, lines=lines)
-
-    def delete_deployment(self, endpoint: str, deployment: str) -> None:
-        """See :meth:`Endpoints.delete_deployment`."""
-        self.endpoints.delete_deployment(endpoint, deployment)
-
-    def delete_endpoint(self, name: str) -> None:
-        """See :meth:`Endpoints.delete_endpoint`."""
-        self.endpoints.delete_endpoint(name)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 __all__ = ["register"]
@@ -41,6 +42,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _build(args: argparse.Namespace) -> int:
     # ftkit errors are printed by ftkit.cli.main, as for every command.
     from ..data import ChatDatasetBuilder, SplitSelection
+    from ..exceptions import ValidationError
 
     overrides: dict[str, Any] = {}
     if args.splits:
@@ -62,6 +64,9 @@ def _build(args: argparse.Namespace) -> int:
     elif args.source:
         base = None
         sel = SplitSelection()
+        if not args.splits and Path(args.source).expanduser().is_file():
+            # One file is one split, named after it (not the notebook's three splits it cannot hold).
+            overrides["splits"] = [Path(args.source).stem]
     else:
         print("error: give JOB.yaml or --source", file=sys.stderr)
         return 2
@@ -73,8 +78,8 @@ def _build(args: argparse.Namespace) -> int:
                 sample=args.sample or sel.sample,
                 seed=args.seed if args.seed is not None else sel.seed,
             )
-        except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        except ValidationError as exc:
+            print(f"error: {exc.render()}", file=sys.stderr)
             return 2
     overrides["selection"] = sel
     if base is not None:

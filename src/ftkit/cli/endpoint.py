@@ -101,6 +101,7 @@ def _list(args: argparse.Namespace) -> int:
                 "deployments": list(info.deployments),
                 "traffic": dict(info.traffic),
                 "tags": dict(info.tags),
+                "placement": endpoints.placements(info.name),
             }
             print(json.dumps(record, sort_keys=True))
         return 0
@@ -112,10 +113,22 @@ def _list(args: argparse.Namespace) -> int:
         print(f"{info.name}  {info.provisioning_state}  {info.scoring_uri}")
         print(f"  deployments  {', '.join(info.deployments) or 'none'}")
         print(f"  traffic      {traffic}")
+        for name, where in endpoints.placements(info.name).items():
+            print(f"  {name:<12} {_describe_placement(where)}")
         if info.provisioning_state != "Succeeded":
             reason = endpoints.server_error(info.name) or ""
             print("  problem      " + reason.replace("\n", "\n               "))
     return 0
+
+
+def _describe_placement(where: dict[str, object]) -> str:
+    """One line: device, dtype, engine, memory (``not loaded`` when the server never reported one)."""
+    if not where:
+        return "not loaded"
+    memory = f"{where.get('weights_gib')} GiB weights"
+    if where.get("engine") == "continuous":
+        memory += f" + {where.get('kv_cache_gib')} GiB KV cache ({where.get('slots')} slots x {where.get('context')})"
+    return f"{where.get('device')} {where.get('dtype')}, {where.get('engine')} batching, {memory}"
 
 
 def _delete(args: argparse.Namespace) -> int:
@@ -142,8 +155,8 @@ def _cleanup(args: argparse.Namespace) -> int:
             return 2
         backend = _azureml_backend(args)
         where = f"workspace {backend.connection.workspace.workspace_name}"
-        names = [e.name for e in backend.list_endpoints()]
-        return _delete_all(names, backend.delete_endpoint, where, dry_run=args.dry_run)
+        names = [e.name for e in backend.endpoints.list_endpoints()]
+        return _delete_all(names, backend.endpoints.delete_endpoint, where, dry_run=args.dry_run)
     if args.config is not None:
         print("error: --config applies to --backend azureml only", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""``ftkit validate`` and ``ftkit render``: offline checks and the exact job body."""
+"""``ftkit validate``, ``ftkit render`` and ``ftkit schema``: offline checks, the exact job body, the file's schema."""
 
 from __future__ import annotations
 
@@ -33,6 +33,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _common(render)
     render.add_argument("--format", choices=("json", "yaml"), default="json", help="output format")
     render.set_defaults(handler=_render)
+
+    schema = sub.add_parser(
+        "schema", help="print the JSON Schema of the job file (for editors)", description=_schema.__doc__
+    )
+    schema.add_argument(
+        "--component-spec",
+        type=Path,
+        metavar="SPEC.yaml",
+        help="list the finetune inputs of this component spec (default: ftkit's bundled snapshot)",
+    )
+    schema.set_defaults(handler=_schema)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -75,19 +86,36 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _render(args: argparse.Namespace) -> int:
     """Print the azure-ai-ml REST body of the pipeline job, built offline from the job file."""
-    from ..backends.azureml.pipeline import build_pipeline_job, component_from_schema, rest_body
-
-    plan = _plan(args)
-    component = component_from_schema(plan.schema)
-    job = build_pipeline_job(plan, component=component, cluster=plan.job.compute.cluster)
-    body: dict[str, Any] = {
-        "name": None,
-        "experiment_name": plan.experiment_name,
-        "component": plan.schema.registry_asset_id,
-        **dict(rest_body(job)),
-    }
+    body = pipeline_body(_plan(args))
     if args.format == "yaml":
         sys.stdout.write(yaml.safe_dump(body, sort_keys=False))
     else:
         sys.stdout.write(json.dumps(body, indent=2) + "\n")
     return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of the job file, for editors.
+
+    Save it and point your editor at it with a first line ``# yaml-language-server: $schema=PATH``
+    (editors with the YAML language server: VS Code, Neovim, JetBrains...).
+    """
+    from ..jobschema import job_file_schema
+
+    component = ComponentSchema.from_spec_file(args.component_spec) if args.component_spec else None
+    sys.stdout.write(json.dumps(job_file_schema(component), indent=2, ensure_ascii=False) + "\n")
+    return 0
+
+
+def pipeline_body(plan: RunPlan) -> dict[str, Any]:
+    """Return the azure-ai-ml REST body of ``plan``'s pipeline job, built offline (no credentials, no network)."""
+    from ..backends.azureml.pipeline import build_pipeline_job, component_from_schema, rest_body
+
+    component = component_from_schema(plan.schema)
+    job = build_pipeline_job(plan, component=component, cluster=plan.job.compute.cluster)
+    return {
+        "name": None,
+        "experiment_name": plan.experiment_name,
+        "component": plan.schema.registry_asset_id,
+        **dict(rest_body(job)),
+    }

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..backends.base import Backend
+from ..exceptions import FtkitError
 from ..jobfile import JobFile
-from ..runner import JobRunner, RunResult, StageEvent
+from ..overrides import Overrides, parse_assignment
+from ..runner import JobRunner, RunResult, StageEvent, answer_text
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -19,6 +24,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = sub.add_parser("run", help="run a job file end to end", description=_run.__doc__)
     run.add_argument("job", type=Path, metavar="JOB.yaml", help="the YAML job file")
     run.add_argument("--no-deploy", action="store_true", help="stop after registering the model")
+    run.add_argument(
+        "--new-job",
+        action="store_true",
+        help="local: start a new fine-tuning job even if an interrupted one of this job file could resume",
+    )
     run.add_argument(
         "--timeout",
         type=_positive(float),
@@ -28,6 +38,37 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     run.add_argument(
         "--poll", type=_positive(float), default=30.0, metavar="SECONDS", help="time between job status reads (30)"
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check and plan the run and print what would be submitted; no service call, no process started",
+    )
+    run.add_argument(
+        "--keep-endpoint", action="store_true", help="keep the endpoint after scoring (as deploy.keep: true)"
+    )
+    run.add_argument(
+        "--backend", choices=("local", "azureml"), help="run on this backend instead of the job file's `backend`"
+    )
+    run.add_argument(
+        "--output",
+        type=Path,
+        metavar="DIR",
+        help="where run.json and the loss curves go (default: {ftkit home}/runs/{name}-{timestamp})",
+    )
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        type=_assignment,
+        default=[],
+        metavar="KEY=VALUE",
+        help="replace a job-file key, checked like the file (e.g. --set finetune.learning_rate=1e-4; repeatable)",
+    )
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="print the run record (run.json) on stdout instead of the summary; progress still goes to stderr",
     )
     run.set_defaults(handler=_run)
 
@@ -59,22 +100,53 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], Any]:
     return parse
 
 
+def _assignment(text: str) -> tuple[str, object]:
+    try:
+        return parse_assignment(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _overrides(args: argparse.Namespace) -> Overrides:
+    """The job-file keys the command line replaces: ``--set`` ones, then ``--backend`` and ``--keep-endpoint``."""
+    values: dict[str, object] = dict(args.overrides)
+    if args.backend is not None:
+        values["backend"] = args.backend
+    if args.keep_endpoint:
+        values["deploy.keep"] = True
+    return Overrides(values, "--set")
+
+
 class ProgressPrinter:
     """Prints stage events: one line each, timed from the start of the run.
 
+    In a terminal, a message longer than the window continues on the next line under the message column
+    instead of wrapping to column 0; piped output keeps one line per event, for grep.
+
     Args:
         stream: Where to print.
+        width: The terminal's width (default: the stream's, when it is a terminal; else no wrapping).
     """
 
-    def __init__(self, stream: TextIO) -> None:
+    PREFIX = 25  # "[  12.3s] finetune ....  "
+
+    def __init__(self, stream: TextIO, width: int | None = None) -> None:
         self.stream = stream
         self.start = time.monotonic()
+        if width is None and stream.isatty():
+            width = shutil.get_terminal_size().columns
+        self.width = width
 
     def __call__(self, event: StageEvent) -> None:
         """Print one event."""
         mark = "done" if event.done else "...."
         elapsed = time.monotonic() - self.start
-        print(f"[{elapsed:6.1f}s] {event.stage:<8} {mark}  {event.message}", file=self.stream, flush=True)
+        head = f"[{elapsed:6.1f}s] {event.stage:<8} {mark}  "
+        message = event.message
+        if self.width is not None and self.width - self.PREFIX >= 40 and len(head) + len(message) > self.width:
+            lines = textwrap.wrap(message, self.width - self.PREFIX, break_on_hyphens=False) or [message]
+            message = f"\n{' ' * self.PREFIX}".join(lines)
+        print(f"{head}{message}", file=self.stream, flush=True)
 
 
 def _quiet_progress_bars() -> None:
@@ -83,8 +155,17 @@ def _quiet_progress_bars() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
-def _execute(job: JobFile, **options: Any) -> RunResult:
-    result = JobRunner(job, on_event=ProgressPrinter(sys.stderr), **options).run()
+def _execute(job: JobFile, backend: Backend | None = None, *, as_json: bool = False, **options: Any) -> RunResult:
+    runner = JobRunner(job, backend, on_event=ProgressPrinter(sys.stderr), **options)
+    try:
+        result = runner.run()
+    except (FtkitError, KeyboardInterrupt):
+        if as_json:  # a script still gets the record (error or interruption included) before the message on stderr
+            _print_record(runner.run_dir)
+        raise
+    if as_json:
+        _print_record(result.run_dir)
+        return result
     out = sys.stdout
     print(f"fine-tuning job  {result.job.name} ({result.job.status})", file=out)
     print(f"registered model {result.registered.name}:{result.registered.version}", file=out)
@@ -92,18 +173,51 @@ def _execute(job: JobFile, **options: Any) -> RunResult:
         print(f"endpoint         {result.endpoint.name} ({'kept' if job.deploy.keep else 'deleted'})", file=out)
     if result.score_request is not None:
         question = result.score_request["input_data"]["input_string"][0][-1]["content"]
-        print(f"sample question  {question}", file=out)
+        print(f"sample question  {_indented(question)}", file=out)
     if result.score_response is not None:
-        print(f"sample answer    {result.score_response}", file=out)
+        print(f"sample answer    {_indented(answer_text(result.score_response))}", file=out)
+    if result.loss_curves is not None:
+        print(f"loss curves      {result.loss_curves}", file=out)
     print(f"run record       {result.run_dir / 'run.json'}", file=out)
     return result
 
 
+def _print_record(run_dir: Path) -> None:
+    path = run_dir / "run.json"
+    if path.is_file():
+        sys.stdout.write(path.read_text(encoding="utf-8"))
+        sys.stdout.flush()
+
+
+def _indented(text: str) -> str:
+    # The whole text (an answer is the point of the run), its later lines under the first.
+    return "\n".join(line.rstrip() for line in text.strip().splitlines()).replace("\n", "\n" + " " * 17)
+
+
 def _run(args: argparse.Namespace) -> int:
-    """Run a job file end to end: model, compute, data, fine-tune, metrics, register, deploy, score, clean up."""
+    """Run a job file end to end: model, compute, data, fine-tune, metrics, register, deploy, score, clean up.
+
+    ``--set KEY=VALUE`` replaces a key of the job file before it is checked, exactly as if the file said so;
+    ``--dry-run`` stops after the offline checks and prints the plan and the job as it would be submitted.
+    """
     _quiet_progress_bars()
-    job = JobFile.load(args.job)
-    _execute(job, deploy=not args.no_deploy, wait_timeout_s=args.timeout, poll_s=args.poll)
+    job = JobFile.load(args.job, overrides=_overrides(args))
+    if args.dry_run:
+        from .dry_run import dry_run
+
+        return dry_run(job, as_json=args.json, deploy=not args.no_deploy, run_dir=args.output)
+    options: dict[str, Any] = {
+        "as_json": args.json,
+        "deploy": not args.no_deploy,
+        "wait_timeout_s": args.timeout,
+        "poll_s": args.poll,
+        "run_dir": args.output.resolve() if args.output is not None else None,
+    }
+    if args.new_job and job.backend == "local":
+        from ..backends import get_backend
+
+        options["backend"] = get_backend("local", home=job.local.home, device=job.local.device, new_job=True)
+    _execute(job, **options)
     return 0
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..exceptions import DatasetValidationError, Problem
+from ..exceptions import DatasetValidationError, Problem, ValidationError
 from .reasons import REASON_ORDER, Reason
 from .report import DatasetBuild, DatasetReport, Distribution, RejectedRow, SplitReport
 from .selection import SplitSelection, SplitSpec
@@ -259,7 +259,9 @@ class ChatDatasetBuilder:
         self.source = source
         self.splits = tuple(s if isinstance(s, SplitSpec) else SplitSpec.infer(s) for s in splits)
         if not self.splits:
-            raise ValueError("no splits to build")
+            raise ValidationError(
+                [Problem("splits", "no splits to build", "name at least one split (--splits NAME)")], "nothing to build"
+            )
         self.selection = selection or SplitSelection()
         self.out_dir = Path(out_dir)
         self.strict = strict

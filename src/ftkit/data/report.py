@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -244,6 +245,36 @@ class DatasetReport:
 
     def __str__(self) -> str:
         return self.summary()
+
+    def __repr__(self) -> str:
+        # The generated repr holds every distribution and rejected sample: pages of text in a notebook.
+        splits = ", ".join(f"{s.name}={s.rows_written}/{s.rows_in}" for s in self.splits)
+        warnings = f", warnings={len(self.warnings)}" if self.warnings else ""
+        return f"DatasetReport(source={self.source!r}, {splits}, rejected={self.rows_rejected}{warnings})"
+
+    def _repr_html_(self) -> str:
+        columns = ("split", "purpose", "in", "written", "rejected", "top reasons", "turns p50", "chars/conv p50")
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+        rows = []
+        for s in self.splits:
+            top = ", ".join(f"{k} {v:,}" for k, v in sorted(s.reasons.items(), key=lambda kv: -kv[1])[:3])
+            cells = (
+                s.name,
+                s.purpose,
+                f"{s.rows_in:,}",
+                f"{s.rows_written:,}",
+                f"{s.rows_rejected:,}",
+                top or "-",
+                f"{s.turns.p50:g}",
+                f"{s.conversation_chars.p50:g}",
+            )
+            rows.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
+        warnings = "".join(f"<li>{html.escape(str(w))}</li>" for w in self.warnings)
+        caption = f"ftkit data: {self.source} ({self.rows_written:,} of {self.rows_in:,} rows written)"
+        return (
+            f"<table><caption style='text-align:left'><b>{html.escape(caption)}</b></caption>"
+            f"<tr>{head}</tr>{''.join(rows)}</table>" + (f"<ul>{warnings}</ul>" if warnings else "")
+        )
 
     def __rich__(self) -> Any:
         """A rich table (for notebooks and terminals with rich installed)."""

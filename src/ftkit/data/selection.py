@@ -8,6 +8,8 @@ from typing import Any, Literal
 import attrs
 import numpy as np
 
+from ..exceptions import Problem, ValidationError
+
 __all__ = ["Purpose", "SplitSelection", "SplitSpec", "rows_for_percent"]
 
 Purpose = Literal["train", "test", "score"]
@@ -24,17 +26,25 @@ def rows_for_percent(percent: float, n: int) -> int:
 
 def _check_percent(_: object, __: attrs.Attribute[Any], value: float | None) -> None:
     if value is not None and not 0 < value <= 100:
-        raise ValueError(f"percent must be in (0, 100], got {value}")
+        raise ValidationError(
+            [Problem("data.percent", f"{value:g} is out of range: must be above 0 and at most 100", "e.g. 5")],
+            "invalid data selection",
+        )
 
 
 def _check_rows(_: object, __: attrs.Attribute[Any], value: int | None) -> None:
     if value is not None and value < 0:
-        raise ValueError(f"rows must be >= 0, got {value}")
+        raise ValidationError(
+            [Problem("data.rows", f"{value} is below the minimum 0", "give a number of rows, e.g. 1000")],
+            "invalid data selection",
+        )
 
 
 @attrs.frozen(kw_only=True)
 class SplitSelection:
     """How many rows of each split to keep, and which.
+
+    Raises :class:`~ftkit.exceptions.ValidationError` for a percent outside (0, 100], negative rows, or both.
 
     Attributes:
         percent: Keep this percent of each split (``int(round(percent * n / 100))`` rows, as ``datasets`` does).
@@ -53,7 +63,10 @@ class SplitSelection:
 
     def __attrs_post_init__(self) -> None:
         if self.percent is not None and self.rows is not None:
-            raise ValueError("give percent or rows, not both")
+            raise ValidationError(
+                [Problem("data.rows", "percent and rows are both set", "give percent or rows, not both")],
+                "invalid data selection",
+            )
 
     def count(self, n: int) -> int:
         """The number of rows kept of a split of ``n`` rows."""

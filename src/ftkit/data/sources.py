@@ -8,6 +8,7 @@ where the source is columnar (parquet, Hugging Face, Arrow tables), Python value
 from __future__ import annotations
 
 import abc
+import codecs
 import json
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -105,7 +106,16 @@ class ChatSource(abc.ABC):
         missing = [s for s in wanted if s not in have]
         if missing:
             raise DataSourceError(
-                [Problem(s, "no such split in the source", f"available: {', '.join(have) or 'none'}") for s in missing],
+                [
+                    Problem(
+                        s,
+                        "no such split in the source",
+                        f"available: {', '.join(have) or 'none'}; choose with --splits "
+                        f"{','.join(have) or 'NAME'} (ftkit data build) or data.train_split / data.test_split / "
+                        "data.score_split in the job file",
+                    )
+                    for s in missing
+                ],
                 f"{self.description} lacks {len(missing)} split(s)",
             )
 
@@ -167,6 +177,8 @@ class JsonlSource(ChatSource):
         try:
             with path.open("rb") as f:
                 for number, raw in enumerate(f, 1):
+                    if number == 1:
+                        raw = raw.removeprefix(codecs.BOM_UTF8)  # files saved on Windows often start with one
                     if raw.strip():
                         yield number, raw
         except OSError as exc:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -29,23 +28,20 @@ from ...exceptions import (
 from ...hashing import sha256_file
 from ...jobfile import ComputeSection
 from ...model import FoundationModelRef
-from ...plan import plan_run
-from ...waiting import wait_for_job
 from ..base import (
-    EndpointsDelegate,
     FinetuneRequest,
     JobHandle,
     MetricsTable,
     RegisteredModel,
     RegisterRequest,
-    StatusCallback,
 )
 from . import jobs as _jobs
 from . import metrics as _metrics
 from .connection import AzureMLConnection, WorkspaceRef
-from .endpoints import CREATED_BY_TAG, EndpointOperations
+from .endpoints import EndpointOperations
 from .errors import map_azure_errors
 from .pipeline import build_pipeline_job
+from .tags import CREATED_BY_TAG
 
 __all__ = ["AzureMLBackend", "DatastoreUploader", "Uploader"]
 
@@ -78,19 +74,52 @@ class DatastoreUploader:
 
     def __call__(self, path: Path, destination: str) -> str:
         """Upload ``path``; azure-ai-ml picks the blob path (``LocalUpload/<hash>/...``), ``destination`` is a hint."""
-        from azure.ai.ml._artifacts._artifact_utilities import _upload_and_generate_remote_uri
-
+        upload = private_upload_function()
         del destination
         ml = self._connection.ml_client
         with map_azure_errors("upload_data", resource=f"file {path}"):
             return str(
-                _upload_and_generate_remote_uri(
+                upload(
                     ml._operation_scope, ml.datastores, path, datastore_name="workspaceblobstore", show_progress=False
                 )
             )
 
 
-class AzureMLBackend(EndpointsDelegate):
+# The private azure-ai-ml function DatastoreUploader calls, and the keyword arguments it passes. Private names
+# may change in any release: pyproject.toml bounds azure-ai-ml to the tested major, and this check turns a
+# change inside it into a clear error instead of an AttributeError or TypeError halfway through a run.
+PRIVATE_UPLOAD = ("azure.ai.ml._artifacts._artifact_utilities", "_upload_and_generate_remote_uri")
+PRIVATE_UPLOAD_KEYWORDS = ("datastore_name", "show_progress")
+
+
+def private_upload_function() -> Callable[..., Any]:
+    """Return azure-ai-ml's datastore upload function, checked to take the arguments ftkit passes.
+
+    Raises:
+        BackendError: The installed azure-ai-ml no longer has it (or changed its parameters); names the version.
+    """
+    import importlib
+    import inspect
+    from importlib.metadata import version
+
+    module_name, attr = PRIVATE_UPLOAD
+    try:
+        function: Callable[..., Any] = getattr(importlib.import_module(module_name), attr)
+        parameters = inspect.signature(function).parameters
+    except (ImportError, AttributeError, TypeError, ValueError):
+        parameters = None
+    missing = [k for k in PRIVATE_UPLOAD_KEYWORDS if parameters is None or k not in parameters]
+    if missing:
+        raise BackendError(
+            f"azure-ai-ml {version('azure-ai-ml')} changed {module_name}.{attr}, which ftkit uses to upload data "
+            f"({'missing' if parameters is None else 'no ' + ', '.join(missing)}); install the range ftkit "
+            "supports (pip install 'azure-ai-ml>=1.20,<2') or pass data.train_file/test_file as azureml:// URIs",
+            operation="upload_data",
+        )
+    return function
+
+
+class AzureMLBackend:
     """Azure ML through azure-ai-ml: registry models and components, compute, data, jobs, endpoints.
 
     The workspace comes from the explicit ids, else environment variables, else ``config.json`` (see
@@ -107,10 +136,8 @@ class AzureMLBackend(EndpointsDelegate):
         uploader: How local data files reach the datastore (default: :class:`DatastoreUploader`).
         connection: A ready connection, instead of the settings above.
         lro_timeout_s: Deadline for one long-running operation (endpoint/deployment create, delete).
-        job_timeout_s: Deadline of :meth:`wait_for_job`.
-        job_poll_interval_s: Seconds between job status reads.
-        clock: Monotonic clock for :meth:`wait_for_job` (tests).
-        sleep: Sleep for :meth:`wait_for_job` (tests).
+
+    Waiting for a job is :func:`ftkit.waiting.wait_for_job` over :meth:`get_job` (the runner's one loop).
     """
 
     name = "azureml"
@@ -128,10 +155,6 @@ class AzureMLBackend(EndpointsDelegate):
         uploader: Uploader | None = None,
         connection: AzureMLConnection | None = None,
         lro_timeout_s: float = 3600.0,
-        job_timeout_s: float = 48 * 3600.0,
-        job_poll_interval_s: float = 30.0,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if connection is None:
             workspace = WorkspaceRef.resolve(
@@ -147,10 +170,8 @@ class AzureMLBackend(EndpointsDelegate):
         self.uploader: Uploader = uploader if uploader is not None else DatastoreUploader(connection)
         self._endpoint_ops = EndpointOperations(connection, lro_timeout_s=lro_timeout_s)
         self.lro_timeout_s = lro_timeout_s
-        self.job_timeout_s = job_timeout_s
-        self.job_poll_interval_s = job_poll_interval_s
-        self._clock = clock
-        self._sleep = sleep
+        # Fetched by component_schema (the plan's schema) and reused by submit_finetune to build the job.
+        self._components: dict[tuple[str, str], Any] = {}
 
     @property
     def ml_client(self) -> Any:
@@ -219,7 +240,12 @@ class AzureMLBackend(EndpointsDelegate):
         where = f"compute {section.cluster}"
         poller = self._call("create_compute", lambda: ml.compute.begin_create_or_update(cluster), resource=where)
         with map_azure_errors("create_compute", polling=True, resource=where):
-            return _cluster_info(poller.result(timeout=self.lro_timeout_s))
+            created = poller.result(timeout=self.lro_timeout_s)
+        if not getattr(created, "size", None):
+            # azure-ai-ml before ~1.27 can hand back the operation's final body as an "unsupported compute"
+            # without its size; the cluster itself is fine, so read it back as it now stands.
+            created = self._call("get_compute", lambda: ml.compute.get(section.cluster), resource=where)
+        return _cluster_info(created)
 
     def ensure_compute(self, section: ComputeSection, validator: ComputeValidator) -> ComputeCheck:
         """Get the cluster, or create it (dedicated, then low priority as the notebook does), then check it.
@@ -335,60 +361,66 @@ class AzureMLBackend(EndpointsDelegate):
         )
         return schema, component
 
-    def submit_finetune(self, request: FinetuneRequest) -> JobHandle:
-        """Re-check the run against the live registry component, build the pipeline job and submit it.
+    def component_schema(self, name: str, version: str) -> ComponentSchema:
+        """Return the live registry component's declared inputs (the schema the runner plans with).
 
         Raises:
-            ValidationError: The parameters do not fit the live component, or no compute was checked.
+            NotFoundError: The pinned version is not in the registry.
+        """
+        schema, component = self.live_schema(name, version)
+        self._components[(name, version)] = component
+        return schema
+
+    def submit_finetune(self, request: FinetuneRequest) -> JobHandle:
+        """Build the pipeline job from the checked plan and submit it (the plan is not made again here).
+
+        Raises:
+            ValidationError: No compute was checked.
             NotFoundError: The pinned component version is not in the registry.
         """
         if request.compute is None:
             raise ValidationError(
                 [Problem("compute", "the azureml backend needs a checked compute cluster", "run ensure_compute first")]
             )
-        spec = request.spec
-        schema, component = self.live_schema(spec.component_name, spec.component_version)
-        plan = plan_run(request.job, schema=schema, model=request.model, gpus_per_node=request.compute.gpus_per_node)
-        plan = attrs.evolve(
-            plan,
-            train_data=request.train_data,
-            test_data=request.test_data,
-            display_name=request.display_name,
-            experiment_name=request.experiment_name,
+        plan = request.plan
+        key = (plan.schema.name, plan.schema.version)
+        component = self._components.get(key)
+        if component is None:
+            _, component = self.live_schema(*key)
+            self._components[key] = component
+        job = build_pipeline_job(
+            attrs.evolve(plan, train_data=request.train_data, test_data=request.test_data),
+            component=component,
+            cluster=request.compute.cluster.name,
         )
-        job = build_pipeline_job(plan, component=component, cluster=request.compute.cluster.name)
         # Named before the PUT, so a retried PUT updates the same job instead of starting a second one.
-        job.name = _jobs.job_name_for(request.display_name)
+        job.name = _jobs.job_name_for(plan.display_name)
         ml = self.ml_client
         created = self._call(
             "submit_finetune",
-            lambda: ml.jobs.create_or_update(job, experiment_name=request.experiment_name),
+            lambda: ml.jobs.create_or_update(job, experiment_name=plan.experiment_name),
             resource=f"job {job.name}",
         )
         return _jobs.handle_from_job(created)
 
     def get_job(self, name: str) -> JobHandle:
         """Return the job's current state."""
-        return _jobs.get_job(self.ml_client, name)
+        return _jobs.get_job(self.ml_client, name, connection=self.connection)
 
-    def wait_for_job(
-        self, name: str, *, on_status: StatusCallback | None = None, timeout_s: float | None = None
-    ) -> JobHandle:
-        """Wait for a job (or re-attach to one by name) until it completes.
+    def list_jobs(self, *, max_results: int = 50) -> list[JobHandle]:
+        """Return the workspace's most recent jobs (``jobs.list``), newest first.
 
-        Raises:
-            JobFailedError: It failed or was canceled (with the Studio URL).
-            JobTimeoutError: It was still running at the deadline.
+        Args:
+            max_results: How many to read at most.
         """
-        return wait_for_job(
-            self,
-            name,
-            timeout_s=timeout_s if timeout_s is not None else self.job_timeout_s,
-            poll_s=self.job_poll_interval_s,
-            on_status=on_status,
-            clock=self._clock,
-            sleep=self._sleep,
-        )
+        import itertools
+
+        ml = self.ml_client
+
+        def read() -> list[JobHandle]:
+            return [_jobs.handle_from_job(j) for j in itertools.islice(ml.jobs.list(), max_results)]
+
+        return self._call("list_jobs", read)
 
     def cancel_job(self, name: str) -> None:
         """Ask the job to stop; nothing happens when it has already finished."""

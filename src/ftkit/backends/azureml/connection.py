@@ -17,6 +17,7 @@ telemetry off, progress output off, and the injectable ``transport`` (``ftkit.te
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -29,7 +30,16 @@ from ... import retry
 from ...exceptions import AuthError, Problem, ValidationError
 from .errors import CREDENTIAL_HELP, map_azure_errors
 
-__all__ = ["ARM_SCOPE", "AzureMLConnection", "WorkspaceRef", "is_ci", "make_credential"]
+__all__ = ["ARM_SCOPE", "AzureMLConnection", "WorkspaceRef", "is_ci", "make_credential", "quiet_azure_logging"]
+
+
+def quiet_azure_logging() -> None:
+    """Silence azure-ai-ml's import-time warnings (one per experimental schema class: noise for users)."""
+    logging.getLogger("azure.ai.ml").setLevel(logging.ERROR)
+    # Older releases' msrest models warn that azure-ai-ml's own outputs carry an attribute the REST model of
+    # that API version lacks (pathOnCompute); the body is right without it, and the warning is not the user's.
+    logging.getLogger("msrest.serialization").setLevel(logging.ERROR)
+
 
 ARM_SCOPE = "https://management.azure.com/.default"
 ENV_VARS = {
@@ -253,9 +263,7 @@ class AzureMLConnection:
             self.check_credential()
             from azure.ai.ml import MLClient
 
-            from .pipeline import _quiet_azure
-
-            _quiet_azure()
+            quiet_azure_logging()
             ws = self.workspace
             self._ml_client = MLClient(
                 self.credential, ws.subscription_id, ws.resource_group, ws.workspace_name, **self._client_kwargs()

@@ -31,10 +31,10 @@ from ...exceptions import (
 from ..base import DeploymentInfo, DeploymentSpec, EndpointInfo, EndpointKeys, EndpointSpec
 from .connection import AzureMLConnection
 from .errors import TRANSIENT_STATUS, map_azure_errors
+from .tags import CREATED_BY_TAG
 
 __all__ = ["CREATED_BY_TAG", "EndpointOperations"]
 
-CREATED_BY_TAG = "ftkit.created_by"
 # A 500 from the scoring container is the scoring script failing on this request: sending it again fails
 # again (and costs GPU time), so scoring retries only the gateway's and the network's transient answers.
 SCORING_TRANSIENT_STATUS = TRANSIENT_STATUS - {500}
@@ -191,16 +191,17 @@ class EndpointOperations:
         """Create or update a deployment and wait until it serves; attach its logs when it fails."""
         from azure.ai.ml.entities import ManagedOnlineDeployment, OnlineRequestSettings, ProbeSettings
 
+        settings = spec.settings  # max_queue and max_batch_size are the local server's: no Azure counterpart
         deployment = ManagedOnlineDeployment(
             name=spec.name,
             endpoint_name=spec.endpoint,
             model=spec.model.id,
-            instance_type=spec.instance_type,
-            instance_count=spec.instance_count,
-            liveness_probe=ProbeSettings(initial_delay=spec.liveness_initial_delay_s),
+            instance_type=settings.instance_type,
+            instance_count=settings.instance_count,
+            liveness_probe=ProbeSettings(initial_delay=settings.liveness_initial_delay_s),
             request_settings=OnlineRequestSettings(
-                request_timeout_ms=spec.request_timeout_ms,
-                max_concurrent_requests_per_instance=spec.max_concurrent_requests,
+                request_timeout_ms=settings.request_timeout_ms,
+                max_concurrent_requests_per_instance=settings.max_concurrent_requests,
             ),
             tags={CREATED_BY_TAG: "ftkit"},
         )

@@ -201,6 +201,13 @@ def _message(exc: BaseException) -> str:
     error = getattr(exc, "error", None)
     message = getattr(error, "message", None)
     text = str(message) if message else str(getattr(exc, "message", "") or exc)
+    if message:
+        # Azure ML answers a generic top-level UserError ("The request is invalid.") and puts what is wrong
+        # in error.details (ModelNotFound, NoMatchingArtifactsFoundFromJob...): keep those on the same line.
+        for detail in getattr(error, "details", None) or []:
+            detail_message = str(getattr(detail, "message", "") or "")
+            if detail_message and detail_message not in text:
+                text += f" ({getattr(detail, 'code', None) or 'detail'}: {detail_message})"
     # azure-ai-ml colours its reformatted schema errors for terminals.
     text = _ANSI.sub("", text)
     return text.strip() or exc.__class__.__name__

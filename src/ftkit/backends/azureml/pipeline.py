@@ -8,13 +8,13 @@ the same REST body because a registry component is sent by id.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from typing import Any
 
 from ...component import ComponentSchema
 from ...plan import RunPlan
-from .endpoints import CREATED_BY_TAG
+from .connection import quiet_azure_logging
+from .tags import CREATED_BY_TAG
 
 __all__ = ["build_pipeline_job", "component_from_schema", "data_input", "rest_body"]
 
@@ -27,11 +27,6 @@ COMPUTE_INPUTS = (
 )
 
 
-def _quiet_azure() -> None:
-    # azure-ai-ml logs a warning per experimental schema class at import time; they are noise for users.
-    logging.getLogger("azure.ai.ml").setLevel(logging.ERROR)
-
-
 def component_from_schema(schema: ComponentSchema) -> Any:
     """Return an azure-ai-ml pipeline component with ``schema``'s inputs and its registry asset id.
 
@@ -41,7 +36,7 @@ def component_from_schema(schema: ComponentSchema) -> Any:
     Returns:
         A ``PipelineComponent`` usable inside ``@pipeline``.
     """
-    _quiet_azure()
+    quiet_azure_logging()
     from azure.ai.ml import Input, Output
     from azure.ai.ml.entities import PipelineComponent
 
@@ -82,7 +77,7 @@ def build_pipeline_job(plan: RunPlan, *, component: Any, cluster: str) -> Any:
     Returns:
         An azure-ai-ml ``PipelineJob`` with ``force_rerun=True`` and ``continue_on_step_failure=False``.
     """
-    _quiet_azure()
+    quiet_azure_logging()
     from azure.ai.ml import Input
     from azure.ai.ml.dsl import pipeline
 
@@ -119,6 +114,14 @@ def build_pipeline_job(plan: RunPlan, *, component: Any, cluster: str) -> Any:
 
 
 def rest_body(job: Any) -> Mapping[str, Any]:
-    """Return the REST body azure-ai-ml sends for ``job`` (``PUT .../jobs/{name}``)."""
-    body: Mapping[str, Any] = job._to_rest_object().as_dict()
+    """Return the REST body azure-ai-ml sends for ``job`` (``PUT .../jobs/{name}``), in the wire's camelCase keys."""
+    return wire_body(job._to_rest_object())
+
+
+def wire_body(rest: Any) -> dict[str, Any]:
+    """Return an azure-ai-ml REST model as the JSON it sends (camelCase keys), on every supported version."""
+    # Older azure-ai-ml (msrest models, before ~1.27) name attributes in snake_case in as_dict(); serialize()
+    # is what they put on the wire. Newer ones (model_base) have no serialize() and as_dict() is the wire body.
+    serialize = getattr(rest, "serialize", None)
+    body: dict[str, Any] = serialize() if callable(serialize) else rest.as_dict()
     return body

@@ -10,23 +10,24 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import re
+import shutil
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ...component import ComponentSchema
 from ...compute import ComputeCheck, ComputeValidator
-from ...exceptions import ConflictError, NotFoundError, Problem, ValidationError
+from ...exceptions import BackendError, ConflictError, NotFoundError, Problem, ValidationError
 from ...hashing import sha256_file
 from ...home import ftkit_home
+from ...interrupts import deferred
 from ...jobfile import ComputeSection
 from ...model import FoundationModelRef
 from ..base import (
-    EndpointsDelegate,
     FinetuneRequest,
     JobHandle,
     MetricsTable,
@@ -34,70 +35,81 @@ from ..base import (
     RegisterRequest,
 )
 from . import jobs, registry, tracking
+from .distributed import describe, sharding_for
 from .training import Device, Progress, TrainConfig
 
 if TYPE_CHECKING:
     from .endpoints import LocalEndpoints
 
-__all__ = ["IGNORED_PARAMETERS", "LocalBackend"]
+__all__ = ["IGNORED_PARAMETERS", "TRAIN_CONFIG_TABLE", "LocalBackend"]
 
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _modules(value: Any) -> tuple[str, ...]:
+    # `local.lora_target_modules` is one comma-separated string in the job file.
+    return tuple(v.strip() for v in str(value).split(",") if v.strip())
+
+
+# The one table from a plan to a TrainConfig: each parameter the plan may carry (``finetune.*``, already typed
+# by the job loader and the component schema) or local-only setting (``local.*``: the job file's section for
+# what the component does not declare), to the TrainConfig field it sets and how its value is spelled there;
+# ``None``: no meaning on one local device (recorded on the run, not used). Parameters not listed are recorded
+# as ignored too.
+TRAIN_CONFIG_TABLE: Mapping[str, tuple[str, Callable[[Any], Any]] | None] = {
+    "finetune.num_train_epochs": ("num_train_epochs", _same),
+    "finetune.max_steps": ("max_steps", _same),
+    "finetune.per_device_train_batch_size": ("per_device_train_batch_size", _same),
+    "finetune.per_device_eval_batch_size": ("per_device_eval_batch_size", _same),
+    "finetune.gradient_accumulation_steps": ("gradient_accumulation_steps", _same),
+    "finetune.learning_rate": ("learning_rate", _same),
+    "finetune.lr_scheduler_type": ("lr_scheduler_type", _same),
+    "finetune.warmup_steps": ("warmup_steps", _same),
+    "finetune.weight_decay": ("weight_decay", _same),
+    "finetune.max_grad_norm": ("max_grad_norm", _same),
+    "finetune.adam_beta1": ("adam_beta1", _same),
+    "finetune.adam_beta2": ("adam_beta2", _same),
+    "finetune.adam_epsilon": ("adam_epsilon", _same),
+    "finetune.max_seq_length": ("max_seq_length", _same),
+    "finetune.apply_lora": ("apply_lora", _same),
+    "finetune.lora_r": ("lora_r", _same),
+    "finetune.lora_alpha": ("lora_alpha", _same),
+    "finetune.lora_dropout": ("lora_dropout", _same),
+    "finetune.merge_lora_weights": ("merge_lora_weights", _same),
+    "finetune.precision": ("precision", str),  # the component's 16/32; TrainConfig also takes "auto"
+    "finetune.seed": ("seed", _same),
+    "finetune.logging_steps": ("logging_steps", _same),
+    "finetune.evaluation_strategy": ("evaluation_strategy", _same),
+    "finetune.eval_steps": ("eval_steps", _same),
+    "finetune.save_total_limit": ("save_total_limit", _same),
+    "finetune.apply_deepspeed": None,
+    "finetune.deepspeed_stage": None,
+    "finetune.deepspeed": None,
+    "finetune.num_nodes_finetune": None,
+    "finetune.apply_ort": None,
+    "finetune.auto_find_batch_size": None,
+    "finetune.dataloader_num_workers": None,
+    "finetune.optim": None,
+    "finetune.pad_to_max_length": None,
+    "finetune.eval_accumulation_steps": None,
+    "finetune.enable_full_determinism": None,
+    "finetune.logging_strategy": None,
+    "finetune.task_name": None,
+    "local.save_steps": ("save_steps", _same),
+    "local.lora_target_modules": ("lora_target_modules", _modules),
+    "local.max_eval_examples": ("max_eval_examples", _same),
+    "local.max_tokens_per_micro_batch": ("max_tokens_per_micro_batch", _same),
+    "local.gradient_checkpointing": ("gradient_checkpointing", _same),
+    "local.gpu_memory_gib": ("gpu_memory_gib", _same),
+    "local.torch_compile": ("torch_compile", _same),
+}
 # Component inputs that have no meaning on one local device; they are recorded on the run, not used.
-IGNORED_PARAMETERS = frozenset(
-    {
-        "apply_deepspeed",
-        "deepspeed_stage",
-        "deepspeed",
-        "num_nodes_finetune",
-        "apply_ort",
-        "auto_find_batch_size",
-        "dataloader_num_workers",
-        "optim",
-        "pad_to_max_length",
-        "eval_accumulation_steps",
-        "enable_full_determinism",
-        "logging_strategy",
-        "task_name",
-    }
-)
-# Parameters that map one to one onto TrainConfig fields.
-_DIRECT = (
-    "num_train_epochs",
-    "max_steps",
-    "per_device_train_batch_size",
-    "per_device_eval_batch_size",
-    "gradient_accumulation_steps",
-    "learning_rate",
-    "lr_scheduler_type",
-    "warmup_steps",
-    "weight_decay",
-    "max_grad_norm",
-    "adam_beta1",
-    "adam_beta2",
-    "adam_epsilon",
-    "max_seq_length",
-    "apply_lora",
-    "lora_r",
-    "lora_alpha",
-    "lora_dropout",
-    "merge_lora_weights",
-    "seed",
-    "logging_steps",
-    "evaluation_strategy",
-    "eval_steps",
-    "save_total_limit",
-    # Local-only settings: from the job file's `local:` section (or FinetunePipelineSpec.extra in Python).
-    "save_steps",
-    "lora_target_modules",
-    "max_eval_examples",
-)
-_BOOL = {"true": True, "false": False}
+IGNORED_PARAMETERS = frozenset(k.removeprefix("finetune.") for k, v in TRAIN_CONFIG_TABLE.items() if v is None)
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60] or "job"
-
-
-class LocalBackend(EndpointsDelegate):
+class LocalBackend:
     """The whole flow on this machine: transformers + peft training, MLflow tracking and registry, local endpoints.
 
     Constructing one does no I/O and imports neither torch nor fastapi.
@@ -108,6 +120,7 @@ class LocalBackend(EndpointsDelegate):
         tracking_uri: Another MLflow tracking URI instead of ``sqlite:///{home}/mlflow.db``.
         background: Train in a background process (``submit_finetune`` returns at once); else in this process.
         progress: How an in-process run shows progress (background runs write plain lines to ``train.log``).
+        new_job: Always start a new job, even where an interrupted one of the same request could resume.
 
     .. versionadded:: 0.1
     """
@@ -122,6 +135,7 @@ class LocalBackend(EndpointsDelegate):
         tracking_uri: str | None = None,
         background: bool = True,
         progress: Progress = "auto",
+        new_job: bool = False,
     ) -> None:
         if device not in ("auto", "cpu", "cuda"):
             raise ValidationError(
@@ -132,6 +146,7 @@ class LocalBackend(EndpointsDelegate):
         self.store = tracking.MlflowStore.at(self.home, tracking_uri)
         self.background = background
         self.progress: Progress = progress
+        self.new_job = new_job
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
         self._endpoints: LocalEndpoints | None = None
 
@@ -168,6 +183,14 @@ class LocalBackend(EndpointsDelegate):
         return registry.get_registered(self.store, ref)
 
     # -- compute and data ---------------------------------------------------------------------------------
+
+    def component_schema(self, name: str, version: str) -> ComponentSchema:
+        """Return ftkit's bundled snapshot of the component (its inputs are what a local job accepts too).
+
+        Raises:
+            ParameterError: ftkit ships no snapshot of that version.
+        """
+        return ComponentSchema.bundled(name, version)
 
     def ensure_compute(self, section: ComputeSection, validator: ComputeValidator) -> ComputeCheck | None:  # noqa: ARG002 - the protocol's signature
         """Check the local device (there is no cluster): ``None``, or a ValidationError when CUDA is missing."""
@@ -214,12 +237,13 @@ class LocalBackend(EndpointsDelegate):
             NotFoundError: The model is neither a directory nor registered.
             ValidationError: The directory is not a model with a tokenizer.
         """
-        if request.job.model.path:
-            return registry.check_hf_dir(request.job.resolve_path(request.job.model.path))
-        tagged = request.model.tags.get(registry.PATH_TAG)
+        job, model = request.plan.job, request.plan.model
+        if job.model.path:
+            return registry.check_hf_dir(job.resolve_path(job.model.path))
+        tagged = model.tags.get(registry.PATH_TAG)
         if tagged:
             return registry.check_hf_dir(tagged)
-        ref = request.model.name if request.model.version is None else f"{request.model.name}:{request.model.version}"
+        ref = model.name if model.version is None else f"{model.name}:{model.version}"
         found = registry.get_registered(self.store, ref)
         if found.path is None:
             raise NotFoundError(f"registry entry {found.id} has no local directory", operation="submit_finetune")
@@ -240,30 +264,31 @@ class LocalBackend(EndpointsDelegate):
         Raises:
             ValidationError: Parameters the local backend does not know, or bad values (all listed).
         """
-        params = request.spec.parameters()
-        local = request.job.local
-        # The job file's `local:` section carries the local-only settings the component does not declare.
-        for key in ("save_steps", "lora_target_modules", "max_eval_examples"):
-            if getattr(local, key) is not None and key not in params:
-                params[key] = getattr(local, key)
+        local = request.plan.job.local
+        given = {
+            **{f"finetune.{k}": v for k, v in request.plan.spec.parameters().items()},
+            **{k: getattr(local, k.removeprefix("local.")) for k in TRAIN_CONFIG_TABLE if k.startswith("local.")},
+        }
         kwargs: dict[str, Any] = {}
         ignored: dict[str, object] = {}
         problems: list[Problem] = []
-        for key, value in params.items():
-            if key in IGNORED_PARAMETERS:
-                ignored[key] = value
-            elif key == "precision":
-                kwargs["precision"] = str(value)
-            elif key in _DIRECT:
-                if isinstance(value, str) and value.lower() in _BOOL and key in ("apply_lora", "merge_lora_weights"):
-                    value = _BOOL[value.lower()]
-                if key == "lora_target_modules" and isinstance(value, str):
-                    value = tuple(v.strip() for v in value.split(",") if v.strip())
-                kwargs[key] = value
+        for key, value in given.items():
+            if value is None:
+                continue
+            row = TRAIN_CONFIG_TABLE.get(key)
+            if row is None:
+                ignored[key.removeprefix("finetune.")] = value
             else:
-                ignored[key] = value
+                field, spell = row
+                kwargs[field] = spell(value)
+        processes = self._processes(request)
+        if processes > 1:  # several processes: DeepSpeed's settings pick the sharding (see .distributed)
+            kwargs["sharding"] = sharding_for(request.plan.spec.parameters())
+            for key in ("apply_deepspeed", "deepspeed_stage"):
+                ignored.pop(key, None)
         try:
             config = TrainConfig(
+                processes=processes,
                 model_dir=str(self.model_dir_for(request)),
                 train_file=request.train_data,
                 eval_file=request.test_data or None,
@@ -279,6 +304,21 @@ class LocalBackend(EndpointsDelegate):
             raise ValidationError(problems, "finetune parameters the local backend cannot use")
         return config, ignored
 
+    def _processes(self, request: FinetuneRequest) -> int:
+        """Strictly private: training processes: ``local.processes``, else one per GPU the job asks for."""
+        wanted = request.plan.job.local.processes
+        if wanted is not None:
+            return wanted
+        gpus = request.plan.job.compute.gpus_per_node or 1
+        if gpus == 1 or self.device == "cpu":
+            return 1
+        try:
+            import torch
+        except ImportError:
+            return 1
+        # compute.gpus_per_node describes an Azure node; on a machine without several GPUs it runs on one device
+        return gpus if torch.cuda.is_available() and torch.cuda.device_count() > 1 else 1
+
     def _fingerprint(self, config: TrainConfig, hashes: Mapping[str, str]) -> str:
         data = {k: v for k, v in attrs.asdict(config).items() if k != "output_dir"}
         data["data"] = dict(hashes)
@@ -287,10 +327,12 @@ class LocalBackend(EndpointsDelegate):
     def submit_finetune(self, request: FinetuneRequest) -> JobHandle:
         """Start (or resume) a local fine-tuning job and return its handle.
 
-        The job's name is ``{display name}-{fingerprint}``, the fingerprint covering the base model, the
-        parameters and the data files' hashes. Submitting a request whose job was interrupted (killed,
-        failed, canceled) resumes it from its last checkpoint in the same MLflow run; one that is running is
-        returned as is; one that completed starts a new job (``-2``, ``-3``...).
+        A new job gets a short random name (``ft-k3x9q2``); its fingerprint (base model, parameters, data
+        files' hashes) is kept in its record. Submitting a request whose latest job of that fingerprint was
+        interrupted (stopped, killed, failed) resumes it from its last checkpoint in the same MLflow run,
+        unless the backend was made with ``new_job=True``; a job that completed or is running (in another
+        run) leaves this submission a new job of its own. The choice and the claim are made under a lock, so
+        two runs at once never take the same job.
 
         Raises:
             ValidationError: Bad parameters, data or model directory.
@@ -302,49 +344,90 @@ class LocalBackend(EndpointsDelegate):
             raise ValidationError(missing, "data files the local backend cannot use")
         hashes = {k: sha256_file(p) for k, p in files.items()}
         probe, ignored = self.train_config(request, output_dir="-")
-        base = f"{_slug(request.display_name or request.job.name)}-{self._fingerprint(probe, hashes)}"
-        name, n = base, 1
-        while True:
-            folder = jobs.job_dir(self.home, name)
-            if not (folder / "job.json").is_file():
-                break
-            record = jobs.read_record(self.home, name)
-            current = self._refresh(record)
-            if current.status in ("Queued", "Running"):
-                return self._handle(current)
-            if current.status != "Completed":
-                return self._start(folder, current)  # interrupted: resume from its last checkpoint
-            n += 1
-            name = f"{base}-{n}"
+        fingerprint = self._fingerprint(probe, hashes)
+        with jobs.locked(self.home):
+            if not self.new_job:
+                resumable = self._resumable(fingerprint)
+                if resumable is not None:
+                    folder = jobs.job_dir(self.home, resumable.name)
+                    # Claimed under the lock: a concurrent submission sees it Queued and starts its own.
+                    claimed = attrs.evolve(resumable, status="Queued", pid=None, error=None)
+                    jobs.write_record(folder, claimed)
+                    return self._start(folder, claimed)
+            name, folder = jobs.claim_job_dir(self.home)
+            try:
+                record = self._new_record(request, name, folder, probe, ignored, files, hashes, fingerprint)
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)  # nothing half-made is left to be resumed
+                raise
+        return self._start(folder, record)
+
+    def _resumable(self, fingerprint: str) -> jobs.JobRecord | None:
+        """Strictly private: the latest job of this fingerprint, if it was interrupted (not completed/running)."""
+        same = [r for r in jobs.list_records(self.home) if r.tags.get("ftkit.fingerprint") == fingerprint]
+        if not same:
+            return None
+        current = self._refresh(same[-1])
+        return current if current.status in ("Failed", "Canceled") else None
+
+    def _new_record(
+        self,
+        request: FinetuneRequest,
+        name: str,
+        folder: Path,
+        probe: TrainConfig,
+        ignored: Mapping[str, object],
+        files: Mapping[str, Path],
+        hashes: Mapping[str, str],
+        fingerprint: str,
+    ) -> jobs.JobRecord:
+        """Strictly private: write a new job's config, MLflow run and record."""
+        plan = request.plan
         config = attrs.evolve(probe, output_dir=str(folder / "output"))
-        folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.json").write_text(config.to_json(), encoding="utf-8")
-        base_ref = f"{request.model.name}:{request.model.version}" if request.model.version else request.model.name
+        base_ref = f"{plan.model.name}:{plan.model.version}" if plan.model.version else plan.model.name
         tags = {
             "ftkit.job": name,
             "ftkit.backend": "local",
+            "ftkit.fingerprint": fingerprint,
             "ftkit.base_model": base_ref,
             "ftkit.base_model_path": config.model_dir,
             "ftkit.data.train": str(files["train"].absolute()),
             "ftkit.data.train.sha256": hashes["train"],
             "ftkit.data.test": str(files["test"].absolute()),
             "ftkit.data.test.sha256": hashes["test"],
-            "ftkit.parameters": json.dumps(request.spec.parameters(), sort_keys=True, default=str)[:5000],
+            "ftkit.parameters": json.dumps(plan.spec.parameters(), sort_keys=True, default=str)[:5000],
             "ftkit.ignored_parameters": ", ".join(sorted(ignored)),
         }
-        logger = tracking.RunLogger.start(self.store, request.experiment_name, run_name=name, tags=tags)
+        if config.processes > 1:
+            tags["ftkit.distributed"] = describe(config.sharding, config.processes)
+        from mlflow.exceptions import MlflowException
+
+        try:
+            logger = tracking.RunLogger.start(self.store, plan.experiment_name, run_name=name, tags=tags)
+        except MlflowException as exc:  # e.g. "database or disk is full": one clear error, not a traceback
+            raise BackendError(
+                f"cannot create the MLflow run of job {name} in {self.store.tracking_uri}: {exc.message}",
+                operation="submit_finetune",
+            ) from exc
         record = jobs.JobRecord(
             name=name,
             status="Queued",
-            display_name=request.display_name,
-            experiment_name=request.experiment_name,
+            display_name=plan.display_name,
+            experiment_name=plan.experiment_name,
             run_id=logger.run_id,
             tags=tags,
         )
-        jobs.write_record(folder, record)
-        return self._start(folder, record)
+        try:
+            jobs.write_record(folder, record)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                logger.finish("FAILED")  # no run is left RUNNING for a job that never started
+            raise
+        return record
 
     def _start(self, folder: Path, record: jobs.JobRecord) -> JobHandle:
+        (folder / jobs.CANCEL_FILE).unlink(missing_ok=True)  # an earlier cancel is not this run's
         if not self.background:
             from .worker import run_job
 
@@ -353,19 +436,26 @@ class LocalBackend(EndpointsDelegate):
         record = attrs.evolve(record, status="Queued", error=None)
         jobs.write_record(folder, record)
         log = (folder / "train.log").open("ab")
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", jobs.WORKER_MODULE, str(folder), self.store.tracking_uri],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,  # Ctrl-C in a notebook does not kill the training
-            )
-        finally:
-            log.close()
-        self._procs[record.name] = proc
-        record = attrs.evolve(record, pid=proc.pid)
-        jobs.write_record(folder, record)
+        # Held signals: the worker's pid must reach job.json, or nothing could stop it later.
+        with deferred():
+            try:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", jobs.WORKER_MODULE, str(folder), self.store.tracking_uri],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,  # Ctrl-C in a terminal or notebook does not reach the training
+                )
+            finally:
+                log.close()
+            self._procs[record.name] = proc
+            record = attrs.evolve(record, pid=proc.pid)
+            try:
+                jobs.write_record(folder, record)
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
         return self._handle(record)
 
     def _refresh(self, record: jobs.JobRecord) -> jobs.JobRecord:
@@ -416,17 +506,36 @@ class LocalBackend(EndpointsDelegate):
         """
         return self._handle(self._refresh(jobs.read_record(self.home, name)))
 
+    def list_jobs(self) -> list[JobHandle]:
+        """Return every local job, oldest first; one whose process is gone is reconciled to ``Failed``."""
+        return [self._handle(self._refresh(r)) for r in jobs.list_records(self.home)]
+
+    def job_record(self, name: str) -> jobs.JobRecord:
+        """Return job ``name``'s full record (pid, attempts, MLflow run, lineage), reconciled like :meth:`get_job`.
+
+        Raises:
+            NotFoundError: No such job.
+        """
+        return self._refresh(jobs.read_record(self.home, name))
+
     def job_dir(self, name: str) -> Path:
         """Return the job's folder (``config.json``, ``job.json``, ``train.log``, ``output/``)."""
         return jobs.job_dir(self.home, name)
 
     def cancel_job(self, name: str) -> None:
-        """Ask a running job to stop: it writes a checkpoint and ends ``Canceled`` (no error if finished)."""
+        """Ask a running job to stop: it writes a checkpoint and ends ``Canceled`` (no error if finished).
+
+        The request is a file in the job's folder, which the worker checks at every step, and a SIGTERM once
+        the worker runs (it has its handler by then; a signal during its start-up would kill it outright).
+        """
         import os
         import signal
 
         record = self._refresh(jobs.read_record(self.home, name))
-        if record.status in ("Queued", "Running") and record.pid is not None:
+        if record.status not in ("Queued", "Running"):
+            return
+        (jobs.job_dir(self.home, name) / jobs.CANCEL_FILE).touch()
+        if record.status == "Running" and record.pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(record.pid, signal.SIGTERM)
 

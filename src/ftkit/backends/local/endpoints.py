@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from ...deployment_settings import DEVICE_CHOICES, ENGINES, Engine, ServerSettings, valid_device
 from ...exceptions import (
     AuthError,
     ConflictError,
@@ -38,12 +39,16 @@ from ...exceptions import (
     TransientBackendError,
     ValidationError,
 )
+from ...interrupts import deferred
 from ...retry import call as retry_call
 from ..base import DeploymentInfo, DeploymentSpec, EndpointInfo, EndpointKeys, EndpointSpec
 from .serve.process import PORT_TAKEN, is_server_alive, port_open, start_server, stop_server, wait_listening
-from .serve.state import DEFAULT_SETTINGS, EndpointFiles, new_key
+from .serve.records import DeploymentRecord
+from .serve.state import EndpointFiles, new_key
 
 __all__ = ["LocalEndpoints"]
+
+_DEFAULTS = ServerSettings()
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]$")
 DEPLOYMENT_HEADER = "azureml-model-deployment"
@@ -73,6 +78,15 @@ class LocalEndpoints:
         max_new_tokens_cap: The largest ``max_new_tokens``/``max_tokens`` a request may ask for.
         max_body_bytes: The largest request body accepted.
         torch_threads: torch's intra-op threads in the server (0: one fewer than the cores, at least one).
+        engine: What generates on a GPU: ``auto`` (continuous batching where the model supports it), ``static``
+            (the CPU's batcher, on the GPU) or ``continuous``. The CPU always uses the static batcher under
+            ``auto``.
+        max_context: GPU engine: positions per slot (0: the model's context, shrunk to what fits).
+        prefill_tokens: GPU engine: prompt tokens admitted per decode step.
+        gpu_memory_fraction_pct: GPU engine: the share of the GPU one deployment may plan for.
+        cuda_graphs: GPU engine: capture decode steps as CUDA graphs.
+        log_max_bytes: Size at which the server's ``server.log`` rotates.
+        log_backups: Rotated logs kept.
         start_timeout_s: How long to wait for a server to start listening.
         load_timeout_s: How long to wait for a deployment's model to load.
 
@@ -83,23 +97,42 @@ class LocalEndpoints:
         self,
         home: Path,
         *,
-        max_batch_size: int = DEFAULT_SETTINGS["max_batch_size"],
-        batch_window_ms: int = DEFAULT_SETTINGS["batch_window_ms"],
-        max_new_tokens_cap: int = DEFAULT_SETTINGS["max_new_tokens_cap"],
-        max_body_bytes: int = DEFAULT_SETTINGS["max_body_bytes"],
-        torch_threads: int = DEFAULT_SETTINGS["torch_threads"],
+        max_batch_size: int = _DEFAULTS.max_batch_size,
+        batch_window_ms: int = _DEFAULTS.batch_window_ms,
+        max_new_tokens_cap: int = _DEFAULTS.max_new_tokens_cap,
+        max_body_bytes: int = _DEFAULTS.max_body_bytes,
+        torch_threads: int = _DEFAULTS.torch_threads,
+        engine: str = "auto",
+        max_context: int = _DEFAULTS.max_context,
+        prefill_tokens: int = _DEFAULTS.prefill_tokens,
+        gpu_memory_fraction_pct: int = _DEFAULTS.gpu_memory_fraction_pct,
+        cuda_graphs: bool = _DEFAULTS.cuda_graphs,
+        log_max_bytes: int = _DEFAULTS.log_max_bytes,
+        log_backups: int = _DEFAULTS.log_backups,
         start_timeout_s: float = 120.0,
         load_timeout_s: float = 600.0,
     ) -> None:
         self.home = Path(home)
         self.root = self.home / "endpoints"
-        self.settings = {
-            "max_batch_size": max_batch_size,
-            "batch_window_ms": batch_window_ms,
-            "max_new_tokens_cap": max_new_tokens_cap,
-            "max_body_bytes": max_body_bytes,
-            "torch_threads": torch_threads,
-        }
+        if engine not in ENGINES:
+            raise ValidationError(
+                [Problem("engine", f"{engine!r} is not an engine", f"choose one of: {', '.join(ENGINES)}")],
+                "invalid local endpoint settings",
+            )
+        self.engine: Engine = next(e for e in ENGINES if e == engine)
+        self.settings = ServerSettings(
+            max_batch_size=max_batch_size,
+            batch_window_ms=batch_window_ms,
+            max_new_tokens_cap=max_new_tokens_cap,
+            max_body_bytes=max_body_bytes,
+            torch_threads=torch_threads,
+            max_context=max_context,
+            prefill_tokens=prefill_tokens,
+            gpu_memory_fraction_pct=gpu_memory_fraction_pct,
+            cuda_graphs=cuda_graphs,
+            log_max_bytes=log_max_bytes,
+            log_backups=log_backups,
+        )
         self.start_timeout_s = start_timeout_s
         self.load_timeout_s = load_timeout_s
         # Servers this object started: polled so that an exited child is reaped rather than left a zombie.
@@ -177,8 +210,18 @@ class LocalEndpoints:
             stop_server(files, pid, port, timeout_s=5.0)
         # The endpoint's port is fixed at its first start (recorded in endpoint.json): its URL never changes.
         own = _recorded_port(files)
-        proc = start_server(files, own)
-        self._procs[files.name] = proc
+        # The pid goes on disk before anything else can happen (signals are held until it is there): a
+        # delete or `ftkit cleanup` while the server is still loading must find it, or it would outlive
+        # the endpoint's state. The server replaces the record with its port once it listens.
+        with deferred():
+            proc = start_server(files, own)
+            self._procs[files.name] = proc
+            try:
+                files.write_server({"pid": proc.pid, "port": None, "starting": True})
+            except BaseException:
+                proc.kill()
+                proc.wait()
+                raise
         port = wait_listening(files, proc, self.start_timeout_s)
         if port is None:
             with contextlib.suppress(ProcessLookupError):
@@ -220,7 +263,7 @@ class LocalEndpoints:
             tags=dict(config.get("tags", {})),
         )
 
-    def _admin_reload(self, files: EndpointFiles, port: int) -> dict[str, str]:
+    def _admin_reload(self, files: EndpointFiles, port: int) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
         import httpx
 
         admin = files.read_keys().get("admin", "")
@@ -242,8 +285,13 @@ class LocalEndpoints:
                 endpoint=files.name,
                 logs=files.log_tail(50),
             )
-        result = resp.json().get("deployments", {})
-        return {str(k): str(v) for k, v in result.items()}
+        answer = resp.json()
+        result = answer.get("deployments", {})
+        placement = answer.get("placement", {})
+        return (
+            {str(k): str(v) for k, v in result.items()},
+            {str(k): dict(v) for k, v in placement.items() if isinstance(v, dict)},
+        )
 
     # -- the Backend protocol's endpoint operations --------------------------------------------------------
 
@@ -275,7 +323,8 @@ class LocalEndpoints:
                 description=spec.description,
                 auth_mode=spec.auth_mode,
                 tags=dict(spec.tags),
-                settings=dict(self.settings),
+                # The job's deploy.server settings when it has them, else this object's.
+                settings=(spec.server or self.settings).to_dict(),
             )
             config.setdefault("deployments", {})
             config.setdefault("traffic", {})
@@ -301,6 +350,11 @@ class LocalEndpoints:
             DeploymentError: The model failed to load (with the server's log).
         """
         _check_name("deployment", spec.name)
+        if not valid_device(spec.settings.device):
+            raise ValidationError(
+                [Problem("deploy.device", f"{spec.settings.device!r} is not a device", f"use {DEVICE_CHOICES}")],
+                "invalid deployment",
+            )
         files = self._existing(spec.endpoint)
         path = spec.model.path
         if path is None or not Path(path).is_dir():
@@ -313,25 +367,21 @@ class LocalEndpoints:
                     )
                 ]
             )
-        record = {
-            "model_id": spec.model.id,
-            "model_name": spec.model.name,
-            "model_version": spec.model.version,
-            "model_path": str(Path(path).resolve()),
-            "instance_type": spec.instance_type,
-            "instance_count": spec.instance_count,
-            "request_timeout_ms": spec.request_timeout_ms,
-            "liveness_initial_delay_s": spec.liveness_initial_delay_s,
-            "max_concurrent_requests": spec.max_concurrent_requests,
-            "max_queue": spec.max_queue,
-            "provisioning_state": "Creating",
-        }
+        record = DeploymentRecord(
+            model_id=spec.model.id,
+            model_name=spec.model.name,
+            model_version=spec.model.version,
+            model_path=str(Path(path).resolve()),
+            settings=spec.settings,
+            engine=self.engine,
+        ).to_dict()
         with files.locked():
             config = files.read_config()
             config.setdefault("deployments", {})[spec.name] = record
             files.write_config(config)
         port = self._ensure_server(files)
-        result = self._admin_reload(files, port).get(spec.name, "Failed: the server did not load it")
+        results, placements = self._admin_reload(files, port)
+        result = results.get(spec.name, "Failed: the server did not load it")
         state = "Succeeded" if result == "Succeeded" else "Failed"
         with files.locked():
             config = files.read_config()
@@ -339,6 +389,7 @@ class LocalEndpoints:
             if current is not None:
                 current["provisioning_state"] = state
                 current["error"] = None if state == "Succeeded" else result.removeprefix("Failed: ")
+                current["placement"] = placements.get(spec.name)
                 files.write_config(config)
         if state != "Succeeded":
             raise DeploymentError(
@@ -352,7 +403,7 @@ class LocalEndpoints:
             endpoint=spec.endpoint,
             provisioning_state=state,
             model_id=spec.model.id,
-            instance_type=spec.instance_type,
+            instance_type=spec.settings.instance_type,
         )
 
     def get_deployment(self, endpoint: str, name: str) -> DeploymentInfo:
@@ -366,13 +417,13 @@ class LocalEndpoints:
         if not isinstance(record, dict):
             raise NotFoundError(f"deployment {name!r} of endpoint {endpoint!r} not found", operation="get_deployment")
         _, _, alive = self._server(files)
-        state = str(record.get("provisioning_state", "Succeeded")) if alive else "Failed"
+        deployment = DeploymentRecord.from_dict(record)
         return DeploymentInfo(
             name=name,
             endpoint=endpoint,
-            provisioning_state=state,
-            model_id=record.get("model_id"),
-            instance_type=record.get("instance_type"),
+            provisioning_state=deployment.provisioning_state if alive else "Failed",
+            model_id=deployment.model_id,
+            instance_type=deployment.settings.instance_type,
         )
 
     def set_traffic(self, endpoint: str, traffic: Mapping[str, int]) -> EndpointInfo:
@@ -414,6 +465,23 @@ class LocalEndpoints:
             NotFoundError: It does not exist.
         """
         return self._info(self._existing(name))
+
+    def placements(self, endpoint: str) -> dict[str, dict[str, Any]]:
+        """Where each deployment of an endpoint runs, as its server reported at load time.
+
+        Returns:
+            Deployment name to ``device``, ``dtype``, ``engine``, ``weights_gib``, ``kv_cache_gib``, ``slots``
+            and ``context`` (an empty record for a deployment that never loaded).
+
+        Raises:
+            NotFoundError: The endpoint does not exist.
+        """
+        deployments = self._existing(endpoint).read_config().get("deployments", {})
+        return {
+            name: dict(record.get("placement") or {})
+            for name, record in sorted(deployments.items())
+            if isinstance(record, dict)
+        }
 
     def list_endpoints(self) -> list[EndpointInfo]:
         """Return every endpoint under this home, by name."""

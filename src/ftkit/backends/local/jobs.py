@@ -4,24 +4,44 @@ A job folder holds ``config.json`` (the :class:`~ftkit.backends.local.training.T
 (a :class:`JobRecord`: status, MLflow run, worker pid, lineage), ``train.log`` (the worker's output) and
 ``output/`` (checkpoints and the final model). ``job.json`` is replaced atomically, so a reader never sees a
 half-written record.
+
+A job's name is short and random (``ft-k3x9q2``): :func:`claim_job_dir` creates its folder with an exclusive
+``mkdir``, so two runs started at the same moment never share a job. Choosing between resuming an
+interrupted job and starting a new one happens under :func:`locked` (an ``flock`` on ``jobs/.lock``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
 
 from ...exceptions import NotFoundError, closest
+from ...names import random_suffix
 from .pids import owned_process_alive
 
-__all__ = ["WORKER_MODULE", "JobRecord", "job_dir", "list_records", "read_record", "worker_alive", "write_record"]
+__all__ = [
+    "CANCEL_FILE",
+    "WORKER_MODULE",
+    "JobRecord",
+    "claim_job_dir",
+    "job_dir",
+    "list_records",
+    "locked",
+    "read_record",
+    "worker_alive",
+    "write_record",
+]
+
+CANCEL_FILE = "cancel"
+"""A file in the job's folder asking its worker to stop (see ``LocalBackend.cancel_job``)."""
 
 WORKER_MODULE = "ftkit.backends.local.worker"
 """The module a background job's process runs (``python -m ftkit.backends.local.worker JOB_DIR URI``)."""
@@ -65,13 +85,49 @@ def job_dir(home: Path, name: str) -> Path:
     return home / "jobs" / name
 
 
+def claim_job_dir(home: Path, prefix: str = "ft") -> tuple[str, Path]:
+    """Create a new job's folder under a fresh random name (``ft-`` and 6 characters) and return both.
+
+    Raises:
+        FileExistsError: No free name after many tries (never in practice).
+    """
+    root = home / "jobs"
+    root.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        name = f"{prefix}-{random_suffix()}"
+        try:
+            (root / name).mkdir()  # exclusive: the name is ours only if we created it
+        except FileExistsError:
+            continue
+        return name, root / name
+    raise FileExistsError(f"no free job name under {root}")
+
+
+@contextlib.contextmanager
+def locked(home: Path) -> Iterator[None]:
+    """Hold the jobs' lock (across processes) while choosing which job a submission resumes or creates."""
+    root = home / "jobs"
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".lock").open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def write_record(folder: Path, record: JobRecord) -> None:
-    """Write ``job.json`` atomically."""
+    """Write ``job.json`` atomically (a failed write, such as a full disk, leaves no temporary file)."""
     folder.mkdir(parents=True, exist_ok=True)
     data = attrs.asdict(attrs.evolve(record, updated=time.time()))
     tmp = folder / f".job.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
-    tmp.replace(folder / "job.json")
+    try:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True), encoding="utf-8")
+        tmp.replace(folder / "job.json")
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def read_record(home: Path, name: str) -> JobRecord:
@@ -103,5 +159,5 @@ def list_records(home: Path) -> list[JobRecord]:
 
 def worker_alive(pid: int, name: str) -> bool:
     """Whether ``pid`` is a live (not zombie) worker process of job ``name`` (a recycled pid is not)."""
-    module, suffix = WORKER_MODULE.encode(), f"/{name}".encode()
+    module, suffix = WORKER_MODULE, f"/{name}"
     return owned_process_alive(pid, lambda args: module in args and any(a.endswith(suffix) for a in args))

@@ -110,7 +110,8 @@ def _to_registered(mv: Any) -> RegisteredModel:
     )
 
 
-def _ensure_registered_model(c: Any, name: str, description: str) -> None:
+def _ensure_registered_model(c: Any, name: str, description: str) -> bool:
+    """Strictly private: make sure ``name`` exists; return whether this call created it."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -120,6 +121,44 @@ def _ensure_registered_model(c: Any, name: str, description: str) -> None:
             c.create_registered_model(name, description=description or None)
         except MlflowException:
             c.get_registered_model(name)  # created concurrently: fine if it exists now
+            return False
+        return True
+    return False
+
+
+def _create_version(c: Any, name: str, description: str, **version: Any) -> Any:
+    """Strictly private: register one version, all or nothing.
+
+    A registered model created here is deleted again if its first version cannot be made (a full disk, a
+    locked database), so no model without a version is left in the registry.
+    """
+    created = _ensure_registered_model(c, name, description)
+    try:
+        return c.create_model_version(name, description=description, **version)
+    except BaseException:
+        if created:
+            try:
+                if not c.search_model_versions(f"name='{name}'", max_results=1):
+                    c.delete_registered_model(name)
+            except Exception:  # the store may be what failed; the first error is the news
+                logging.getLogger(__name__).warning("could not roll back registered model %s", name)
+        raise
+
+
+def _exists(uri: str) -> bool:
+    try:
+        return _local_path(uri).exists()
+    except BackendError:
+        return True  # not on this machine: never ours to remove
+
+
+def _remove_artifacts(uri: str, existed: bool) -> None:
+    """Strictly private: delete what a failed registration logged into the run (a partial model copy).
+
+    Artifacts that were there before (an earlier registration of the same run) are left alone.
+    """
+    if not existed:
+        shutil.rmtree(_local_path(uri), ignore_errors=True)
 
 
 def register_model_dir(
@@ -151,9 +190,8 @@ def register_model_dir(
     from mlflow.exceptions import MlflowException
 
     try:
-        _ensure_registered_model(c, name, description)
-        mv = c.create_model_version(
-            name, source=str(p), tags={**(tags or {}), PATH_TAG: str(p), KIND_TAG: "hf-dir"}, description=description
+        mv = _create_version(
+            c, name, description, source=str(p), tags={**(tags or {}), PATH_TAG: str(p), KIND_TAG: "hf-dir"}
         )
     except MlflowException as exc:
         raise BackendError(f"cannot register {p} as {name!r}: {exc.message}", operation="register_model") from exc
@@ -236,22 +274,30 @@ def register_trained_model(
         for f in _TOKENIZER_FILES:
             if (src / f).is_file():
                 shutil.copy2(src / f, staged / "model" / f)
-        c.log_artifacts(run_id, str(staged), artifact_path)
-    model_uri = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+        model_uri = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+        existed = _exists(model_uri)
+        try:
+            c.log_artifacts(run_id, str(staged), artifact_path)
+        except BaseException:
+            _remove_artifacts(model_uri, existed)  # a half-copied model must not stay in mlruns/
+            raise
     hf_path = _local_path(model_uri) / "model"
     try:
-        _ensure_registered_model(c, name, description)
-        mv = c.create_model_version(
+        mv = _create_version(
+            c,
             name,
+            description,
             source=model_uri,
             run_id=run_id,
             tags={**(tags or {}), PATH_TAG: str(hf_path), KIND_TAG: "mlflow-transformers"},
-            description=description,
         )
-    except MlflowException as exc:
-        raise BackendError(
-            f"cannot register run {run_id} as {name!r}: {exc.message}", operation="register_model"
-        ) from exc
+    except BaseException as exc:
+        _remove_artifacts(model_uri, existed)
+        if isinstance(exc, MlflowException):
+            raise BackendError(
+                f"cannot register run {run_id} as {name!r}: {exc.message}", operation="register_model"
+            ) from exc
+        raise
     return _to_registered(mv)
 
 
@@ -266,19 +312,23 @@ def _register_adapter(
     """
     from mlflow.exceptions import MlflowException
 
-    c.log_artifacts(run.info.run_id, str(src), artifact_path)
     uri = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
+    existed = _exists(uri)
     try:
-        _ensure_registered_model(c, name, description)
-        mv = c.create_model_version(
+        c.log_artifacts(run.info.run_id, str(src), artifact_path)
+        mv = _create_version(
+            c,
             name,
+            description,
             source=uri,
             run_id=run.info.run_id,
             tags={**tags, PATH_TAG: str(_local_path(uri)), KIND_TAG: "peft-adapter"},
-            description=description,
         )
-    except MlflowException as exc:
-        raise BackendError(f"cannot register the adapter of run {run.info.run_id}: {exc.message}") from exc
+    except BaseException as exc:
+        _remove_artifacts(uri, existed)
+        if isinstance(exc, MlflowException):
+            raise BackendError(f"cannot register the adapter of run {run.info.run_id}: {exc.message}") from exc
+        raise
     return _to_registered(mv)
 
 

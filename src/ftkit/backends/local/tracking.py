@@ -69,16 +69,44 @@ def _mlflow() -> Any:
     return mlflow
 
 
+# SQLite stores this process has created or migrated already (under the lock, once per process).
+_READY: set[str] = set()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """Strictly private: an exclusive ``flock`` on ``path`` (across processes)."""
+    import fcntl
+
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def client(store: MlflowStore) -> Any:
     """Return an ``MlflowClient`` on ``store`` (tracking and registry), creating the SQLite file's folder.
+
+    The first use of a SQLite store in a process creates its tables, or runs MLflow's (alembic) schema
+    migrations, under an inter-process lock beside the database: two runs starting at once in a fresh ftkit
+    home would otherwise both migrate one file, and one of them die of it.
 
     Raises:
         MissingDependencyError: mlflow is not installed.
     """
     mlflow = _mlflow()
-    if store.tracking_uri.startswith("sqlite:///"):
-        Path(store.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    return mlflow.MlflowClient(tracking_uri=store.tracking_uri, registry_uri=store.tracking_uri)
+    c = mlflow.MlflowClient(tracking_uri=store.tracking_uri, registry_uri=store.tracking_uri)
+    if store.tracking_uri.startswith("sqlite:///") and store.tracking_uri not in _READY:
+        db = Path(store.tracking_uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(db.with_name(f"{db.name}.lock")):
+            # Both stores initialise (create or migrate the schema) on their first call.
+            c.search_experiments(max_results=1)
+            c.search_registered_models(max_results=1)
+        _READY.add(store.tracking_uri)
+    return c
 
 
 @contextlib.contextmanager

@@ -1,14 +1,23 @@
 """The one training loop of the local backend: LoRA (or full) supervised fine-tuning of a causal LM.
 
-A plain PyTorch loop, not the HF ``Trainer``: every step packs a batch's conversations into one row (no
-padding; ``position_ids`` restart per example so attention never crosses examples, see :mod:`.data`), computes
-the loss on assistant tokens only, and steps AdamW with the component's schedule. It checkpoints the
-trainable weights, optimizer, scheduler and RNG state atomically, and a restarted run continues from the last
-checkpoint: the data order depends only on the seed and the epoch, so it reaches the same final step with the
-same batches.
+A plain PyTorch loop, not the HF ``Trainer``. A step takes ``per_device_train_batch_size x
+gradient_accumulation_steps`` conversations and splits them into micro-batches by a **token budget**
+(``max_tokens_per_micro_batch``); each micro-batch is packed into one row with no padding, and its examples'
+boundaries go to the attention kernel (:mod:`.attention`: variable-length flash attention on CUDA, so no
+token attends across examples and no compute goes to masked pairs). The loss is computed on assistant tokens
+only, at those positions only (:mod:`.loss`: the head runs chunk by chunk, or fused with liger-kernel, never
+materialising a row's logits), summed over the micro-batches and normalised by the step's label tokens, so a
+step's result does not depend on the budget. AdamW (fused on CUDA) steps float32 master copies of the trainable
+weights, which the model holds in its compute dtype (bf16 adapters on a bf16 base on CUDA), with the component's
+schedule. Nothing inside a step waits for the GPU: loss and gradient norm stay on the device until a logging step.
 
-Everything that decides speed is in :func:`_forward_loss` and :func:`train`'s step; a GPU-speed change goes
-there (fused kernels, chunked loss, compile), leaving the rest alone.
+When the budget needs it (or when asked) the decoder layers are checkpointed; the budget itself comes from the
+GPU's memory (or ``gpu_memory_gib``) when not given. With liger-kernel installed (``ftkit[gpu]``), its RMSNorm,
+SwiGLU and RoPE kernels replace transformers' on CUDA. On a CPU the same loop runs in float32.
+
+It checkpoints the trainable weights, optimizer, scheduler and RNG state atomically, and a restarted run
+continues from the last checkpoint: the data order depends only on the seed and the epoch, so it reaches the
+same final step with the same batches. Tokenised data is cached on disk (see :func:`.data.encode_file`).
 
 torch, transformers and peft are imported inside the functions: importing this module stays light.
 """
@@ -29,7 +38,11 @@ from typing import Any, Literal
 import attrs
 
 from ...exceptions import MissingDependencyError, Problem, ValidationError
-from .data import Example, PackedBatch, encode_file, pack
+from ...home import ftkit_home
+from . import attention
+from .data import EncodedSet, PackedArrays, encode_file, pack_arrays
+from .distributed import SHARDINGS, Ranks
+from .loss import fused_kernel, label_cross_entropy
 
 __all__ = [
     "LR_SCHEDULERS",
@@ -84,9 +97,11 @@ class TrainConfig:
         output_dir: Where checkpoints and the final model go.
         num_train_epochs: Epochs.
         max_steps: Optimizer steps, overriding epochs when > 0.
-        per_device_train_batch_size: Conversations per micro-batch (packed into one row).
-        per_device_eval_batch_size: Conversations per evaluation batch.
-        gradient_accumulation_steps: Micro-batches per optimizer step.
+        per_device_train_batch_size: Conversations per device and accumulation step: a step trains on
+            ``per_device_train_batch_size x gradient_accumulation_steps`` conversations.
+        per_device_eval_batch_size: Conversations per evaluation batch (also cut by the token budget).
+        gradient_accumulation_steps: Multiplies the conversations per optimizer step (micro-batches are cut
+            by ``max_tokens_per_micro_batch``, not by this).
         learning_rate: Peak learning rate.
         lr_scheduler_type: One of :data:`LR_SCHEDULERS`.
         warmup_steps: Linear warmup steps.
@@ -111,6 +126,19 @@ class TrainConfig:
         save_total_limit: Checkpoints kept; ``-1``: all.
         max_eval_examples: Evaluate on at most this many conversations (``None``: all).
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        max_tokens_per_micro_batch: Token budget of one micro-batch (a step's conversations are split into
+            micro-batches of at most this many tokens; a longer conversation goes alone). ``0``: from the GPU's
+            memory (or ``gpu_memory_gib``) on CUDA, 16384 on a CPU. Results do not depend on it.
+        gradient_checkpointing: Recompute the decoder layers' activations in the backward pass; ``None``: only
+            when the budget needs it to fit a ``max_seq_length`` conversation.
+        gpu_memory_gib: GPU memory to plan the budget for (``None``: the card's), e.g. 22 for a 24 GB card.
+        token_cache_dir: Where tokenised data is cached (``None``: ``$FTKIT_HOME/cache/tokens``; ``""``: none).
+        torch_compile: ``torch.compile`` each decoder layer on CUDA (measured on an H200: +4% tokens/s once
+            compiled, after about 35 s of compiling; worth it for runs of more than a few minutes).
+        processes: Training processes on this host (torchrun ranks, one per GPU; gloo processes on a CPU);
+            ``per_device_train_batch_size`` is per process. See :mod:`.distributed`.
+        sharding: With several processes: ``ddp`` (weights replicated), ``zero2`` (FSDP2 sharding gradients
+            and optimizer state) or ``zero3`` (weights too); from ``apply_deepspeed`` / ``deepspeed_stage``.
     """
 
     model_dir: str
@@ -146,6 +174,13 @@ class TrainConfig:
     save_total_limit: int = -1
     max_eval_examples: int | None = None
     device: Device = attrs.field(default="auto", validator=_choice(("auto", "cpu", "cuda")))
+    max_tokens_per_micro_batch: int = 0
+    gradient_checkpointing: bool | None = None
+    gpu_memory_gib: float | None = None
+    token_cache_dir: str | None = None
+    torch_compile: bool = False
+    processes: int = attrs.field(default=1, validator=_positive)
+    sharding: str = attrs.field(default="ddp", validator=_choice(SHARDINGS))
 
     def to_json(self) -> str:
         """Return the config as JSON (for a background job's worker)."""
@@ -237,38 +272,231 @@ def _dtype(torch: Any, device: str, precision: Precision) -> Any:
     return torch.float32
 
 
-def _forward_loss(torch: Any, model: Any, batch: PackedBatch, device: str, dtype: Any) -> tuple[Any, int]:
-    """Return the summed cross-entropy over the batch's label tokens, and their count.
+# What the fast path turns on, each switchable for the benchmark's table of what each part gained
+# (benchmarks/bench_train_gpu.py sets these in its own process); the defaults are what a run uses.
+_TUNING: dict[str, Any] = {
+    "attention": attention.IMPLEMENTATION,  # or "sdpa": transformers' dense block-diagonal mask
+    "liger": True,  # liger-kernel's RMSNorm/SwiGLU/RoPE and fused loss on CUDA, when installed
+    "label_only_loss": True,  # the head only at label positions, chunked (else: whole-row logits)
+    "bf16_adapters": True,  # adapters in the compute dtype, float32 masters in the optimizer
+    "compile_layers": False,  # torch.compile each decoder layer
+}
+
+_CPU_BUDGET = 16384
+_MAX_BUDGET = 16384  # past this, longer micro-batches no longer raise a GPU's matmul efficiency
+_RESERVE_BYTES = 1.5 * 2**30  # CUDA context, allocator fragmentation, temporaries
+
+
+@attrs.frozen
+class _Plan:
+    """Strictly private: how this run's steps are cut and computed (resolved once, from config and device)."""
+
+    budget: int
+    checkpointing: bool
+    fused_loss: bool
+    label_only_loss: bool
+    compile_layers: bool
+
+
+def _activation_bytes_per_token(model_config: Any, dtype_bytes: int, checkpointing: bool) -> float:
+    """Strictly private: a conservative estimate of the activation memory one token of a micro-batch keeps.
+
+    A decoder layer keeps about 14 hidden-sized and 5 MLP-sized tensors per token for its backward pass (norms'
+    float32 copies, q/k/v and their rotated copies, attention output, the gated MLP's pieces). Measured on an
+    H200 with Phi-3-mini: 108-140 KB per token and layer against 168 KB estimated here. Checkpointed, each
+    layer keeps its input only and one layer at a time recomputes the rest.
+    """
+    hidden = int(getattr(model_config, "hidden_size", 0) or 0)
+    inter = int(getattr(model_config, "intermediate_size", 0) or 4 * hidden)
+    layers = int(getattr(model_config, "num_hidden_layers", 0) or 1)
+    per_layer = dtype_bytes * (14 * hidden + 5 * inter)
+    if checkpointing:
+        return layers * dtype_bytes * hidden + per_layer
+    return float(layers * per_layer)
+
+
+def _plan(torch: Any, config: TrainConfig, model: Any, device: str, max_len: int) -> _Plan:
+    """Strictly private: the token budget and whether to checkpoint, fitted to the GPU's memory."""
+    fused = device == "cuda" and bool(_TUNING["liger"]) and fused_kernel() is not None
+    label_only = bool(_TUNING["label_only_loss"])
+    compile_layers = device == "cuda" and (config.torch_compile or bool(_TUNING["compile_layers"]))
+    wanted = config.max_tokens_per_micro_batch
+    if device != "cuda":
+        budget = wanted if wanted > 0 else max(max_len, _CPU_BUDGET)
+        return _Plan(budget, bool(config.gradient_checkpointing), fused, label_only, compile_layers)
+    if config.gpu_memory_gib is not None:
+        limit = config.gpu_memory_gib * 2**30
+    else:
+        limit = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    params = list(model.parameters())
+    weights = sum(p.numel() * p.element_size() for p in params)
+    # float32 master, its gradient, two AdamW moments, and the model dtype's gradient
+    trainable = sum(p.numel() for p in params if p.requires_grad) * (16 + params[0].element_size())
+    head = model.get_output_embeddings()
+    vocab = int(head.weight.shape[0]) if head is not None else 0
+    loss_bytes = 0 if fused else 4096 * vocab * 10  # a chunk's float32 logits, their gradient, bf16 logits
+    free = limit - weights - trainable - loss_bytes - _RESERVE_BYTES
+    dtype_bytes = params[0].element_size()
+    plain = _activation_bytes_per_token(model.config, dtype_bytes, checkpointing=False)
+    saved = _activation_bytes_per_token(model.config, dtype_bytes, checkpointing=True)
+    if config.gradient_checkpointing is None:
+        checkpointing = free / plain < max(max_len, wanted)
+    else:
+        checkpointing = config.gradient_checkpointing
+    per_token = saved if checkpointing else plain
+    budget = wanted if wanted > 0 else min(_MAX_BUDGET, int(free / per_token))
+    if budget < max_len and wanted <= 0:
+        if free / saved < max_len:
+            gib = (weights + trainable + loss_bytes + _RESERVE_BYTES + saved * max_len) / 2**30
+            raise ValidationError(
+                [
+                    Problem(
+                        "max_seq_length",
+                        f"a {max_len}-token conversation needs about {gib:.1f} GiB of GPU memory with this "
+                        f"model, {limit / 2**30:.1f} GiB are available",
+                        "lower max_seq_length, use a smaller model, or set gpu_memory_gib if the card has more",
+                    )
+                ],
+                "training does not fit the GPU",
+            )
+        budget = max_len
+    return _Plan(max(budget, 1), checkpointing, fused, label_only, compile_layers)
+
+
+def _split(lengths: Any, indices: Sequence[int], budget: int, most: int | None = None) -> list[list[int]]:
+    """Strictly private: consecutive groups of ``indices`` of at most ``budget`` tokens (and ``most`` examples).
+
+    An example longer than the budget forms a group of its own.
+    """
+    groups: list[list[int]] = []
+    current: list[int] = []
+    tokens = 0
+    for i in indices:
+        n = int(lengths[i])
+        if current and (tokens + n > budget or (most is not None and len(current) >= most)):
+            groups.append(current)
+            current, tokens = [], 0
+        current.append(i)
+        tokens += n
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _to_device(torch: Any, array: Any, device: str) -> Any:
+    tensor = torch.from_numpy(array)
+    if device == "cuda":
+        # pinned + non_blocking: the copy is queued behind the running step instead of waiting for it
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor
+
+
+def _causal_parts(model: Any) -> tuple[Any, Any] | None:
+    """Strictly private: the decoder stack and output head, when the loss may be computed from hidden states.
+
+    Models that change logits after the head (soft-capping, scaling) keep the stock logits path.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = base.config
+    if any(getattr(cfg, name, None) not in (None, 1, 1.0) for name in ("final_logit_softcapping", "logit_scale")):
+        return None
+    if getattr(cfg, "logits_scaling", None) not in (None, 1, 1.0):
+        return None
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    head = base.get_output_embeddings()
+    if decoder is None or head is None or not hasattr(head, "weight"):
+        return None
+    return decoder, head
+
+
+def _forward_loss(torch: Any, model: Any, batch: PackedArrays, device: str, plan: _Plan) -> Any:
+    """Return the summed cross-entropy over the batch's label tokens (a float32 scalar on the device).
 
     Strictly private. The one forward pass of training and evaluation: the place to make fast on GPU.
     """
-    ids = torch.tensor(batch.input_ids, device=device)
-    pos = torch.tensor(batch.position_ids, device=device)
-    labels = torch.tensor(batch.labels, device=device)
-    with torch.autocast(device_type=device, dtype=dtype, enabled=dtype != torch.float32):
-        # No attention mask + restarting position_ids: transformers masks attention block-diagonally.
-        logits = model(input_ids=ids, position_ids=pos, use_cache=False).logits
-    targets = labels[:, 1:]
-    loss = torch.nn.functional.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
-    )
-    return loss, int((targets != -100).sum())
+    ids = _to_device(torch, batch.input_ids, device)[None]
+    pos = _to_device(torch, batch.position_ids, device)[None]
+    where = _to_device(torch, batch.loss_positions, device)
+    targets = _to_device(torch, batch.targets, device)
+    cu = _to_device(torch, batch.cu_seqlens, device)
+    # The examples' boundaries, for the attention kernel (see .attention); the host copy serves its fallback.
+    kwargs: dict[str, Any] = {
+        "cu_seq_lens_q": cu,
+        "cu_seq_lens_k": cu,
+        "max_length_q": batch.max_seqlen,
+        "max_length_k": batch.max_seqlen,
+    }
+    if not plan.compile_layers:  # a tuple argument would make a compiled layer recompile for every batch
+        kwargs["ftkit_bounds"] = tuple(int(x) for x in batch.cu_seqlens)
+    parts = _causal_parts(model) if plan.label_only_loss else None
+    if parts is not None:
+        decoder, head = parts
+        hidden = decoder(input_ids=ids, position_ids=pos, use_cache=False, **kwargs).last_hidden_state[0]
+        return label_cross_entropy(hidden.index_select(0, where), head, targets, fused=plan.fused_loss)
+    logits = model(input_ids=ids, position_ids=pos, use_cache=False, **kwargs).logits[0]
+    if not plan.label_only_loss:  # the stock computation: the whole row's logits in float32
+        full = torch.full((batch.num_tokens,), -100, dtype=torch.long, device=logits.device)
+        full[where] = targets
+        return torch.nn.functional.cross_entropy(logits.float(), full, ignore_index=-100, reduction="sum")
+    return torch.nn.functional.cross_entropy(logits.index_select(0, where).float(), targets, reduction="sum")
 
 
-def _evaluate(torch: Any, model: Any, batches: Sequence[PackedBatch], device: str, dtype: Any) -> float:
+def _evaluate(
+    torch: Any, model: Any, forward: Callable[[Any], Any], batches: Sequence[PackedArrays], device: str, ranks: Ranks
+) -> float:
     model.eval()
-    total, count = 0.0, 0
+    total = torch.zeros((), device=device)
+    count = sum(b.num_labels for b in batches)
     with torch.no_grad():
-        for batch in batches:
-            loss, n = _forward_loss(torch, model, batch, device, dtype)
-            total += float(loss)
-            count += n
+        for batch, weight in ranks.eval_share(batches):  # each rank its part (see .distributed)
+            loss = forward(batch)
+            total += loss if weight == 1.0 else loss * weight
     model.train()
-    return total / max(count, 1)
+    return float(ranks.sum(total)) / max(count, 1)
 
 
-def _batches(examples: Sequence[Example], size: int) -> list[PackedBatch]:
-    return [pack(examples[i : i + size]) for i in range(0, len(examples), size)]
+class _Trainables:
+    """Strictly private: the trainable weights, with float32 masters when the model holds them in bf16.
+
+    The optimizer steps the masters; gradients are added into the masters' float32 gradients after every
+    micro-batch (so accumulation never rounds to bf16), and the stepped masters are copied back into the model.
+    """
+
+    def __init__(self, torch: Any, named: Mapping[str, Any], *, separate: bool = False) -> None:
+        self.torch = torch
+        self.params = list(named.values())
+        # separate: float32 masters too (DDP all-reduces the gradient the model holds after each backward)
+        self.mixed = separate or any(p.dtype != torch.float32 for p in self.params)
+        if self.mixed:
+            self.masters = [p.detach().float().clone().requires_grad_(True) for p in self.params]
+        else:
+            self.masters = self.params
+        self.named = dict(zip(named, self.masters, strict=True))
+
+    def accumulate(self) -> None:
+        """Move the model's gradients of the last micro-batch into the masters' (no-op without masters)."""
+        if not self.mixed:
+            return
+        for p, m in zip(self.params, self.masters, strict=True):
+            if p.grad is None:
+                continue
+            if m.grad is None:
+                m.grad = p.grad.float()
+            else:
+                m.grad.add_(p.grad)
+            p.grad = None
+
+    def push(self) -> None:
+        """Copy the masters into the model's weights (after a step or a checkpoint load)."""
+        if self.mixed:
+            with self.torch.no_grad():
+                self.torch._foreach_copy_(self.params, self.masters)
+
+
+def _token_cache(config: TrainConfig) -> Path | None:
+    if config.token_cache_dir == "":
+        return None
+    return Path(config.token_cache_dir) if config.token_cache_dir else ftkit_home() / "cache" / "tokens"
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
@@ -323,16 +551,20 @@ def _save_checkpoint(
     final = root / f"checkpoint-{step}"
     tmp = root / f".checkpoint-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save({k: v.detach().cpu() for k, v in named.items()}, tmp / "trainable.pt")
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    torch.save(sched.state_dict(), tmp / "scheduler.pt")
-    rng: dict[str, Any] = {"torch": torch.random.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(rng, tmp / "rng.pt")
-    # state.json last: a checkpoint without it is incomplete and ignored.
-    (tmp / "state.json").write_text(json.dumps({"global_step": step}), encoding="utf-8")
+    try:
+        tmp.mkdir(parents=True)
+        torch.save({k: v.detach().cpu() for k, v in named.items()}, tmp / "trainable.pt")
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        torch.save(sched.state_dict(), tmp / "scheduler.pt")
+        rng: dict[str, Any] = {"torch": torch.random.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save(rng, tmp / "rng.pt")
+        # state.json last: a checkpoint without it is incomplete and ignored.
+        (tmp / "state.json").write_text(json.dumps({"global_step": step}), encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half checkpoint behind
+        raise
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)  # atomic on one filesystem: a kill leaves either the old set or the new one
     if limit > 0:
@@ -359,18 +591,37 @@ def _load_checkpoint(torch: Any, ckpt: Path, named: Mapping[str, Any], opt: Any,
     return int(state["global_step"])
 
 
+def _apply_liger(model: Any) -> None:
+    """Strictly private: liger-kernel's RMSNorm, SwiGLU and RoPE kernels for this model, when installed.
+
+    The loss is not patched here (the loop calls liger's fused loss itself, see :mod:`.loss`).
+    """
+    try:
+        from liger_kernel.transformers import _apply_liger_kernel_to_instance
+    except ImportError:
+        return
+    _apply_liger_kernel_to_instance(
+        model=model, rope=True, rms_norm=True, swiglu=True, cross_entropy=False, fused_linear_cross_entropy=False
+    )
+
+
 def _build_model(config: TrainConfig, device: str, dtype: Any) -> Any:
     try:
         from transformers import AutoModelForCausalLM
     except ImportError:
         raise MissingDependencyError("transformers", "local") from None
-    # With LoRA the frozen base is stored in the compute dtype (bf16 on CUDA: half the memory) and peft keeps the
-    # trainable adapters in float32. Full fine-tuning keeps float32 master weights and computes in bf16 under
-    # autocast: AdamW steps on bf16 weights round away updates under half a bf16 step (0.2-0.4% of a weight).
-    weights_dtype = dtype if config.apply_lora else _import_torch().float32
-    model = AutoModelForCausalLM.from_pretrained(config.model_dir, dtype=weights_dtype, attn_implementation="sdpa")
+    implementation = str(_TUNING["attention"])
+    if implementation == attention.IMPLEMENTATION:
+        attention.register()
+    # The model holds its weights in the compute dtype (bf16 on CUDA: half the memory, no autocast casts); the
+    # optimizer steps float32 masters of the trainable ones (see _Trainables), as AdamW on bf16 weights would
+    # round away updates under half a bf16 step (0.2-0.4% of a weight).
+    bf16_trainables = bool(_TUNING["bf16_adapters"]) or not config.apply_lora
+    model = AutoModelForCausalLM.from_pretrained(config.model_dir, dtype=dtype, attn_implementation=implementation)
     model.config.use_cache = False
     model.to(device)  # type: ignore[arg-type]  # transformers' stub types .to() narrowly
+    if device == "cuda" and _TUNING["liger"]:
+        _apply_liger(model)
     if not config.apply_lora:
         return model
     try:
@@ -388,7 +639,9 @@ def _build_model(config: TrainConfig, device: str, dtype: Any) -> Any:
         with warnings.catch_warnings():
             # peft 0.21 calls a transformers 5 method deprecated in favour of another name; not ours to fix.
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            return peft.get_peft_model(model, lora)
+            # autocast_adapter_dtype=False: adapters in the base's dtype (bf16 on CUDA; float32 on a CPU), so
+            # no layer casts between float32 adapters and a bf16 base (measured: 17.4% -> 23.1% MFU on an H100)
+            return peft.get_peft_model(model, lora, autocast_adapter_dtype=not bf16_trainables)
     except ValueError as exc:  # e.g. target modules that the model does not have
         names = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n})
         raise ValidationError(
@@ -397,19 +650,34 @@ def _build_model(config: TrainConfig, device: str, dtype: Any) -> Any:
         ) from None
 
 
+def _prepare(model: Any, plan: _Plan) -> None:
+    """Strictly private: gradient checkpointing and compiled layers, as the plan says."""
+    if plan.checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if plan.compile_layers:
+        parts = _causal_parts(model)
+        if parts is not None:
+            for layer in parts[0].layers:
+                layer.compile()
+
+
 def _save_final(config: TrainConfig, model: Any, tokenizer: Any) -> Path:
     out = Path(config.output_dir) / _FINAL
     tmp = Path(config.output_dir) / f".{_FINAL}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     if config.apply_lora and config.merge_lora_weights:
         model = model.merge_and_unload()
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if config.apply_lora and not config.merge_lora_weights:
-        # An adapter directory: transformers loads it (with peft) from the base recorded here.
-        cfg = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
-        cfg["base_model_name_or_path"] = str(Path(config.model_dir).absolute())
-        (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if config.apply_lora and not config.merge_lora_weights:
+            # An adapter directory: transformers loads it (with peft) from the base recorded here.
+            cfg = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
+            cfg["base_model_name_or_path"] = str(Path(config.model_dir).absolute())
+            (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
@@ -423,6 +691,7 @@ def train(
     stop_after_steps: int | None = None,
     should_stop: Callable[[], bool] | None = None,
     resume: bool = True,
+    ranks: Ranks | None = None,
 ) -> TrainResult:
     """Fine-tune ``config.model_dir`` on ``config.train_file`` and save the result under ``config.output_dir``.
 
@@ -435,6 +704,8 @@ def train(
         stop_after_steps: Stop (with a checkpoint) once this many steps are done in total: for tests and demos.
         should_stop: Polled after every step; when it returns true the run checkpoints and stops (cancellation).
         resume: Continue from the newest checkpoint in ``output_dir``, if there is one.
+        ranks: This process's rank of a multi-process run (:class:`~.distributed.TorchRanks`); one process
+            by default.
 
     Returns:
         What happened.
@@ -449,6 +720,7 @@ def train(
     except ImportError:
         raise MissingDependencyError("transformers", "local") from None
     sink = metrics if metrics is not None else MetricsSink()
+    ranks = ranks if ranks is not None else Ranks()
     started = time.perf_counter()
     device = _pick_device(torch, config.device)
     dtype = _dtype(torch, device, config.precision)
@@ -458,35 +730,47 @@ def train(
     tokenizer = AutoTokenizer.from_pretrained(config.model_dir)
     model_max = int(getattr(tokenizer, "model_max_length", 0) or 0)
     max_len = config.max_seq_length if config.max_seq_length > 0 else (model_max if 0 < model_max < 10**6 else 4096)
-    train_examples, _ = encode_file(tokenizer, config.train_file, max_len)
-    eval_examples: list[Example] = []
+    cache = _token_cache(config)
+    train_set, _ = encode_file(tokenizer, config.train_file, max_len, cache_dir=cache)
+    eval_set: EncodedSet | None = None
     if config.eval_file and config.evaluation_strategy != "disable":
-        eval_examples, _ = encode_file(tokenizer, config.eval_file, max_len)
-        if config.max_eval_examples is not None:
-            eval_examples = eval_examples[: config.max_eval_examples]
-    eval_batches = _batches(eval_examples, config.per_device_eval_batch_size)
+        eval_set, _ = encode_file(tokenizer, config.eval_file, max_len, cache_dir=cache)
+        if config.max_eval_examples is not None and config.max_eval_examples < len(eval_set):
+            eval_set = eval_set.select(range(config.max_eval_examples))
 
     # Seed before building the model: LoRA's initial weights come from the global RNG.
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    model = _build_model(config, device, dtype)
+    model = _build_model(config, device, ranks.weights_dtype(dtype))
     model.train()
+    plan = _plan(torch, config, model, device, max_len)
+    _prepare(model, plan)
+    # The one forward of training and evaluation; through DDP or FSDP2 on several processes (.distributed).
+    forward = ranks.wrap(model, lambda m, b: _forward_loss(torch, m, b, device, plan), dtype)
+    eval_batches: list[PackedArrays] = []
+    if eval_set is not None:
+        eval_groups = _split(eval_set.lengths, range(len(eval_set)), plan.budget, config.per_device_eval_batch_size)
+        eval_batches = [pack_arrays(eval_set, g) for g in eval_groups]
     threads = torch.get_num_threads()
     if device == "cpu" and sum(p.numel() for p in model.parameters()) < _SMALL_MODEL_PARAMS:
         # Intra-op threads cost more than they save on tiny matrices (measured: 17x slower linear layers with
         # 2 threads than with 1 on a 2-core machine), so small models train single-threaded.
         torch.set_num_threads(1)
-    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    decay = [p for n, p in named.items() if p.ndim >= 2]
-    no_decay = [p for n, p in named.items() if p.ndim < 2]
+    trainables = _Trainables(
+        torch, {n: p for n, p in model.named_parameters() if p.requires_grad}, separate=ranks.separate_gradients
+    )
+    named = trainables.named
+    decay = [p for p in named.values() if p.ndim >= 2]
+    no_decay = [p for p in named.values() if p.ndim < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=config.learning_rate,
         betas=(config.adam_beta1, config.adam_beta2),
         eps=config.adam_epsilon,
+        **({"fused": True} if device == "cuda" else {}),  # one kernel for all parameters instead of a few each
     )
-    micro_per_epoch = math.ceil(len(train_examples) / config.per_device_train_batch_size)
-    steps_per_epoch = math.ceil(micro_per_epoch / config.gradient_accumulation_steps)
+    per_step = config.gradient_accumulation_steps * config.per_device_train_batch_size * ranks.world
+    steps_per_epoch = math.ceil(len(train_set) / per_step)
     total_steps = config.max_steps if config.max_steps > 0 else steps_per_epoch * config.num_train_epochs
     scheduler = get_scheduler(
         config.lr_scheduler_type, optimizer, num_warmup_steps=config.warmup_steps, num_training_steps=total_steps
@@ -496,18 +780,23 @@ def train(
     resumed_from = None
     ckpt = latest_checkpoint(out) if resume else None
     if ckpt is not None:
-        step = resumed_from = _load_checkpoint(torch, ckpt, named, optimizer, scheduler)
+        step = resumed_from = _load_checkpoint(torch, ckpt, *ranks.loading(named, optimizer), scheduler)
+        trainables.push()
 
     view = _ProgressView(progress, total_steps, step)
     first_eval = final_eval = None
     tokens_done = 0
-    window_loss, window_labels, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+    # Loss and gradient norm stay on the device between logging steps: reading them would make the host wait
+    # for the GPU in every step, and the next step's data could not be prepared while the GPU works.
+    window_loss = torch.zeros((), device=device)
+    window_labels, window_tokens, window_start = 0, 0, time.perf_counter()
+    grad_norm: Any = None
     last_eval_step = -1
 
     def evaluate_now() -> float:
         nonlocal last_eval_step, window_start
         began = time.perf_counter()
-        value = _evaluate(torch, model, eval_batches, device, dtype)
+        value = _evaluate(torch, model, forward, eval_batches, device, ranks)
         window_start += time.perf_counter() - began  # tokens/s measures training, not evaluation
         sink.log_metrics({"eval_loss": value}, step)
         sink.flush()
@@ -520,44 +809,51 @@ def train(
             first_eval = evaluate_now()
         while step < total_steps:
             epoch, group = divmod(step, steps_per_epoch)
-            order = _epoch_order(len(train_examples), config.seed, epoch)
-            first = group * config.gradient_accumulation_steps * config.per_device_train_batch_size
-            size = config.gradient_accumulation_steps * config.per_device_train_batch_size
-            chosen = [train_examples[i] for i in order[first : first + size]]
-            micro = _batches(chosen, config.per_device_train_batch_size)
-            n_labels = sum(b.num_labels for b in micro)
-            for batch in micro:
-                loss, _ = _forward_loss(torch, model, batch, device, dtype)
-                # Normalise by the whole step's label tokens: every token weighs the same across micro-batches.
+            order = _epoch_order(len(train_set), config.seed, epoch)
+            chosen = order[group * per_step : (group + 1) * per_step]
+            share = ranks.step_share(train_set, chosen, plan.budget, _split)  # this rank's part of the step
+            micro = [pack_arrays(train_set, g) for g in share.groups]
+            n_labels = share.labels  # the whole step's, on every rank
+            for batch, weight in zip(micro, share.weights, strict=True):
+                loss = forward(batch)
+                if weight != 1.0:  # a repeat that keeps the ranks in step (see .distributed)
+                    loss = loss * weight
+                # Normalise by the whole step's label tokens: every token weighs the same across micro-batches,
+                # so the step does not depend on how the budget cut it.
                 (loss / max(n_labels, 1)).backward()
-                window_loss += float(loss.detach())
-                window_tokens += batch.num_tokens
+                trainables.accumulate()
+                window_loss += loss.detach()
+            window_tokens += share.tokens
             window_labels += n_labels
-            params = list(named.values())
+            masters = trainables.masters
             if config.max_grad_norm > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm))
+                grad_norm = ranks.plain(torch.nn.utils.clip_grad_norm_(masters, config.max_grad_norm))
             else:
-                grad_norm = float(torch.norm(torch.stack([p.grad.norm() for p in params if p.grad is not None])))
+                grads = [p.grad for p in masters if p.grad is not None]
+                grad_norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) if grads else None
             lr = float(scheduler.get_last_lr()[0])
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            trainables.push()
             step += 1
-            tokens_done += sum(b.num_tokens for b in micro)
+            tokens_done += share.tokens
 
             logged: dict[str, float] | None = None
             if step % config.logging_steps == 0 or step == total_steps:
+                loss_sum = float(ranks.sum(window_loss))  # the one wait for the GPU, once per logging window
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
                 logged = {
-                    "loss": window_loss / max(window_labels, 1),
+                    "loss": loss_sum / max(window_labels, 1),
                     "learning_rate": lr,
-                    "grad_norm": grad_norm,
+                    "grad_norm": float(grad_norm) if grad_norm is not None else 0.0,
                     "tokens_per_second": window_tokens / elapsed,
                     "epoch": step / steps_per_epoch,
                 }
                 sink.log_metrics(logged, step)
                 sink.flush()
-                window_loss, window_labels, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+                window_loss.zero_()
+                window_labels, window_tokens, window_start = 0, 0, time.perf_counter()
             view.update(step, total_steps, logged)
 
             epoch_end = step % steps_per_epoch == 0
@@ -566,11 +862,13 @@ def train(
                 or (config.evaluation_strategy == "epoch" and epoch_end)
             ):
                 final_eval = evaluate_now()
-            want_stop = (stop_after_steps is not None and step >= stop_after_steps) or bool(
-                should_stop and should_stop()
+            want_stop = ranks.agree(  # all ranks stop after the same step
+                (stop_after_steps is not None and step >= stop_after_steps) or bool(should_stop and should_stop())
             )
             if step < total_steps and (step % config.save_steps == 0 or epoch_end or want_stop):
-                _save_checkpoint(torch, out, step, named, optimizer, scheduler, config.save_total_limit)
+                saved, saved_optimizer = ranks.gathered(named, optimizer)
+                if ranks.main:
+                    _save_checkpoint(torch, out, step, saved, saved_optimizer, scheduler, config.save_total_limit)
             if want_stop and step < total_steps:
                 stopped = True
                 break
@@ -582,8 +880,9 @@ def train(
         torch.set_num_threads(threads)
 
     runtime = time.perf_counter() - started
-    model_dir = None if stopped else _save_final(config, model, tokenizer)
-    if not stopped:
+    final = None if stopped else ranks.final_model(model, named, lambda: _build_model(config, "cpu", dtype))
+    model_dir = None if final is None else _save_final(config, final, tokenizer)
+    if not stopped and ranks.main:
         sink.log_metrics({"train_runtime": runtime, "train_tokens_per_second": tokens_done / runtime}, step)
         sink.flush()
         (out / "result.json").write_text(
@@ -596,8 +895,8 @@ def train(
         model_dir=model_dir,
         resumed_from=resumed_from,
         stopped=stopped,
-        train_examples=len(train_examples),
-        eval_examples=len(eval_examples),
+        train_examples=len(train_set),
+        eval_examples=len(eval_set) if eval_set is not None else 0,
         first_eval_loss=first_eval,
         final_eval_loss=final_eval,
         tokens=tokens_done,

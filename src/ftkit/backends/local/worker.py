@@ -19,9 +19,10 @@ from typing import Any
 
 import attrs
 
-from .jobs import JobRecord, write_record
+from . import distributed
+from .jobs import CANCEL_FILE, JobRecord, read_record, write_record
 from .tracking import MlflowStore, RunLogger
-from .training import MetricsSink, Progress, TrainConfig, train
+from .training import MetricsSink, Progress, TrainConfig, TrainResult, train
 
 __all__ = ["main", "run_job"]
 
@@ -63,6 +64,17 @@ class _ProgressSink(MetricsSink):
             self.logger.flush()
 
 
+def _train(
+    folder: Path, config: TrainConfig, store: MlflowStore, sink: _ProgressSink, progress: Progress, **kw: Any
+) -> TrainResult:
+    """Strictly private: train in this process, or on ``config.processes`` torchrun ranks (see :mod:`.distributed`)."""
+    if config.processes == 1:
+        return train(config, metrics=sink, progress=progress, **kw)
+    result = distributed.launch(folder, config, store.tracking_uri, **kw)
+    sink.record = attrs.evolve(sink.record, progress=read_record(folder.parent.parent, folder.name).progress)
+    return result
+
+
 def run_job(
     folder: str | Path, store: MlflowStore, *, progress: Progress = "plain", handle_sigterm: bool = True
 ) -> JobRecord:
@@ -77,17 +89,18 @@ def run_job(
     Returns:
         The final record.
     """
-    folder = Path(folder)
-    config, record = _read(folder)
-    record = attrs.evolve(record, status="Running", pid=os.getpid(), error=None, attempts=record.attempts + 1)
-    write_record(folder, record)
     cancel = {"requested": False}
     if handle_sigterm:
+        # First of all: a cancel that arrives while the job is still starting must stop it cleanly too.
 
         def on_term(_signum: int, _frame: Any) -> None:
             cancel["requested"] = True
 
         signal.signal(signal.SIGTERM, on_term)
+    folder = Path(folder)
+    config, record = _read(folder)
+    record = attrs.evolve(record, status="Running", pid=os.getpid(), error=None, attempts=record.attempts + 1)
+    write_record(folder, record)
     logger = RunLogger(store, record.run_id) if record.run_id else None
     try:
         if logger is not None:
@@ -95,10 +108,18 @@ def run_job(
             params = {k: v for k, v in json.loads(config.to_json()).items() if k not in ("output_dir",)}
             logger.log_params(params)
         sink = _ProgressSink(folder, record, logger)
-        result = train(config, metrics=sink, progress=progress, should_stop=lambda: cancel["requested"])
+        marker = folder / CANCEL_FILE
+        result = _train(
+            folder, config, store, sink, progress, should_stop=lambda: cancel["requested"] or marker.exists()
+        )
         record = sink.record
         if result.stopped:
-            record = attrs.evolve(record, status="Canceled", pid=None, error="canceled; submit it again to resume")
+            record = attrs.evolve(
+                record,
+                status="Canceled",
+                pid=None,
+                error=f"canceled at step {result.global_step}; run the job again to resume from its checkpoint",
+            )
             if logger is not None:
                 logger.finish("KILLED")
         else:
@@ -137,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m ftkit.backends.local.worker JOB_DIR TRACKING_URI", file=sys.stderr)
         return 2
     folder, uri = Path(args[0]), args[1]
+    # train.log is a file, which Python would buffer in 8 KiB blocks: `ftkit job logs --follow` wants lines.
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
     home = folder.parent.parent
     record = run_job(folder, MlflowStore.at(home, uri))
     return 0 if record.status == "Completed" else 1

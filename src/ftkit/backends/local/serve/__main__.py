@@ -18,8 +18,10 @@ import socket
 import sys
 from pathlib import Path
 
-from .logs import LOG_BACKUPS, LOG_MAX_BYTES, setup_logging
+from ....exceptions import ValidationError
+from .logs import setup_logging
 from .process import PORT_TAKEN
+from .records import read_server_settings
 from .state import EndpointFiles
 
 
@@ -35,12 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no endpoint config at {files.config_path}", file=sys.stderr)
         return 2
 
-    settings = files.read_config().get("settings", {})
-    setup_logging(
-        files.log_path,
-        max_bytes=int(settings.get("log_max_bytes") or LOG_MAX_BYTES),
-        backups=int(settings.get("log_backups") or LOG_BACKUPS),
-    )
+    try:
+        settings = read_server_settings(files.read_config())
+    except ValidationError as exc:  # before logging is set up: stderr goes to server.log all the same
+        print(f"endpoint {files.name}: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(files.log_path, max_bytes=settings.log_max_bytes, backups=settings.log_backups)
     logger = logging.getLogger("ftkit.serve")
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .app import ServerState, create_app
 
-    threads = int(settings.get("torch_threads") or 0)
+    threads = settings.torch_threads
     # Leave a core to the event loop: with every core in torch's spinning thread pool, small models on a busy
     # two-core machine ran 15x slower than on one thread (measured; see docs/benchmarks.md).
     torch.set_num_threads(threads if threads > 0 else max(1, (os.cpu_count() or 1) - 1))

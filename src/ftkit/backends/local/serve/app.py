@@ -38,7 +38,6 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
@@ -47,9 +46,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ....exceptions import ValidationError
 from .batching import Batcher, Job, QueueFull
+from .engine import ContinuousBatcher
 from .generation import LoadedModel
+from .placement import Placement, load_deployment
 from .prompts import check_fits
+from .records import DeploymentRecord, read_server_settings
 from .requests import (
     MAX_STOP_CHARS,
     MAX_STOPS,
@@ -61,7 +64,7 @@ from .requests import (
     parse_chat,
     parse_score,
 )
-from .state import DEFAULT_SETTINGS, EndpointFiles, stat_key
+from .state import EndpointFiles, stat_key
 from .stops import RowText
 
 __all__ = ["DEPLOYMENT_HEADER", "ServerState", "create_app"]
@@ -134,25 +137,27 @@ def _error(
 
 
 class Deployment:
-    """Strictly private: a loaded deployment (its spec from ``endpoint.json``, model and batcher)."""
+    """Strictly private: a loaded deployment (its record from ``endpoint.json``, model and batcher)."""
 
-    def __init__(self, name: str, spec: Mapping[str, Any], model: LoadedModel, batcher: Batcher) -> None:
+    def __init__(
+        self,
+        name: str,
+        record: DeploymentRecord,
+        model: LoadedModel,
+        batcher: Batcher | ContinuousBatcher,
+        placement: Placement,
+    ) -> None:
         self.name = name
-        self.spec = dict(spec)
+        self.record = record
         self.model = model
         self.batcher = batcher
+        self.placement = placement
         self.created = int(time.time())
 
     @property
     def timeout_s(self) -> float:
         """The per-request timeout."""
-        return max(0.001, float(self.spec.get("request_timeout_ms", 90000)) / 1000.0)
-
-
-def _fingerprint(spec: Mapping[str, Any]) -> str:
-    """What, when changed, means a deployment must be reloaded."""
-    keys = ("model_id", "model_path", "max_queue", "max_batch_size", "revision")
-    return json.dumps({k: spec.get(k) for k in keys}, sort_keys=True, default=str)
+        return self.record.timeout_s
 
 
 class ServerState:
@@ -164,16 +169,17 @@ class ServerState:
 
     def __init__(self, files: EndpointFiles) -> None:
         self.files = files
-        config = files.read_config()
-        settings = {**DEFAULT_SETTINGS, **{k: v for k, v in config.get("settings", {}).items() if isinstance(v, int)}}
-        self.max_batch_size = settings["max_batch_size"]
-        self.window_s = settings["batch_window_ms"] / 1000.0
-        self.max_body_bytes = settings["max_body_bytes"]
-        self.max_new_tokens_cap = settings["max_new_tokens_cap"]
+        settings = read_server_settings(files.read_config())
+        self.settings = settings
+        self.max_batch_size = settings.max_batch_size
+        self.window_s = settings.batch_window_ms / 1000.0
+        self.max_body_bytes = settings.max_body_bytes
+        self.max_new_tokens_cap = settings.max_new_tokens_cap
         self.deployments: dict[str, Deployment] = {}
         self.failed: dict[str, str] = {}
         self.traffic: dict[str, int] = {}
-        self.wanted: dict[str, dict[str, Any]] = {}
+        self.wanted: dict[str, DeploymentRecord] = {}
+        self.unreadable: dict[str, str] = {}
         self._keys: tuple[bytes, ...] = ()
         self._admin: bytes = b""
         self._config_stat: tuple[int, int, int] | None = None
@@ -193,8 +199,12 @@ class ServerState:
             config = self.files.read_config()
             traffic = config.get("traffic", {})
             self.traffic = {k: int(v) for k, v in traffic.items() if isinstance(v, int)}
-            wanted = config.get("deployments", {})
-            self.wanted = {k: v for k, v in wanted.items() if isinstance(v, dict)}
+            self.wanted, self.unreadable = {}, {}
+            for name, raw in (config.get("deployments") or {}).items():
+                try:
+                    self.wanted[name] = DeploymentRecord.from_dict(raw if isinstance(raw, dict) else {})
+                except ValidationError as exc:
+                    self.unreadable[name] = exc.render()
             self._config_stat = cstat
         kstat = stat_key(self.files.keys_path)
         if kstat != self._keys_stat:
@@ -272,15 +282,15 @@ class ServerState:
             for name in list(self.failed):
                 if name not in self.wanted:
                     del self.failed[name]
-            results: dict[str, str] = {}
-            for name, spec in sorted(self.wanted.items()):
+            results: dict[str, str] = {name: f"Failed: {why}" for name, why in self.unreadable.items()}
+            for name, record in sorted(self.wanted.items()):
                 current = self.deployments.get(name)
-                if current is not None and _fingerprint(current.spec) == _fingerprint(spec):
-                    current.spec = dict(spec)  # timeouts apply at once
+                if current is not None and current.record.reload_key() == record.reload_key():
+                    current.record = record  # timeouts apply at once
                     results[name] = "Succeeded"
                     continue
                 try:
-                    deployment = await run_in_threadpool(self._load, name, spec)
+                    deployment = await run_in_threadpool(self._load, name, record)
                 except Exception as exc:
                     message = f"{type(exc).__name__}: {exc}"
                     log.exception("deployment %s failed to load", name)
@@ -294,22 +304,14 @@ class ServerState:
                 results[name] = "Succeeded"
             return results
 
-    def _load(self, name: str, spec: Mapping[str, Any]) -> Deployment:
-        path = spec.get("model_path")
-        if not isinstance(path, str) or not path:
-            raise ValueError("the deployment's model has no local path")
+    def _load(self, name: str, record: DeploymentRecord) -> Deployment:
         started = time.monotonic()
-        log.info("deployment %s: loading model %s from %s", name, spec.get("model_id"), path)
-        model = LoadedModel(Path(path))
-        batcher = Batcher(
-            name,
-            model,
-            max_batch_size=int(spec.get("max_batch_size") or self.max_batch_size),
-            window_s=self.window_s,
-            max_queue=int(spec.get("max_queue", 64)),
+        log.info("deployment %s: loading model %s from %s", name, record.model_id, record.model_path)
+        model, batcher, placement = load_deployment(
+            name, record, max_batch_size=self.max_batch_size, window_s=self.window_s, settings=self.settings
         )
-        log.info("deployment %s: ready in %.1fs", name, time.monotonic() - started)
-        return Deployment(name, spec, model, batcher)
+        log.info("deployment %s: ready in %.1fs on %s", name, time.monotonic() - started, placement.as_dict())
+        return Deployment(name, record, model, batcher, placement)
 
     async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` in the request-preparation threads and return its result (or raise its error)."""
@@ -428,7 +430,7 @@ async def _wait_all(deployment: Deployment, jobs: Sequence[Job]) -> list[str]:
         raise HTTPError(
             408,
             "the request took longer than the deployment's request_timeout_ms "
-            f"({deployment.spec.get('request_timeout_ms')})",
+            f"({deployment.record.settings.request_timeout_ms})",
         ) from None
     finally:
         for job in jobs:
@@ -780,7 +782,9 @@ def create_app(state: ServerState, *, on_ready: Any = None) -> FastAPI:
     @app.post("/-/admin/reload", include_in_schema=False)
     async def admin_reload(request: Request) -> dict[str, Any]:
         state.check_key(request.headers.get("authorization"), admin=True)
-        return {"deployments": await state.reload()}
+        results = await state.reload()
+        placement = {n: d.placement.as_dict() for n, d in state.deployments.items()}
+        return {"deployments": results, "placement": placement}
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -829,20 +833,33 @@ async def _stream(
         }
         return _sse(payload)
 
+    # A content chunk is this prefix, the JSON string of the delta, this suffix: one json.dumps per piece.
+    head, _, tail = chunk({"content": "\x00"}, None).decode().partition(json.dumps("\x00"))
     loop = asyncio.get_running_loop()
     end = loop.time() + deployment.timeout_s
     try:
         yield chunk({"role": "assistant", "content": ""}, None)
         while True:
             try:
-                kind, value = await asyncio.wait_for(job.events.get(), timeout=max(0.0, end - loop.time()))
+                # One timer for the whole answer, not one per token.
+                async with asyncio.timeout_at(end):
+                    kind, value = await job.events.get()
             except TimeoutError:
                 message = "the request took longer than the deployment's request_timeout_ms"
                 yield _sse({"error": {"message": message, "type": "timeout_error", "code": 408}})
                 break
+            # Text that queued up while this handler waited for the event loop goes out in one write: when the
+            # server is busy, it spends less per piece instead of falling further behind. Each piece is already
+            # safe to send: the worker held back partial characters and stop-string beginnings.
+            out: list[str] = []
+            while kind == "text":
+                out.append(f"{head}{json.dumps(str(value))}{tail}")
+                if job.events.empty():
+                    break
+                kind, value = job.events.get_nowait()
+            if out:
+                yield "".join(out).encode()
             if kind == "text":
-                # Already safe to send: the worker held back partial characters and stop-string beginnings.
-                yield chunk({"content": str(value)}, None)
                 continue
             if kind == "error":
                 yield _sse({"error": {"message": str(value), "type": "server_error", "code": 503}})

@@ -18,7 +18,7 @@ import torch
 from .prompts import encode_conversation, longest_token_chars, tokenizer_lock
 from .requests import GenParams
 
-__all__ = ["LoadedModel"]
+__all__ = ["LoadedModel", "choose_tokens", "seeded_generator"]
 
 Emit = Callable[[int, int], bool]
 """``emit(row, token_id)`` is called for each new token; it returns ``False`` to stop that row."""
@@ -29,16 +29,23 @@ class LoadedModel:
 
     Args:
         path: A directory that ``AutoModelForCausalLM`` and ``AutoTokenizer`` load (tokenizer with a chat template).
+        device: Where the model runs: the CPU (the default) or a CUDA device.
+        dtype: The weights' type; float32 on the CPU and bfloat16 on CUDA when not given.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.path = path
+        self.device = torch.device(device)
+        # bfloat16 halves the weights and the bytes each decode step reads on a GPU; the CPU keeps float32, whose
+        # kernels are the fast ones there (and whose outputs the CPU tests pin).
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.tokenizer: Any = AutoTokenizer.from_pretrained(path)
         if not getattr(self.tokenizer, "chat_template", None):
             raise ValueError(f"the tokenizer in {path} has no chat template; the endpoint needs one")
-        self.model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        placed = {} if self.device.type == "cpu" else {"device_map": str(self.device)}
+        self.model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, **placed)
         self.model.train(False)  # inference mode: no dropout
         eos: set[int] = set()
         for value in (self.model.generation_config.eos_token_id, self.tokenizer.eos_token_id):
@@ -96,27 +103,29 @@ class LoadedModel:
             if p:
                 input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
                 mask[i, width - len(p) :] = 1
+        device = self.device
+        input_ids, mask = input_ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
         past = out[self._cache_arg]
         logits = out.logits[:, -1, :]
         next_pos = positions[:, -1:] + 1
 
-        sample = torch.tensor([p.do_sample for p in params])
+        sample = torch.tensor([p.do_sample for p in params], device=device)
+        temps = torch.tensor(
+            [p.temperature if p.do_sample else 1.0 for p in params], dtype=torch.float32, device=device
+        )
+        top_ps = torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device)
+        any_sample = any(p.do_sample for p in params)
         # A seeded row samples from its own generator, so its answer does not depend on what else is in the batch.
-        generators = [
-            torch.Generator().manual_seed(p.seed % 2**64) if p.do_sample and p.seed is not None else None
-            for p in params
-        ]
-        temps = torch.tensor([p.temperature if p.do_sample else 1.0 for p in params], dtype=torch.float32)
-        top_ps = torch.tensor([p.top_p for p in params], dtype=torch.float32)
+        generators = [seeded_generator(p, device) for p in params]
         budgets = [p.max_new_tokens for p in params]
         counts = [0] * n
         reasons: list[str | None] = [None] * n
-        pad = torch.tensor(self.pad_id, dtype=torch.long)
+        pad = torch.tensor(self.pad_id, dtype=torch.long, device=device)
 
         for _ in range(max(budgets)):
-            chosen = _choose(logits.float(), sample, temps, top_ps, generators)
+            chosen = choose_tokens(logits.float(), sample, temps, top_ps, any_sample=any_sample, generators=generators)
             for i, token in enumerate(chosen.tolist()):
                 if reasons[i] is not None:
                     continue
@@ -130,9 +139,9 @@ class LoadedModel:
                     reasons[i] = "length"
             if all(r is not None for r in reasons):
                 break
-            done = torch.tensor([r is not None for r in reasons])
+            done = torch.tensor([r is not None for r in reasons], device=device)
             feed = torch.where(done, pad, chosen)[:, None]
-            mask = torch.cat([mask, torch.ones((n, 1), dtype=torch.long)], dim=-1)
+            mask = torch.cat([mask, torch.ones((n, 1), dtype=torch.long, device=device)], dim=-1)
             out = self.model(
                 input_ids=feed, attention_mask=mask, position_ids=next_pos, use_cache=True, **{self._cache_arg: past}
             )
@@ -142,19 +151,34 @@ class LoadedModel:
         return [r or "length" for r in reasons]
 
 
-def _choose(
+def seeded_generator(params: GenParams, device: torch.device | str = "cpu") -> torch.Generator | None:
+    """Return a generator seeded with ``params.seed`` for a sampled row, else ``None``."""
+    if not params.do_sample or params.seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(params.seed % 2**64)
+
+
+def choose_tokens(
     logits: torch.Tensor,
     sample: torch.Tensor,
     temps: torch.Tensor,
     top_ps: torch.Tensor,
+    *,
+    any_sample: bool | None = None,
     generators: Sequence[torch.Generator | None] = (),
 ) -> torch.Tensor:
-    """Strictly private: pick each row's next token, greedily or by temperature + nucleus sampling.
+    """Pick each row's next token, greedily or by temperature + nucleus sampling.
 
-    A row with a generator (a request's ``seed``) draws from it alone; the others share torch's global one.
+    Args:
+        logits: ``[rows, vocab]`` float logits.
+        sample: Which rows sample (the others take the argmax).
+        temps: Each row's temperature.
+        top_ps: Each row's nucleus mass.
+        any_sample: Whether any row samples, when the caller knows (saves a device round trip on a GPU).
+        generators: Per row, its own generator (a request's ``seed``) or ``None`` (torch's global one).
     """
     greedy = logits.argmax(dim=-1)
-    if not bool(sample.any()):
+    if not (bool(sample.any()) if any_sample is None else any_sample):
         return greedy
     # Temperatures and top_p too small for float32 (1e-300 reads as 0) must not divide by zero or empty the pool.
     probs = torch.softmax(logits / temps.clamp_min(1e-4)[:, None], dim=-1).nan_to_num(0.0)
@@ -165,10 +189,11 @@ def _choose(
     sorted_probs = sorted_probs.masked_fill(drop, 0.0)
     sorted_probs[:, 0] = sorted_probs[:, 0].clamp_min(1e-12)  # a row of zeros (all NaN) falls back to greedy
     seeded = [(i, g) for i, g in enumerate(generators) if g is not None]
-    if len(seeded) < int(sample.sum()):
+    # Only rows that sample without a seed need the shared draw (sample.sum() is a device sync: skipped when unseeded).
+    if not seeded or len(seeded) < int(sample.sum()):
         draws = torch.multinomial(sorted_probs, 1)
     else:
-        draws = torch.zeros((logits.shape[0], 1), dtype=torch.long)
+        draws = torch.zeros((logits.shape[0], 1), dtype=torch.long, device=logits.device)
     for i, generator in seeded:
         draws[i] = torch.multinomial(sorted_probs[i], 1, generator=generator)
     picked = order.gather(-1, draws).squeeze(-1)

@@ -106,7 +106,7 @@ def is_server_alive(files: EndpointFiles, pid: int | None) -> bool:
         files: The endpoint's files.
         pid: The pid recorded in ``server.json``.
     """
-    module, root = SERVER_MODULE.encode(), str(files.root).encode()
+    module, root = SERVER_MODULE, str(files.root)
     return owned_process_alive(pid, lambda args: module in args and root in args)
 
 

@@ -24,23 +24,11 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "DEFAULT_SETTINGS",
     "EndpointFiles",
     "new_key",
 ]
 
-DEFAULT_SETTINGS: dict[str, int] = {
-    "max_batch_size": 16,
-    "batch_window_ms": 5,
-    "max_body_bytes": 1_048_576,
-    "max_new_tokens_cap": 1024,
-    "torch_threads": 0,
-}
-"""Server-wide limits, stored in ``endpoint.json`` (``settings``) and overridable per endpoint.
-
-``torch_threads`` 0 means one fewer than the machine's cores (at least one): the event loop and HTTP parsing
-keep a core, and on a loaded two-core machine torch's spinning intra-op threads would otherwise fight them.
-"""
+# The server-wide settings are a typed record: ftkit.deployment_settings.ServerSettings (see .records).
 
 
 def new_key() -> str:

@@ -1,0 +1,354 @@
+"""In-flight (continuous) batching: requests join and leave the running decode batch at every step.
+
+:class:`ContinuousBatcher` is a drop-in for :class:`.batching.Batcher` (same :class:`.batching.Job` values,
+``submit``/``close``/``queued``, the same bounded queue and 503): one worker thread per deployment runs a loop
+of steps over a :class:`.slots.SlotDecoder`. Each step
+
+1. drops finished, cancelled (client gone) and expired jobs and frees their slots at once;
+2. admits waiting jobs into free slots, at most ``prefill_tokens`` prompt tokens per step (always one), and
+   prefills them, which yields their first token; so a burst of long prompts delays the running rows' next
+   token by one bounded prefill, not by the whole burst;
+3. decodes one token for every running row (a CUDA graph replay on the GPU), picks each row's next token by
+   its own sampling parameters, and reads the chosen ids back: the one host round trip per step.
+
+Each job's :class:`~.stops.RowText` turns its tokens into text in the worker, as in the static path: streamed
+text goes to the asyncio side in one ``call_soon_threadsafe`` per step (not one per token), which keeps the event
+loop's wake-ups at the step rate whatever the batch size. Rows end exactly as in the static path: at an
+end-of-sequence token (``stop``, not emitted), at a stop string (``stop``, the text cut before it), at their
+``max_new_tokens`` (``length``) or when nobody waits any more (``cancelled``). A seeded row samples from its own
+generator, held by its slot, so its answer does not depend on the other rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import torch
+
+from .batching import Job, QueueFull
+from .generation import LoadedModel, choose_tokens, seeded_generator
+from .slots import SlotDecoder
+
+__all__ = ["ContinuousBatcher"]
+
+log = logging.getLogger("ftkit.serve")
+
+
+@attrs.define(eq=False)
+class _Row:
+    """Strictly private: a job while it holds a slot."""
+
+    job: Job
+    slot: int
+    length: int  # tokens in the slot's cache
+    count: int = 0  # tokens generated
+
+
+def _deliver(events: list[tuple[Job, str, object]]) -> None:
+    """Strictly private: runs on the event loop; hands a step's events to their handlers."""
+    for job, kind, value in events:
+        job.events.put_nowait((kind, value))
+
+
+class ContinuousBatcher:
+    """The slot scheduler and worker thread of one deployment.
+
+    Args:
+        name: The deployment's name (for the log).
+        model: The loaded model (its tokenizer, end-of-sequence ids and device).
+        decoder: The model on a slot cache; its slot count is the most rows decoding together.
+        max_queue: Most jobs waiting for a slot before :class:`.batching.QueueFull`.
+        prefill_tokens: Prompt tokens admitted per step (at least one prompt is, however long).
+        gather_s: How long a waiting job may wait for others to share its prefill while rows are decoding.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        model: LoadedModel,
+        decoder: SlotDecoder,
+        *,
+        max_queue: int,
+        prefill_tokens: int = 8192,
+        gather_s: float = 0.02,
+    ) -> None:
+        self.name = name
+        self.model = model
+        self.decoder = decoder
+        self.max_batch_size = decoder.slots
+        self.max_queue = max(0, max_queue)
+        self.prefill_tokens = max(1, prefill_tokens)
+        self.gather_s = max(0.0, gather_s)
+        # A prefill costs a launch chain whatever its size: while rows decode, one is run for a few prompts at
+        # once (or once the oldest has waited gather_s), not for every prompt that arrives alone.
+        self._gather = max(1, decoder.slots // 32)
+        self._pending: collections.deque[Job] = collections.deque()
+        self._arrived: collections.deque[float] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._free = list(range(decoder.slots))  # a heap: the lowest slot first keeps the decoded rows few
+        self._rows: dict[int, _Row] = {}
+        self._generators: list[torch.Generator | None] = [None] * decoder.slots
+        self.steps = 0
+        self.generated = 0
+        device = decoder.device
+        self._pinned = device.type == "cuda"
+        self._temps = torch.ones(decoder.slots, dtype=torch.float32, device=device)
+        self._top_ps = torch.ones(decoder.slots, dtype=torch.float32, device=device)
+        self._sample = torch.zeros(decoder.slots, dtype=torch.bool, device=device)
+        self._host_positions = torch.zeros(decoder.slots, dtype=torch.long, pin_memory=self._pinned)
+        self._host_tokens = torch.zeros(decoder.slots, dtype=torch.long, pin_memory=self._pinned)
+        self._read_done: Any = torch.cuda.Event() if self._pinned else None  # type: ignore[no-untyped-call]
+        self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
+        self._thread.start()
+
+    # -- the request side ----------------------------------------------------------------------------------
+
+    def submit(self, jobs: Sequence[Job]) -> None:
+        """Queue jobs (all or none).
+
+        Raises:
+            QueueFull: Queuing them would pass ``max_queue`` (or the deployment is being removed).
+        """
+        with self._cond:
+            if self._closed or len(self._pending) + len(jobs) > self.max_queue:
+                raise QueueFull(self.name)
+            self._pending.extend(jobs)
+            self._arrived.extend([time.monotonic()] * len(jobs))
+            self._cond.notify()
+
+    @property
+    def queued(self) -> int:
+        """Jobs waiting for a slot now."""
+        return len(self._pending)
+
+    @property
+    def running(self) -> int:
+        """Jobs holding a slot now."""
+        return len(self._rows)
+
+    def close(self) -> None:
+        """Stop taking jobs, fail those waiting and running, and let the worker exit after its current step."""
+        with self._cond:
+            self._closed = True
+            waiting = list(self._pending)
+            self._pending.clear()
+            self._arrived.clear()
+            self._cond.notify_all()
+        for job in waiting:
+            job.post("error", "the deployment was removed")
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the worker thread to exit (after :meth:`close`)."""
+        self._thread.join(timeout)
+
+    # -- the worker ----------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            try:
+                if not self._step():
+                    break
+            except Exception as exc:
+                # A failure inside a step fails the rows it was generating (their slots are freed) and the worker
+                # carries on with the next requests, as the static batcher does with a failed batch.
+                log.exception("deployment %s: a step failed with %d rows running", self.name, len(self._rows))
+                for slot, row in list(self._rows.items()):
+                    self._release(slot)
+                    row.job.post("error", f"generation failed: {type(exc).__name__}")
+        for row in self._rows.values():
+            row.job.post("error", "the deployment was removed")
+        self._rows.clear()
+
+    def _admit(self) -> list[Job] | None:
+        """Take the jobs that start this step (``None``: closed)."""
+        with self._cond:
+            while not self._pending and not self._rows and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            taken: list[Job] = []
+            if self._rows and self._pending:
+                room = min(len(self._free), len(self._pending))
+                if room < self._gather and time.monotonic() - self._arrived[0] < self.gather_s:
+                    return taken
+            budget = self.prefill_tokens
+            while self._pending and len(taken) < len(self._free):
+                job = self._pending[0]
+                if not job.alive:
+                    self._pending.popleft()
+                    self._arrived.popleft()
+                    job.post("done", "cancelled")
+                    continue
+                if taken and len(job.prompt) > budget:
+                    break
+                budget -= len(job.prompt)
+                taken.append(self._pending.popleft())
+                self._arrived.popleft()
+            return taken
+
+    def _step(self) -> bool:
+        events: list[tuple[Job, str, object]] = []
+        for slot, row in list(self._rows.items()):
+            if not row.job.alive:
+                self._release(slot)
+                events.append((row.job, "done", "cancelled"))
+        new = self._admit()
+        if new is None:
+            return False
+        if new:
+            self._prefill(new, events)
+        if self._rows:
+            self._decode(events)
+        self._flush(events)
+        self.steps += 1
+        return True
+
+    def _release(self, slot: int) -> None:
+        del self._rows[slot]
+        self._generators[slot] = None
+        heapq.heappush(self._free, slot)
+
+    def _set_params(self, slots: Sequence[int], jobs: Sequence[Job]) -> None:
+        index = torch.tensor(list(slots), dtype=torch.long)
+        temps = torch.tensor([j.params.temperature if j.params.do_sample else 1.0 for j in jobs])
+        top_ps = torch.tensor([j.params.top_p for j in jobs], dtype=torch.float32)
+        sample = torch.tensor([j.params.do_sample for j in jobs])
+        device = self.decoder.device
+        index = index.to(device)
+        self._temps[index] = temps.to(device)
+        self._top_ps[index] = top_ps.to(device)
+        self._sample[index] = sample.to(device)
+        for slot, job in zip(slots, jobs, strict=True):
+            self._generators[slot] = seeded_generator(job.params, device)
+
+    def _prefill(self, jobs: list[Job], events: list[tuple[Job, str, object]]) -> None:
+        slots = [heapq.heappop(self._free) for _ in jobs]
+        try:
+            self._set_params(slots, jobs)
+            logits = self.decoder.prefill(slots, [j.prompt for j in jobs])
+        except Exception as exc:
+            # Give their slots back and fail these prompts alone: the running rows carry on.
+            log.exception("deployment %s: prefill of %d prompts failed", self.name, len(jobs))
+            for slot, job in zip(slots, jobs, strict=True):
+                self._generators[slot] = None
+                heapq.heappush(self._free, slot)
+                events.append((job, "error", f"generation failed: {type(exc).__name__}"))
+            return
+        index = torch.tensor(slots, dtype=torch.long, device=self.decoder.device)
+        chosen = self._choose(logits, index, [j.params.do_sample for j in jobs], [self._generators[s] for s in slots])
+        self.decoder.tokens[index] = chosen
+        for slot, job, token in zip(slots, jobs, self._read(chosen), strict=True):
+            row = _Row(job=job, slot=slot, length=len(job.prompt))
+            self._rows[slot] = row
+            self._accept(row, token, events)
+
+    def _decode(self, events: list[tuple[Job, str, object]]) -> None:
+        rows = max(self._rows) + 1
+        lengths = [0] * rows
+        for slot, row in self._rows.items():
+            lengths[slot] = row.length
+        longest = max(lengths) + 1
+        positions = self._host_positions[:rows]
+        positions.copy_(torch.tensor(lengths, dtype=torch.long))
+        self.decoder.positions[:rows].copy_(positions, non_blocking=True)
+        logits = self.decoder.decode(rows, longest)
+        index = torch.arange(rows, device=self.decoder.device)
+        sampling = [False] * rows
+        for slot, row in self._rows.items():
+            sampling[slot] = row.job.params.do_sample
+        chosen = self._choose(logits, index, sampling, self._generators[:rows])
+        self.decoder.tokens[:rows].copy_(chosen)
+        tokens = self._read(chosen)
+        for slot, row in list(self._rows.items()):
+            row.length += 1
+            self._accept(row, tokens[slot], events)
+
+    def _choose(
+        self,
+        logits: torch.Tensor,
+        index: torch.Tensor,
+        sampling: Sequence[bool],
+        generators: Sequence[torch.Generator | None],
+    ) -> torch.Tensor:
+        return choose_tokens(
+            logits.float(),
+            self._sample[index],
+            self._temps[index],
+            self._top_ps[index],
+            any_sample=any(sampling),
+            generators=generators,
+        )
+
+    def _read(self, chosen: torch.Tensor) -> list[int]:
+        """The chosen ids on the host: the step's one round trip (waits without holding the GIL)."""
+        if not self._pinned:
+            return [int(t) for t in chosen.tolist()]
+        host = self._host_tokens[: chosen.shape[0]]
+        host.copy_(chosen, non_blocking=True)
+        self._read_done.record()
+        self._read_done.synchronize()  # releases the GIL, so the event loop keeps serving while the GPU works
+        return [int(t) for t in host.tolist()]
+
+    def _accept(self, row: _Row, token: int, events: list[tuple[Job, str, object]]) -> None:
+        """Take a row's new token: the same rules as the static path (:meth:`.LoadedModel.generate`)."""
+        job = row.job
+        reason: str | None = None
+        if token in self.model.eos_ids:
+            reason = "stop"
+        else:
+            row.count += 1
+            self.generated += 1
+            job.tokens.append(token)
+            if not job.text.update(job.tokens):
+                reason = "stop"  # a stop string: the text is cut before it
+            else:
+                if job.stream and (piece := job.text.delta()):
+                    events.append((job, "text", piece))
+                if not job.alive:
+                    reason = "cancelled"
+                elif row.count >= job.params.max_new_tokens:
+                    reason = "length"
+        if reason is not None:
+            self._release(row.slot)
+            self._finish(job, reason, events)
+
+    def _finish(self, job: Job, reason: str, events: list[tuple[Job, str, object]]) -> None:
+        """Settle a finished row's text: send what streaming held back, then ``done``."""
+        try:
+            rest = job.text.finish(job.tokens)
+        except Exception as exc:  # a detokenizer failure fails this job, not the worker
+            log.exception("deployment %s: decoding failed", self.name)
+            events.append((job, "error", f"decoding failed: {type(exc).__name__}"))
+            return
+        if job.stream and rest:
+            events.append((job, "text", rest))
+        events.append((job, "done", "stop" if job.text.stopped else reason))
+
+    def _flush(self, events: list[tuple[Job, str, object]]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, str, object]]] = {}
+        for event in events:
+            by_loop.setdefault(event[0].loop, []).append(event)
+        for loop, batch in by_loop.items():
+            # A closed loop (RuntimeError) means the server is shutting down: nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_deliver, batch)
+
+    def describe(self) -> dict[str, Any]:
+        """What the engine holds, for logs and ``endpoint list``."""
+        return {
+            "engine": "continuous",
+            "slots": self.decoder.slots,
+            "context": self.decoder.context,
+            "kv_cache_gib": round(self.decoder.cache_bytes / 2**30, 2),
+            "cuda_graphs": self.decoder.cuda_graphs,
+        }

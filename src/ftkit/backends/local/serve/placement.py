@@ -1,0 +1,285 @@
+"""Where a deployment runs and what serves it: device, dtype, engine and KV-cache size (server side: torch).
+
+``device`` (a deployment's ``deploy.device``): ``auto`` takes the CUDA GPU with the most free memory when
+there is one, else the CPU; ``cpu``; ``cuda`` (GPU 0) or ``cuda:N``. On the CPU a deployment runs exactly
+as before: float32, the static batcher (:class:`.batching.Batcher`). On a GPU it runs in bfloat16 and, for
+the Llama-family models :mod:`.slots` implements, on the continuous batcher (:class:`.engine.ContinuousBatcher`)
+with ``max_batch_size`` slots of ``max_context`` positions each.
+
+Memory is planned before anything is allocated: weights (counted on the meta device), the KV cache and a
+working reserve must fit in the GPU's free memory, or the deployment fails at create time with the numbers,
+rather than running out of memory under load. Without an explicit ``max_context`` the context per slot is the
+model's own, shrunk (in steps of 256) to what fits in ``gpu_memory_fraction`` of the GPU; several deployments
+share a GPU when their plans fit together.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from ....deployment_settings import DEVICE_CHOICES, ServerSettings
+from .batching import Batcher
+from .engine import ContinuousBatcher
+from .generation import LoadedModel
+from .records import DeploymentRecord
+from .slots import SlotDecoder, kv_bytes_per_token, supports_config
+
+__all__ = ["Placement", "load_deployment", "plan_context", "resolve_device"]
+
+DEVICES = DEVICE_CHOICES
+
+GIB = 2**30
+
+
+@attrs.frozen
+class Placement:
+    """Where a deployment runs and what it holds.
+
+    Attributes:
+        device: ``cpu`` or ``cuda:N``.
+        dtype: The weights' type (``float32``, ``bfloat16``).
+        engine: ``static`` or ``continuous``.
+        weights_gib: The weights.
+        kv_cache_gib: The KV cache (continuous engine; 0 for static, whose cache grows per batch).
+        slots: Rows decoding together.
+        context: Positions per row (prompt plus answer).
+        why_static: Why a GPU deployment fell back to the static batcher (``None`` otherwise).
+    """
+
+    device: str
+    dtype: str
+    engine: str
+    weights_gib: float
+    kv_cache_gib: float
+    slots: int
+    context: int
+    why_static: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready fields."""
+        return attrs.asdict(self)
+
+
+def resolve_device(wanted: str) -> torch.device:
+    """Turn ``auto``/``cpu``/``cuda``/``cuda:N`` into a device.
+
+    Raises:
+        ValueError: An unknown value, CUDA asked for without a GPU, or a GPU index past the last one.
+    """
+    value = (wanted or "auto").strip().lower()
+    if value == "cpu":
+        return torch.device("cpu")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if value == "auto":
+        if not count:
+            return torch.device("cpu")
+        free = [torch.cuda.mem_get_info(i)[0] for i in range(count)]
+        return torch.device("cuda", max(range(count), key=lambda i: free[i]))
+    if value == "cuda" or value.startswith("cuda:"):
+        index_text = value.partition(":")[2] or "0"
+        if not index_text.isdigit():
+            raise ValueError(f"deploy.device: {wanted!r} is not a GPU index; use {DEVICES}")
+        if not count:
+            raise ValueError(f"deploy.device: {wanted!r} asks for a GPU but torch sees none; use cpu or auto")
+        index = int(index_text)
+        if index >= count:
+            raise ValueError(f"deploy.device: GPU {index} does not exist; this machine has GPUs 0 to {count - 1}")
+        return torch.device("cuda", index)
+    raise ValueError(f"deploy.device: {wanted!r} is not a device; use {DEVICES}")
+
+
+def _weight_bytes(config: Any, dtype: torch.dtype) -> int:
+    """Bytes the model's parameters take in ``dtype`` (counted on the meta device: nothing is loaded)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)  # type: ignore[no-untyped-call]
+    size = torch.empty((), dtype=dtype).element_size()
+    return int(sum(p.numel() for p in model.parameters())) * size
+
+
+def _reserve_bytes(config: Any, slots: int, prefill_tokens: int, dtype: torch.dtype) -> int:
+    """Working memory beyond weights and cache: one prefill's activations, the logits, graphs, allocator slack."""
+    size = torch.empty((), dtype=dtype).element_size()
+    hidden, inter = int(config.hidden_size), int(getattr(config, "intermediate_size", 4 * config.hidden_size))
+    vocab = int(config.vocab_size)
+    prefill = prefill_tokens * (3 * inter + 8 * hidden) * size
+    logits = 4 * slots * vocab * 4  # float32 copies for sampling
+    return GIB + prefill + logits
+
+
+def plan_context(
+    *,
+    device: str,
+    free: int,
+    total: int,
+    weights: int,
+    reserve: int,
+    slots: int,
+    per_token: int,
+    model_context: int,
+    asked: int = 0,
+    fraction: float = 0.9,
+) -> int:
+    """Positions per slot for a continuous deployment on a GPU, or a clear error when it does not fit.
+
+    Args:
+        device: The GPU (for the message).
+        free: Its free bytes now.
+        total: Its size in bytes.
+        weights: Bytes of the weights.
+        reserve: Bytes of working memory.
+        slots: Rows of the KV cache.
+        per_token: Bytes of KV cache per position.
+        model_context: The model's own context.
+        asked: An explicit ``max_context`` (0: none).
+        fraction: The share of the whole GPU this deployment may plan for (less what others hold).
+
+    Returns:
+        ``asked`` or the model's context, or without ``asked`` the largest multiple of 256 below it that fits
+        (never under 1024, or the model's context when shorter).
+
+    Raises:
+        ValueError: It does not fit, with the numbers and what to change.
+    """
+    context = min(model_context, asked) if asked > 0 else model_context
+    # What this deployment may take: the free memory it found, at most its share of the whole GPU.
+    allowed = min(free, int(total * fraction) - (total - free))
+    room = allowed - weights - reserve
+    fits = max(0, room // (slots * per_token)) // 256 * 256
+    if fits >= context:
+        return context
+    if asked <= 0 and fits >= min(context, 1024):
+        return int(fits)
+    cache = slots * context * per_token
+    raise ValueError(
+        f"the deployment does not fit on {device}: {slots} slots x {context} tokens of KV cache take "
+        f"{cache / GIB:.1f} GiB, plus {weights / GIB:.1f} GiB of weights and {reserve / GIB:.1f} GiB of working "
+        f"memory, and {max(0, allowed) / GIB:.1f} GiB may be used ({free / GIB:.1f} GiB free of "
+        f"{total / GIB:.1f}); lower max_batch_size or max_context, or choose another GPU"
+    )
+
+
+def load_deployment(
+    name: str, record: DeploymentRecord, *, max_batch_size: int, window_s: float, settings: ServerSettings
+) -> tuple[LoadedModel, Batcher | ContinuousBatcher, Placement]:
+    """Load a deployment's model where its record says and start the worker that serves it.
+
+    Args:
+        name: The deployment's name.
+        record: Its record in ``endpoint.json`` (model path and :class:`~ftkit.DeploymentSettings`).
+        max_batch_size: The endpoint's batch size (slots on the continuous engine) unless the deployment sets one.
+        window_s: The static batcher's gathering window.
+        settings: The endpoint's server settings (``max_context``, ``prefill_tokens``,
+            ``gpu_memory_fraction_pct``, ``cuda_graphs``).
+
+    Raises:
+        ValueError: A bad device, or a plan that does not fit on the GPU (with the numbers).
+    """
+    path = Path(record.model_path)
+    device = resolve_device(record.settings.device)
+    engine = record.engine
+    slots = max(1, record.settings.max_batch_size or max_batch_size)
+    max_queue = record.settings.max_queue
+    if device.type == "cpu":
+        if engine == "continuous":
+            model = LoadedModel(path, device)
+            return _continuous(name, model, device, slots, max_queue, settings, None)
+        model = LoadedModel(path, device)
+        batcher = Batcher(name, model, max_batch_size=slots, window_s=window_s, max_queue=max_queue)
+        return model, batcher, _static_placement(model, slots, None)
+
+    from transformers import AutoConfig
+
+    dtype = torch.bfloat16
+    config = AutoConfig.from_pretrained(path)
+    weights = _weight_bytes(config, dtype)
+    # A deployment removed or replaced in this process leaves its memory in torch's cache: give it back first,
+    # so that the plan below counts it as free.
+    gc.collect()
+    torch.cuda.empty_cache()
+    free, total = torch.cuda.mem_get_info(device)
+    if weights + GIB > free:
+        raise ValueError(
+            f"the model does not fit on {device}: its weights take {weights / GIB:.1f} GiB and "
+            f"{free / GIB:.1f} GiB of {total / GIB:.1f} GiB are free; choose another device or deploy.device: cpu"
+        )
+    why = supports_config(config) if engine != "static" else "engine: static"
+    if why is not None:
+        if engine == "continuous":
+            raise ValueError(f"engine: continuous cannot serve this model: {why}")
+        model = LoadedModel(path, device, dtype)
+        batcher = Batcher(name, model, max_batch_size=slots, window_s=window_s, max_queue=max_queue)
+        return model, batcher, _static_placement(model, slots, why)
+    # The whole plan is checked before the weights are loaded: a deployment that does not fit allocates nothing.
+    context = plan_context(
+        device=str(device),
+        free=free,
+        total=total,
+        weights=weights,
+        reserve=_reserve_bytes(config, slots, settings.prefill_tokens, dtype),
+        slots=slots,
+        per_token=kv_bytes_per_token(config, dtype),
+        model_context=_model_context(config),
+        asked=settings.max_context,
+        fraction=settings.gpu_memory_fraction_pct / 100,
+    )
+    model = LoadedModel(path, device, dtype)
+    return _continuous(name, model, device, slots, max_queue, settings, context)
+
+
+def _model_context(config: Any) -> int:
+    return int(getattr(config, "max_position_embeddings", 2048) or 2048)
+
+
+def _static_placement(model: LoadedModel, slots: int, why: str | None) -> Placement:
+    weights = sum(p.numel() * p.element_size() for p in model.model.parameters())
+    return Placement(
+        device=str(model.device),
+        dtype=str(model.dtype).removeprefix("torch."),
+        engine="static",
+        weights_gib=round(weights / GIB, 3),
+        kv_cache_gib=0.0,
+        slots=slots,
+        context=model.max_length,
+        why_static=why,
+    )
+
+
+def _continuous(
+    name: str,
+    model: LoadedModel,
+    device: torch.device,
+    slots: int,
+    max_queue: int,
+    settings: ServerSettings,
+    context: int | None,
+) -> tuple[LoadedModel, ContinuousBatcher, Placement]:
+    prefill_tokens = settings.prefill_tokens
+    if context is None:  # the CPU: no plan, the asked context or the model's
+        asked = settings.max_context
+        context = min(model.max_length, asked) if asked > 0 else model.max_length
+    model.max_length = context  # prompts that cannot fit a slot get a 400 at encode time
+    decoder = SlotDecoder(model.model, slots=slots, context=context, cuda_graphs=settings.cuda_graphs)
+    worker = ContinuousBatcher(name, model, decoder, max_queue=max_queue, prefill_tokens=prefill_tokens)
+    if device.type == "cuda":
+        # The engine thread wakes from each step's GPU wait wanting the GIL while the event loop streams the
+        # last step's tokens; with the default 5 ms switch interval that wait alone can exceed a decode step.
+        sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
+    weights_now = sum(p.numel() * p.element_size() for p in model.model.parameters())
+    placement = Placement(
+        device=str(device),
+        dtype=str(model.dtype).removeprefix("torch."),
+        engine="continuous",
+        weights_gib=round(weights_now / GIB, 3),
+        kv_cache_gib=round(decoder.cache_bytes / GIB, 3),
+        slots=slots,
+        context=context,
+    )
+    return model, worker, placement

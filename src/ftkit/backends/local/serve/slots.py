@@ -1,0 +1,251 @@
+"""A decoder-only model over a pre-allocated slot KV cache: prefill some slots, decode all of them in one step.
+
+The continuous batcher (:mod:`.engine`) gives each running request a *slot*: a fixed row of a KV cache that is
+allocated once, ``[slots, kv_heads, context, head_dim]`` per layer. Prefill writes a prompt's keys and values
+into its slot; each decode step feeds one token per slot and writes one position per slot, so requests of
+different lengths, started at different times, decode together, and a finished request's slot is reused at
+once. Nothing is allocated per token, which is what lets a decode step be captured as a CUDA graph and
+replayed (one graph per bucket of batch rows and attended context, see :meth:`SlotDecoder.decode`).
+
+Only the attention is computed here; embeddings, norms, MLPs and the LM head are the loaded transformers
+model's own modules, so the weights (and a LoRA merged into them) are exactly those ``generate`` would use. The
+pattern fits the pre-norm Llama family that transformers implements alike: ``llama``, ``mistral``, ``phi3``,
+``qwen2`` and ``qwen3`` (:func:`supports`); other models are served by the static batcher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["SUPPORTED_MODEL_TYPES", "SlotDecoder", "kv_bytes_per_token", "supports", "supports_config"]
+
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "phi3", "qwen2", "qwen3"})
+"""``config.model_type`` values whose decoder layers follow the pattern computed here."""
+
+
+def supports(model: Any) -> str | None:
+    """Return why ``model`` cannot run on slots, or ``None`` when it can."""
+    return supports_config(model.config)
+
+
+def supports_config(config: Any) -> str | None:
+    """Return why a model of this transformers config cannot run on slots, or ``None`` when it can."""
+    kind = getattr(config, "model_type", None)
+    if kind not in SUPPORTED_MODEL_TYPES:
+        return f"model type {kind!r} is not one of {', '.join(sorted(SUPPORTED_MODEL_TYPES))}"
+    window = getattr(config, "sliding_window", None)
+    if getattr(config, "use_sliding_window", window is not None) and window and window < config.max_position_embeddings:
+        return f"sliding-window attention ({window} tokens) is not implemented on slots"
+    rope = getattr(config, "rope_scaling", None) or {}
+    if isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) in {"dynamic", "longrope"}:
+        # These change the rotary frequencies with the sequence length; the slot cache precomputes them once.
+        return f"rope scaling {rope.get('rope_type', rope.get('type'))!r} depends on the length"
+    return None
+
+
+def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
+    """Bytes of KV cache one token takes in every layer."""
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    size = torch.empty((), dtype=dtype).element_size()
+    return 2 * int(config.num_hidden_layers) * kv_heads * head_dim * size
+
+
+def _bucket(n: int, smallest: int, cap: int) -> int:
+    """The smallest power-of-two multiple of ``smallest`` that holds ``n``, at most ``cap``."""
+    size = smallest
+    while size < n:
+        size *= 2
+    return min(size, cap)
+
+
+class SlotDecoder:
+    """A loaded causal LM with a slot KV cache.
+
+    Args:
+        model: A transformers causal LM of a supported type (:func:`supports`), on its device, in eval mode.
+        slots: Rows of the cache (most requests decoding at once).
+        context: Positions per slot (prompt plus answer).
+        cuda_graphs: Capture decode steps as CUDA graphs (CUDA only).
+    """
+
+    def __init__(self, model: Any, *, slots: int, context: int, cuda_graphs: bool = True) -> None:
+        reason = supports(model)
+        if reason is not None:
+            raise ValueError(f"the model cannot run on the slot cache: {reason}")
+        self.model = model
+        inner = model.model
+        self.embed = inner.embed_tokens
+        self.layers = list(inner.layers)
+        self.norm = inner.norm
+        self.lm_head = model.lm_head
+        config = model.config
+        self.heads = int(config.num_attention_heads)
+        self.kv_heads = int(getattr(config, "num_key_value_heads", None) or self.heads)
+        self.head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // self.heads)
+        self.slots = slots
+        self.context = context
+        param = next(model.parameters())
+        self.device = param.device
+        self.dtype = param.dtype
+        shape = (slots, self.kv_heads, context, self.head_dim)
+        self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
+        positions = torch.arange(context, device=self.device)[None]
+        probe = torch.zeros((), dtype=self.dtype, device=self.device)
+        cos, sin = inner.rotary_emb(probe, positions)
+        self.cos = cos[0].to(self.dtype).contiguous()  # [context, rotary_dim]
+        self.sin = sin[0].to(self.dtype).contiguous()
+        # Decode inputs live in fixed buffers so that a captured graph reads this step's values.
+        self.tokens = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self.positions = torch.zeros(slots, dtype=torch.long, device=self.device)
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
+        self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._pool: Any = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+        # Graph buckets are coarse (few graphs to capture); eager steps can follow the batch closely.
+        self._row_step = 8 if self.cuda_graphs else 1
+        self._ctx_step = 128 if self.cuda_graphs else 64
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes the KV cache holds."""
+        return sum(t.numel() * t.element_size() for t in (*self.k_cache, *self.v_cache))
+
+    # -- the pieces of a layer ---------------------------------------------------------------------------------
+
+    def _qkv(self, attn: Any, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project ``h`` (``[..., hidden]``) to query, key and value heads (``[..., heads, head_dim]``)."""
+        lead = h.shape[:-1]
+        if hasattr(attn, "qkv_proj"):
+            qkv = attn.qkv_proj(h)
+            nq, nkv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+            q, k, v = qkv[..., :nq], qkv[..., nq : nq + nkv], qkv[..., nq + nkv :]
+        else:
+            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+        q = q.reshape(*lead, self.heads, self.head_dim)
+        k = k.reshape(*lead, self.kv_heads, self.head_dim)
+        v = v.reshape(*lead, self.kv_heads, self.head_dim)
+        if hasattr(attn, "q_norm"):  # qwen3 normalises each head before the rotation
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        return q, k, v
+
+    @staticmethod
+    def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Rotary embedding of ``x`` (``[..., heads, head_dim]``); ``cos``/``sin`` are ``[..., rotary_dim]``."""
+        rot = cos.shape[-1]
+        cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+        x_rot, x_pass = x[..., :rot], x[..., rot:]
+        half = rot // 2
+        rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
+        out = x_rot * cos + rotated * sin
+        return torch.cat((out, x_pass), dim=-1) if x_pass.shape[-1] else out
+
+    def _finish_layer(self, layer: Any, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        x = x + layer.self_attn.o_proj(attn_out)
+        out: torch.Tensor = x + layer.mlp(layer.post_attention_layernorm(x))
+        return out
+
+    # -- prefill -----------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def prefill(self, slots: Sequence[int], prompts: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Run prompts into their slots; return the logits of each prompt's last position (``[rows, vocab]``).
+
+        Prompts are right-padded to the longest: with causal attention no real position sees the padding, and
+        the padding's keys land past the prompt, where decode overwrites them before they are ever attended.
+        """
+        rows = len(prompts)
+        width = max(len(p) for p in prompts)
+        ids = torch.zeros((rows, width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, : len(p)] = torch.tensor(list(p), dtype=torch.long)
+        ids = ids.to(self.device, non_blocking=True)
+        index = torch.tensor(list(slots), dtype=torch.long, device=self.device)
+        last = torch.tensor([len(p) - 1 for p in prompts], dtype=torch.long, device=self.device)
+        cos, sin = self.cos[:width][None], self.sin[:width][None]
+        x = self.embed(ids)
+        for n, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            q, k, v = self._qkv(attn, layer.input_layernorm(x))  # [rows, width, heads, dim]
+            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            self.k_cache[n][index, :, :width] = k
+            self.v_cache[n][index, :, :width] = v
+            out = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, scale=attn.scaling, enable_gqa=self.kv_heads != self.heads
+            )
+            x = self._finish_layer(layer, x, out.transpose(1, 2).reshape(rows, width, -1))
+        x = x[torch.arange(rows, device=self.device), last]
+        return self.lm_head(self.norm(x))  # type: ignore[no-any-return]
+
+    # -- decode ------------------------------------------------------------------------------------------------
+
+    def _decode_step(self, rows: int, width: int) -> torch.Tensor:
+        """One token for each of the first ``rows`` slots, attending to their first ``width`` positions."""
+        tokens, positions = self.tokens[:rows], self.positions[:rows]
+        index = torch.arange(rows, device=self.device)
+        cos, sin = self.cos[positions], self.sin[positions]  # [rows, rotary_dim]
+        # Each row sees its positions up to and including the one written now.
+        mask = (torch.arange(width, device=self.device)[None] <= positions[:, None])[:, None, None]
+        x = self.embed(tokens)
+        for n, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            q, k, v = self._qkv(attn, layer.input_layernorm(x))  # [rows, heads, dim]
+            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+            self.k_cache[n][index, :, positions] = k
+            self.v_cache[n][index, :, positions] = v
+            out = F.scaled_dot_product_attention(
+                q[:, :, None],
+                self.k_cache[n][:rows, :, :width],
+                self.v_cache[n][:rows, :, :width],
+                attn_mask=mask,
+                scale=attn.scaling,
+                enable_gqa=self.kv_heads != self.heads,
+            )
+            x = self._finish_layer(layer, x, out.reshape(rows, -1))
+        return self.lm_head(self.norm(x))  # type: ignore[no-any-return]
+
+    @torch.inference_mode()
+    def decode(self, rows: int, longest: int) -> torch.Tensor:
+        """Decode one step for slots ``0..rows-1`` from :attr:`tokens` at :attr:`positions`.
+
+        Args:
+            rows: One more than the highest slot in use (free slots below it compute a harmless row).
+            longest: One more than the highest position written this step.
+
+        Returns:
+            Logits, ``[rows, vocab]`` (a view into a graph's output buffer when graphs are on: read it before the
+            next step).
+        """
+        bucket_rows = _bucket(rows, self._row_step, self.slots)
+        # Attention reads every row's keys up to ``width``: linear steps keep that close to the longest row.
+        width = min(self.context, -(-longest // self._ctx_step) * self._ctx_step)
+        if not self.cuda_graphs:
+            return self._decode_step(bucket_rows, width)[:rows]
+        key = (bucket_rows, width)
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._capture(bucket_rows, width)
+            self._graphs[key] = entry
+        graph, logits = entry
+        graph.replay()
+        return logits[:rows]
+
+    def _capture(self, rows: int, width: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        # Warm-up runs on a side stream (as torch requires before capture) compute this very step: they write the
+        # same keys and values the replay will, so running it more than once changes nothing.
+        stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            self._decode_step(rows, width)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: another deployment loading in the server's thread pool must not break this capture.
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            logits = self._decode_step(rows, width)
+        return graph, logits

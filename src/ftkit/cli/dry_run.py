@@ -1,0 +1,115 @@
+"""``ftkit run JOB.yaml --dry-run``: every offline check, the plan, and what would be submitted.
+
+Nothing here creates a backend: no credential is read, no request is sent, no process or file is created.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..exceptions import JobFileError, ValidationError
+from ..job_checks import job_file_problems
+from ..jobfile import JobFile
+from ..plan import RunPlan, plan_run
+
+
+def dry_run(job: JobFile, *, as_json: bool, deploy: bool, run_dir: Path | None) -> int:
+    """Plan ``job`` offline and print the plan and the job body (JSON with ``as_json``).
+
+    Args:
+        job: The job, overrides applied.
+        as_json: Print one JSON document instead of the readable summary.
+        deploy: Whether the run would deploy and score.
+        run_dir: The run directory given with ``--output``, if any.
+
+    Returns:
+        The exit status (0: the run would be submitted as shown).
+
+    Raises:
+        ValidationError: Every offline problem (the same as ``ftkit validate``'s).
+    """
+    # The same checks as `ftkit validate`: the files the job points at, then the plan.
+    problems = job.overrides.relocate(job_file_problems(job))
+    try:
+        plan = plan_run(job)
+    except ValidationError as exc:
+        raise JobFileError([*problems, *exc.problems], f"{len(problems) + len(exc.problems)} problem(s)") from None
+    if problems:
+        raise JobFileError(problems, f"{len(problems)} problem(s) in {job.source or job.name}")
+    record = dry_run_record(plan, deploy=deploy, run_dir=run_dir)
+    if as_json:
+        sys.stdout.write(json.dumps(record, indent=2, default=str) + "\n")
+        return 0
+    out = sys.stdout
+    print(f"dry run: {job.source or job.name} is valid; nothing was submitted", file=out)
+    print(f"  backend        {job.backend}", file=out)
+    print(f"  model          {record['model']}", file=out)
+    print(f"  component      {record['component']}", file=out)
+    print(f"  display name   {plan.display_name}", file=out)
+    print(f"  experiment     {plan.experiment_name}", file=out)
+    print(
+        f"  train data     {plan.train_data}{'' if record['data']['given'] else ' (built from the source)'}", file=out
+    )
+    print(f"  test data      {plan.test_data}", file=out)
+    for key, value in job.overrides.values.items():
+        print(f"  --set          {key}={json.dumps(value, default=str)}", file=out)
+    for override in plan.overrides:
+        print(f"  model default  {override}", file=out)
+    print(f"  then           {record['then']}", file=out)
+    label = "pipeline job body (PUT .../jobs/{name})" if job.backend == "azureml" else "local training request"
+    print(f"{label}:", file=out)
+    print(json.dumps(record["body"], indent=2, default=str), file=out)
+    return 0
+
+
+def dry_run_record(plan: RunPlan, *, deploy: bool, run_dir: Path | None = None) -> dict[str, Any]:
+    """Return what a run of ``plan`` would do, as a JSON-ready mapping (``ftkit run --dry-run --json``)."""
+    job = plan.job
+    given = bool(job.data.train_file and job.data.test_file)
+    steps = "register"
+    if deploy:
+        steps += ", deploy, score, " + ("keep the endpoint" if job.deploy.keep else "delete the endpoint")
+    record: dict[str, Any] = {
+        "dry_run": True,
+        "job": job.name,
+        "source": str(job.source) if job.source is not None else None,
+        "backend": job.backend,
+        "overrides": job.overrides.as_record(),
+        "model": str(job.resolve_path(job.model.path)) if job.model.path else plan.model.asset_id,
+        "component": f"{plan.schema.name}:{plan.schema.version}",
+        "display_name": plan.display_name,
+        "experiment_name": plan.experiment_name,
+        "parameters": plan.parameters,
+        "model_defaults": [str(o) for o in plan.overrides],
+        "data": {"train": plan.train_data, "test": plan.test_data, "given": given},
+        "deploy": deploy,
+        "run_dir": str(run_dir) if run_dir is not None else None,
+        "then": f"fine-tune, review metrics, {steps}",
+    }
+    if job.backend == "azureml":
+        from .jobs import pipeline_body
+
+        record["body"] = pipeline_body(plan)
+    else:
+        # What the local training loop is given: the spec in Python form plus the job's `local:` settings.
+        record["body"] = {
+            "model_dir": record["model"] if job.model.path else None,
+            "model": None if job.model.path else plan.model.asset_id,
+            "train_file": plan.train_data,
+            "eval_file": plan.test_data,
+            "device": job.local.device,
+            "parameters": plan.spec.parameters(),
+            "local": {
+                k: v
+                for k, v in (
+                    ("save_steps", job.local.save_steps),
+                    ("lora_target_modules", job.local.lora_target_modules),
+                    ("max_eval_examples", job.local.max_eval_examples),
+                )
+                if v is not None
+            },
+        }
+    return record

@@ -1,0 +1,144 @@
+"""A full disk (ENOSPC injected where each stage writes): one clear error, no temporary files, consistent state."""
+
+from __future__ import annotations
+
+import errno
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ftkit.backends.local import LocalBackend, registry
+from ftkit.backends.local.tracking import MlflowStore, RunLogger, client, using_store
+from ftkit.cli import main
+
+from .conftest import ChatFiles
+from .test_backend import _request
+
+pytest.importorskip("mlflow")
+
+
+def full(path: object = None) -> OSError:
+    return OSError(errno.ENOSPC, "No space left on device", None if path is None else str(path))
+
+
+def temporary_files(*roots: Path) -> list[Path]:
+    return [p for root in roots for p in root.rglob("*") if p.name.endswith((".tmp", ".tmp/")) or ".tmp" in p.name]
+
+
+def test_data_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`ftkit run` whose data build hits a full disk: exit 1, one line naming the stage and the file, no
+    traceback, no half-written split, run.json says failed at data."""
+    import ftkit.data.builder as builder
+    from ftkit.demo import prepare_demo
+
+    job = prepare_demo(tmp_path / "demo", seed=0, steps=2)
+    monkeypatch.setenv("FTKIT_HOME", str(tmp_path / "home"))
+
+    def write(self: Any, data: memoryview) -> None:
+        raise full(self._file.name)
+
+    monkeypatch.setattr(builder._FileWriter, "write", write)
+    capsys.readouterr()
+    assert main(["run", str(job)]) == 1
+    err = capsys.readouterr().err
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert line.startswith("error: data: No space left on device (")
+    assert "free some space" in line
+    assert "Traceback" not in err
+    assert temporary_files(tmp_path) == []
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "home").glob("runs/*/run.json")]
+    assert record["status"] == "failed"
+    assert record["error"]["type"] == "StorageError"
+    assert record["error"]["stage"] == "data"
+
+
+def test_finetune_stage(
+    tmp_path: Path, tiny_model_dir: Path, chat_files: ChatFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint write that fails: no `.checkpoint-N.tmp`, job.json Failed with the reason, MLflow FAILED."""
+    import torch
+
+    backend = LocalBackend(tmp_path / "home", device="cpu", background=False, progress="none")
+    backend.register_model_dir("tiny-phi3", tiny_model_dir)
+    real_save = torch.save
+
+    def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        if "checkpoint" in str(f):
+            Path(f).write_bytes(b"partial")
+            raise full(f)
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    handle = backend.submit_finetune(_request(backend, chat_files, max_steps=4, save_steps=2))
+    assert handle.status == "Failed"
+    assert "No space left on device" in (handle.error or "")
+    folder = backend.job_dir(handle.name)
+    assert temporary_files(folder) == []
+    assert json.loads((folder / "job.json").read_text())["status"] == "Failed"
+    with using_store(backend.store) as mlflow:
+        assert mlflow.get_run(backend.run_id(handle.name)).info.status == "FAILED"
+
+
+def test_register_stage(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Copying the model into the run's artifacts fails halfway: the partial copy is removed and no
+    registered model without a version is left; the OSError reaches the runner (which names the stage)."""
+    import mlflow
+
+    store = MlflowStore.at(tmp_path / "home")
+    run = RunLogger.start(store, "exp", run_name="r")
+
+    def log_artifacts(self: Any, run_id: str, local_dir: str, artifact_path: str | None = None) -> None:
+        dest = Path(self.get_run(run_id).info.artifact_uri.removeprefix("file://")) / (artifact_path or "")
+        dest.mkdir(parents=True)
+        (dest / "model.safetensors").write_bytes(b"half a model")
+        raise full(dest / "model.safetensors")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "log_artifacts", log_artifacts)
+    with pytest.raises(OSError, match="No space left"):
+        registry.register_trained_model(store, "tiny-chat", run_id=run.run_id, model_dir=tiny_model_dir)
+    c = client(store)
+    assert [m.name for m in c.search_registered_models()] == []
+    artifacts = Path(c.get_run(run.run_id).info.artifact_uri.removeprefix("file://"))
+    assert not (artifacts / "model").exists()
+
+
+def test_register_rolls_back_a_model_whose_first_version_fails(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The database refuses the version (a full disk): the registered model created for it is deleted."""
+    import mlflow
+
+    store = MlflowStore.at(tmp_path / "home")
+
+    def refuse(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise mlflow.exceptions.MlflowException("(sqlite3.OperationalError) database or disk is full")
+
+    monkeypatch.setattr(mlflow.MlflowClient, "create_model_version", refuse)
+    with pytest.raises(Exception, match="disk is full"):
+        registry.register_model_dir(store, "tiny", tiny_model_dir)
+    assert [m.name for m in client(store).search_registered_models()] == []
+
+
+def test_deploy_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recording a starting server's pid fails: the server is stopped at once, nothing is left running."""
+    pytest.importorskip("fastapi")
+    import psutil
+
+    from ftkit.backends.base import EndpointSpec
+    from ftkit.backends.local.endpoints import LocalEndpoints
+    from ftkit.backends.local.serve import state
+
+    def refuse(self: Any, info: dict[str, Any]) -> None:
+        raise full(self.server_path)
+
+    monkeypatch.setattr(state.EndpointFiles, "write_server", refuse)
+    endpoints = LocalEndpoints(tmp_path / "home")
+    with pytest.raises(OSError, match="No space left"):
+        endpoints.create_endpoint(EndpointSpec(name="full-disk"))
+    alive = [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
+    assert alive == []
+    endpoints.delete_endpoint("full-disk")
+    assert endpoints.names() == []
+    assert temporary_files(tmp_path) == []
