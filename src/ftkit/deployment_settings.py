@@ -103,6 +103,8 @@ class ServerSettings:
         prefill_tokens: Prompt tokens the continuous engine admits per step (bounds the decode stall).
         gpu_memory_fraction_pct: The share of a GPU one deployment may plan for.
         cuda_graphs: Replay the continuous engine's decode step as CUDA graphs.
+        log_max_bytes: Size at which the server's ``server.log`` rotates.
+        log_backups: Rotated logs kept (``server.log.1`` ...).
     """
 
     VERSION: ClassVar[int] = 1
@@ -116,6 +118,8 @@ class ServerSettings:
     prefill_tokens: int = attrs.field(default=8192, metadata=bounds(1))
     gpu_memory_fraction_pct: int = attrs.field(default=90, metadata=bounds(1, 100))
     cuda_graphs: bool = True
+    log_max_bytes: int = attrs.field(default=1_048_576, metadata=bounds(1024))
+    log_backups: int = attrs.field(default=3, metadata=bounds(0))
 
     def to_dict(self) -> dict[str, Any]:
         """Return the versioned record the server reads (see :meth:`from_dict`)."""

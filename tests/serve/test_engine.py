@@ -22,6 +22,7 @@ from ftkit.backends.local.serve.engine import ContinuousBatcher  # noqa: E402
 from ftkit.backends.local.serve.generation import LoadedModel  # noqa: E402
 from ftkit.backends.local.serve.requests import GenParams  # noqa: E402
 from ftkit.backends.local.serve.slots import SlotDecoder  # noqa: E402
+from ftkit.backends.local.serve.stops import RowText  # noqa: E402
 
 QUESTIONS = ("hello there", "What is 12 plus 30?", "a b c d e f g h i j k l m n o p", "x", "Tell me about rivers.")
 
@@ -57,7 +58,9 @@ def engine(model: LoadedModel) -> Iterator[ContinuousBatcher]:
     worker.join(10)
 
 
-def make_job(prompt: Sequence[int], params: GenParams, *, stream: bool = True, timeout_s: float = 120) -> Job:
+def make_job(
+    model: LoadedModel, prompt: Sequence[int], params: GenParams, *, stream: bool = True, timeout_s: float = 120
+) -> Job:
     loop = asyncio.get_running_loop()
     return Job(
         prompt=prompt,
@@ -65,6 +68,7 @@ def make_job(prompt: Sequence[int], params: GenParams, *, stream: bool = True, t
         loop=loop,
         events=asyncio.Queue(),
         deadline=time.monotonic() + timeout_s,
+        text=RowText(model.decode, params.stop, streaming=stream),
         stream=stream,
     )
 
@@ -74,7 +78,7 @@ async def finish(job: Job) -> str:
         kind, value = await asyncio.wait_for(job.events.get(), timeout=60)
         if kind == "done":
             return str(value)
-        assert kind == "token", (kind, value)
+        assert kind == "text", (kind, value)
 
 
 def test_batched_greedy_equals_single(model: LoadedModel, prompts: list[list[int]], engine: ContinuousBatcher) -> None:
@@ -82,7 +86,7 @@ def test_batched_greedy_equals_single(model: LoadedModel, prompts: list[list[int
     expected = [reference(model, p, params) for p in prompts]
 
     async def run() -> list[list[int]]:
-        jobs = [make_job(p, params) for p in prompts]  # five jobs, four slots: one waits for a free slot
+        jobs = [make_job(model, p, params) for p in prompts]  # five jobs, four slots: one waits for a free slot
         engine.submit(jobs)
         assert [await finish(j) for j in jobs] == ["length"] * len(jobs)
         return [j.tokens for j in jobs]
@@ -98,11 +102,11 @@ def test_joining_mid_batch_gives_the_same_answer(
     expected = reference(model, prompts[1], short)
 
     async def run() -> None:
-        first = [make_job(prompts[0], long), make_job(prompts[2], long)]
+        first = [make_job(model, prompts[0], long), make_job(model, prompts[2], long)]
         engine.submit(first)
         while len(first[0].tokens) < 10:  # the batch is decoding
             await asyncio.sleep(0.001)
-        late = make_job(prompts[1], short)
+        late = make_job(model, prompts[1], short)
         engine.submit([late])
         assert await finish(late) == "length"
         # It joined the running batch: done while the first rows still decode.
@@ -118,8 +122,8 @@ def test_cancelling_frees_the_slot(model: LoadedModel, prompts: list[list[int]])
     worker = ContinuousBatcher("one-slot", model, decoder, max_queue=8)
 
     async def run() -> None:
-        hog = make_job(prompts[0], GenParams(max_new_tokens=900))
-        waiting = make_job(prompts[1], GenParams(max_new_tokens=5))
+        hog = make_job(model, prompts[0], GenParams(max_new_tokens=900))
+        waiting = make_job(model, prompts[1], GenParams(max_new_tokens=5))
         worker.submit([hog, waiting])
         while len(hog.tokens) < 3:
             await asyncio.sleep(0.001)
@@ -131,7 +135,7 @@ def test_cancelling_frees_the_slot(model: LoadedModel, prompts: list[list[int]])
         assert len(hog.tokens) < 900
         assert waiting.tokens == reference(model, prompts[1], GenParams(max_new_tokens=5))
         # A deadline that passes mid-answer frees the slot too.
-        expiring = make_job(prompts[2], GenParams(max_new_tokens=900), timeout_s=0.3)
+        expiring = make_job(model, prompts[2], GenParams(max_new_tokens=900), timeout_s=0.3)
         worker.submit([expiring])
         assert await finish(expiring) == "cancelled"
         assert 0 < len(expiring.tokens) < 900
@@ -155,7 +159,11 @@ def test_end_of_sequence_and_per_row_sampling(
     try:
 
         async def run() -> None:
-            jobs = [make_job(prompts[3], greedy), make_job(prompts[0], sampled), make_job(prompts[4], sampled)]
+            jobs = [
+                make_job(model, prompts[3], greedy),
+                make_job(model, prompts[0], sampled),
+                make_job(model, prompts[4], sampled),
+            ]
             engine.submit(jobs)
             reasons = [await finish(j) for j in jobs]
             assert reasons[0] == "stop"
@@ -177,13 +185,13 @@ def test_queue_bound_and_close(model: LoadedModel, prompts: list[list[int]]) -> 
     worker = ContinuousBatcher("bounded", model, decoder, max_queue=1)
 
     async def run() -> None:
-        jobs = [make_job(prompts[0], GenParams(max_new_tokens=400)) for _ in range(2)]
+        jobs = [make_job(model, prompts[0], GenParams(max_new_tokens=400)) for _ in range(2)]
         worker.submit(jobs[:1])
         while not jobs[0].tokens:
             await asyncio.sleep(0.001)
         worker.submit(jobs[1:])  # waits for the slot
         with pytest.raises(QueueFull):
-            worker.submit([make_job(prompts[1], GenParams(max_new_tokens=4))])
+            worker.submit([make_job(model, prompts[1], GenParams(max_new_tokens=4))])
         worker.close()
         for job in jobs:
             kind, _ = await asyncio.wait_for(_last_event(job), timeout=30)
@@ -199,7 +207,7 @@ def test_queue_bound_and_close(model: LoadedModel, prompts: list[list[int]]) -> 
 async def _last_event(job: Job) -> tuple[str, object]:
     while True:
         kind, value = await job.events.get()
-        if kind != "token":
+        if kind != "text":
             return kind, value
 
 
@@ -246,14 +254,64 @@ def test_a_failed_step_fails_its_rows_and_the_engine_carries_on(
     engine.decoder.decode = flaky  # type: ignore[method-assign]
 
     async def run() -> None:
-        doomed = make_job(prompts[0], GenParams(max_new_tokens=30))
+        doomed = make_job(model, prompts[0], GenParams(max_new_tokens=30))
         engine.submit([doomed])
         kind, value = await asyncio.wait_for(_last_event(doomed), timeout=30)
         assert (kind, value) == ("error", "generation failed: RuntimeError")
         assert engine.running == 0
-        after = make_job(prompts[1], GenParams(max_new_tokens=8))
+        after = make_job(model, prompts[1], GenParams(max_new_tokens=8))
         engine.submit([after])
         assert await finish(after) == "length"
         assert after.tokens == reference(model, prompts[1], GenParams(max_new_tokens=8))
 
     asyncio.run(run())
+
+
+def test_stop_string_ends_the_row_and_cuts_the_text(
+    model: LoadedModel, prompts: list[list[int]], engine: ContinuousBatcher
+) -> None:
+    """A stop string ends the row (finish reason ``stop``, slot freed); the streamed text stops before it."""
+    full = model.decode(reference(model, prompts[0], GenParams(max_new_tokens=24)))
+    stop = full.strip()[4:7]  # a piece of the greedy answer, so the row must meet it
+    assert stop
+    assert stop in full
+    params = GenParams(max_new_tokens=24, stop=(stop,))
+
+    async def run() -> tuple[str, str, Job]:
+        job = make_job(model, prompts[0], params)
+        engine.submit([job])
+        pieces: list[str] = []
+        while True:
+            kind, value = await asyncio.wait_for(job.events.get(), timeout=60)
+            if kind == "done":
+                return str(value), "".join(pieces), job
+            assert kind == "text", (kind, value)
+            pieces.append(str(value))
+
+    reason, streamed, job = asyncio.run(run())
+    assert reason == "stop"
+    assert streamed == job.text.text == full[: full.index(stop)]
+    assert stop not in streamed
+    assert len(job.tokens) < 24
+    assert engine.running == 0
+
+
+def test_seeded_rows_do_not_depend_on_the_batch(
+    model: LoadedModel, prompts: list[list[int]], engine: ContinuousBatcher
+) -> None:
+    """Equal seeds give equal samples, alone or beside other sampled rows; another seed gives another answer."""
+    seeded = GenParams(max_new_tokens=24, do_sample=True, temperature=1.5, seed=1234)
+    other = GenParams(max_new_tokens=24, do_sample=True, temperature=1.5, seed=99)
+    noise = GenParams(max_new_tokens=24, do_sample=True, temperature=1.5)
+
+    async def answers(params: Sequence[GenParams]) -> list[list[int]]:
+        jobs = [make_job(model, prompts[2], p) for p in params]
+        engine.submit(jobs)
+        for job in jobs:
+            await finish(job)
+        return [job.tokens for job in jobs]
+
+    alone = asyncio.run(answers([seeded]))[0]
+    crowded = asyncio.run(answers([noise, seeded, noise, other]))
+    assert crowded[1] == alone
+    assert crowded[3] != alone

@@ -5,9 +5,11 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from ftkit.backends.base import DeploymentSpec, EndpointSpec, RegisteredModel
@@ -75,7 +77,8 @@ class TestLifecycle:
         endpoints = LocalEndpoints(tmp_path)
         endpoints.create_endpoint(EndpointSpec(name="ep-crash"))
         endpoints.create_deployment(DeploymentSpec(name="blue", endpoint="ep-crash", model=tiny_model))
-        endpoints.set_traffic("ep-crash", {"blue": 100})
+        before = endpoints.set_traffic("ep-crash", {"blue": 100})
+        keys = endpoints.get_keys("ep-crash")
         pid, port = server(endpoints, "ep-crash")
         os.kill(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
@@ -90,12 +93,48 @@ class TestLifecycle:
             with pytest.raises(DeploymentError, match="not running") as info:
                 endpoints.score("ep-crash", BODY)
             assert info.value.logs
+            # Even down, the endpoint's URL is its own.
+            assert endpoints.get_endpoint("ep-crash").scoring_uri == before.scoring_uri
             info2 = endpoints.create_endpoint(EndpointSpec(name="ep-crash"))
             assert info2.provisioning_state == "Succeeded"
             assert info2.traffic == {"blue": 100}
             assert isinstance(endpoints.score("ep-crash", BODY)["output"], str)
+            # Same URL and keys: a client that saved them before the crash carries on.
+            assert (info2.scoring_uri, info2.openai_uri) == (before.scoring_uri, before.openai_uri)
+            assert endpoints.get_keys("ep-crash") == keys
+            for key in (keys.primary, keys.secondary):
+                resp = httpx.post(before.scoring_uri, json=BODY, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+                assert resp.status_code == 200, resp.text
+            assert server(endpoints, "ep-crash")[1] == port
         finally:
             endpoints.delete_endpoint("ep-crash")
+
+    def test_restart_on_a_taken_port_fails_clearly(self, tmp_path: Path) -> None:
+        """If another process took the endpoint's port while it was down, the restart fails naming the port
+        instead of moving the endpoint to another URL; once the port is free it comes back on it."""
+        endpoints = LocalEndpoints(tmp_path)
+        info = endpoints.create_endpoint(EndpointSpec(name="ep-port"))
+        try:
+            pid, port = server(endpoints, "ep-port")
+            os.kill(pid, signal.SIGKILL)
+            files = EndpointFiles(tmp_path / "endpoints" / "ep-port")
+            deadline = time.monotonic() + 10
+            while not gone(files, pid, port) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            squatter = socket.socket()
+            try:
+                squatter.bind(("127.0.0.1", port))
+                squatter.listen()
+                with pytest.raises(ConflictError, match=f"port {port} .* is taken by another process"):
+                    endpoints.create_endpoint(EndpointSpec(name="ep-port"))
+                assert f"port {port} is taken" in endpoints.server_error("ep-port")  # type: ignore[operator]
+            finally:
+                squatter.close()
+            again = endpoints.create_endpoint(EndpointSpec(name="ep-port"))
+            assert again.scoring_uri == info.scoring_uri
+            assert again.provisioning_state == "Succeeded"
+        finally:
+            endpoints.delete_endpoint("ep-port")
 
     def test_update_and_delete_deployment(self, tmp_path: Path, tiny_model: RegisteredModel) -> None:
         """Deployments update in place, cannot be deleted while they have traffic, and go away after."""

@@ -82,6 +82,31 @@ def test_continuous_answers_equal_static_answers(served: LocalEndpoints) -> None
         assert answers[0] == answers[1]
 
 
+def test_stop_and_seed_on_the_continuous_engine(served: LocalEndpoints) -> None:
+    """``stop`` cuts the answer before the stop string (streamed or not); equal seeds give equal samples."""
+    client = _client(served, "flow")
+    messages = [{"role": "user", "content": "Tell me about rivers and the sea."}]
+    full = client.chat.completions.create(model="x", messages=messages, max_tokens=20, temperature=0)
+    text = full.choices[0].message.content or ""
+    stop = text.strip()[3:6]
+    assert stop
+    assert stop in text
+    cut = client.chat.completions.create(model="x", messages=messages, max_tokens=20, temperature=0, stop=[stop])
+    assert cut.choices[0].finish_reason == "stop"
+    assert cut.choices[0].message.content == text[: text.index(stop)]
+    stream = client.chat.completions.create(
+        model="x", messages=messages, max_tokens=20, temperature=0, stop=[stop], stream=True
+    )
+    chunks = [c for c in stream if c.choices]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == text[: text.index(stop)]
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    sampled = [
+        client.chat.completions.create(model="x", messages=messages, max_tokens=16, temperature=1.5, seed=7)
+        for _ in range(2)
+    ]
+    assert sampled[0].choices[0].message.content == sampled[1].choices[0].message.content
+
+
 def test_a_prompt_longer_than_a_slot_is_a_400(served: LocalEndpoints) -> None:
     client = _client(served, "flow")
     with pytest.raises(openai.BadRequestError) as caught:

@@ -2,13 +2,15 @@
 
 :class:`LocalEndpoints` implements the endpoint half of :class:`~ftkit.backends.base.Backend` for the local
 backend. Creating an endpoint generates its keys and starts its server (``python -m
-ftkit.backends.local.serve``) on a free loopback port; creating a deployment records it in the endpoint's
-``endpoint.json`` and asks the server (over an admin route with a key of its own) to load the model, waiting
-until it serves or failed. Traffic and keys live in files the server re-reads when they change, so moving
-traffic or regenerating a key takes effect without a restart. Everything is persisted under
-``{home}/endpoints/NAME/`` (see :mod:`.serve.state`), so another process (``ftkit endpoint list``,
-``ftkit endpoint delete``, ``ftkit cleanup``) sees and manages the same endpoints; a server that died is
-reported with provisioning state ``Failed`` and its log tail.
+ftkit.backends.local.serve``) on a free loopback port, which becomes the endpoint's for its whole life: a
+restart (``create_endpoint`` after a crash) listens on the same port, so clients' saved URLs keep working, and
+fails with :class:`~ftkit.exceptions.ConflictError` if another process took it meanwhile. Creating a
+deployment records it in the endpoint's ``endpoint.json`` and asks the server (over an admin route with a key
+of its own) to load the model, waiting until it serves or failed. Traffic and keys live in files the server
+re-reads when they change, so moving traffic or regenerating a key takes effect without a restart.
+Everything is persisted under ``{home}/endpoints/NAME/`` (see :mod:`.serve.state`), so another process
+(``ftkit endpoint list``, ``ftkit endpoint delete``, ``ftkit cleanup``) sees and manages the same endpoints;
+a server that died is reported with provisioning state ``Failed`` and its log tail.
 
 Importing this module is cheap: no torch, no FastAPI (those load in the server process); httpx loads on
 first use.
@@ -40,7 +42,7 @@ from ...exceptions import (
 from ...interrupts import deferred
 from ...retry import call as retry_call
 from ..base import DeploymentInfo, DeploymentSpec, EndpointInfo, EndpointKeys, EndpointSpec
-from .serve.process import is_server_alive, port_open, start_server, stop_server, wait_listening
+from .serve.process import PORT_TAKEN, is_server_alive, port_open, start_server, stop_server, wait_listening
 from .serve.records import DeploymentRecord
 from .serve.state import EndpointFiles, new_key
 
@@ -83,6 +85,8 @@ class LocalEndpoints:
         prefill_tokens: GPU engine: prompt tokens admitted per decode step.
         gpu_memory_fraction_pct: GPU engine: the share of the GPU one deployment may plan for.
         cuda_graphs: GPU engine: capture decode steps as CUDA graphs.
+        log_max_bytes: Size at which the server's ``server.log`` rotates.
+        log_backups: Rotated logs kept.
         start_timeout_s: How long to wait for a server to start listening.
         load_timeout_s: How long to wait for a deployment's model to load.
 
@@ -103,6 +107,8 @@ class LocalEndpoints:
         prefill_tokens: int = _DEFAULTS.prefill_tokens,
         gpu_memory_fraction_pct: int = _DEFAULTS.gpu_memory_fraction_pct,
         cuda_graphs: bool = _DEFAULTS.cuda_graphs,
+        log_max_bytes: int = _DEFAULTS.log_max_bytes,
+        log_backups: int = _DEFAULTS.log_backups,
         start_timeout_s: float = 120.0,
         load_timeout_s: float = 600.0,
     ) -> None:
@@ -124,6 +130,8 @@ class LocalEndpoints:
             prefill_tokens=prefill_tokens,
             gpu_memory_fraction_pct=gpu_memory_fraction_pct,
             cuda_graphs=cuda_graphs,
+            log_max_bytes=log_max_bytes,
+            log_backups=log_backups,
         )
         self.start_timeout_s = start_timeout_s
         self.load_timeout_s = load_timeout_s
@@ -200,11 +208,13 @@ class LocalEndpoints:
     def _start_server(self, files: EndpointFiles, pid: int | None, port: int | None) -> int:
         if pid is not None:  # a half-dead server: make sure it is gone before starting another
             stop_server(files, pid, port, timeout_s=5.0)
+        # The endpoint's port is fixed at its first start (recorded in endpoint.json): its URL never changes.
+        own = _recorded_port(files)
         # The pid goes on disk before anything else can happen (signals are held until it is there): a
         # delete or `ftkit cleanup` while the server is still loading must find it, or it would outlive
         # the endpoint's state. The server replaces the record with its port once it listens.
         with deferred():
-            proc = start_server(files)
+            proc = start_server(files, own)
             self._procs[files.name] = proc
             try:
                 files.write_server({"pid": proc.pid, "port": None, "starting": True})
@@ -218,17 +228,29 @@ class LocalEndpoints:
                 proc.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(5)
+            if proc.poll() == PORT_TAKEN:
+                raise ConflictError(
+                    f"endpoint {files.name}: its port {own} (http://127.0.0.1:{own}) is taken by another process; "
+                    "an endpoint keeps its URL, so it does not move to another port: free the port, or delete and "
+                    "recreate the endpoint (it then gets a new URL)",
+                    operation="create_endpoint",
+                )
             raise ProbeFailedError(
                 f"endpoint {files.name}: the server did not start listening within {self.start_timeout_s:.0f}s "
                 f"(exit status {proc.poll()}); see the logs",
                 endpoint=files.name,
                 logs=files.log_tail(50),
             )
+        if own is None:
+            config = files.read_config()  # the caller holds the endpoint's lock
+            config["port"] = port
+            files.write_config(config)
         return port
 
     def _info(self, files: EndpointFiles) -> EndpointInfo:
         config = files.read_config()
         _, port, alive = self._server(files)
+        port = port if port is not None else _recorded_port(files, config)
         base = f"http://127.0.0.1:{port}" if port is not None else "http://127.0.0.1:0"
         deployments = config.get("deployments", {})
         return EndpointInfo(
@@ -284,6 +306,7 @@ class LocalEndpoints:
 
         Raises:
             ValidationError: A bad name or auth mode.
+            ConflictError: Restarting, the endpoint's port is taken by another process.
             ProbeFailedError: The server did not start (with its log).
         """
         _check_name("endpoint", spec.name)
@@ -618,6 +641,12 @@ class LocalEndpoints:
         if not stopped:
             raise DeploymentError(f"endpoint {name}: could not stop server process {pid} (port {port})", endpoint=name)
         shutil.rmtree(files.root, ignore_errors=True)
+
+
+def _recorded_port(files: EndpointFiles, config: Mapping[str, Any] | None = None) -> int | None:
+    """Strictly private: the endpoint's own port, recorded at its first start (``None`` before that)."""
+    port = (config if config is not None else files.read_config()).get("port")
+    return port if isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536 else None
 
 
 def _error_message(resp: Any) -> str:

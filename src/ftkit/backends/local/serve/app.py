@@ -1,10 +1,10 @@
 """The endpoint server's FastAPI application.
 
-Routes (all JSON; errors are ``{"error": {"message", "type", "param", "code"}}``, OpenAI's error shape):
+Routes (all JSON):
 
 * ``POST /score`` — Azure ML's chat-completion scoring contract (see :mod:`.requests`), key auth;
 * ``POST /v1/chat/completions`` — OpenAI's chat completions, ``stream`` false or true (server-sent events);
-* ``GET /v1/models`` — the deployments, as OpenAI models;
+* ``GET /v1/models``, ``GET /v1/models/{id}`` — the deployments, as OpenAI models;
 * ``GET /health/live``, ``GET /health/ready`` — probes (no auth, like a container's);
 * ``GET /openapi.json``, ``GET /docs`` — the OpenAPI document;
 * ``POST /-/admin/reload`` — strictly private: load the deployments ``endpoint.json`` now lists (admin key).
@@ -14,33 +14,58 @@ Which deployment answers: the ``azureml-model-deployment`` header if present, el
 re-read from the state files when they change, so regenerating a key or moving traffic needs no restart.
 Statuses: 400 bad body (naming the field), 401 no or wrong key, 404 unknown deployment or no traffic,
 408 past ``request_timeout_ms``, 413 body too large, 503 queue full (``Retry-After``) or deployment not ready.
+
+Errors have one shape per route family, whatever raised them (a handler, the router's 404 and 405, a validation
+422, an unexpected exception): under ``/score`` Azure's ``{"error": {"code", "message", "target"}}`` (what
+azure-core parses into ``HttpResponseError.error``), everywhere else OpenAI's
+``{"error": {"message", "type", "param", "code"}}``.
+
+The event loop only moves bytes: JSON decoding, body checks, chat templating and tokenization run in a small
+thread pool (:meth:`ServerState.off_loop`), decoding in the deployment's worker, so probes answer at once while
+the server is busy or fed megabyte prompts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import hmac
 import json
 import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ....exceptions import ValidationError
 from .batching import Batcher, Job, QueueFull
 from .engine import ContinuousBatcher
 from .generation import LoadedModel
 from .placement import Placement, load_deployment
+from .prompts import check_fits
 from .records import DeploymentRecord, read_server_settings
-from .requests import BadRequest, GenParams, parse_chat, parse_score
+from .requests import (
+    MAX_STOP_CHARS,
+    MAX_STOPS,
+    SEED_RANGE,
+    BadRequest,
+    ChatRequest,
+    GenParams,
+    ScoreRequest,
+    parse_chat,
+    parse_score,
+)
 from .state import EndpointFiles, stat_key
+from .stops import RowText
 
 __all__ = ["DEPLOYMENT_HEADER", "ServerState", "create_app"]
 
@@ -48,6 +73,9 @@ log = logging.getLogger("ftkit.serve")
 
 DEPLOYMENT_HEADER = "azureml-model-deployment"
 RETRY_AFTER_S = 1
+PREPARE_THREADS = 2  # few: each one competes with the event loop for the GIL
+
+T = TypeVar("T")
 
 
 class HTTPError(Exception):
@@ -63,23 +91,49 @@ class HTTPError(Exception):
         super().__init__(message)
 
 
-_ERROR_TYPES = {
+_OPENAI_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     408: "timeout_error",
     413: "invalid_request_error",
+    422: "invalid_request_error",
     503: "overloaded_error",
+}
+_AZURE_CODES = {
+    400: "BadRequest",
+    401: "Unauthorized",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    408: "RequestTimeout",
+    413: "RequestEntityTooLarge",
+    422: "UnprocessableEntity",
+    503: "ServiceUnavailable",
 }
 
 
-def _error(
-    status: int, message: str, *, param: str | None = None, headers: Mapping[str, str] | None = None
-) -> Response:
-    body = {
-        "error": {"message": message, "type": _ERROR_TYPES.get(status, "server_error"), "param": param, "code": status}
+def is_azure_route(path: str) -> bool:
+    """Whether errors on ``path`` take Azure's shape (the scoring route) rather than OpenAI's."""
+    return path == "/score" or path.startswith("/score/")
+
+
+def error_body(path: str, status: int, message: str, param: str | None = None) -> dict[str, Any]:
+    """The error object of ``path``'s route family (Azure's under ``/score``, else OpenAI's)."""
+    if is_azure_route(path):
+        error: dict[str, Any] = {"code": _AZURE_CODES.get(status, "InternalServerError"), "message": message}
+        if param is not None:
+            error["target"] = param
+        return {"error": error}
+    return {
+        "error": {"message": message, "type": _OPENAI_TYPES.get(status, "server_error"), "param": param, "code": status}
     }
-    return JSONResponse(body, status_code=status, headers=dict(headers or {}))
+
+
+def _error(
+    path: str, status: int, message: str, *, param: str | None = None, headers: Mapping[str, str] | None = None
+) -> Response:
+    return JSONResponse(error_body(path, status, message, param), status_code=status, headers=dict(headers or {}))
 
 
 class Deployment:
@@ -98,6 +152,7 @@ class Deployment:
         self.model = model
         self.batcher = batcher
         self.placement = placement
+        self.created = int(time.time())
 
     @property
     def timeout_s(self) -> float:
@@ -130,6 +185,8 @@ class ServerState:
         self._config_stat: tuple[int, int, int] | None = None
         self._keys_stat: tuple[int, int, int] | None = None
         self._reload_lock = asyncio.Lock()
+        # Per-request CPU work (JSON, checks, templating, tokenization) runs here, never on the event loop.
+        self._pool = concurrent.futures.ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="ftkit-prepare")
         self.refresh()
 
     def __repr__(self) -> str:
@@ -256,13 +313,19 @@ class ServerState:
         log.info("deployment %s: ready in %.1fs on %s", name, time.monotonic() - started, placement.as_dict())
         return Deployment(name, record, model, batcher, placement)
 
+    async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in the request-preparation threads and return its result (or raise its error)."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
+
     def close(self) -> None:
-        """Stop every deployment's worker."""
+        """Stop every deployment's worker and the preparation threads."""
         for deployment in self.deployments.values():
             deployment.batcher.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-async def _read_body(request: Request, limit: int) -> object:
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Read the body, refusing it past ``limit`` bytes (declared or streamed); decoding is :func:`_decode_json`."""
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > limit:
         raise HTTPError(413, f"body: {length} bytes is over the limit of {limit} bytes", param="body")
@@ -273,7 +336,10 @@ async def _read_body(request: Request, limit: int) -> object:
         if size > limit:
             raise HTTPError(413, f"body: over the limit of {limit} bytes", param="body")
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+def _decode_json(raw: bytes) -> object:
     if not raw.strip():
         raise HTTPError(400, "body: is empty; send a JSON object", param="body")
     try:
@@ -285,10 +351,35 @@ async def _read_body(request: Request, limit: int) -> object:
 def _encode(
     deployment: Deployment, conversations: Sequence[Any], fields: Sequence[str], params: GenParams
 ) -> list[list[int]]:
+    """Strictly private, off the loop: tokenize conversations, refusing any too long before tokenizing one."""
+    model = deployment.model
     try:
-        return [
-            deployment.model.encode(c, f, params.max_new_tokens) for c, f in zip(conversations, fields, strict=True)
-        ]
+        for c, f in zip(conversations, fields, strict=True):
+            check_fits(
+                c,
+                f,
+                max_new_tokens=params.max_new_tokens,
+                context=model.max_length,
+                max_token_chars=model.max_token_chars,
+            )
+        return [model.encode(c, f, params.max_new_tokens) for c, f in zip(conversations, fields, strict=True)]
+    except BadRequest as exc:
+        raise HTTPError(400, str(exc), param=exc.field) from None
+
+
+def _prepare_score(raw: bytes, deployment: Deployment, cap: int) -> tuple[ScoreRequest, list[list[int]]]:
+    """Strictly private, off the loop: decode, check and tokenize a ``/score`` body."""
+    try:
+        parsed = parse_score(_decode_json(raw), max_new_tokens_cap=cap)
+    except BadRequest as exc:
+        raise HTTPError(400, str(exc), param=exc.field) from None
+    return parsed, _encode(deployment, parsed.conversations, parsed.fields, parsed.params)
+
+
+def _parse_chat(raw: bytes, cap: int) -> ChatRequest:
+    """Strictly private, off the loop: decode and check a chat completion body."""
+    try:
+        return parse_chat(_decode_json(raw), max_new_tokens_cap=cap)
     except BadRequest as exc:
         raise HTTPError(400, str(exc), param=exc.field) from None
 
@@ -297,7 +388,15 @@ def _submit(deployment: Deployment, prompts: Sequence[Sequence[int]], params: Ge
     loop = asyncio.get_running_loop()
     deadline = time.monotonic() + deployment.timeout_s
     jobs = [
-        Job(prompt=p, params=params, loop=loop, events=asyncio.Queue(), deadline=deadline, stream=stream)
+        Job(
+            prompt=p,
+            params=params,
+            loop=loop,
+            events=asyncio.Queue(),
+            deadline=deadline,
+            text=RowText(deployment.model.decode, params.stop, streaming=stream),
+            stream=stream,
+        )
         for p in prompts
     ]
     try:
@@ -348,6 +447,24 @@ def _openapi_schemas(cap: int) -> dict[str, Any]:
         },
     }
     conversation = {"type": "array", "minItems": 1, "items": {"$ref": "#/components/schemas/Message"}}
+    stop_string = {"type": "string", "minLength": 1, "maxLength": MAX_STOP_CHARS}
+    stop = {
+        "description": f"A string or up to {MAX_STOPS} strings; the answer is cut before the first one generated.",
+        "anyOf": [{"type": "null"}, stop_string, {"type": "array", "maxItems": MAX_STOPS, "items": stop_string}],
+    }
+    seed = {"type": ["integer", "null"], "minimum": SEED_RANGE[0], "maximum": SEED_RANGE[1]}
+    # Accepted only with their default value (what this endpoint does); any other value is a 400 naming them.
+    default_only = {
+        "presence_penalty": {"enum": [0, None]},
+        "frequency_penalty": {"enum": [0, None]},
+        "logprobs": {"enum": [False, None]},
+        "logit_bias": {"type": ["object", "null"], "maxProperties": 0},
+        "tools": {"type": ["array", "null"], "maxItems": 0},
+        "tool_choice": {"enum": ["none", None]},
+        "response_format": {"enum": [{"type": "text"}, None]},
+        "modalities": {"enum": [["text"], None]},
+        "store": {"enum": [False, None]},
+    }
     return {
         "Message": message,
         "Conversation": conversation,
@@ -372,17 +489,25 @@ def _openapi_schemas(cap: int) -> dict[str, Any]:
                         },
                         "parameters": {
                             "type": "object",
+                            "additionalProperties": False,
                             "properties": {
                                 "temperature": {"type": "number", "minimum": 0, "maximum": 100},
                                 "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
                                 "do_sample": {"type": "boolean"},
                                 "max_new_tokens": {"type": "integer", "minimum": 1, "maximum": cap},
+                                "max_gen_len": {"type": "integer", "minimum": 1, "maximum": cap},
+                                "stop": stop,
+                                "seed": seed,
+                                "return_full_text": {"enum": [False, None]},
+                                "num_return_sequences": {"enum": [1, None]},
                             },
                         },
                     },
+                    "additionalProperties": False,
                 },
-                "params": {"type": "object"},
+                "params": {"type": "object", "maxProperties": 0},
             },
+            "additionalProperties": False,
         },
         "ScoreResponse": {
             "type": "object",
@@ -404,9 +529,15 @@ def _openapi_schemas(cap: int) -> dict[str, Any]:
                 "stream": {"type": ["boolean", "null"]},
                 "stream_options": {
                     "type": ["object", "null"],
-                    "properties": {"include_usage": {"type": "boolean"}},
+                    "properties": {"include_usage": {"type": ["boolean", "null"]}},
+                    "additionalProperties": False,
                 },
+                "stop": stop,
+                "seed": seed,
+                "user": {"type": ["string", "null"]},
+                **default_only,
             },
+            "additionalProperties": False,
         },
         "ChatCompletion": {
             "type": "object",
@@ -421,11 +552,13 @@ def _openapi_schemas(cap: int) -> dict[str, Any]:
             },
         },
         "Error": {
+            "description": "OpenAI's error shape (every route but /score).",
             "type": "object",
             "required": ["error"],
             "properties": {
                 "error": {
                     "type": "object",
+                    "required": ["message", "type", "param", "code"],
                     "properties": {
                         "message": {"type": "string"},
                         "type": {"type": "string"},
@@ -435,11 +568,29 @@ def _openapi_schemas(cap: int) -> dict[str, Any]:
                 }
             },
         },
+        "AzureError": {
+            "description": "Azure's error shape (/score): target names the offending field.",
+            "type": "object",
+            "required": ["error"],
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "properties": {
+                        "code": {"type": "string"},
+                        "message": {"type": "string"},
+                        "target": {"type": "string"},
+                    },
+                }
+            },
+        },
     }
 
 
-def _route_doc(request_schema: str, response_schema: str, *, streams: bool = False) -> dict[str, Any]:
-    error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+def _route_doc(
+    request_schema: str, response_schema: str, *, streams: bool = False, error_schema: str = "Error"
+) -> dict[str, Any]:
+    error = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{error_schema}"}}}}
     ok: dict[str, Any] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{response_schema}"}}}
     if streams:
         # Server-sent events: chat.completion.chunk objects, then the literal [DONE] (no one schema fits both).
@@ -499,13 +650,34 @@ def create_app(state: ServerState, *, on_ready: Any = None) -> FastAPI:
     )
 
     @app.exception_handler(HTTPError)
-    async def _http_error(_request: Request, exc: HTTPError) -> Response:
-        return _error(exc.status, exc.message, param=exc.param, headers=exc.headers)
+    async def _http_error(request: Request, exc: HTTPError) -> Response:
+        return _error(request.url.path, exc.status, exc.message, param=exc.param, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _routing_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # The router's own answers (404 no such route, 405 wrong method), in the route family's shape.
+        path = request.url.path
+        shown = path if len(path) <= 100 else path[:100] + "..."
+        if exc.status_code == 404:
+            message = f"no route {request.method} {shown}; see /openapi.json for the routes"
+        elif exc.status_code == 405:
+            allowed = (exc.headers or {}).get("allow", (exc.headers or {}).get("Allow", ""))
+            message = f"method {request.method} is not allowed on {shown}; allowed: {allowed}"
+        else:
+            message = str(exc.detail)
+        return _error(path, exc.status_code, message, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "path", "query", "header"))
+        message = f"{where or 'request'}: {first.get('msg', 'invalid request')}"
+        return _error(request.url.path, 422, message, param=where or None)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:  # pragma: no cover - a bug if reached
         log.exception("unexpected error on %s", request.url.path)
-        return _error(500, f"internal error: {type(exc).__name__}")
+        return _error(request.url.path, 500, f"internal error: {type(exc).__name__}")
 
     @app.get("/health/live", tags=["probes"])
     async def live() -> dict[str, str]:
@@ -524,20 +696,20 @@ def create_app(state: ServerState, *, on_ready: Any = None) -> FastAPI:
         }
         return JSONResponse(body, status_code=200 if not pending else 503)
 
-    @app.post("/score", tags=["scoring"], openapi_extra=_route_doc("ScoreRequest", "ScoreResponse"))
+    @app.post(
+        "/score",
+        tags=["scoring"],
+        openapi_extra=_route_doc("ScoreRequest", "ScoreResponse", error_schema="AzureError"),
+    )
     async def score(request: Request) -> Response:
         """Azure ML chat-completion scoring: one output per conversation."""
         state.check_key(request.headers.get("authorization"))
-        body = await _read_body(request, state.max_body_bytes)
+        raw = await _read_body(request, state.max_body_bytes)
         deployment = state.pick(request.headers.get(DEPLOYMENT_HEADER))
-        try:
-            parsed = parse_score(body, max_new_tokens_cap=state.max_new_tokens_cap)
-        except BadRequest as exc:
-            raise HTTPError(400, str(exc), param=exc.field) from None
-        prompts = _encode(deployment, parsed.conversations, parsed.fields, parsed.params)
+        parsed, prompts = await state.off_loop(_prepare_score, raw, deployment, state.max_new_tokens_cap)
         jobs = _submit(deployment, prompts, parsed.params, stream=False)
         await _wait_all(deployment, jobs)
-        texts = [deployment.model.decode(j.tokens) for j in jobs]
+        texts = [j.text.text for j in jobs]
         output: str | list[str] = texts[0] if parsed.single else texts
         return JSONResponse({"output": output}, headers={DEPLOYMENT_HEADER: deployment.name})
 
@@ -549,13 +721,10 @@ def create_app(state: ServerState, *, on_ready: Any = None) -> FastAPI:
     async def chat_completions(request: Request) -> Response:
         """OpenAI chat completions (``stream`` false or true)."""
         state.check_key(request.headers.get("authorization"))
-        body = await _read_body(request, state.max_body_bytes)
-        try:
-            parsed = parse_chat(body, max_new_tokens_cap=state.max_new_tokens_cap)
-        except BadRequest as exc:
-            raise HTTPError(400, str(exc), param=exc.field) from None
+        raw = await _read_body(request, state.max_body_bytes)
+        parsed = await state.off_loop(_parse_chat, raw, state.max_new_tokens_cap)
         deployment = state.pick(request.headers.get(DEPLOYMENT_HEADER), parsed.model)
-        (prompt,) = _encode(deployment, [parsed.messages], ["messages"], parsed.params)
+        (prompt,) = await state.off_loop(_encode, deployment, [parsed.messages], ["messages"], parsed.params)
         (job,) = _submit(deployment, [prompt], parsed.params, stream=parsed.stream)
         ident = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
@@ -575,7 +744,7 @@ def create_app(state: ServerState, *, on_ready: Any = None) -> FastAPI:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": deployment.model.decode(job.tokens)},
+                        "message": {"role": "assistant", "content": job.text.text},
                         "finish_reason": "stop" if reason == "stop" else "length",
                     }
                 ],
@@ -593,10 +762,22 @@ def create_app(state: ServerState, *, on_ready: Any = None) -> FastAPI:
     async def models(request: Request) -> dict[str, Any]:
         """The deployments, as OpenAI models."""
         state.check_key(request.headers.get("authorization"))
-        return {
-            "object": "list",
-            "data": [{"id": n, "object": "model", "owned_by": "ftkit"} for n in sorted(state.deployments)],
-        }
+        return {"object": "list", "data": [_model(state.deployments[n]) for n in sorted(state.deployments)]}
+
+    @app.get(
+        "/v1/models/{model_id}",
+        tags=["openai"],
+        openapi_extra={"security": [{"bearerAuth": []}]},
+        responses={401: {"description": "No or wrong key."}, 404: {"description": "No such deployment."}},
+    )
+    async def model(model_id: str, request: Request) -> dict[str, Any]:
+        """One deployment, as an OpenAI model."""
+        state.check_key(request.headers.get("authorization"))
+        deployment = state.deployments.get(model_id)
+        if deployment is None:
+            listed = ", ".join(sorted(state.deployments)) or "none"
+            raise HTTPError(404, f"model {model_id[:64]!r} does not exist; models: {listed}", param="model")
+        return _model(deployment)
 
     @app.post("/-/admin/reload", include_in_schema=False)
     async def admin_reload(request: Request) -> dict[str, Any]:
@@ -618,6 +799,10 @@ def create_app(state: ServerState, *, on_ready: Any = None) -> FastAPI:
 
     app.openapi = openapi  # type: ignore[method-assign]
     return app
+
+
+def _model(deployment: Deployment) -> dict[str, Any]:
+    return {"id": deployment.name, "object": "model", "created": deployment.created, "owned_by": "ftkit"}
 
 
 def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
@@ -648,10 +833,8 @@ async def _stream(
         }
         return _sse(payload)
 
-    # A content chunk is this prefix, the JSON string of the delta, this suffix: one json.dumps per token.
+    # A content chunk is this prefix, the JSON string of the delta, this suffix: one json.dumps per piece.
     head, _, tail = chunk({"content": "\x00"}, None).decode().partition(json.dumps("\x00"))
-    sent = ""
-    text_stream = deployment.model.streamer()
     loop = asyncio.get_running_loop()
     end = loop.time() + deployment.timeout_s
     try:
@@ -665,28 +848,22 @@ async def _stream(
                 message = "the request took longer than the deployment's request_timeout_ms"
                 yield _sse({"error": {"message": message, "type": "timeout_error", "code": 408}})
                 break
-            # Tokens that queued up while this handler waited for the event loop go out in one write: when the
-            # server is busy, it spends less per token instead of falling further behind.
+            # Text that queued up while this handler waited for the event loop goes out in one write: when the
+            # server is busy, it spends less per piece instead of falling further behind. Each piece is already
+            # safe to send: the worker held back partial characters and stop-string beginnings.
             out: list[str] = []
-            while kind == "token":
-                # A partial multi-byte character is held back until the next token completes it.
-                delta = text_stream.push(int(value))  # type: ignore[call-overload]
-                if delta:
-                    sent += delta
-                    out.append(f"{head}{json.dumps(delta)}{tail}")
+            while kind == "text":
+                out.append(f"{head}{json.dumps(str(value))}{tail}")
                 if job.events.empty():
                     break
                 kind, value = job.events.get_nowait()
             if out:
                 yield "".join(out).encode()
-            if kind == "token":
+            if kind == "text":
                 continue
             if kind == "error":
                 yield _sse({"error": {"message": str(value), "type": "server_error", "code": 503}})
                 break
-            final = deployment.model.decode(job.tokens)
-            if len(final) > len(sent) and final.startswith(sent):
-                yield chunk({"content": final[len(sent) :]}, None)
             yield chunk({}, "stop" if value == "stop" else "length")
             if include_usage:
                 usage = {

@@ -6,8 +6,10 @@ as one left-padded batch; so throughput grows with concurrency instead of each r
 before it. The queue is bounded: past ``max_queue`` waiting jobs, :meth:`Batcher.submit` raises
 :class:`QueueFull` and the server answers 503 with ``Retry-After``.
 
-The worker talks to the asyncio side only through ``loop.call_soon_threadsafe``: tokens for streaming jobs,
-one ``done`` (or ``error``) event for every job. A failure in generation fails that batch's jobs and the
+The worker talks to the asyncio side only through ``loop.call_soon_threadsafe``: text for streaming jobs,
+one ``done`` (or ``error``) event for every job. Each job's :class:`~.stops.RowText` turns its tokens into text
+in the worker (cut at a stop string, which ends the row with finish reason ``stop``), so the event loop never
+decodes. A failure in generation fails that batch's jobs and the
 worker carries on.
 """
 
@@ -25,6 +27,7 @@ import attrs
 
 from .generation import LoadedModel
 from .requests import GenParams
+from .stops import RowText
 
 __all__ = ["Batcher", "Job", "QueueFull"]
 
@@ -43,9 +46,11 @@ class Job:
         prompt: The prompt's token ids.
         params: Generation parameters.
         loop: The handler's event loop.
-        events: Where the worker posts ``("token", id)`` (streaming only), ``("done", reason)`` or ``("error", msg)``.
+        events: Where the worker posts ``("text", piece)`` (streaming only), ``("done", reason)`` or
+            ``("error", msg)``.
         deadline: ``time.monotonic()`` after which the job is dropped.
-        stream: Whether to post each token.
+        text: The answer's text (final once ``done`` is posted); made by the handler with the model's decoder.
+        stream: Whether to post text as it is generated.
         tokens: The generated token ids (complete once ``done`` is posted).
         cancelled: Set by the handler when nobody waits for the answer any more.
     """
@@ -55,6 +60,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue[tuple[str, object]]
     deadline: float
+    text: RowText
     stream: bool = False
     tokens: list[int] = attrs.field(factory=list)
     cancelled: bool = False
@@ -152,8 +158,10 @@ class Batcher:
         def emit(row: int, token: int) -> bool:
             job = batch[row]
             job.tokens.append(token)
-            if job.stream:
-                job.post("token", token)
+            if not job.text.update(job.tokens):
+                return False  # a stop string: finish reason "stop" below
+            if job.stream and (piece := job.text.delta()):
+                job.post("text", piece)
             return job.alive
 
         started = time.monotonic()
@@ -167,7 +175,15 @@ class Batcher:
         self.batches += 1
         self.generated += sum(len(j.tokens) for j in batch)
         for job, reason in zip(batch, reasons, strict=True):
-            job.post("done", reason)
+            try:
+                rest = job.text.finish(job.tokens)
+            except Exception as exc:  # a detokenizer failure fails this job, not the worker
+                log.exception("deployment %s: decoding failed", self.name)
+                job.post("error", f"decoding failed: {type(exc).__name__}")
+                continue
+            if job.stream and rest:
+                job.post("text", rest)
+            job.post("done", "stop" if job.text.stopped else reason)
         log.debug(
             "deployment %s: batch of %d, %d tokens in %.3fs",
             self.name,

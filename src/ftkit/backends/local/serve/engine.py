@@ -11,10 +11,12 @@ of steps over a :class:`.slots.SlotDecoder`. Each step
 3. decodes one token for every running row (a CUDA graph replay on the GPU), picks each row's next token by
    its own sampling parameters, and reads the chosen ids back: the one host round trip per step.
 
-Tokens go to the asyncio side in one ``call_soon_threadsafe`` per step (not one per token), which keeps the
-event loop's wake-ups at the step rate whatever the batch size. Rows end exactly as in the static path: at an
-end-of-sequence token (``stop``, not emitted), at their ``max_new_tokens`` (``length``) or when nobody waits any
-more (``cancelled``).
+Each job's :class:`~.stops.RowText` turns its tokens into text in the worker, as in the static path: streamed
+text goes to the asyncio side in one ``call_soon_threadsafe`` per step (not one per token), which keeps the event
+loop's wake-ups at the step rate whatever the batch size. Rows end exactly as in the static path: at an
+end-of-sequence token (``stop``, not emitted), at a stop string (``stop``, the text cut before it), at their
+``max_new_tokens`` (``length``) or when nobody waits any more (``cancelled``). A seeded row samples from its own
+generator, held by its slot, so its answer does not depend on the other rows.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import attrs
 import torch
 
 from .batching import Job, QueueFull
-from .generation import LoadedModel, choose_tokens
+from .generation import LoadedModel, choose_tokens, seeded_generator
 from .slots import SlotDecoder
 
 __all__ = ["ContinuousBatcher"]
@@ -95,6 +97,7 @@ class ContinuousBatcher:
         self._closed = False
         self._free = list(range(decoder.slots))  # a heap: the lowest slot first keeps the decoded rows few
         self._rows: dict[int, _Row] = {}
+        self._generators: list[torch.Generator | None] = [None] * decoder.slots
         self.steps = 0
         self.generated = 0
         device = decoder.device
@@ -212,6 +215,7 @@ class ContinuousBatcher:
 
     def _release(self, slot: int) -> None:
         del self._rows[slot]
+        self._generators[slot] = None
         heapq.heappush(self._free, slot)
 
     def _set_params(self, slots: Sequence[int], jobs: Sequence[Job]) -> None:
@@ -224,6 +228,8 @@ class ContinuousBatcher:
         self._temps[index] = temps.to(device)
         self._top_ps[index] = top_ps.to(device)
         self._sample[index] = sample.to(device)
+        for slot, job in zip(slots, jobs, strict=True):
+            self._generators[slot] = seeded_generator(job.params, device)
 
     def _prefill(self, jobs: list[Job], events: list[tuple[Job, str, object]]) -> None:
         slots = [heapq.heappop(self._free) for _ in jobs]
@@ -234,11 +240,12 @@ class ContinuousBatcher:
             # Give their slots back and fail these prompts alone: the running rows carry on.
             log.exception("deployment %s: prefill of %d prompts failed", self.name, len(jobs))
             for slot, job in zip(slots, jobs, strict=True):
+                self._generators[slot] = None
                 heapq.heappush(self._free, slot)
                 events.append((job, "error", f"generation failed: {type(exc).__name__}"))
             return
         index = torch.tensor(slots, dtype=torch.long, device=self.decoder.device)
-        chosen = self._choose(logits, index, [j.params.do_sample for j in jobs])
+        chosen = self._choose(logits, index, [j.params.do_sample for j in jobs], [self._generators[s] for s in slots])
         self.decoder.tokens[index] = chosen
         for slot, job, token in zip(slots, jobs, self._read(chosen), strict=True):
             row = _Row(job=job, slot=slot, length=len(job.prompt))
@@ -259,16 +266,27 @@ class ContinuousBatcher:
         sampling = [False] * rows
         for slot, row in self._rows.items():
             sampling[slot] = row.job.params.do_sample
-        chosen = self._choose(logits, index, sampling)
+        chosen = self._choose(logits, index, sampling, self._generators[:rows])
         self.decoder.tokens[:rows].copy_(chosen)
         tokens = self._read(chosen)
         for slot, row in list(self._rows.items()):
             row.length += 1
             self._accept(row, tokens[slot], events)
 
-    def _choose(self, logits: torch.Tensor, index: torch.Tensor, sampling: Sequence[bool]) -> torch.Tensor:
+    def _choose(
+        self,
+        logits: torch.Tensor,
+        index: torch.Tensor,
+        sampling: Sequence[bool],
+        generators: Sequence[torch.Generator | None],
+    ) -> torch.Tensor:
         return choose_tokens(
-            logits.float(), self._sample[index], self._temps[index], self._top_ps[index], any_sample=any(sampling)
+            logits.float(),
+            self._sample[index],
+            self._temps[index],
+            self._top_ps[index],
+            any_sample=any(sampling),
+            generators=generators,
         )
 
     def _read(self, chosen: torch.Tensor) -> list[int]:
@@ -291,15 +309,30 @@ class ContinuousBatcher:
             row.count += 1
             self.generated += 1
             job.tokens.append(token)
-            if job.stream:
-                events.append((job, "token", token))
-            if not job.alive:
-                reason = "cancelled"
-            elif row.count >= job.params.max_new_tokens:
-                reason = "length"
+            if not job.text.update(job.tokens):
+                reason = "stop"  # a stop string: the text is cut before it
+            else:
+                if job.stream and (piece := job.text.delta()):
+                    events.append((job, "text", piece))
+                if not job.alive:
+                    reason = "cancelled"
+                elif row.count >= job.params.max_new_tokens:
+                    reason = "length"
         if reason is not None:
             self._release(row.slot)
-            events.append((job, "done", reason))
+            self._finish(job, reason, events)
+
+    def _finish(self, job: Job, reason: str, events: list[tuple[Job, str, object]]) -> None:
+        """Settle a finished row's text: send what streaming held back, then ``done``."""
+        try:
+            rest = job.text.finish(job.tokens)
+        except Exception as exc:  # a detokenizer failure fails this job, not the worker
+            log.exception("deployment %s: decoding failed", self.name)
+            events.append((job, "error", f"decoding failed: {type(exc).__name__}"))
+            return
+        if job.stream and rest:
+            events.append((job, "text", rest))
+        events.append((job, "done", "stop" if job.text.stopped else reason))
 
     def _flush(self, events: list[tuple[Job, str, object]]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, str, object]]] = {}

@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from .requests import BadRequest, GenParams
+from .prompts import encode_conversation, longest_token_chars, tokenizer_lock
+from .requests import GenParams
 
-__all__ = ["LoadedModel", "choose_tokens"]
+__all__ = ["LoadedModel", "choose_tokens", "seeded_generator"]
 
 Emit = Callable[[int, int], bool]
 """``emit(row, token_id)`` is called for each new token; it returns ``False`` to stop that row."""
@@ -58,35 +59,29 @@ class LoadedModel:
         self.max_length: int = int(getattr(self.model.config, "max_position_embeddings", 2048) or 2048)
         # transformers 5.x renamed the KV cache argument from past_key_values to cache (the old name warns).
         self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        self.max_token_chars = longest_token_chars(self.tokenizer)
 
     def encode(self, conversation: Sequence[Mapping[str, str]], field: str, max_new_tokens: int) -> list[int]:
         """Render a conversation with the chat template (with the generation prompt) and tokenize it.
 
+        Special tokens inside messages stay text (see :mod:`.prompts`). CPU work: call it off the event loop.
+
         Raises:
             BadRequest: The template rejects the conversation, or prompt plus answer exceed the context.
         """
-        try:
-            text = self.tokenizer.apply_chat_template(
-                [dict(m) for m in conversation], tokenize=False, add_generation_prompt=True
-            )
-            ids: list[int] = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        except Exception as exc:  # a template may raise anything (jinja's raise_exception, a KeyError...)
-            raise BadRequest(field, f"the model's chat template rejected the conversation: {exc}") from None
-        if len(ids) + max_new_tokens > self.max_length:
-            raise BadRequest(
-                field,
-                f"the prompt is {len(ids)} tokens; with max_new_tokens={max_new_tokens} it exceeds the model's "
-                f"context of {self.max_length} tokens",
-            )
-        return ids
+        return encode_conversation(
+            self.tokenizer,
+            conversation,
+            field,
+            max_new_tokens=max_new_tokens,
+            context=self.max_length,
+            max_token_chars=self.max_token_chars,
+        )
 
     def decode(self, ids: Sequence[int]) -> str:
-        """Return the text of generated token ids (special tokens dropped)."""
-        return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
-
-    def streamer(self) -> TextStream:
-        """A fresh incremental detokenizer for one streamed answer."""
-        return TextStream(self)
+        """Return the text of generated token ids (special tokens dropped); safe from any thread."""
+        with tokenizer_lock(self.tokenizer):
+            return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[Sequence[int]], params: Sequence[GenParams], emit: Emit) -> list[str]:
@@ -122,13 +117,15 @@ class LoadedModel:
         )
         top_ps = torch.tensor([p.top_p for p in params], dtype=torch.float32, device=device)
         any_sample = any(p.do_sample for p in params)
+        # A seeded row samples from its own generator, so its answer does not depend on what else is in the batch.
+        generators = [seeded_generator(p, device) for p in params]
         budgets = [p.max_new_tokens for p in params]
         counts = [0] * n
         reasons: list[str | None] = [None] * n
         pad = torch.tensor(self.pad_id, dtype=torch.long, device=device)
 
         for _ in range(max(budgets)):
-            chosen = choose_tokens(logits.float(), sample, temps, top_ps, any_sample=any_sample)
+            chosen = choose_tokens(logits.float(), sample, temps, top_ps, any_sample=any_sample, generators=generators)
             for i, token in enumerate(chosen.tolist()):
                 if reasons[i] is not None:
                     continue
@@ -154,6 +151,13 @@ class LoadedModel:
         return [r or "length" for r in reasons]
 
 
+def seeded_generator(params: GenParams, device: torch.device | str = "cpu") -> torch.Generator | None:
+    """Return a generator seeded with ``params.seed`` for a sampled row, else ``None``."""
+    if not params.do_sample or params.seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(params.seed % 2**64)
+
+
 def choose_tokens(
     logits: torch.Tensor,
     sample: torch.Tensor,
@@ -161,6 +165,7 @@ def choose_tokens(
     top_ps: torch.Tensor,
     *,
     any_sample: bool | None = None,
+    generators: Sequence[torch.Generator | None] = (),
 ) -> torch.Tensor:
     """Pick each row's next token, greedily or by temperature + nucleus sampling.
 
@@ -170,44 +175,26 @@ def choose_tokens(
         temps: Each row's temperature.
         top_ps: Each row's nucleus mass.
         any_sample: Whether any row samples, when the caller knows (saves a device round trip on a GPU).
+        generators: Per row, its own generator (a request's ``seed``) or ``None`` (torch's global one).
     """
     greedy = logits.argmax(dim=-1)
     if not (bool(sample.any()) if any_sample is None else any_sample):
         return greedy
     # Temperatures and top_p too small for float32 (1e-300 reads as 0) must not divide by zero or empty the pool.
     probs = torch.softmax(logits / temps.clamp_min(1e-4)[:, None], dim=-1).nan_to_num(0.0)
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    sorted_probs, order = probs.sort(dim=-1, descending=True, stable=True)
     # Drop tokens once the mass before them reaches top_p; the most likely token always stays.
     drop = (sorted_probs.cumsum(dim=-1) - sorted_probs) >= top_ps[:, None]
     drop[:, 0] = False
     sorted_probs = sorted_probs.masked_fill(drop, 0.0)
     sorted_probs[:, 0] = sorted_probs[:, 0].clamp_min(1e-12)  # a row of zeros (all NaN) falls back to greedy
-    picked = order.gather(-1, torch.multinomial(sorted_probs, 1)).squeeze(-1)
+    seeded = [(i, g) for i, g in enumerate(generators) if g is not None]
+    # Only rows that sample without a seed need the shared draw (sample.sum() is a device sync: skipped when unseeded).
+    if not seeded or len(seeded) < int(sample.sum()):
+        draws = torch.multinomial(sorted_probs, 1)
+    else:
+        draws = torch.zeros((logits.shape[0], 1), dtype=torch.long, device=logits.device)
+    for i, generator in seeded:
+        draws[i] = torch.multinomial(sorted_probs[i], 1, generator=generator)
+    picked = order.gather(-1, draws).squeeze(-1)
     return torch.where(sample, picked, greedy)
-
-
-class TextStream:
-    """Turn one answer's tokens into text deltas, decoding a few tokens per step instead of the whole answer.
-
-    Decoding everything so far at every token costs O(n) per token, O(n^2) per answer, on the server's event
-    loop. Here each token decodes a short window: the text of ``ids[prefix:]`` minus that of
-    ``ids[prefix:read]`` is the new text, once it does not end in a partial multi-byte character (U+FFFD);
-    then the window moves on. The deltas concatenate to :meth:`LoadedModel.decode` of all the ids for the
-    tokenizers transformers ships (byte-level BPE, SentencePiece, word-level).
-    """
-
-    def __init__(self, model: LoadedModel) -> None:
-        self._model = model
-        self.ids: list[int] = []
-        self._prefix = 0
-        self._read = 0
-
-    def push(self, token: int) -> str:
-        """Add a token; return the text it completes (empty while a character is incomplete)."""
-        self.ids.append(token)
-        before = self._model.decode(self.ids[self._prefix : self._read])
-        after = self._model.decode(self.ids[self._prefix :])
-        if len(after) <= len(before) or after.endswith("\ufffd") or not after.startswith(before):
-            return ""
-        self._prefix, self._read = self._read, len(self.ids)
-        return after[len(before) :]

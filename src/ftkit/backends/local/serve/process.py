@@ -20,16 +20,27 @@ from pathlib import Path
 from ..pids import owned_process_alive
 from .state import EndpointFiles
 
-__all__ = ["SERVER_MODULE", "is_server_alive", "port_open", "start_server", "stop_server", "wait_listening"]
+__all__ = [
+    "PORT_TAKEN",
+    "SERVER_MODULE",
+    "is_server_alive",
+    "port_open",
+    "start_server",
+    "stop_server",
+    "wait_listening",
+]
 
 SERVER_MODULE = "ftkit.backends.local.serve"
+PORT_TAKEN = 3
+"""The server's exit status when its recorded port is taken by another process."""
 
 
-def start_server(files: EndpointFiles) -> subprocess.Popen[bytes]:
+def start_server(files: EndpointFiles, port: int | None = None) -> subprocess.Popen[bytes]:
     """Start the endpoint's server process, detached, logging to ``server.log``.
 
     Args:
         files: The endpoint's files (``endpoint.json`` and ``keys.json`` must exist).
+        port: The port to listen on (the endpoint's own, from its first start); ``None``: a free one.
 
     Returns:
         The process; the caller waits for ``server.json`` (see :func:`wait_listening`).
@@ -44,7 +55,7 @@ def start_server(files: EndpointFiles) -> subprocess.Popen[bytes]:
     log = files.log_path.open("ab")
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", SERVER_MODULE, "--state-dir", str(files.root)],
+            [sys.executable, "-m", SERVER_MODULE, "--state-dir", str(files.root), "--port", str(port or 0)],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

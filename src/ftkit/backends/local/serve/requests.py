@@ -7,21 +7,30 @@ the server answers with 400. The server never lets anything else escape as a 500
 samples: a list of conversations (``[[{role, content}, ...], ...]``, what the fine-tuning notebook sends) and
 one flat conversation (``[{role, content}, ...]``, the Llama chat sample). The answer is
 ``{"output": "<text>"}`` for one conversation and ``{"output": ["<text>", ...]}`` (same order) for several.
+
+Every field a body may carry is either honoured or rejected with a 400 naming it, never silently ignored: a client
+that asks for ``tools`` or ``logprobs`` learns at once that this endpoint cannot give them. Fields whose only
+supported value is their default (``presence_penalty: 0``, ``logprobs: false``...) are accepted with that value,
+as clients and frameworks send them spelled out; ``null`` means "the default" for every OpenAI field.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
 __all__ = [
+    "CHAT_FIELDS",
     "ROLES",
+    "SCORE_PARAMETERS",
     "BadRequest",
     "ChatRequest",
     "GenParams",
     "ScoreRequest",
+    "Stops",
     "parse_chat",
     "parse_score",
 ]
@@ -31,6 +40,47 @@ ROLES = ("system", "user", "assistant")
 
 DEFAULT_MAX_NEW_TOKENS = 256
 MAX_CONVERSATIONS = 64
+MAX_STOPS = 4
+MAX_STOP_CHARS = 200
+SEED_RANGE = (-(2**63), 2**63 - 1)
+
+Stops = tuple[str, ...]
+
+# /v1/chat/completions: what each OpenAI field does here. Honoured fields are parsed below; these are accepted
+# only with their default value (the behaviour this endpoint has), anything else is a 400 naming the field.
+_CHAT_HONOURED = (
+    "messages",
+    "model",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "stream",
+    "stream_options",
+    "stop",
+    "seed",
+    "user",  # an end-user id for the caller's own records: it does not change the answer (nor does it at OpenAI)
+)
+_CHAT_DEFAULT_ONLY: dict[str, object] = {
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "logprobs": False,
+    "logit_bias": {},
+    "tools": [],
+    "tool_choice": "none",
+    "response_format": {"type": "text"},
+    "modalities": ["text"],
+    "store": False,
+}
+# /score: input_data.parameters keys (Hugging Face generation names, as Azure's chat-completion models take them).
+_SCORE_HONOURED = ("max_new_tokens", "max_gen_len", "do_sample", "temperature", "top_p", "stop", "seed")
+_SCORE_DEFAULT_ONLY: dict[str, object] = {"return_full_text": False, "num_return_sequences": 1}
+
+CHAT_FIELDS = (*_CHAT_HONOURED, *_CHAT_DEFAULT_ONLY)
+"""Every field a chat completion body may carry."""
+SCORE_PARAMETERS = (*_SCORE_HONOURED, *_SCORE_DEFAULT_ONLY)
+"""Every key ``input_data.parameters`` may carry."""
 
 
 class BadRequest(Exception):
@@ -56,12 +106,16 @@ class GenParams:
         do_sample: Sample (else greedy).
         temperature: Sampling temperature (``do_sample`` only).
         top_p: Nucleus sampling mass (``do_sample`` only).
+        stop: Strings that end the answer (cut before the first one found).
+        seed: Seeds this row's own sampling generator (``do_sample`` only): equal requests, equal answers.
     """
 
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
+    stop: Stops = ()
+    seed: int | None = None
 
 
 Conversation = tuple[Mapping[str, str], ...]
@@ -179,6 +233,74 @@ def _conversation(value: object, field: str) -> Conversation:
     return tuple(_message(m, f"{field}[{i}]") for i, m in enumerate(value))
 
 
+def _check_fields(
+    given: Mapping[str, Any], prefix: str, honoured: tuple[str, ...], default_only: Mapping[str, object]
+) -> None:
+    """Reject a field this endpoint does not honour, naming it (``null`` is the default for OpenAI fields)."""
+    for key in given:
+        value = given[key]
+        field = f"{prefix}{key}"
+        if key in honoured:
+            continue
+        if key in default_only:
+            default = default_only[key]
+            if value is None or _same(value, default):
+                continue
+            raise BadRequest(
+                field, f"only {_json(default)} is supported by this endpoint (got {_json(value, limit=60)})"
+            )
+        if value is None and not prefix.startswith("input_data"):
+            continue
+        valid = ", ".join((*honoured, *default_only))
+        raise BadRequest(field, f"is not supported by this endpoint; supported fields: {valid}")
+
+
+def _same(value: object, default: object) -> bool:
+    # bool is an int in Python: false must not pass for 0, nor 0 for false; 0.0 is 0.
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool) and value == default
+    if isinstance(default, int | float):
+        return isinstance(value, int | float) and value == default
+    return value == default
+
+
+def _json(value: object, *, limit: int = 200) -> str:
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _stops(value: object, field: str) -> Stops:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list):
+        raise BadRequest(field, f"expected a string or a list of strings, got {_type_name(value)}")
+    if len(items) > MAX_STOPS:
+        raise BadRequest(field, f"{len(items)} stop strings is more than the {MAX_STOPS} allowed")
+    stops = []
+    for i, item in enumerate(items):
+        where = field if isinstance(value, str) else f"{field}[{i}]"
+        if not isinstance(item, str):
+            raise BadRequest(where, f"expected a string, got {_type_name(item)}")
+        if not item:
+            raise BadRequest(where, "an empty stop string would stop before the first character")
+        if len(item) > MAX_STOP_CHARS:
+            raise BadRequest(where, f"a stop string of {len(item)} characters is longer than {MAX_STOP_CHARS}")
+        stops.append(item)
+    return tuple(dict.fromkeys(stops))
+
+
+def _seed(value: object, field: str) -> int:
+    # Not through _number: a JSON integer past float's range would overflow float().
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise BadRequest(field, f"expected an integer, got {_type_name(value)}")
+    low, high = SEED_RANGE
+    if not low <= value <= high:
+        raise BadRequest(field, "is out of range: use a 64-bit signed integer")
+    return value
+
+
 def _max_tokens(value: object, field: str, cap: int) -> int:
     # Not through _number: JSON integers are unbounded, and float() of a 400-digit one raises OverflowError.
     if isinstance(value, bool) or not isinstance(value, int):
@@ -209,9 +331,18 @@ def parse_score(body: object, *, max_new_tokens_cap: int) -> ScoreRequest:
         raise BadRequest(
             "input_data", 'is required: {"input_data": {"input_string": [[{"role": ..., "content": ...}]]}}'
         )
+    for key in top:
+        if key not in ("input_data", "params"):
+            raise BadRequest(key, "is not part of the scoring contract; valid fields: input_data, params")
     data = _object(top["input_data"], "input_data")
+    for key in data:
+        if key not in ("input_string", "parameters"):
+            raise BadRequest(
+                f"input_data.{key}", "is not part of the scoring contract; valid fields: input_string, parameters"
+            )
     if "params" in top:
-        _object(top["params"], "params")
+        for key in _object(top["params"], "params"):
+            raise BadRequest(f"params.{key}", "is not supported; generation parameters go in input_data.parameters")
     if "input_string" not in data:
         raise BadRequest("input_data.input_string", "is required (a list of conversations)")
     items = data["input_string"]
@@ -243,6 +374,7 @@ def parse_score(body: object, *, max_new_tokens_cap: int) -> ScoreRequest:
 def _score_params(value: object, cap: int) -> GenParams:
     field = "input_data.parameters"
     p = _object(value, field)
+    _check_fields(p, f"{field}.", _SCORE_HONOURED, _SCORE_DEFAULT_ONLY)
     max_new = DEFAULT_MAX_NEW_TOKENS
     # max_gen_len is Azure's deprecated spelling of max_new_tokens; max_new_tokens wins when both are given.
     for key in ("max_gen_len", "max_new_tokens"):
@@ -251,19 +383,23 @@ def _score_params(value: object, cap: int) -> GenParams:
     do_sample = _bool(p["do_sample"], f"{field}.do_sample") if "do_sample" in p else False
     temperature = _number(p["temperature"], f"{field}.temperature", low=0, high=100) if "temperature" in p else 1.0
     top_p = _number(p["top_p"], f"{field}.top_p", low=0, high=1, low_open=True) if "top_p" in p else 1.0
+    stop = _stops(p["stop"], f"{field}.stop") if p.get("stop") is not None else ()
+    seed = _seed(p["seed"], f"{field}.seed") if p.get("seed") is not None else None
     return GenParams(
         max_new_tokens=min(max_new, cap),
         do_sample=do_sample and temperature > 0,
         temperature=temperature,
         top_p=top_p,
+        stop=stop,
+        seed=seed,
     )
 
 
 def parse_chat(body: object, *, max_new_tokens_cap: int) -> ChatRequest:
     """Check a ``/v1/chat/completions`` body (OpenAI's shape) and return what to generate.
 
-    ``temperature`` 0 means greedy decoding (OpenAI's default temperature, 1, samples). Unknown fields are
-    ignored, as clients send many optional ones; known fields with the wrong type are rejected.
+    ``temperature`` 0 means greedy decoding (OpenAI's default temperature, 1, samples). A field this endpoint
+    does not honour is rejected naming it (see :data:`CHAT_FIELDS`); fields with the wrong type are rejected too.
 
     Args:
         body: The decoded JSON body.
@@ -276,6 +412,7 @@ def parse_chat(body: object, *, max_new_tokens_cap: int) -> ChatRequest:
         BadRequest: Naming the first offending field.
     """
     top = _object(body, "body")
+    _check_fields(top, "", _CHAT_HONOURED, _CHAT_DEFAULT_ONLY)
     if "messages" not in top:
         raise BadRequest("messages", "is required (a list of {role, content} messages)")
     messages = _conversation(top["messages"], "messages")
@@ -298,8 +435,13 @@ def parse_chat(body: object, *, max_new_tokens_cap: int) -> ChatRequest:
     include_usage = False
     if top.get("stream_options") is not None:
         opts = _object(top["stream_options"], "stream_options")
-        if "include_usage" in opts:
+        _check_fields(opts, "stream_options.", ("include_usage",), {})
+        if opts.get("include_usage") is not None:
             include_usage = _bool(opts["include_usage"], "stream_options.include_usage")
+    if top.get("user") is not None and not isinstance(top["user"], str):
+        raise BadRequest("user", f"expected a string, got {_type_name(top['user'])}")
+    stop = _stops(top["stop"], "stop") if top.get("stop") is not None else ()
+    seed = _seed(top["seed"], "seed") if top.get("seed") is not None else None
     return ChatRequest(
         messages=messages,
         params=GenParams(
@@ -307,6 +449,8 @@ def parse_chat(body: object, *, max_new_tokens_cap: int) -> ChatRequest:
             do_sample=temperature > 0,
             temperature=temperature,
             top_p=top_p,
+            stop=stop,
+            seed=seed,
         ),
         model=model,
         stream=stream,
