@@ -146,13 +146,22 @@ class ServerSettings:
     @classmethod
     def from_json(cls, text: str) -> ServerSettings:
         """Read a record written by :meth:`to_json` (see :meth:`from_dict`)."""
-        try:
-            data = json.loads(text)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise ValidationError([Problem("settings", "not a JSON object")], "unreadable endpoint settings")
-        return cls.from_dict(data)
+        return cls.from_dict(json_object(text, "settings", "unreadable endpoint settings"))
+
+
+def json_object(text: str, where: str, message: str) -> dict[str, Any]:
+    """Parse a record's JSON text, which must be an object.
+
+    Raises:
+        ValidationError: Not JSON, or not an object (named ``where``, with ``message``).
+    """
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if not isinstance(data, dict):
+        raise ValidationError([Problem(where, "not a JSON object")], message)
+    return data
 
 
 def _typed_fields(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:

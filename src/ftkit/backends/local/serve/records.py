@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from ....deployment_settings import ENGINES, DeploymentSettings, Engine, ServerSettings
+from ....deployment_settings import ENGINES, DeploymentSettings, Engine, ServerSettings, json_object
 from ....exceptions import Problem, ValidationError
 
 __all__ = ["DeploymentRecord", "read_server_settings"]
@@ -116,13 +116,7 @@ class DeploymentRecord:
     @classmethod
     def from_json(cls, text: str) -> DeploymentRecord:
         """Read a record written by :meth:`to_json` (see :meth:`from_dict`)."""
-        try:
-            data = json.loads(text)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            raise ValidationError([Problem("deployment", "not a JSON object")], "unreadable deployment record")
-        return cls.from_dict(data)
+        return cls.from_dict(json_object(text, "deployment", "unreadable deployment record"))
 
 
 def read_server_settings(config: Mapping[str, Any]) -> ServerSettings:
