@@ -181,6 +181,7 @@ def load(base_url: str, key: str, streams: int, seconds: float, max_tokens: int,
 def serve_path(home: Path, model_dir: Path, path: str, args: argparse.Namespace, out: list[dict[str, Any]]) -> None:
     from ftkit.backends.base import DeploymentSpec, EndpointSpec, RegisteredModel
     from ftkit.backends.local.endpoints import LocalEndpoints
+    from ftkit.deployment_settings import DeploymentSettings
 
     static = path == "static"
     endpoints = LocalEndpoints(
@@ -197,7 +198,12 @@ def serve_path(home: Path, model_dir: Path, path: str, args: argparse.Namespace,
         model = RegisteredModel(name="phi3-mini-shape", version="1", id="models:/phi3-mini-shape/1", path=model_dir)
         started = time.perf_counter()
         endpoints.create_deployment(
-            DeploymentSpec(name="demo", endpoint=name, model=model, max_queue=2048, request_timeout_ms=600_000)
+            DeploymentSpec(
+                name="demo",
+                endpoint=name,
+                model=model,
+                settings=DeploymentSettings(max_queue=2048, request_timeout_ms=600_000),
+            )
         )
         load_s = time.perf_counter() - started
         info = endpoints.set_traffic(name, {"demo": 100})
@@ -228,7 +234,6 @@ def engine_floor(model_dir: Path, args: argparse.Namespace, out: list[dict[str, 
     from ftkit.backends.local.serve.slots import SlotDecoder
 
     model = LoadedModel(model_dir, "cuda")
-    decoder = SlotDecoder(model.model, slots=args.slots, context=args.context)
 
     def timed(fn: Any, repeat: int) -> float:
         with torch.inference_mode():
@@ -245,22 +250,29 @@ def engine_floor(model_dir: Path, args: argparse.Namespace, out: list[dict[str, 
         torch.cuda.synchronize()
         return float(start.elapsed_time(stop)) / repeat
 
-    for rows in args.levels:
-        rows = min(rows, args.slots)
-        decoder.positions.fill_(300)
-        decoder.tokens.random_(10, WORDS)
-        graph_ms = timed(functools.partial(decoder.decode, rows, 301), 20)
-        eager_ms = timed(functools.partial(decoder._decode_step, rows, 384), 5)
-        row = {"path": "engine-floor", "rows": rows, "graph_step_ms": round(graph_ms, 2)}
-        row.update(eager_step_ms=round(eager_ms, 2), graph_tok_s=round(rows / graph_ms * 1000))
-        print(json.dumps(row), flush=True)
-        out.append(row)
-    rng = random.Random(0)
-    prompts = [[rng.randrange(10, WORDS) for _ in range(200)] for _ in range(8)]
-    prefill_ms = timed(functools.partial(decoder.prefill, list(range(8)), prompts), 5)
-    row = {"path": "engine-floor", "prefill_8x200_ms": round(prefill_ms, 2)}
-    print(json.dumps(row), flush=True)
-    out.append(row)
+    # The fused step (the default on a GPU) and transformers' modules with masked SDPA, one after the other.
+    for fused in (True, False):
+        decoder = SlotDecoder(model.model, slots=args.slots, context=args.context, fused=fused)
+        kind = "fused" if decoder.fused else "modules"
+        for rows in args.levels:
+            rows = min(rows, args.slots)
+            decoder.positions.fill_(300)
+            decoder.tokens.random_(10, WORDS)
+            graph_ms = timed(functools.partial(decoder.decode, rows, 301), 20)
+            eager_ms = timed(functools.partial(decoder._step, rows, 0 if decoder.fused else 384), 5)
+            row = {"path": "engine-floor", "step": kind, "rows": rows, "graph_step_ms": round(graph_ms, 2)}
+            row.update(eager_step_ms=round(eager_ms, 2), graph_tok_s=round(rows / graph_ms * 1000))
+            print(json.dumps(row), flush=True)
+            out.append(row)
+        rng = random.Random(0)
+        for n in (8, 32):
+            prompts = [[rng.randrange(10, WORDS) for _ in range(200)] for _ in range(n)]
+            prefill_ms = timed(functools.partial(decoder.prefill, list(range(n)), prompts), 5)
+            row = {"path": "engine-floor", "step": kind, f"prefill_{n}x200_ms": round(prefill_ms, 2)}
+            print(json.dumps(row), flush=True)
+            out.append(row)
+        del decoder
+        torch.cuda.empty_cache()
 
 
 def transformers_cb(model_dir: Path, args: argparse.Namespace, out: list[dict[str, Any]]) -> None:

@@ -37,6 +37,12 @@ def model(request: pytest.FixtureRequest, tiny_model_dir: Path) -> LoadedModel:
     return LoadedModel(tiny_model_dir, request.param, torch.float32)
 
 
+@pytest.fixture(params=[False, True], ids=["serial", "overlapped"])
+def overlap(request: pytest.FixtureRequest) -> bool:
+    """Steps one after the other, or each launched before the last one's tokens are handled (the GPU's way)."""
+    return bool(request.param)
+
+
 @pytest.fixture(scope="module")
 def prompts(model: LoadedModel) -> list[list[int]]:
     return [model.encode([{"role": "user", "content": q}], "messages", 64) for q in QUESTIONS]
@@ -50,9 +56,9 @@ def reference(model: LoadedModel, prompt: Sequence[int], params: GenParams) -> l
 
 
 @pytest.fixture
-def engine(model: LoadedModel) -> Iterator[ContinuousBatcher]:
+def engine(model: LoadedModel, overlap: bool) -> Iterator[ContinuousBatcher]:
     decoder = SlotDecoder(model.model, slots=4, context=512)
-    worker = ContinuousBatcher("test", model, decoder, max_queue=32)
+    worker = ContinuousBatcher("test", model, decoder, max_queue=32, overlap=overlap)
     yield worker
     worker.close()
     worker.join(10)
@@ -117,9 +123,9 @@ def test_joining_mid_batch_gives_the_same_answer(
     asyncio.run(run())
 
 
-def test_cancelling_frees_the_slot(model: LoadedModel, prompts: list[list[int]]) -> None:
+def test_cancelling_frees_the_slot(model: LoadedModel, prompts: list[list[int]], overlap: bool) -> None:
     decoder = SlotDecoder(model.model, slots=1, context=1024)
-    worker = ContinuousBatcher("one-slot", model, decoder, max_queue=8)
+    worker = ContinuousBatcher("one-slot", model, decoder, max_queue=8, overlap=overlap)
 
     async def run() -> None:
         hog = make_job(model, prompts[0], GenParams(max_new_tokens=900))
@@ -135,8 +141,11 @@ def test_cancelling_frees_the_slot(model: LoadedModel, prompts: list[list[int]])
         assert len(hog.tokens) < 900
         assert waiting.tokens == reference(model, prompts[1], GenParams(max_new_tokens=5))
         # A deadline that passes mid-answer frees the slot too.
-        expiring = make_job(model, prompts[2], GenParams(max_new_tokens=900), timeout_s=0.3)
+        expiring = make_job(model, prompts[2], GenParams(max_new_tokens=900))
         worker.submit([expiring])
+        while len(expiring.tokens) < 3:
+            await asyncio.sleep(0.001)
+        expiring.deadline = time.monotonic()  # set here, not as a timeout: a fast GPU answers 900 tokens in 0.3 s
         assert await finish(expiring) == "cancelled"
         assert 0 < len(expiring.tokens) < 900
         assert worker.running == 0
@@ -178,11 +187,11 @@ def test_end_of_sequence_and_per_row_sampling(
         model.eos_ids = eos_ids
 
 
-def test_queue_bound_and_close(model: LoadedModel, prompts: list[list[int]]) -> None:
+def test_queue_bound_and_close(model: LoadedModel, prompts: list[list[int]], overlap: bool) -> None:
     from ftkit.backends.local.serve.batching import QueueFull
 
     decoder = SlotDecoder(model.model, slots=1, context=512)
-    worker = ContinuousBatcher("bounded", model, decoder, max_queue=1)
+    worker = ContinuousBatcher("bounded", model, decoder, max_queue=1, overlap=overlap)
 
     async def run() -> None:
         jobs = [make_job(model, prompts[0], GenParams(max_new_tokens=400)) for _ in range(2)]

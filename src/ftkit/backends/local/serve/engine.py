@@ -11,6 +11,12 @@ of steps over a :class:`.slots.SlotDecoder`. Each step
 3. decodes one token for every running row (a CUDA graph replay on the GPU), picks each row's next token by
    its own sampling parameters, and reads the chosen ids back: the one host round trip per step.
 
+On a GPU the steps overlap: as soon as step *N*'s ids are on the host, step *N + 1* is launched (its input ids
+are already on the device), and the host turns step *N*'s ids into text, events and finished rows while the GPU
+computes. A row that ends at step *N* has then been decoded once more in step *N + 1*; that result is dropped,
+and its slot is free for the next prefill (whose writes follow on the same stream). On the CPU, where the step
+is the host's own work, steps run one after the other as before.
+
 Each job's :class:`~.stops.RowText` turns its tokens into text in the worker, as in the static path: streamed
 text goes to the asyncio side in one ``call_soon_threadsafe`` per step (not one per token), which keeps the event
 loop's wake-ups at the step rate whatever the batch size. Rows end exactly as in the static path: at an
@@ -49,8 +55,18 @@ class _Row:
 
     job: Job
     slot: int
-    length: int  # tokens in the slot's cache
+    length: int  # positions of the slot's cache written or being written by launched steps
     count: int = 0  # tokens generated
+
+
+@attrs.define(eq=False)
+class _Launch:
+    """Strictly private: a decode step on its way: the rows it decodes, and where its chosen ids land."""
+
+    rows: list[tuple[int, _Row]]
+    count: int  # rows of the step (the highest slot + 1)
+    chosen: torch.Tensor
+    done: Any  # a CUDA event after the ids' copy to the host, or None on the CPU
 
 
 def _deliver(events: list[tuple[Job, str, object]]) -> None:
@@ -69,6 +85,8 @@ class ContinuousBatcher:
         max_queue: Most jobs waiting for a slot before :class:`.batching.QueueFull`.
         prefill_tokens: Prompt tokens admitted per step (at least one prompt is, however long).
         gather_s: How long a waiting job may wait for others to share its prefill while rows are decoding.
+        overlap: Launch each step before handling the last one's tokens (by default on a GPU only, where the
+            step runs asynchronously; on the CPU it would only delay every token by a step).
     """
 
     def __init__(
@@ -80,6 +98,7 @@ class ContinuousBatcher:
         max_queue: int,
         prefill_tokens: int = 8192,
         gather_s: float = 0.02,
+        overlap: bool | None = None,
     ) -> None:
         self.name = name
         self.model = model
@@ -107,7 +126,11 @@ class ContinuousBatcher:
         self._sample = torch.zeros(decoder.slots, dtype=torch.bool, device=device)
         self._host_positions = torch.zeros(decoder.slots, dtype=torch.long, pin_memory=self._pinned)
         self._host_tokens = torch.zeros(decoder.slots, dtype=torch.long, pin_memory=self._pinned)
+        self._host_first = torch.zeros(decoder.slots, dtype=torch.long, pin_memory=self._pinned)  # prefill's ids
         self._read_done: Any = torch.cuda.Event() if self._pinned else None  # type: ignore[no-untyped-call]
+        self._step_done: Any = torch.cuda.Event() if self._pinned else None  # type: ignore[no-untyped-call]
+        self._overlap = self._pinned if overlap is None else overlap
+        self._inflight: _Launch | None = None
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
         self._thread.start()
 
@@ -162,6 +185,7 @@ class ContinuousBatcher:
                 # A failure inside a step fails the rows it was generating (their slots are freed) and the worker
                 # carries on with the next requests, as the static batcher does with a failed batch.
                 log.exception("deployment %s: a step failed with %d rows running", self.name, len(self._rows))
+                self._inflight = None
                 for slot, row in list(self._rows.items()):
                     self._release(slot)
                     row.job.post("error", f"generation failed: {type(exc).__name__}")
@@ -202,13 +226,23 @@ class ContinuousBatcher:
             if not row.job.alive:
                 self._release(slot)
                 events.append((row.job, "done", "cancelled"))
+        if not self._rows:
+            self._inflight = None  # nothing it decodes is wanted any more
         new = self._admit()
         if new is None:
             return False
         if new:
             self._prefill(new, events)
-        if self._rows:
-            self._decode(events)
+        if self._overlap:
+            done, self._inflight = self._inflight, None
+            tokens = self._collect(done) if done is not None else []
+            if self._rows:
+                self._inflight = self._launch()  # the GPU computes step N + 1 while the host handles step N
+            if done is not None:
+                self._accept_step(done, tokens, events)
+        elif self._rows:
+            launch = self._launch()
+            self._accept_step(launch, self._collect(launch), events)
         self._flush(events)
         self.steps += 1
         return True
@@ -252,26 +286,42 @@ class ContinuousBatcher:
             self._rows[slot] = row
             self._accept(row, token, events)
 
-    def _decode(self, events: list[tuple[Job, str, object]]) -> None:
+    def _launch(self) -> _Launch:
+        """Queue one decode step of every running row, with the copy of its chosen ids to the host."""
         rows = max(self._rows) + 1
         lengths = [0] * rows
+        sampling = [False] * rows
+        last = self.decoder.context - 1
         for slot, row in self._rows.items():
-            lengths[slot] = row.length
-        longest = max(lengths) + 1
+            # Never past the cache: only a row that ends at the step in flight can get here (its result is dropped).
+            lengths[slot] = min(row.length, last)
+            row.length += 1
+            sampling[slot] = row.job.params.do_sample
         positions = self._host_positions[:rows]
         positions.copy_(torch.tensor(lengths, dtype=torch.long))
         self.decoder.positions[:rows].copy_(positions, non_blocking=True)
-        logits = self.decoder.decode(rows, longest)
+        logits = self.decoder.decode(rows, max(lengths) + 1)
         index = torch.arange(rows, device=self.decoder.device)
-        sampling = [False] * rows
-        for slot, row in self._rows.items():
-            sampling[slot] = row.job.params.do_sample
         chosen = self._choose(logits, index, sampling, self._generators[:rows])
         self.decoder.tokens[:rows].copy_(chosen)
-        tokens = self._read(chosen)
-        for slot, row in list(self._rows.items()):
-            row.length += 1
-            self._accept(row, tokens[slot], events)
+        done = None
+        if self._pinned:
+            self._host_tokens[:rows].copy_(chosen, non_blocking=True)
+            done = self._step_done
+            done.record()
+        return _Launch(rows=list(self._rows.items()), count=rows, chosen=chosen, done=done)
+
+    def _collect(self, launch: _Launch) -> list[int]:
+        """A launched step's chosen ids on the host (waits without holding the GIL)."""
+        if launch.done is None:
+            return [int(t) for t in launch.chosen.tolist()]
+        launch.done.synchronize()
+        return [int(t) for t in self._host_tokens[: launch.count].tolist()]
+
+    def _accept_step(self, launch: _Launch, tokens: list[int], events: list[tuple[Job, str, object]]) -> None:
+        for slot, row in launch.rows:
+            if self._rows.get(slot) is row:  # not ended or cancelled since the step was launched
+                self._accept(row, tokens[slot], events)
 
     def _choose(
         self,
@@ -293,7 +343,7 @@ class ContinuousBatcher:
         """The chosen ids on the host: the step's one round trip (waits without holding the GIL)."""
         if not self._pinned:
             return [int(t) for t in chosen.tolist()]
-        host = self._host_tokens[: chosen.shape[0]]
+        host = self._host_first[: chosen.shape[0]]
         host.copy_(chosen, non_blocking=True)
         self._read_done.record()
         self._read_done.synchronize()  # releases the GIL, so the event loop keeps serving while the GPU works

@@ -7,10 +7,16 @@ different lengths, started at different times, decode together, and a finished r
 once. Nothing is allocated per token, which is what lets a decode step be captured as a CUDA graph and
 replayed (one graph per bucket of batch rows and attended context, see :meth:`SlotDecoder.decode`).
 
-Only the attention is computed here; embeddings, norms, MLPs and the LM head are the loaded transformers
+Only the attention is computed here; embeddings, projections and the LM head are the loaded transformers
 model's own modules, so the weights (and a LoRA merged into them) are exactly those ``generate`` would use. The
 pattern fits the pre-norm Llama family that transformers implements alike: ``llama``, ``mistral``, ``phi3``,
 ``qwen2`` and ``qwen3`` (:func:`supports`); other models are served by the static batcher.
+
+On CUDA (with Triton) the decode step is *fused* (:mod:`.kernels`): each layer's norms (with the residual add
+folded in), the rotary embedding with the cache write, the SiLU gate and the attention are one kernel each, and
+the attention reads each row's own positions only, so one captured graph per batch-size bucket serves every
+length. Elsewhere, and for a model whose norms or activation the kernels do not cover, the step is the plain
+composition of transformers' modules with masked ``scaled_dot_product_attention``.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from . import kernels
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "SlotDecoder", "kv_bytes_per_token", "supports", "supports_config"]
 
@@ -72,9 +80,10 @@ class SlotDecoder:
         slots: Rows of the cache (most requests decoding at once).
         context: Positions per slot (prompt plus answer).
         cuda_graphs: Capture decode steps as CUDA graphs (CUDA only).
+        fused: Use the fused kernels where they can run (:func:`.kernels.available`) and cover the model.
     """
 
-    def __init__(self, model: Any, *, slots: int, context: int, cuda_graphs: bool = True) -> None:
+    def __init__(self, model: Any, *, slots: int, context: int, cuda_graphs: bool = True, fused: bool = True) -> None:
         reason = supports(model)
         if reason is not None:
             raise ValueError(f"the model cannot run on the slot cache: {reason}")
@@ -107,6 +116,7 @@ class SlotDecoder:
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._pool: Any = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+        self.fused = fused and kernels.available(self.device) and _fusable(model)
         # Graph buckets are coarse (few graphs to capture); eager steps can follow the batch closely.
         self._row_step = 8 if self.cuda_graphs else 1
         self._ctx_step = 128 if self.cuda_graphs else 64
@@ -150,6 +160,35 @@ class SlotDecoder:
         out: torch.Tensor = x + layer.mlp(layer.post_attention_layernorm(x))
         return out
 
+    # -- the fused pieces (CUDA) -------------------------------------------------------------------------
+
+    @staticmethod
+    def _norm(module: Any, x: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        return kernels.rms_norm(x, module.weight, _eps(module), residual)
+
+    @staticmethod
+    def _mlp(mlp: Any, h: torch.Tensor) -> torch.Tensor:
+        if hasattr(mlp, "gate_up_proj"):
+            gate, up = mlp.gate_up_proj(h).chunk(2, dim=-1)
+        else:
+            gate, up = mlp.gate_proj(h), mlp.up_proj(h)
+        return mlp.down_proj(kernels.silu_mul(gate, up))  # type: ignore[no-any-return]
+
+    def _fused_step(self, rows: int) -> torch.Tensor:
+        """The fused decode step of the first ``rows`` slots (each attends its own positions only)."""
+        tokens, positions = self.tokens[:rows], self.positions[:rows]
+        x = self.embed(tokens)  # the residual stream, updated in place by the norms that follow an add
+        h = self._norm(self.layers[0].input_layernorm, x)
+        for n, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            q, k, v = self._qkv(attn, h)
+            q = kernels.rope_and_store(q, k, v, self.cos, self.sin, positions, self.k_cache[n], self.v_cache[n])
+            out = kernels.decode_attention(q, self.k_cache[n], self.v_cache[n], positions, attn.scaling)
+            h = self._norm(layer.post_attention_layernorm, attn.o_proj(out.reshape(rows, -1)), x)
+            after = self.layers[n + 1].input_layernorm if n + 1 < len(self.layers) else self.norm
+            h = self._norm(after, self._mlp(layer.mlp, h), x)
+        return self.lm_head(h)  # type: ignore[no-any-return]
+
     # -- prefill -----------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
@@ -171,7 +210,8 @@ class SlotDecoder:
         x = self.embed(ids)
         for n, layer in enumerate(self.layers):
             attn = layer.self_attn
-            q, k, v = self._qkv(attn, layer.input_layernorm(x))  # [rows, width, heads, dim]
+            h = self._norm(layer.input_layernorm, x) if self.fused else layer.input_layernorm(x)
+            q, k, v = self._qkv(attn, h)  # [rows, width, heads, dim]
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             self.k_cache[n][index, :, :width] = k
@@ -179,7 +219,12 @@ class SlotDecoder:
             out = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, scale=attn.scaling, enable_gqa=self.kv_heads != self.heads
             )
-            x = self._finish_layer(layer, x, out.transpose(1, 2).reshape(rows, width, -1))
+            out = out.transpose(1, 2).reshape(rows, width, -1)
+            if self.fused:
+                x = x + attn.o_proj(out)
+                x = x + self._mlp(layer.mlp, self._norm(layer.post_attention_layernorm, x))
+            else:
+                x = self._finish_layer(layer, x, out)
         x = x[torch.arange(rows, device=self.device), last]
         return self.lm_head(self.norm(x))  # type: ignore[no-any-return]
 
@@ -223,10 +268,11 @@ class SlotDecoder:
             next step).
         """
         bucket_rows = _bucket(rows, self._row_step, self.slots)
-        # Attention reads every row's keys up to ``width``: linear steps keep that close to the longest row.
-        width = min(self.context, -(-longest // self._ctx_step) * self._ctx_step)
+        # Unfused attention reads every row's keys up to ``width``: linear steps keep that close to the longest
+        # row. The fused attention reads each row's own length, so one graph per row bucket serves every length.
+        width = 0 if self.fused else min(self.context, -(-longest // self._ctx_step) * self._ctx_step)
         if not self.cuda_graphs:
-            return self._decode_step(bucket_rows, width)[:rows]
+            return self._step(bucket_rows, width)[:rows]
         key = (bucket_rows, width)
         entry = self._graphs.get(key)
         if entry is None:
@@ -242,10 +288,35 @@ class SlotDecoder:
         stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
-            self._decode_step(rows, width)
+            self._step(rows, width)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         # thread_local: another deployment loading in the server's thread pool must not break this capture.
         with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            logits = self._decode_step(rows, width)
+            logits = self._step(rows, width)
         return graph, logits
+
+    def _step(self, rows: int, width: int) -> torch.Tensor:
+        return self._fused_step(rows) if self.fused else self._decode_step(rows, width)
+
+
+def _eps(norm: Any) -> float:
+    eps = getattr(norm, "variance_epsilon", None)
+    return float(eps if eps is not None else norm.eps)
+
+
+def _fusable(model: Any) -> bool:
+    """Whether the fused kernels compute this model's layers exactly: RMSNorms with a plain weight, SiLU gates."""
+    if getattr(model.config, "hidden_act", None) not in {"silu", "swish"}:
+        return False
+    layer = model.model.layers[0]
+    norms = (layer.input_layernorm, layer.post_attention_layernorm, model.model.norm)
+    plain = all(
+        type(n).__name__.endswith("RMSNorm")
+        and isinstance(getattr(n, "weight", None), torch.Tensor)
+        and (getattr(n, "variance_epsilon", None) is not None or getattr(n, "eps", None) is not None)
+        for n in norms
+    )
+    mlp = layer.mlp
+    gated = hasattr(mlp, "down_proj") and (hasattr(mlp, "gate_up_proj") or hasattr(mlp, "gate_proj"))
+    return plain and gated
