@@ -44,7 +44,7 @@ from .batching import Job, QueueFull
 from .generation import LoadedModel, choose_tokens, seeded_generator
 from .slots import SlotDecoder
 
-__all__ = ["ContinuousBatcher"]
+__all__ = ["ContinuousBatcher", "flush", "settle", "take_token"]
 
 log = logging.getLogger("ftkit.serve")
 
@@ -56,7 +56,6 @@ class _Row:
     job: Job
     slot: int
     length: int  # positions of the slot's cache written or being written by launched steps
-    count: int = 0  # tokens generated
 
 
 @attrs.define(eq=False)
@@ -73,6 +72,51 @@ def _deliver(events: list[tuple[Job, str, object]]) -> None:
     """Strictly private: runs on the event loop; hands a step's events to their handlers."""
     for job, kind, value in events:
         job.events.put_nowait((kind, value))
+
+
+def flush(events: list[tuple[Job, str, object]]) -> None:
+    """Hand a step's events to their handlers' event loops: one wake-up per loop, not one per token."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, str, object]]] = {}
+    for event in events:
+        by_loop.setdefault(event[0].loop, []).append(event)
+    for loop, batch in by_loop.items():
+        # A closed loop (RuntimeError) means the server is shutting down: nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_deliver, batch)
+
+
+def take_token(job: Job, token: int, eos_ids: frozenset[int], events: list[tuple[Job, str, object]]) -> str | None:
+    """Take a job's new token by the static path's rules (:meth:`.LoadedModel.generate`); say why it ends, if it does.
+
+    An end-of-sequence token ends it (``stop``, not emitted), so does a stop string (``stop``, the text cut
+    before it), its ``max_new_tokens`` (``length``) or nobody waiting any more (``cancelled``). Streamed text is
+    appended to ``events``.
+    """
+    if token in eos_ids:
+        return "stop"
+    job.tokens.append(token)
+    if not job.text.update(job.tokens):
+        return "stop"  # a stop string: the text is cut before it
+    if job.stream and (piece := job.text.delta()):
+        events.append((job, "text", piece))
+    if not job.alive:
+        return "cancelled"
+    if len(job.tokens) >= job.params.max_new_tokens:
+        return "length"
+    return None
+
+
+def settle(name: str, job: Job, reason: str, events: list[tuple[Job, str, object]]) -> None:
+    """Settle an ended job's text: send what streaming held back, then ``done`` (or the detokenizer's error)."""
+    try:
+        rest = job.text.finish(job.tokens)
+    except Exception as exc:  # a detokenizer failure fails this job, not the worker
+        log.exception("deployment %s: decoding failed", name)
+        events.append((job, "error", f"decoding failed: {type(exc).__name__}"))
+        return
+    if job.stream and rest:
+        events.append((job, "text", rest))
+    events.append((job, "done", "stop" if job.text.stopped else reason))
 
 
 class ContinuousBatcher:
@@ -228,6 +272,9 @@ class ContinuousBatcher:
                 events.append((row.job, "done", "cancelled"))
         if not self._rows:
             self._inflight = None  # nothing it decodes is wanted any more
+        if events:  # now: with no rows left, _admit may wait for new jobs for as long as none come
+            self._flush(events)
+            events = []
         new = self._admit()
         if new is None:
             return False
@@ -351,47 +398,15 @@ class ContinuousBatcher:
 
     def _accept(self, row: _Row, token: int, events: list[tuple[Job, str, object]]) -> None:
         """Take a row's new token: the same rules as the static path (:meth:`.LoadedModel.generate`)."""
-        job = row.job
-        reason: str | None = None
-        if token in self.model.eos_ids:
-            reason = "stop"
-        else:
-            row.count += 1
+        if token not in self.model.eos_ids:
             self.generated += 1
-            job.tokens.append(token)
-            if not job.text.update(job.tokens):
-                reason = "stop"  # a stop string: the text is cut before it
-            else:
-                if job.stream and (piece := job.text.delta()):
-                    events.append((job, "text", piece))
-                if not job.alive:
-                    reason = "cancelled"
-                elif row.count >= job.params.max_new_tokens:
-                    reason = "length"
+        reason = take_token(row.job, token, self.model.eos_ids, events)
         if reason is not None:
             self._release(row.slot)
-            self._finish(job, reason, events)
-
-    def _finish(self, job: Job, reason: str, events: list[tuple[Job, str, object]]) -> None:
-        """Settle a finished row's text: send what streaming held back, then ``done``."""
-        try:
-            rest = job.text.finish(job.tokens)
-        except Exception as exc:  # a detokenizer failure fails this job, not the worker
-            log.exception("deployment %s: decoding failed", self.name)
-            events.append((job, "error", f"decoding failed: {type(exc).__name__}"))
-            return
-        if job.stream and rest:
-            events.append((job, "text", rest))
-        events.append((job, "done", "stop" if job.text.stopped else reason))
+            settle(self.name, row.job, reason, events)
 
     def _flush(self, events: list[tuple[Job, str, object]]) -> None:
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, str, object]]] = {}
-        for event in events:
-            by_loop.setdefault(event[0].loop, []).append(event)
-        for loop, batch in by_loop.items():
-            # A closed loop (RuntimeError) means the server is shutting down: nobody is waiting any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_deliver, batch)
+        flush(events)
 
     def describe(self) -> dict[str, Any]:
         """What the engine holds, for logs and ``endpoint list``."""
