@@ -9,13 +9,15 @@ not what limits the rate:
 
 * ``static``: today's batcher (left-padded batches of ``--static-batch``) on the GPU in bfloat16;
 * ``continuous``: ftkit's continuous batcher (slot KV cache, CUDA-graph decode steps, ``--slots`` slots);
-* ``transformers-cb``: transformers' own continuous batching (``generate_batch``, paged attention) in this
-  process, same prompts, no HTTP: the reference the issue quotes.
+* ``transformers``: transformers' own continuous batching (``ContinuousBatchingManager``, paged attention)
+  behind the same server (``engine="transformers"``), the same clients and prompts;
+* ``transformers-inproc``: the same batching through ``model.generate_batch`` in this process, no HTTP (what
+  transformers reaches without a server in front of it).
 
 For each path and concurrency it reports output tokens/s over the run (prefill included), time to first token
 p50/p95 and inter-token latency p95 (between consecutive streamed chunks).
 
-    python benchmarks/bench_serve.py --gpu [--seconds 8] [--max-tokens 128] [--levels 16,64,256] [--json out.json]
+    python benchmarks/bench_serve.py --gpu [--seconds 20] [--max-tokens 128] [--levels 16,64,256] [--json out.json]
 """
 
 from __future__ import annotations
@@ -275,7 +277,7 @@ def engine_floor(model_dir: Path, args: argparse.Namespace, out: list[dict[str, 
         torch.cuda.empty_cache()
 
 
-def transformers_cb(model_dir: Path, args: argparse.Namespace, out: list[dict[str, Any]]) -> None:
+def transformers_inproc(model_dir: Path, args: argparse.Namespace, out: list[dict[str, Any]]) -> None:
     """transformers' continuous batching (``generate_batch``) on the same prompts, in-process."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -311,7 +313,7 @@ def transformers_cb(model_dir: Path, args: argparse.Namespace, out: list[dict[st
         elapsed = time.perf_counter() - started
         produced = sum(len(r.generated_tokens) for r in result.values())
         row = {
-            "path": "transformers-cb (in-process, no HTTP, includes its warm-up)",
+            "path": "transformers-inproc (no HTTP, includes its warm-up)",
             "streams": n,
             "requests": n,
             "errors": 0,
@@ -325,11 +327,11 @@ def transformers_cb(model_dir: Path, args: argparse.Namespace, out: list[dict[st
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench_serve.py --gpu", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=8.0, help="load time per level (requests then finish)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="load time per level (requests then finish)")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--levels", default="16,64,256", help="concurrent streams")
-    parser.add_argument("--paths", default="continuous,static,transformers-cb")
-    parser.add_argument("--cb-levels", default="64,256", help="transformers-cb: requests per run")
+    parser.add_argument("--paths", default="continuous,static,transformers")
+    parser.add_argument("--cb-levels", default="256", help="transformers-inproc: requests per run")
     parser.add_argument("--slots", type=int, default=256, help="continuous engine: slots")
     parser.add_argument("--context", type=int, default=512, help="continuous engine: positions per slot")
     parser.add_argument("--static-batch", type=int, default=64, help="static batcher: batch size")
@@ -356,8 +358,8 @@ def main(argv: list[str]) -> int:
         print(f"built and saved the model in {time.perf_counter() - started:.1f}s", flush=True)
         for path in args.paths.split(","):
             try:
-                if path == "transformers-cb":
-                    transformers_cb(model_dir, args, rows)
+                if path == "transformers-inproc":
+                    transformers_inproc(model_dir, args, rows)
                 elif path == "engine-floor":
                     engine_floor(model_dir, args, rows)
                     torch.cuda.empty_cache()  # its model and cache are gone with the call

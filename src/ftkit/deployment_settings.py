@@ -30,10 +30,10 @@ __all__ = [
     "valid_device",
 ]
 
-Engine = Literal["auto", "static", "continuous"]
-ENGINES: tuple[Engine, ...] = ("auto", "static", "continuous")
+Engine = Literal["auto", "static", "continuous", "transformers"]
+ENGINES: tuple[Engine, ...] = ("auto", "static", "continuous", "transformers")
 """What generates on the local server: ``auto`` is continuous batching on a GPU where the model supports it,
-static batches otherwise."""
+static batches otherwise; ``transformers`` is transformers' own continuous batching (greedy only)."""
 
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N (N a GPU index)"
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"

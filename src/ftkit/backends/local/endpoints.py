@@ -79,8 +79,9 @@ class LocalEndpoints:
         max_body_bytes: The largest request body accepted.
         torch_threads: torch's intra-op threads in the server (0: one fewer than the cores, at least one).
         engine: What generates on a GPU: ``auto`` (continuous batching where the model supports it), ``static``
-            (the CPU's batcher, on the GPU) or ``continuous``. The CPU always uses the static batcher under
-            ``auto``.
+            (the CPU's batcher, on the GPU), ``continuous`` or ``transformers`` (transformers' own continuous
+            batching, greedy only: for comparison and for models the slot cache does not cover). The CPU always
+            uses the static batcher under ``auto``.
         max_context: GPU engine: positions per slot (0: the model's context, shrunk to what fits).
         prefill_tokens: GPU engine: prompt tokens admitted per decode step.
         gpu_memory_fraction_pct: GPU engine: the share of the GPU one deployment may plan for.

@@ -47,9 +47,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ....exceptions import ValidationError
-from .batching import Batcher, Job, QueueFull
+from .batching import Batcher, Job, QueueFull, Unsupported
 from .engine import ContinuousBatcher
 from .generation import LoadedModel
+from .hf_engine import TransformersBatcher
 from .placement import Placement, load_deployment
 from .prompts import check_fits
 from .records import DeploymentRecord, read_server_settings
@@ -144,7 +145,7 @@ class Deployment:
         name: str,
         record: DeploymentRecord,
         model: LoadedModel,
-        batcher: Batcher | ContinuousBatcher,
+        batcher: Batcher | ContinuousBatcher | TransformersBatcher,
         placement: Placement,
     ) -> None:
         self.name = name
@@ -401,6 +402,8 @@ def _submit(deployment: Deployment, prompts: Sequence[Sequence[int]], params: Ge
     ]
     try:
         deployment.batcher.submit(jobs)
+    except Unsupported as exc:
+        raise HTTPError(400, str(exc), param=exc.param) from None
     except QueueFull:
         raise HTTPError(
             503,

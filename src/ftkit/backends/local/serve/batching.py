@@ -29,13 +29,26 @@ from .generation import LoadedModel
 from .requests import GenParams
 from .stops import RowText
 
-__all__ = ["Batcher", "Job", "QueueFull"]
+__all__ = ["Batcher", "Job", "QueueFull", "Unsupported"]
 
 log = logging.getLogger("ftkit.serve")
 
 
 class QueueFull(Exception):
     """The deployment's queue is full."""
+
+
+class Unsupported(ValueError):
+    """A request asks for something the deployment's engine cannot do (answered with a 400).
+
+    Args:
+        param: The request field at fault.
+        message: What is wrong and what to do instead.
+    """
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 @attrs.define(eq=False)

@@ -27,6 +27,7 @@ from ....deployment_settings import DEVICE_CHOICES, ServerSettings
 from .batching import Batcher
 from .engine import ContinuousBatcher
 from .generation import LoadedModel
+from .hf_engine import TransformersBatcher
 from .records import DeploymentRecord
 from .slots import SlotDecoder, kv_bytes_per_token, supports_config
 
@@ -44,7 +45,7 @@ class Placement:
     Attributes:
         device: ``cpu`` or ``cuda:N``.
         dtype: The weights' type (``float32``, ``bfloat16``).
-        engine: ``static`` or ``continuous``.
+        engine: ``static``, ``continuous`` or ``transformers``.
         weights_gib: The weights.
         kv_cache_gib: The KV cache (continuous engine; 0 for static, whose cache grows per batch).
         slots: Rows decoding together.
@@ -168,7 +169,7 @@ def plan_context(
 
 def load_deployment(
     name: str, record: DeploymentRecord, *, max_batch_size: int, window_s: float, settings: ServerSettings
-) -> tuple[LoadedModel, Batcher | ContinuousBatcher, Placement]:
+) -> tuple[LoadedModel, Batcher | ContinuousBatcher | TransformersBatcher, Placement]:
     """Load a deployment's model where its record says and start the worker that serves it.
 
     Args:
@@ -187,6 +188,8 @@ def load_deployment(
     engine = record.engine
     slots = max(1, record.settings.max_batch_size or max_batch_size)
     max_queue = record.settings.max_queue
+    if engine == "transformers":
+        return _transformers(name, path, device, slots, max_queue, settings)
     if device.type == "cpu":
         if engine == "continuous":
             model = LoadedModel(path, device)
@@ -232,6 +235,26 @@ def load_deployment(
     )
     model = LoadedModel(path, device, dtype)
     return _continuous(name, model, device, slots, max_queue, settings, context)
+
+
+def _transformers(
+    name: str, path: Path, device: torch.device, slots: int, max_queue: int, settings: ServerSettings
+) -> tuple[LoadedModel, TransformersBatcher, Placement]:
+    model = LoadedModel(path, device)
+    if settings.max_context > 0:
+        model.max_length = min(model.max_length, settings.max_context)
+    worker = TransformersBatcher(name, model, slots=slots, max_queue=max_queue)
+    weights = sum(p.numel() * p.element_size() for p in model.model.parameters())
+    placement = Placement(
+        device=str(device),
+        dtype=str(model.dtype).removeprefix("torch."),
+        engine="transformers",
+        weights_gib=round(weights / GIB, 3),
+        kv_cache_gib=0.0,  # the manager sizes its paged cache itself, from the memory it finds free
+        slots=slots,
+        context=model.max_length,
+    )
+    return model, worker, placement
 
 
 def _model_context(config: Any) -> int:
