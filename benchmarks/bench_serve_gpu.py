@@ -267,7 +267,7 @@ def engine_floor(model_dir: Path, args: argparse.Namespace, out: list[dict[str, 
             print(json.dumps(row), flush=True)
             out.append(row)
         rng = random.Random(0)
-        for n in (8, 32):
+        for n in (2, 8, 32):
             prompts = [[rng.randrange(10, WORDS) for _ in range(200)] for _ in range(n)]
             prefill_ms = timed(functools.partial(decoder.prefill, list(range(n)), prompts), 5)
             row = {"path": "engine-floor", "step": kind, f"prefill_{n}x200_ms": round(prefill_ms, 2)}

@@ -21,7 +21,7 @@ composition of transformers' modules with masked ``scaled_dot_product_attention`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -64,6 +64,10 @@ def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
     return 2 * int(config.num_hidden_layers) * kv_heads * head_dim * size
 
 
+_GRAPHED_PREFILL_ROWS = 16
+"""Prefills of at most this many prompts replay CUDA graphs (see :meth:`SlotDecoder.prefill`)."""
+
+
 def _bucket(n: int, smallest: int, cap: int) -> int:
     """The smallest power-of-two multiple of ``smallest`` that holds ``n``, at most ``cap``."""
     size = smallest
@@ -102,7 +106,9 @@ class SlotDecoder:
         param = next(model.parameters())
         self.device = param.device
         self.dtype = param.dtype
-        shape = (slots, self.kv_heads, context, self.head_dim)
+        graphs = cuda_graphs and self.device.type == "cuda"
+        # Graphed prefills pad their batch to a bucket; the padding rows write into one spare slot past the last.
+        shape = (slots + int(graphs), self.kv_heads, context, self.head_dim)
         self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         positions = torch.arange(context, device=self.device)[None]
@@ -115,6 +121,11 @@ class SlotDecoder:
         self.positions = torch.zeros(slots, dtype=torch.long, device=self.device)
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self._prefill_graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        # A graphed prefill reads its prompts, slots and last positions from these (see prefill).
+        self._pf_ids = torch.zeros((_GRAPHED_PREFILL_ROWS, context), dtype=torch.long, device=self.device)
+        self._pf_slots = torch.full((_GRAPHED_PREFILL_ROWS,), slots, dtype=torch.long, device=self.device)
+        self._pf_last = torch.zeros(_GRAPHED_PREFILL_ROWS, dtype=torch.long, device=self.device)
         self._pool: Any = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self.fused = fused and kernels.available(self.device) and _fusable(model)
         # Graph buckets are coarse (few graphs to capture); eager steps can follow the batch closely.
@@ -197,15 +208,49 @@ class SlotDecoder:
 
         Prompts are right-padded to the longest: with causal attention no real position sees the padding, and
         the padding's keys land past the prompt, where decode overwrites them before they are ever attended.
+
+        With CUDA graphs, a prefill of a few prompts (at most 16, the steady state of a busy endpoint, where
+        requests arrive a few at a time) replays a graph captured for its bucket of rows and width: eager, its
+        thousand small launches cost more host time than its GPU work. Padding rows go to the spare slot.
+        Larger prefills run eager, where the GPU work dwarfs the launches.
         """
         rows = len(prompts)
         width = max(len(p) for p in prompts)
         ids = torch.zeros((rows, width), dtype=torch.long)
         for i, p in enumerate(prompts):
             ids[i, : len(p)] = torch.tensor(list(p), dtype=torch.long)
-        ids = ids.to(self.device, non_blocking=True)
+        last = torch.tensor([len(p) - 1 for p in prompts], dtype=torch.long)
+        if self.cuda_graphs and rows <= _GRAPHED_PREFILL_ROWS:
+            return self._graphed_prefill(list(slots), ids, last)
         index = torch.tensor(list(slots), dtype=torch.long, device=self.device)
-        last = torch.tensor([len(p) - 1 for p in prompts], dtype=torch.long, device=self.device)
+        return self._prefill_forward(ids.to(self.device), index, last.to(self.device))
+
+    def _graphed_prefill(self, slots: list[int], ids: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        rows, width = ids.shape
+        bucket_rows = _bucket(rows, 1, _GRAPHED_PREFILL_ROWS)
+        bucket_width = min(self.context, _bucket(width, 64, 1 << 30) if width > 512 else -(-width // 64) * 64)
+        self._pf_ids[:bucket_rows, :bucket_width].zero_()
+        self._pf_ids[:rows, :width].copy_(ids)
+        self._pf_slots[:bucket_rows].fill_(self.slots)  # the spare slot
+        self._pf_slots[:rows].copy_(torch.tensor(slots, dtype=torch.long))
+        self._pf_last[:bucket_rows].zero_()
+        self._pf_last[:rows].copy_(last)
+        key = (bucket_rows, bucket_width)
+        entry = self._prefill_graphs.get(key)
+        if entry is None:
+            entry = self._capture_with(
+                lambda: self._prefill_forward(
+                    self._pf_ids[:bucket_rows, :bucket_width], self._pf_slots[:bucket_rows], self._pf_last[:bucket_rows]
+                )
+            )
+            self._prefill_graphs[key] = entry
+        graph, logits = entry
+        graph.replay()
+        return logits[:rows]
+
+    def _prefill_forward(self, ids: torch.Tensor, index: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """The prefill itself: prompts ``ids`` (``[rows, width]``) into slots ``index``; logits at ``last``."""
+        rows, width = ids.shape
         cos, sin = self.cos[:width][None], self.sin[:width][None]
         x = self.embed(ids)
         for n, layer in enumerate(self.layers):
@@ -283,17 +328,20 @@ class SlotDecoder:
         return logits[:rows]
 
     def _capture(self, rows: int, width: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        return self._capture_with(lambda: self._step(rows, width))
+
+    def _capture_with(self, run: Callable[[], torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         # Warm-up runs on a side stream (as torch requires before capture) compute this very step: they write the
         # same keys and values the replay will, so running it more than once changes nothing.
         stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
-            self._step(rows, width)
+            run()
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         # thread_local: another deployment loading in the server's thread pool must not break this capture.
         with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
-            logits = self._step(rows, width)
+            logits = run()
         return graph, logits
 
     def _step(self, rows: int, width: int) -> torch.Tensor:
