@@ -5,7 +5,8 @@ allocated once, ``[slots, kv_heads, context, head_dim]`` per layer. Prefill writ
 into its slot; each decode step feeds one token per slot and writes one position per slot, so requests of
 different lengths, started at different times, decode together, and a finished request's slot is reused at
 once. Nothing is allocated per token, which is what lets a decode step be captured as a CUDA graph and
-replayed (one graph per bucket of batch rows and attended context, see :meth:`SlotDecoder.decode`).
+replayed (one graph per bucket of batch rows, and of attended context on the unfused path: see
+:meth:`SlotDecoder.decode`).
 
 Only the attention is computed here; embeddings, projections and the LM head are the loaded transformers
 model's own modules, so the weights (and a LoRA merged into them) are exactly those ``generate`` would use. The
