@@ -244,35 +244,33 @@ def _transformers(
     if settings.max_context > 0:
         model.max_length = min(model.max_length, settings.max_context)
     worker = TransformersBatcher(name, model, slots=slots, max_queue=max_queue)
-    weights = sum(p.numel() * p.element_size() for p in model.model.parameters())
-    placement = Placement(
-        device=str(device),
-        dtype=str(model.dtype).removeprefix("torch."),
-        engine="transformers",
-        weights_gib=round(weights / GIB, 3),
-        kv_cache_gib=0.0,  # the manager sizes its paged cache itself, from the memory it finds free
-        slots=slots,
-        context=model.max_length,
-    )
-    return model, worker, placement
+    # No KV cache of ftkit's: the manager sizes its paged cache itself, from the memory it finds free.
+    return model, worker, _placement(model, "transformers", slots, model.max_length)
 
 
 def _model_context(config: Any) -> int:
     return int(getattr(config, "max_position_embeddings", 2048) or 2048)
 
 
-def _static_placement(model: LoadedModel, slots: int, why: str | None) -> Placement:
+def _placement(
+    model: LoadedModel, engine: str, slots: int, context: int, *, kv_bytes: int = 0, why_static: str | None = None
+) -> Placement:
+    """Where a loaded model runs and what it holds (its weights as loaded, LoRA merged)."""
     weights = sum(p.numel() * p.element_size() for p in model.model.parameters())
     return Placement(
         device=str(model.device),
         dtype=str(model.dtype).removeprefix("torch."),
-        engine="static",
+        engine=engine,
         weights_gib=round(weights / GIB, 3),
-        kv_cache_gib=0.0,
+        kv_cache_gib=round(kv_bytes / GIB, 3),
         slots=slots,
-        context=model.max_length,
-        why_static=why,
+        context=context,
+        why_static=why_static,
     )
+
+
+def _static_placement(model: LoadedModel, slots: int, why: str | None) -> Placement:
+    return _placement(model, "static", slots, model.max_length, why_static=why)
 
 
 def _continuous(
@@ -295,14 +293,4 @@ def _continuous(
         # The engine thread wakes from each step's GPU wait wanting the GIL while the event loop streams the
         # last step's tokens; with the default 5 ms switch interval that wait alone can exceed a decode step.
         sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
-    weights_now = sum(p.numel() * p.element_size() for p in model.model.parameters())
-    placement = Placement(
-        device=str(device),
-        dtype=str(model.dtype).removeprefix("torch."),
-        engine="continuous",
-        weights_gib=round(weights_now / GIB, 3),
-        kv_cache_gib=round(decoder.cache_bytes / GIB, 3),
-        slots=slots,
-        context=context,
-    )
-    return model, worker, placement
+    return model, worker, _placement(model, "continuous", slots, context, kv_bytes=decoder.cache_bytes)
