@@ -29,7 +29,7 @@ from .generation import LoadedModel
 from .requests import GenParams
 from .stops import RowText
 
-__all__ = ["Batcher", "Job", "QueueFull", "Unsupported"]
+__all__ = ["Batcher", "Job", "JobQueue", "QueueFull", "Unsupported"]
 
 log = logging.getLogger("ftkit.serve")
 
@@ -66,6 +66,7 @@ class Job:
         stream: Whether to post text as it is generated.
         tokens: The generated token ids (complete once ``done`` is posted).
         cancelled: Set by the handler when nobody waits for the answer any more.
+        arrived: ``time.monotonic()`` when the job was made (the continuous engine's gathering reads it).
     """
 
     prompt: Sequence[int]
@@ -77,6 +78,7 @@ class Job:
     stream: bool = False
     tokens: list[int] = attrs.field(factory=list)
     cancelled: bool = False
+    arrived: float = attrs.field(factory=time.monotonic)
 
     def post(self, kind: str, value: object) -> None:
         """Post an event to the handler (thread-safe; a closed loop is ignored)."""
@@ -90,30 +92,20 @@ class Job:
         return not self.cancelled and time.monotonic() < self.deadline
 
 
-class Batcher:
-    """The queue and worker thread of one deployment.
+class JobQueue:
+    """The bounded queue in front of a deployment's worker thread (the engines' shared request side).
 
     Args:
-        name: The deployment's name (for the log).
-        model: The loaded model.
-        max_batch_size: Most jobs generated together (1: one request at a time).
-        window_s: How long the worker waits for more jobs once one arrives.
-        max_queue: Most jobs waiting (beyond the batch being generated) before :class:`QueueFull`.
+        name: The deployment's name (for the log and :class:`QueueFull`).
+        max_queue: Most jobs waiting before :class:`QueueFull`.
     """
 
-    def __init__(self, name: str, model: LoadedModel, *, max_batch_size: int, window_s: float, max_queue: int) -> None:
+    def __init__(self, name: str, max_queue: int) -> None:
         self.name = name
-        self.model = model
-        self.max_batch_size = max(1, max_batch_size)
-        self.window_s = max(0.0, window_s)
         self.max_queue = max(0, max_queue)
         self._pending: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
-        self.batches = 0
-        self.generated = 0
-        self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
-        self._thread.start()
 
     def submit(self, jobs: Sequence[Job]) -> None:
         """Queue jobs (all or none).
@@ -132,8 +124,8 @@ class Batcher:
         """Jobs waiting now."""
         return len(self._pending)
 
-    def close(self) -> None:
-        """Stop taking jobs, fail those waiting, and let the worker exit after its current batch."""
+    def _close_queue(self) -> None:
+        """Stop taking jobs and fail those waiting; the worker sees ``_closed`` at its next wake-up."""
         with self._cond:
             self._closed = True
             waiting = list(self._pending)
@@ -141,6 +133,32 @@ class Batcher:
             self._cond.notify_all()
         for job in waiting:
             job.post("error", "the deployment was removed")
+
+
+class Batcher(JobQueue):
+    """The queue and worker thread of one deployment.
+
+    Args:
+        name: The deployment's name (for the log).
+        model: The loaded model.
+        max_batch_size: Most jobs generated together (1: one request at a time).
+        window_s: How long the worker waits for more jobs once one arrives.
+        max_queue: Most jobs waiting (beyond the batch being generated) before :class:`QueueFull`.
+    """
+
+    def __init__(self, name: str, model: LoadedModel, *, max_batch_size: int, window_s: float, max_queue: int) -> None:
+        super().__init__(name, max_queue)
+        self.model = model
+        self.max_batch_size = max(1, max_batch_size)
+        self.window_s = max(0.0, window_s)
+        self.batches = 0
+        self.generated = 0
+        self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop taking jobs, fail those waiting, and let the worker exit after its current batch."""
+        self._close_queue()
 
     def _take(self) -> list[Job] | None:
         with self._cond:

@@ -28,7 +28,6 @@ generator, held by its slot, so its answer does not depend on the other rows.
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import heapq
 import logging
@@ -40,7 +39,7 @@ from typing import Any
 import attrs
 import torch
 
-from .batching import Job, QueueFull
+from .batching import Job, JobQueue
 from .generation import LoadedModel, choose_tokens, seeded_generator
 from .slots import SlotDecoder
 
@@ -119,7 +118,7 @@ def settle(name: str, job: Job, reason: str, events: list[tuple[Job, str, object
     events.append((job, "done", "stop" if job.text.stopped else reason))
 
 
-class ContinuousBatcher:
+class ContinuousBatcher(JobQueue):
     """The slot scheduler and worker thread of one deployment.
 
     Args:
@@ -144,20 +143,15 @@ class ContinuousBatcher:
         gather_s: float = 0.02,
         overlap: bool | None = None,
     ) -> None:
-        self.name = name
+        super().__init__(name, max_queue)
         self.model = model
         self.decoder = decoder
         self.max_batch_size = decoder.slots
-        self.max_queue = max(0, max_queue)
         self.prefill_tokens = max(1, prefill_tokens)
         self.gather_s = max(0.0, gather_s)
         # A prefill costs a launch chain whatever its size: while rows decode, one is run for a few prompts at
         # once (or once the oldest has waited gather_s), not for every prompt that arrives alone.
         self._gather = max(1, decoder.slots // 32)
-        self._pending: collections.deque[Job] = collections.deque()
-        self._arrived: collections.deque[float] = collections.deque()
-        self._cond = threading.Condition()
-        self._closed = False
         self._free = list(range(decoder.slots))  # a heap: the lowest slot first keeps the decoded rows few
         self._rows: dict[int, _Row] = {}
         self._generators: list[torch.Generator | None] = [None] * decoder.slots
@@ -180,24 +174,6 @@ class ContinuousBatcher:
 
     # -- the request side ----------------------------------------------------------------------------------
 
-    def submit(self, jobs: Sequence[Job]) -> None:
-        """Queue jobs (all or none).
-
-        Raises:
-            QueueFull: Queuing them would pass ``max_queue`` (or the deployment is being removed).
-        """
-        with self._cond:
-            if self._closed or len(self._pending) + len(jobs) > self.max_queue:
-                raise QueueFull(self.name)
-            self._pending.extend(jobs)
-            self._arrived.extend([time.monotonic()] * len(jobs))
-            self._cond.notify()
-
-    @property
-    def queued(self) -> int:
-        """Jobs waiting for a slot now."""
-        return len(self._pending)
-
     @property
     def running(self) -> int:
         """Jobs holding a slot now."""
@@ -205,14 +181,7 @@ class ContinuousBatcher:
 
     def close(self) -> None:
         """Stop taking jobs, fail those waiting and running, and let the worker exit after its current step."""
-        with self._cond:
-            self._closed = True
-            waiting = list(self._pending)
-            self._pending.clear()
-            self._arrived.clear()
-            self._cond.notify_all()
-        for job in waiting:
-            job.post("error", "the deployment was removed")
+        self._close_queue()
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the worker thread to exit (after :meth:`close`)."""
@@ -247,21 +216,19 @@ class ContinuousBatcher:
             taken: list[Job] = []
             if self._rows and self._pending:
                 room = min(len(self._free), len(self._pending))
-                if room < self._gather and time.monotonic() - self._arrived[0] < self.gather_s:
+                if room < self._gather and time.monotonic() - self._pending[0].arrived < self.gather_s:
                     return taken
             budget = self.prefill_tokens
             while self._pending and len(taken) < len(self._free):
                 job = self._pending[0]
                 if not job.alive:
                     self._pending.popleft()
-                    self._arrived.popleft()
                     job.post("done", "cancelled")
                     continue
                 if taken and len(job.prompt) > budget:
                     break
                 budget -= len(job.prompt)
                 taken.append(self._pending.popleft())
-                self._arrived.popleft()
             return taken
 
     def _step(self) -> bool:
