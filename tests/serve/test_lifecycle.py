@@ -122,6 +122,9 @@ class TestLifecycle:
             while not gone(files, pid, port) and time.monotonic() < deadline:
                 time.sleep(0.05)
             squatter = socket.socket()
+            # As any server would: the dead server's accepted connections (our own probes) may linger in
+            # TIME_WAIT on this port, and a bind without SO_REUSEADDR fails on them, not on a listener.
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 squatter.bind(("127.0.0.1", port))
                 squatter.listen()
