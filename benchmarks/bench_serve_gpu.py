@@ -356,6 +356,13 @@ def main(argv: list[str]) -> int:
         started = time.perf_counter()
         model_dir = build_model(root / "model", args.layers, tiny=args.tiny)
         print(f"built and saved the model in {time.perf_counter() - started:.1f}s", flush=True)
+        from transformers import AutoTokenizer
+
+        from ftkit.backends.local.serve.prompts import lock_free_decoder
+
+        # The engine detokenizes every row at every step: say which path it takes (transformers' or the backend's).
+        lock_free = lock_free_decoder(AutoTokenizer.from_pretrained(model_dir)) is not None
+        print(f"lock-free detokenizer: {'yes' if lock_free else 'no'}", flush=True)
         for path in args.paths.split(","):
             try:
                 if path == "transformers-inproc":

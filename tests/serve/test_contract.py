@@ -7,6 +7,7 @@ shape per route family, including the router's own 404 and 405.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import re
 from typing import Any
 
@@ -158,6 +159,25 @@ class TestModelsAndErrors:
         assert info.value.response.headers["allow"] == "POST"
         assert info.value.response.json()["error"]["type"] == "invalid_request_error"
         assert "allowed: POST" in info.value.message
+
+    def test_stream_past_its_deadline_ends_in_an_error_event(self, client: Any, live: LiveEndpoint) -> None:
+        """A stream that runs past request_timeout_ms ends with a 408 error event and no finish chunk; openai's
+        client raises it as an APIError; the server answers the next request normally."""
+        body = {"model": "hasty", "messages": QUESTION, "max_tokens": 1500, "stream": True}
+        headers = {"Authorization": f"Bearer {live.keys.primary}"}
+        with httpx.stream("POST", f"{live.base}/v1/chat/completions", json=body, headers=headers, timeout=60) as r:
+            assert r.status_code == 200
+            events = [line.removeprefix("data: ") for line in r.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        last = json.loads(events[-2])
+        assert last["error"]["code"] == 408
+        assert last["error"]["type"] == "timeout_error"
+        assert "request_timeout_ms" in last["error"]["message"]
+        assert not any('"finish_reason": "' in e for e in events)
+        with pytest.raises(openai.APIError, match="request_timeout_ms"):
+            for _ in client.chat.completions.create(model="hasty", messages=QUESTION, max_tokens=1500, stream=True):
+                pass
+        assert greedy(client).choices[0].finish_reason in {"stop", "length"}
 
     def test_auth_error_shape(self, live: LiveEndpoint) -> None:
         """A wrong key is openai's AuthenticationError with the error object."""

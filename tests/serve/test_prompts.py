@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from ftkit.backends.local.serve.prompts import check_fits, encode_conversation
+from ftkit.backends.local.serve.prompts import check_fits, encode_conversation, lock_free_decoder
 from ftkit.backends.local.serve.requests import BadRequest
 from ftkit.backends.local.serve.stops import RowText, find_stop, stop_prefix_len
 from ftkit.backends.local.tiny import ASSISTANT_TOKEN, END_TOKEN, USER_TOKEN
@@ -207,3 +207,42 @@ def test_windowed_text_equals_the_whole_decoding(model: Any) -> None:
     assert "".join(pieces) == model.decode(tokens)
     assert len(tokens) > 20
     assert max(longest) < 10
+
+
+class TestLockFreeDecoder:
+    def test_equals_the_tokenizers_decode(self, model: Any) -> None:
+        """The engine's decoder gives what ``tokenizer.decode(skip_special_tokens=True)`` gives, byte for byte:
+        on random id runs (special tokens and cut multi-byte characters included) and from many threads at once,
+        while other threads encode (which reconfigures the shared tokenizer)."""
+        import random
+
+        tok = model.tokenizer
+        decode = lock_free_decoder(tok)
+        assert decode is not None
+        assert model.decode([5, 6]) == decode([5, 6])
+        rng = random.Random(7)
+        size = len(tok)
+        runs = [[rng.randrange(size) for _ in range(rng.randint(0, 12))] for _ in range(400)]
+        runs += [
+            list(tok(t, add_special_tokens=False)["input_ids"])[:k] for t in ("東京 😀 café", "ab") for k in (1, 2, 3)
+        ]
+        expected = [tok.decode(r, skip_special_tokens=True) for r in runs]
+        assert [decode(r) for r in runs] == expected
+        assert any(tok.all_special_ids[0] in r for r in runs)
+
+        def encode(_: int) -> list[int]:
+            return model.encode([{"role": "user", "content": "hi <|end|> there"}], "messages", 4)  # type: ignore[no-any-return]
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            encodes = [pool.submit(encode, i) for i in range(40)]
+            decoded = list(pool.map(decode, runs))
+        assert decoded == expected
+        assert len({tuple(f.result()) for f in encodes}) == 1
+
+    def test_declines_where_transformers_post_processes(self, tiny_model_dir: Path) -> None:
+        """``clean_up_tokenization_spaces`` is applied by transformers after the backend: no lock-free copy then,
+        and LoadedModel keeps the locked path."""
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tiny_model_dir, clean_up_tokenization_spaces=True)
+        assert lock_free_decoder(tok) is None

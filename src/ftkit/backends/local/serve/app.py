@@ -838,32 +838,31 @@ async def _stream(
 
     # A content chunk is this prefix, the JSON string of the delta, this suffix: one json.dumps per piece.
     head, _, tail = chunk({"content": "\x00"}, None).decode().partition(json.dumps("\x00"))
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deployment.timeout_s
+    # One timer for the whole answer, which posts its own event: a timeout scope around every wait would
+    # schedule and cancel a timer per token, on the event loop that every stream shares.
+    timer = asyncio.get_running_loop().call_later(deployment.timeout_s, job.events.put_nowait, ("timeout", None))
     try:
         yield chunk({"role": "assistant", "content": ""}, None)
         while True:
-            try:
-                # One timer for the whole answer, not one per token.
-                async with asyncio.timeout_at(end):
-                    kind, value = await job.events.get()
-            except TimeoutError:
-                message = "the request took longer than the deployment's request_timeout_ms"
-                yield _sse({"error": {"message": message, "type": "timeout_error", "code": 408}})
-                break
-            # Text that queued up while this handler waited for the event loop goes out in one write: when the
-            # server is busy, it spends less per piece instead of falling further behind. Each piece is already
-            # safe to send: the worker held back partial characters and stop-string beginnings.
-            out: list[str] = []
+            kind, value = await job.events.get()
+            # Text that queued up while this handler waited for the event loop goes out as one chunk: when the
+            # server is busy, it spends less per piece (and so do its clients) instead of falling further behind.
+            # Each piece is already safe to send: the worker held back partial characters and stop-string
+            # beginnings.
+            pieces: list[str] = []
             while kind == "text":
-                out.append(f"{head}{json.dumps(str(value))}{tail}")
+                pieces.append(str(value))
                 if job.events.empty():
                     break
                 kind, value = job.events.get_nowait()
-            if out:
-                yield "".join(out).encode()
+            if pieces:
+                yield f"{head}{json.dumps(''.join(pieces))}{tail}".encode()
             if kind == "text":
                 continue
+            if kind == "timeout":
+                message = "the request took longer than the deployment's request_timeout_ms"
+                yield _sse({"error": {"message": message, "type": "timeout_error", "code": 408}})
+                break
             if kind == "error":
                 yield _sse({"error": {"message": str(value), "type": "server_error", "code": 503}})
                 break
@@ -881,4 +880,5 @@ async def _stream(
             break
         yield b"data: [DONE]\n\n"
     finally:
+        timer.cancel()
         job.cancelled = True

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .prompts import encode_conversation, longest_token_chars, tokenizer_lock
+from .prompts import encode_conversation, lock_free_decoder, longest_token_chars, tokenizer_lock
 from .requests import GenParams
 
 __all__ = ["LoadedModel", "choose_tokens", "seeded_generator"]
@@ -60,6 +60,7 @@ class LoadedModel:
         # transformers 5.x renamed the KV cache argument from past_key_values to cache (the old name warns).
         self._cache_arg = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         self.max_token_chars = longest_token_chars(self.tokenizer)
+        self._decode = lock_free_decoder(self.tokenizer)
 
     def encode(self, conversation: Sequence[Mapping[str, str]], field: str, max_new_tokens: int) -> list[int]:
         """Render a conversation with the chat template (with the generation prompt) and tokenize it.
@@ -80,6 +81,8 @@ class LoadedModel:
 
     def decode(self, ids: Sequence[int]) -> str:
         """Return the text of generated token ids (special tokens dropped); safe from any thread."""
+        if self._decode is not None:
+            return self._decode(ids)
         with tokenizer_lock(self.tokenizer):
             return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 

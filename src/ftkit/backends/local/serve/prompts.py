@@ -19,7 +19,9 @@ A tokenizer is not safe to call from two threads at once: ``split_special_tokens
 Rust tokenizer that transformers switches on and off per call, so a concurrent call could tokenize the template's
 own ``<|user|>`` as text (seen: 4 of 48 concurrent identical requests got another prompt), and switching it
 while another thread encodes or decodes fails ("Already borrowed"). Each tokenizer's calls, here and in
-:meth:`~.generation.LoadedModel.decode`, are serialized by its own :func:`tokenizer_lock`.
+:meth:`~.generation.LoadedModel.decode`, are serialized by its own :func:`tokenizer_lock`. Decoding, which the
+engine does for every row at every step, avoids both the lock and transformers' per-call overhead where it can:
+:func:`lock_free_decoder` decodes with a private copy of the Rust tokenizer that nothing ever reconfigures.
 """
 
 from __future__ import annotations
@@ -28,12 +30,19 @@ import re
 import secrets
 import threading
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .requests import BadRequest
 
-__all__ = ["check_fits", "encode_conversation", "longest_token_chars", "min_tokens", "tokenizer_lock"]
+__all__ = [
+    "check_fits",
+    "encode_conversation",
+    "lock_free_decoder",
+    "longest_token_chars",
+    "min_tokens",
+    "tokenizer_lock",
+]
 
 _locks: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
 _locks_lock = threading.Lock()
@@ -46,6 +55,32 @@ def tokenizer_lock(tokenizer: Any) -> threading.Lock:
         if lock is None:
             lock = _locks[tokenizer] = threading.Lock()
         return lock
+
+
+def lock_free_decoder(tokenizer: Any) -> Callable[[Sequence[int]], str] | None:
+    """Return ``ids -> text`` equal to ``tokenizer.decode(ids, skip_special_tokens=True)``, safe from any thread.
+
+    It decodes with a private copy of the tokenizer's Rust backend: decoding borrows it read-only and nothing
+    ever changes its settings, so threads need no lock, and it skips transformers' Python wrapper (measured on
+    256 streamed rows of a word-level tokenizer: 21 µs a token through ``tokenizer.decode`` and the lock, under 6
+    µs this way). ``None`` where the two could differ: a slow (Python) tokenizer, a class with its own decoding,
+    or ``clean_up_tokenization_spaces``, which transformers applies after the backend.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    kind = type(tokenizer)
+    if not isinstance(tokenizer, PreTrainedTokenizerFast) or getattr(tokenizer, "clean_up_tokenization_spaces", True):
+        return None
+    if kind.decode is not PreTrainedTokenizerFast.decode or kind._decode is not PreTrainedTokenizerFast._decode:
+        return None
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+
+    def decode(ids: Sequence[int]) -> str:
+        return str(backend.decode(list(ids), skip_special_tokens=True))
+
+    return decode
 
 
 def longest_token_chars(tokenizer: Any) -> int:
