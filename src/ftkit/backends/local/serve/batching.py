@@ -124,8 +124,11 @@ class JobQueue:
         """Jobs waiting now."""
         return len(self._pending)
 
-    def _close_queue(self) -> None:
-        """Stop taking jobs and fail those waiting; the worker sees ``_closed`` at its next wake-up."""
+    def close(self) -> None:
+        """Stop taking jobs and fail those waiting; the worker exits after its current batch or step.
+
+        The continuous engine also fails the rows it was decoding.
+        """
         with self._cond:
             self._closed = True
             waiting = list(self._pending)
@@ -155,10 +158,6 @@ class Batcher(JobQueue):
         self.generated = 0
         self._thread = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
         self._thread.start()
-
-    def close(self) -> None:
-        """Stop taking jobs, fail those waiting, and let the worker exit after its current batch."""
-        self._close_queue()
 
     def _take(self) -> list[Job] | None:
         with self._cond:

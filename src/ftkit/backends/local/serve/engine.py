@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import heapq
 import logging
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -56,10 +55,6 @@ class _Row:
     job: Job
     slot: int
     length: int  # positions of the slot's cache written or being written by launched steps
-
-
-SWITCH_INTERVAL_S = 0.0005
-"""The GIL switch interval a GPU engine sets for its process (see :class:`ContinuousBatcher`)."""
 
 
 @attrs.define(eq=False)
@@ -177,12 +172,6 @@ class ContinuousBatcher(JobQueue):
         self._read_done: Any = torch.cuda.Event() if self._pinned else None  # type: ignore[no-untyped-call]
         self._step_done: Any = torch.cuda.Event() if self._pinned else None  # type: ignore[no-untyped-call]
         self._overlap = self._pinned if overlap is None else overlap
-        if self._pinned:
-            # The GPU idles from the end of a step until this thread launches the next one, and waking from the
-            # step's event it must take the GIL back from the event loop, which under load holds it for up to the
-            # switch interval (5 ms by default, against a decode step of 4-12 ms). A shorter interval bounds that
-            # wait; the cost is more hand-overs between two busy threads (microseconds each).
-            sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         self._inflight: _Launch | None = None
         self._thread = threading.Thread(target=self._run, name=f"engine-{name}", daemon=True)
         self._thread.start()
@@ -193,10 +182,6 @@ class ContinuousBatcher(JobQueue):
     def running(self) -> int:
         """Jobs holding a slot now."""
         return len(self._rows)
-
-    def close(self) -> None:
-        """Stop taking jobs, fail those waiting and running, and let the worker exit after its current step."""
-        self._close_queue()
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the worker thread to exit (after :meth:`close`)."""
@@ -256,7 +241,7 @@ class ContinuousBatcher(JobQueue):
         if not self._rows:
             self._inflight = None  # nothing it decodes is wanted any more
         if events:  # now: with no rows left, _admit may wait for new jobs for as long as none come
-            self._flush(events)
+            flush(events)
             events = []
         new = self._admit()
         if new is None:
@@ -273,7 +258,7 @@ class ContinuousBatcher(JobQueue):
         elif self._rows:
             launch = self._launch()
             self._accept_step(launch, self._collect(launch), events)
-        self._flush(events)
+        flush(events)
         self.steps += 1
         return True
 
@@ -387,9 +372,6 @@ class ContinuousBatcher(JobQueue):
         if reason is not None:
             self._release(row.slot)
             settle(self.name, row.job, reason, events)
-
-    def _flush(self, events: list[tuple[Job, str, object]]) -> None:
-        flush(events)
 
     def describe(self) -> dict[str, Any]:
         """What the engine holds, for logs and ``endpoint list``."""

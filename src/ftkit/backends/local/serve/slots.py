@@ -107,9 +107,9 @@ class SlotDecoder:
         param = next(model.parameters())
         self.device = param.device
         self.dtype = param.dtype
-        graphs = cuda_graphs and self.device.type == "cuda"
+        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         # Graphed prefills pad their batch to a bucket; the padding rows write into one spare slot past the last.
-        shape = (slots + int(graphs), self.kv_heads, context, self.head_dim)
+        shape = (slots + int(self.cuda_graphs), self.kv_heads, context, self.head_dim)
         self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         positions = torch.arange(context, device=self.device)[None]
@@ -120,7 +120,6 @@ class SlotDecoder:
         # Decode inputs live in fixed buffers so that a captured graph reads this step's values.
         self.tokens = torch.zeros(slots, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(slots, dtype=torch.long, device=self.device)
-        self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._prefill_graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         # A graphed prefill reads its prompts, slots and last positions from these (see prefill).
@@ -239,7 +238,7 @@ class SlotDecoder:
         key = (bucket_rows, bucket_width)
         entry = self._prefill_graphs.get(key)
         if entry is None:
-            entry = self._capture_with(
+            entry = self._capture(
                 lambda: self._prefill_forward(
                     self._pf_ids[:bucket_rows, :bucket_width], self._pf_slots[:bucket_rows], self._pf_last[:bucket_rows]
                 )
@@ -322,16 +321,13 @@ class SlotDecoder:
         key = (bucket_rows, width)
         entry = self._graphs.get(key)
         if entry is None:
-            entry = self._capture(bucket_rows, width)
+            entry = self._capture(lambda: self._step(bucket_rows, width))
             self._graphs[key] = entry
         graph, logits = entry
         graph.replay()
         return logits[:rows]
 
-    def _capture(self, rows: int, width: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        return self._capture_with(lambda: self._step(rows, width))
-
-    def _capture_with(self, run: Callable[[], torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    def _capture(self, run: Callable[[], torch.Tensor]) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         # Warm-up runs on a side stream (as torch requires before capture) compute this very step: they write the
         # same keys and values the replay will, so running it more than once changes nothing.
         stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
