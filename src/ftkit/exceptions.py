@@ -168,12 +168,14 @@ class MissingDependencyError(FtkitError, ImportError):
     Args:
         package: The import that failed.
         extra: The ftkit extra that brings it.
+        install: The install command to suggest, where it is not ``pip install 'ftkit[EXTRA]'``.
     """
 
-    def __init__(self, package: str, extra: str) -> None:
+    def __init__(self, package: str, extra: str, install: str | None = None) -> None:
         self.package = package
         self.extra = extra
-        super().__init__(f"{package} is not installed: pip install 'ftkit[{extra}]'")
+        command = install or f"pip install 'ftkit[{extra}]'"
+        super().__init__(f"{package} is not installed: {command}")
 
 
 class BackendError(FtkitError):
