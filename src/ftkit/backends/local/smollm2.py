@@ -83,8 +83,9 @@ def smollm2_model_dir(cache_dir: str | Path | None = None) -> Path:
         model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
         # The weights are de-quantized already: the GGUF quantizer left on the model refuses to save, and a saved
         # quantization_config would make the next load look for GGUF.
-        model.hf_quantizer = None
-        model.is_quantized = False
+        # setattr: torch's Module typing takes attribute assignment for a sub-module.
+        setattr(model, "hf_quantizer", None)  # noqa: B010
+        setattr(model, "is_quantized", False)  # noqa: B010
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         model.save_pretrained(tmp)
