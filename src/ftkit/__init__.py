@@ -14,6 +14,8 @@ from .exceptions import (
     ConflictError,
     DatasetValidationError,
     DeploymentError,
+    EvaluationError,
+    EvaluationGateError,
     FtkitError,
     JobFailedError,
     JobFileError,
@@ -36,6 +38,7 @@ if _typing.TYPE_CHECKING:
     from .compute import ClusterInfo, ComputeValidator, VmSize
     from .data import ChatDatasetBuilder, DatasetBuild, DatasetReport, SplitSelection
     from .deploy import EndpointDeployer
+    from .evaluation import Candidate, EvaluateSection, Evaluation, EvaluationResult
     from .finetune import FinetunePipelineSpec
     from .jobfile import JobFile
     from .metrics import LossCurves, MetricsSummary, plot_loss_curves, summarize
@@ -50,7 +53,11 @@ _LAZY: dict[str, str] = {
     "ComputeValidator": "compute",
     "DatasetBuild": "data",
     "DatasetReport": "data",
+    "Candidate": "evaluation",
     "EndpointDeployer": "deploy",
+    "EvaluateSection": "evaluation",
+    "Evaluation": "evaluation",
+    "EvaluationResult": "evaluation",
     "FinetunePipelineSpec": "finetune",
     "FoundationModelRef": "model",
     "JobFile": "jobfile",
@@ -69,6 +76,7 @@ _LAZY: dict[str, str] = {
 __all__ = [
     "AuthError",
     "BackendError",
+    "Candidate",
     "ChatDatasetBuilder",
     "ClusterInfo",
     "ComponentSchema",
@@ -80,6 +88,11 @@ __all__ = [
     "DatasetValidationError",
     "DeploymentError",
     "EndpointDeployer",
+    "EvaluateSection",
+    "Evaluation",
+    "EvaluationError",
+    "EvaluationGateError",
+    "EvaluationResult",
     "FinetunePipelineSpec",
     "FoundationModelRef",
     "FtkitError",

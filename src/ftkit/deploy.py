@@ -11,6 +11,7 @@ fails, so nobody pays for a forgotten endpoint::
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -24,7 +25,7 @@ from .exceptions import FtkitError, Problem, ValidationError
 from .jobfile import DeploySection, JobFile, ScoreSection
 from .model import FoundationModelRef
 
-__all__ = ["EndpointDeployer", "request_body"]
+__all__ = ["EndpointDeployer", "answer_text", "request_body"]
 
 Conversation = Sequence[Mapping[str, Any]]
 
@@ -53,6 +54,30 @@ def request_body(conversation: Conversation, parameters: ScoreSection | None = N
         },
         "params": {},
     }
+
+
+def answer_text(response: Any) -> str:
+    """Return the text of an endpoint's answer.
+
+    Understands ``{"output": "..."}`` (local and Azure ML chat models) and the list forms some scoring scripts
+    return (``["..."]``, ``[{"0": "..."}]``); anything else comes back as JSON.
+
+    Args:
+        response: The endpoint's parsed answer.
+
+    Returns:
+        The answer's text.
+    """
+    value = response
+    if isinstance(value, Mapping) and "output" in value:
+        value = value["output"]
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+        if isinstance(value, Mapping) and len(value) == 1:  # [{"0": "..."}]: a one-column frame's row
+            value = next(iter(value.values()))
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 class EndpointDeployer:

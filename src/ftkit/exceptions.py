@@ -25,6 +25,8 @@ SDK errors (azure-core, azure-ai-ml, mlflow, torch) are translated at the backen
     ├── DeploymentError                       an endpoint or deployment failed (endpoint, deployment, logs)
     │   └── ProbeFailedError                  the container never became live/ready
     ├── ScoringError                          a scoring request was answered with an error
+    ├── EvaluationError                       tuned vs base could not be compared
+    │   └── EvaluationGateError               the tuned model did not meet evaluate.require
     └── StorageError                          the file system said no (full disk, permissions): stage and path
 
 The retry policy (:mod:`ftkit.retry`) retries :class:`TransientBackendError` and nothing else.
@@ -44,6 +46,8 @@ __all__ = [
     "ConflictError",
     "DatasetValidationError",
     "DeploymentError",
+    "EvaluationError",
+    "EvaluationGateError",
     "FtkitError",
     "JobFailedError",
     "JobFileError",
@@ -309,6 +313,23 @@ class ScoringError(FtkitError):
         self.status_code = status_code
         self.endpoint = endpoint
         self.deployment = deployment
+        super().__init__(message)
+
+
+class EvaluationError(FtkitError):
+    """The evaluation of a tuned model against its base could not be completed."""
+
+
+class EvaluationGateError(EvaluationError):
+    """The tuned model did not meet ``evaluate.require``: the run fails and no deployment is kept.
+
+    Args:
+        message: Which requirement failed, with the measured value.
+        result: The evaluation (its report is written before this is raised).
+    """
+
+    def __init__(self, message: str, *, result: object = None) -> None:
+        self.result = result
         super().__init__(message)
 
 

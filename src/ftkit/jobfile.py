@@ -18,6 +18,7 @@ import yaml
 from .convert import BAD, bounds, convert_value, describe_type
 from .deployment_settings import DeploymentSettings, ServerSettings
 from .display import html_table, set_fields, short
+from .evaluation.spec import EvaluateSection, load_evaluate_section
 from .exceptions import JobFileError, Problem, closest
 from .finetune import FinetunePipelineSpec
 from .model import FoundationModelRef
@@ -227,7 +228,7 @@ _SECTIONS: Mapping[str, type] = {
     "score": ScoreSection,
     "local": LocalSection,
 }
-_TOP_LEVEL = ("name", "backend", "experiment_name", *_SECTIONS, "finetune")
+_TOP_LEVEL = ("name", "backend", "experiment_name", *_SECTIONS, "finetune", "evaluate")
 
 
 @attrs.frozen(kw_only=True)
@@ -246,6 +247,8 @@ class JobFile:
         deploy: See :class:`DeploySection`.
         score: See :class:`ScoreSection`.
         local: See :class:`LocalSection`.
+        evaluate: See :class:`~ftkit.evaluation.EvaluateSection` (``None``: no evaluation; an empty
+            ``evaluate:`` runs one with every default).
         source: The file it was loaded from, if any.
         lines: Line numbers of keys in ``source`` (``finetune.learning_rate`` -> 14).
         overrides: Keys replaced from outside the file (``--set``, ``overrides=``), recorded in ``run.json``.
@@ -262,6 +265,7 @@ class JobFile:
     deploy: DeploySection = attrs.field(factory=DeploySection)
     score: ScoreSection = attrs.field(factory=ScoreSection)
     local: LocalSection = attrs.field(factory=LocalSection)
+    evaluate: EvaluateSection | None = None
     source: Path | None = attrs.field(default=None, eq=False)
     lines: Mapping[str, int] = attrs.field(factory=dict, eq=False, repr=False)
     overrides: Overrides = attrs.field(factory=Overrides, eq=False, repr=False)
@@ -361,7 +365,10 @@ class JobFile:
         for field in attrs.fields(type(self)):
             if field.name in ("source", "lines", "overrides"):
                 continue
-            out[field.name] = _plain(getattr(self, field.name))
+            value = getattr(self, field.name)
+            if field.name == "evaluate" and value is None:
+                continue  # an `evaluate:` key, even empty, turns the evaluation on
+            out[field.name] = _plain(value)
         return out
 
     def __repr__(self) -> str:
@@ -441,6 +448,8 @@ def _as_overrides(value: Overrides | Mapping[str, object] | None) -> Overrides:
 
 def _plain(value: object) -> Any:
     """An attrs section as the job file's mapping (``extra`` parameters flattened in, as the file writes them)."""
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
     if not attrs.has(type(value)):
         return dict(value) if isinstance(value, Mapping) else value
     out: dict[str, Any] = {}
@@ -534,6 +543,18 @@ def load_sections(
             )
         elif section is not None:
             problem("finetune", "expected a mapping of parameters")
+    if "evaluate" in data:
+
+        def located(where: str, message: str, suggestion: str | None = None) -> None:
+            # A missing key has no line of its own: point at the list item or section that lacks it.
+            near = where
+            while near not in lines and ("." in near or "[" in near):
+                near = near[: max(near.rfind("."), near.rfind("["))]
+            problems.append(Problem(where, message, suggestion, source, lines.get(near)))
+
+        evaluate = load_evaluate_section(data["evaluate"], located)
+        if evaluate is not None:
+            kwargs["evaluate"] = evaluate if evaluate.enabled else None
     return kwargs, problems
 
 
@@ -576,6 +597,12 @@ def _collect_lines(node: yaml.Node, prefix: str, out: dict[str, int]) -> None:
             key = f"{prefix}{key_node.value}"
             out[key] = key_node.start_mark.line + 1
             _collect_lines(value_node, f"{key}.", out)
+    elif isinstance(node, yaml.SequenceNode) and prefix:
+        # List items (evaluate.checks[0]) get lines too, so a problem inside one points at its line.
+        base = prefix.removesuffix(".")
+        for i, item in enumerate(node.value):
+            out[f"{base}[{i}]"] = item.start_mark.line + 1
+            _collect_lines(item, f"{base}[{i}].", out)
 
 
 def _build_section(cls: type[S], raw: object, prefix: str, problem: Any, *, partial: bool = False) -> S | None:

@@ -41,6 +41,7 @@ from .backends.base import (
     RegisterRequest,
 )
 from .compute import ComputeCheck, ComputeValidator
+from .deploy import answer_text
 from .exceptions import FtkitError, MissingDependencyError, StorageError, ValidationError
 from .hashing import sha256_file
 from .home import ftkit_home
@@ -108,30 +109,6 @@ class RunResult:
     def answer(self) -> str | None:
         """The endpoint's sample answer as text (see :func:`answer_text`), ``None`` when nothing was scored."""
         return None if self.score_response is None else answer_text(self.score_response)
-
-
-def answer_text(response: Any) -> str:
-    """Return the text of an endpoint's answer.
-
-    Understands ``{"output": "..."}`` (local and Azure ML chat models) and the list forms some scoring scripts
-    return (``["..."]``, ``[{"0": "..."}]``); anything else comes back as JSON.
-
-    Args:
-        response: The endpoint's parsed answer.
-
-    Returns:
-        The answer's text.
-    """
-    value = response
-    if isinstance(value, Mapping) and "output" in value:
-        value = value["output"]
-    if isinstance(value, list) and len(value) == 1:
-        value = value[0]
-        if isinstance(value, Mapping) and len(value) == 1:  # [{"0": "..."}]: a one-column frame's row
-            value = next(iter(value.values()))
-    if isinstance(value, str):
-        return value
-    return json.dumps(value, ensure_ascii=False, default=str)
 
 
 def _endpoint_name(job_name: str, suffix: str) -> str:

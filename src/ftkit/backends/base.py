@@ -7,7 +7,7 @@ the service allows it: deleting something that is gone is not an error.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -401,4 +401,15 @@ class Backend(Protocol):
 
     def register_model(self, request: RegisterRequest) -> RegisteredModel:
         """Register the job's trained model with lineage tags."""
+        ...
+
+    def heldout_losses(
+        self, model: RegisteredModel, conversations: Sequence[Sequence[Mapping[str, Any]]]
+    ) -> list[tuple[float, int]] | None:
+        """Held-out loss of ``model`` per conversation, with training's masking.
+
+        Returns:
+            ``(summed negative log-likelihood of the assistant tokens, their count)`` per conversation, or
+            ``None`` where this backend cannot compute it (Azure ML's endpoints serve generations only).
+        """
         ...

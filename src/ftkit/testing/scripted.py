@@ -245,6 +245,8 @@ class ScriptedBackend:
         schema: What :meth:`component_schema` returns (ftkit's bundled snapshot of the version by default).
         answer: The endpoints' scoring answer (see :class:`ScriptedEndpoints`).
         failing_deployments: Deployment names whose creation fails.
+        losses: What :meth:`heldout_losses` returns, as ``losses(model, conversations)`` (``None``: the backend
+            cannot compute held-out loss, as on Azure ML).
     """
 
     def __init__(
@@ -259,8 +261,11 @@ class ScriptedBackend:
         schema: ComponentSchema | None = None,
         answer: Callable[[str, str, Mapping[str, Any]], Any] = default_answer,
         failing_deployments: Sequence[str] = (),
+        losses: Callable[[RegisteredModel, Sequence[Sequence[Mapping[str, Any]]]], list[tuple[float, int]]]
+        | None = None,
     ) -> None:
         self.name = name
+        self.losses = losses
         self._script = _Script()
         self.models = dict(models or {})
         self.job_statuses = tuple(job_statuses)
@@ -385,6 +390,13 @@ class ScriptedBackend:
         )
         self.registered[key] = model
         return model
+
+    def heldout_losses(
+        self, model: RegisteredModel, conversations: Sequence[Sequence[Mapping[str, Any]]]
+    ) -> list[tuple[float, int]] | None:
+        """Return :attr:`losses` ``(model, conversations)``, or ``None`` (not measured) when it is unset."""
+        self._script.enter("heldout_losses", {"model": model.id, "conversations": len(conversations)})
+        return None if self.losses is None else self.losses(model, conversations)
 
 
 def _falling_loss() -> tuple[MetricPoint, ...]:

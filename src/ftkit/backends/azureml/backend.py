@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -434,6 +434,17 @@ class AzureMLBackend:
     def read_metrics(self, job: JobHandle) -> MetricsTable:
         """Read the job's metrics (its root run's MLflow metrics)."""
         return _metrics.read_metrics(self.connection, job.name)
+
+    def heldout_losses(
+        self,
+        model: RegisteredModel,  # noqa: ARG002 - the protocol's signature
+        conversations: Sequence[Sequence[Mapping[str, Any]]],  # noqa: ARG002
+    ) -> list[tuple[float, int]] | None:
+        """``None``: a managed online endpoint serves generations, not token log-likelihoods.
+
+        The evaluation reports the fine-tuning job's own ``eval_loss`` for the tuned model instead, and says so.
+        """
+        return None
 
     # ------------------------------------------------------------------ registration
 

@@ -13,7 +13,7 @@ import json
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -583,6 +583,20 @@ class LocalBackend:
             tags=tags,
             description=request.description,
         )
+
+    def heldout_losses(
+        self, model: RegisteredModel, conversations: Sequence[Sequence[Mapping[str, Any]]]
+    ) -> list[tuple[float, int]] | None:
+        """Held-out loss of a model with files on this machine (training's masking); ``None`` for one without.
+
+        Raises:
+            MissingDependencyError: The ``local`` extra is not installed.
+        """
+        if model.path is None or not Path(model.path).is_dir():
+            return None
+        from .heldout import conversation_losses
+
+        return conversation_losses(model.path, conversations, device="cpu" if self.device == "cpu" else "auto")
 
     # -- endpoints (delegated to the local endpoint server) ------------------------------------------------
 
