@@ -26,7 +26,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -41,8 +41,8 @@ from .backends.base import (
     RegisterRequest,
 )
 from .compute import ComputeCheck, ComputeValidator
-from .deploy import answer_text
-from .exceptions import FtkitError, MissingDependencyError, StorageError, ValidationError
+from .deploy import EndpointDeployer, answer_text
+from .exceptions import FtkitError, MissingDependencyError, Problem, StorageError, ValidationError
 from .hashing import sha256_file
 from .home import ftkit_home
 from .interrupts import Interrupted, deferred, handle_signals
@@ -52,9 +52,12 @@ from .names import random_suffix
 from .plan import RunPlan, check_job, data_files, plan_run
 from .waiting import wait_for_job
 
+if TYPE_CHECKING:
+    from .evaluation import EvaluationResult, HeldOutPrompt
+
 __all__ = ["JobRunner", "RunResult", "StageEvent", "answer_text", "run"]
 
-STAGES = ("model", "compute", "data", "finetune", "metrics", "register", "deploy", "score", "cleanup")
+STAGES = ("model", "compute", "data", "finetune", "metrics", "register", "deploy", "score", "evaluate", "cleanup")
 
 
 @attrs.frozen
@@ -63,7 +66,7 @@ class StageEvent:
 
     Attributes:
         stage: One of ``model``, ``compute``, ``data``, ``finetune``, ``metrics``, ``register``, ``deploy``,
-            ``score``, ``cleanup``.
+            ``score``, ``evaluate``, ``cleanup``.
         message: A one-line, human-readable account.
         done: Whether the stage has finished.
     """
@@ -90,6 +93,7 @@ class RunResult:
         score_response: The endpoint's answer.
         run_dir: Where ``run.json`` and the loss curves are.
         loss_curves: The loss-curve PNG, when one was drawn (matplotlib installed, a loss logged).
+        evaluation: The tuned-vs-base evaluation, when the job has an ``evaluate`` section.
     """
 
     job_file: JobFile
@@ -104,6 +108,7 @@ class RunResult:
     score_response: Any
     run_dir: Path
     loss_curves: Path | None = None
+    evaluation: EvaluationResult | None = None
 
     @property
     def answer(self) -> str | None:
@@ -187,13 +192,17 @@ class JobRunner:
         )
         self._record: dict[str, Any] = {
             "job": job.name,
+            "job_file": str(job.source.resolve()) if job.source is not None else None,
             "backend": self.backend.name,
             "started": self.stamp,
             "status": "running",
         }
         self._stage = "model"
+        self._metrics: MetricsTable | None = None
         self._job_done = False
         self._loss_curves: Path | None = None
+        self._prompts: list[HeldOutPrompt] = []
+        self._evaluation: EvaluationResult | None = None
         if job.overrides:
             self._record["overrides"] = job.overrides.as_record()
 
@@ -364,6 +373,9 @@ class JobRunner:
             self._emit("finetune", f"model default: {override}")
 
         files = self._data()
+        if job.evaluate is not None and self.deploy:
+            # Before anything is submitted or deployed: a split too small for the prompts asked for fails here.
+            self._prompts = self._held_out_prompts(files)
         uris = backend.upload_data({k: v for k, v in files.items() if k in ("train", "test")}, name_prefix=job.name)
         self._record["component"] = f"{plan.schema.name}:{plan.schema.version}"
         self._record["parameters"] = plan.parameters
@@ -394,10 +406,16 @@ class JobRunner:
         self._emit("finetune", "job completed", done=True)
 
         metrics = backend.read_metrics(handle)
+        self._metrics = metrics
         self._emit("metrics", self._review(metrics), done=True)
 
         registered = self._register(handle, model, plan, files)
-        self._record["registered_model"] = {"name": registered.name, "version": registered.version, "id": registered.id}
+        self._record["registered_model"] = {
+            "name": registered.name,
+            "version": registered.version,
+            "id": registered.id,
+            "path": str(registered.path) if registered.path is not None else None,
+        }
         self._emit("register", f"{registered.name} version {registered.version}", done=True)
 
         endpoint: EndpointInfo | None = None
@@ -418,6 +436,7 @@ class JobRunner:
             score_response=response,
             run_dir=self.run_dir,
             loss_curves=self._loss_curves,
+            evaluation=self._evaluation,
         )
 
     def _data(self) -> dict[str, str]:
@@ -484,8 +503,6 @@ class JobRunner:
     def _deploy_and_score(
         self, registered: RegisteredModel, model: FoundationModelRef, files: Mapping[str, str]
     ) -> tuple[EndpointInfo, Mapping[str, Any] | None, Any]:
-        from .deploy import EndpointDeployer
-
         job = self.job
         name = job.deploy.endpoint_name or _endpoint_name(job.name, self.suffix)
         self._record["endpoint"] = {"name": name, "kept": job.deploy.keep}
@@ -508,12 +525,132 @@ class JobRunner:
                 self._record["score"] = {"request": request_body, "response": response}
                 answer = " ".join(answer_text(response).split())
                 self._emit("score", f"answer: {answer[:100]}{'…' if len(answer) > 100 else ''}", done=True)
+            if job.evaluate is not None:
+                self._evaluate_stage(deployer, registered, model)
             if not job.deploy.keep:
                 self._emit("cleanup", f"deleting endpoint {name}")
         self._emit(
             "cleanup", "endpoint kept (deploy.keep)" if job.deploy.keep else f"endpoint {name} deleted", done=True
         )
         return info, request_body, response
+
+    def _held_out_prompts(self, files: Mapping[str, str]) -> list[HeldOutPrompt]:
+        from .evaluation import load_prompts
+
+        settings = self.job.evaluate
+        assert settings is not None
+        if settings.split in ("test", "score"):
+            source = files.get(settings.split)
+            if source is None:
+                raise ValidationError(
+                    [Problem("evaluate.split", f"the run has no {settings.split} split", "use test, or a JSONL path")],
+                    "no held-out prompts",
+                )
+        else:
+            source = str(self.job.resolve_path(settings.split))
+        if not Path(source).is_file():
+            raise ValidationError(
+                [Problem("evaluate.split", f"{source} is not a local file", "evaluate on a local JSONL file")],
+                "no held-out prompts",
+            )
+        prompts = load_prompts(source, settings.prompts, seed=settings.seed)
+        self._emit("data", f"{len(prompts)} held-out prompts for the evaluation from {Path(source).name}")
+        return prompts
+
+    def _evaluate_stage(
+        self, deployer: EndpointDeployer, registered: RegisteredModel, model: FoundationModelRef
+    ) -> None:
+        """Tuned against base on the held-out prompts; the base deployment lives only for the evaluation."""
+        from .evaluation import Candidate, Evaluation
+
+        settings = self.job.evaluate
+        assert settings is not None
+        endpoints = self.backend.endpoints
+        tuned_deployment = deployer.primary_deployment()
+        tuned = Candidate(
+            label="tuned", endpoints=endpoints, endpoint=deployer.name, deployment=tuned_deployment, model=registered
+        )
+        record: dict[str, Any] = {"status": "running"}
+        self._record["evaluation"] = record
+        base_deployment: str | None = None
+        try:
+            if settings.deploys_base:
+                base_deployment = settings.base_deployment
+                base_model = base_registered_model(model)
+                self._emit(
+                    "evaluate",
+                    f"deploying the base model {model.name} as {deployer.name}/{base_deployment} (0% traffic)",
+                )
+                record["base_deployment"] = {"endpoint": deployer.name, "name": base_deployment, "deleted": False}
+                deployer.add_deployment(base_model, name=base_deployment)
+                base = Candidate(
+                    label="base",
+                    endpoints=endpoints,
+                    endpoint=deployer.name,
+                    deployment=base_deployment,
+                    model=base_model,
+                )
+            else:
+                endpoint, deployment = settings.base_target()
+                base = Candidate(label="base", endpoints=endpoints, endpoint=endpoint, deployment=deployment)
+            eval_loss = self._metrics.last("eval_loss") if self._metrics is not None else None
+            note = f"not measured on {self.backend.name}: its endpoints serve generations only" + (
+                f"; the fine-tuning job's own eval_loss was {eval_loss:.4g}" if eval_loss is not None else ""
+            )
+            evaluation = Evaluation(
+                settings,
+                tuned=tuned,
+                base=base,
+                prompts=self._prompts,
+                losses=self.backend.heldout_losses,
+                loss_note=note,
+                out_dir=self.run_dir,
+                on_progress=lambda message: self._emit("evaluate", message),
+                timeout_s=max(60.0, self.job.deploy.request_timeout_ms / 1000),
+            )
+            result = evaluation.run()
+            paths = result.write(self.run_dir)
+            self._evaluation = result
+            record.update(
+                status="passed" if result.passed else "failed requirements",
+                report=str(paths["markdown"]),
+                json=str(paths["json"]),
+                summary=result.summary(),
+            )
+            for line in result.summary_lines():
+                self._emit("evaluate", line)
+            self._emit("evaluate", f"report: {paths['markdown']}", done=True)
+            if not result.passed and self.job.deploy.keep:
+                # The gate's promise: a tuned model that is not better is not left serving.
+                self._emit("cleanup", f"deleting endpoint {deployer.name}: the evaluation's requirements failed")
+                deployer.delete()
+                self._record["endpoint"]["deleted"] = True
+            result.gate()
+        except BaseException:  # an interruption too: run.json says where the partial results are
+            if record.get("status") == "running":
+                record["status"] = "failed"
+                partial = self.run_dir / "evaluation.partial.jsonl"
+                if partial.is_file():
+                    record["partial"] = str(partial)
+            raise
+        finally:
+            if base_deployment is not None and self.job.deploy.keep and deployer.deployments:
+                # The endpoint stays (deploy.keep); the base deployment was only for the evaluation.
+                self._emit("cleanup", f"deleting the base deployment {deployer.name}/{base_deployment}")
+                self.backend.endpoints.delete_deployment(deployer.name, base_deployment)
+                record["base_deployment"]["deleted"] = True
+
+
+def base_registered_model(model: FoundationModelRef) -> RegisteredModel:
+    """The foundation model as a deployment takes it: a registry asset on Azure ML, its directory locally."""
+    path = model.tags.get("ftkit.path")
+    return RegisteredModel(
+        name=model.name,
+        version=str(model.version),
+        id=model.asset_id,
+        tags={"ftkit.role": "base"},
+        path=Path(path) if path else None,
+    )
 
 
 def _default_backend(job: JobFile) -> Backend:

@@ -19,6 +19,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "jobs",
     "data",
     "run",
+    "evaluate",
     "job_control",
     "endpoint",
 )

@@ -178,6 +178,11 @@ def _execute(job: JobFile, backend: Backend | None = None, *, as_json: bool = Fa
         print(f"sample answer    {_indented(answer_text(result.score_response))}", file=out)
     if result.loss_curves is not None:
         print(f"loss curves      {result.loss_curves}", file=out)
+    if result.evaluation is not None:
+        verdict = "passed" if result.evaluation.passed else "FAILED its requirements"
+        print(f"evaluation       {verdict}: {result.run_dir / 'evaluation.md'}", file=out)
+        for line in result.evaluation.summary_lines():
+            print(f"  {line}", file=out)
     print(f"run record       {result.run_dir / 'run.json'}", file=out)
     return result
 

@@ -51,9 +51,9 @@ class Check:
 
     Attributes:
         name: Its name in reports and requirements (letters, digits, ``_.-``).
-        kind: ``exact_match`` (the held-out answer, or ``value``), ``contains`` / ``starts_with`` (``value``),
+        kind: ``exact_match`` / ``contains`` (the held-out answer, or ``value``), ``starts_with`` (``value``),
             ``regex`` (``pattern``, searched anywhere), ``json_valid`` (the answer parses as JSON).
-        value: The text for ``contains`` and ``starts_with`` (and ``exact_match`` against a fixed text).
+        value: The text for ``starts_with`` (and for ``exact_match``/``contains`` against a fixed text).
         pattern: The regular expression for ``regex`` (Python syntax).
         ignore_case: Compare without case.
     """
@@ -335,8 +335,8 @@ def _check(value: object, where: str, report: Callable[..., None]) -> Check | No
         except re.error as exc:
             report(f"{where}.pattern", f"{check.pattern!r} does not compile: {exc}")
             return None
-    if check.kind in ("contains", "starts_with") and not check.value:
-        report(f"{where}.value", f"is required for a {check.kind} check")
+    if check.kind == "starts_with" and not check.value:
+        report(f"{where}.value", "is required for a starts_with check")
         return None
     return check
 
