@@ -11,11 +11,13 @@ least one assistant token after the chat template's own tokens (the tokenizer is
 from __future__ import annotations
 
 import json
+import os
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from .exceptions import Problem
+from .evaluation.spec import EvaluateSection
+from .exceptions import Problem, ValidationError
 from .finetune import FinetunePipelineSpec
 from .jobfile import DataSection, JobFile, LocalSection, ModelSection
 
@@ -33,6 +35,7 @@ def job_file_problems(job: JobFile) -> list[Problem]:
         data=job.data,
         finetune=job.finetune,
         local=job.local,
+        evaluate=job.evaluate,
         base_dir=job.base_dir,
         source=str(job.source) if job.source is not None else None,
         lines=job.lines,
@@ -47,6 +50,7 @@ def file_problems(
     finetune: FinetunePipelineSpec | None,
     local: LocalSection | None,
     base_dir: Path,
+    evaluate: EvaluateSection | None = None,
     source: str | None = None,
     lines: Mapping[str, int] | None = None,
 ) -> list[Problem]:
@@ -58,6 +62,7 @@ def file_problems(
         data: The ``data`` section.
         finetune: The ``finetune`` parameters.
         local: The ``local`` section.
+        evaluate: The ``evaluate`` section (its judge's key and its held-out file, where the file is given).
         base_dir: What relative paths are resolved against (the job file's directory).
         source: The job file, for messages.
         lines: Line numbers of keys.
@@ -117,6 +122,8 @@ def file_problems(
                 "before the first answer, so every row would be dropped",
                 f"use at least {overhead + 1}, e.g. 2048 (-1: the model's maximum)",
             )
+    if evaluate is not None:
+        problems.extend(_evaluate_problems(evaluate, data, resolve, problem))
     return problems
 
 
@@ -275,3 +282,34 @@ def _prompt_of(line: str) -> list[dict[str, str]] | None:
             return prompt or None
         prompt.append({"role": str(message.get("role")), "content": str(message.get("content"))})
     return None
+
+
+def _evaluate_problems(
+    evaluate: EvaluateSection,
+    data: DataSection | None,
+    resolve: Callable[[str], Path],
+    problem: Callable[..., None],
+) -> list[Problem]:
+    """The evaluation's inputs that this machine can check before anything is deployed."""
+    from .evaluation.prompts import load_prompts
+
+    if evaluate.judge is not None and not os.environ.get(evaluate.judge.api_key_env):
+        name = evaluate.judge.api_key_env
+        problem(
+            "evaluate.judge.api_key_env", f"${name} is not set: the judge endpoint needs a key", f"export {name}=..."
+        )
+    source: Path | None = None
+    if evaluate.split == "test":
+        source = resolve(data.test_file) if data is not None and data.test_file else None  # else built at run time
+    elif evaluate.split != "score":
+        source = resolve(evaluate.split)
+        if not source.is_file():
+            problem("evaluate.split", f"{source} does not exist", "use test, score, or the path of a JSONL file")
+            source = None
+    if source is not None and source.is_file():
+        try:
+            load_prompts(source, evaluate.prompts, seed=evaluate.seed)
+        except ValidationError as exc:
+            for p in exc.problems:
+                problem(p.where, p.message, p.suggestion)
+    return []

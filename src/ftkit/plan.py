@@ -242,6 +242,7 @@ def _partial_problems(path: Path, schema: ComponentSchema | None) -> list[Proble
         data=parts.get("data"),
         finetune=parts.get("finetune"),
         local=parts.get("local"),
+        evaluate=parts.get("evaluate"),
         base_dir=path.parent,
         source=str(path),
         lines=lines,

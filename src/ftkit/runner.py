@@ -199,6 +199,7 @@ class JobRunner:
         }
         self._stage = "model"
         self._metrics: MetricsTable | None = None
+        self._job_handle: JobHandle | None = None
         self._job_done = False
         self._loss_curves: Path | None = None
         self._prompts: list[HeldOutPrompt] = []
@@ -402,6 +403,7 @@ class JobRunner:
             sleep=self._sleep,
         )
         self._job_done = True
+        self._job_handle = handle
         self._record["finetune_job"]["status"] = handle.status
         self._emit("finetune", "job completed", done=True)
 
@@ -617,6 +619,11 @@ class JobRunner:
                 json=str(paths["json"]),
                 summary=result.summary(),
             )
+            if self._job_handle is not None:
+                logged = self.backend.log_evaluation(
+                    self._job_handle, result.mlflow_metrics(), [paths["json"], paths["markdown"]]
+                )
+                record["logged_to_run"] = logged
             for line in result.summary_lines():
                 self._emit("evaluate", line)
             self._emit("evaluate", f"report: {paths['markdown']}", done=True)

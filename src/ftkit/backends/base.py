@@ -403,6 +403,14 @@ class Backend(Protocol):
         """Register the job's trained model with lineage tags."""
         ...
 
+    def log_evaluation(self, job: JobHandle, metrics: Mapping[str, float], files: Sequence[Path]) -> bool:
+        """Add an evaluation's metrics and report files to the fine-tuning job's tracked run.
+
+        Returns:
+            Whether they were logged (``False`` where this backend has no run to log them to).
+        """
+        ...
+
     def heldout_losses(
         self, model: RegisteredModel, conversations: Sequence[Sequence[Mapping[str, Any]]]
     ) -> list[tuple[float, int]] | None:

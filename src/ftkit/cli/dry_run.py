@@ -58,6 +58,12 @@ def dry_run(job: JobFile, *, as_json: bool, deploy: bool, run_dir: Path | None) 
         print(f"  --set          {key}={json.dumps(value, default=str)}", file=out)
     for override in plan.overrides:
         print(f"  model default  {override}", file=out)
+    evaluation = record.get("evaluation")
+    if evaluation:
+        print(f"  evaluate       {evaluation['what']}", file=out)
+        print(f"  evaluate cost  {evaluation['cost']}", file=out)
+        for gate in evaluation["require"]:
+            print(f"  require        {gate}", file=out)
     print(f"  then           {record['then']}", file=out)
     label = "pipeline job body (PUT .../jobs/{name})" if job.backend == "azureml" else "local training request"
     print(f"{label}:", file=out)
@@ -71,7 +77,8 @@ def dry_run_record(plan: RunPlan, *, deploy: bool, run_dir: Path | None = None) 
     given = bool(job.data.train_file and job.data.test_file)
     steps = "register"
     if deploy:
-        steps += ", deploy, score, " + ("keep the endpoint" if job.deploy.keep else "delete the endpoint")
+        steps += ", deploy, score, " + ("evaluate, " if job.evaluate is not None else "")
+        steps += "keep the endpoint" if job.deploy.keep else "delete the endpoint"
     record: dict[str, Any] = {
         "dry_run": True,
         "job": job.name,
@@ -89,6 +96,8 @@ def dry_run_record(plan: RunPlan, *, deploy: bool, run_dir: Path | None = None) 
         "run_dir": str(run_dir) if run_dir is not None else None,
         "then": f"fine-tune, review metrics, {steps}",
     }
+    if deploy and job.evaluate is not None:
+        record["evaluation"] = evaluation_plan(plan)
     if job.backend == "azureml":
         from .jobs import pipeline_body
 
@@ -113,3 +122,44 @@ def dry_run_record(plan: RunPlan, *, deploy: bool, run_dir: Path | None = None) 
             },
         }
     return record
+
+
+def evaluation_plan(plan: RunPlan) -> dict[str, Any]:
+    """What the evaluation stage would do and what it adds to the bill, stated before anything is created."""
+    from ..evaluation.spec import requirement_lines
+
+    job = plan.job
+    settings = job.evaluate
+    assert settings is not None
+    deploy = job.deploy
+    metrics = ", ".join(settings.metric_names())
+    what = (
+        f"{settings.prompts} held-out prompts from {settings.split}, greedy answers of at most "
+        f"{settings.max_new_tokens} tokens from both models; {metrics}"
+    )
+    if settings.deploys_base:
+        base = f"{deploy.endpoint_name or '<endpoint>'}/{settings.base_deployment}"
+        cost = (
+            f"the base model {job.model.path or plan.model.asset_id} on a second deployment {base} (0% traffic) "
+            f"for the evaluation only, then deleted: {deploy.instance_count} more {deploy.instance_type} "
+            f"instance(s) while {2 * settings.prompts} answers are generated"
+        )
+        if job.backend == "local":
+            cost = (
+                f"the base model {job.model.path} loaded beside the tuned one in the local endpoint server "
+                f"({base}, 0% traffic) for the evaluation only: its memory again, no charge"
+            )
+    else:
+        cost = f"none: the base model is already served by {settings.base}"
+    judge = settings.judge
+    if judge is not None:
+        cost += f"; {4 * settings.prompts} judge requests to {judge.chat_url} (both orders, two answers each)"
+    return {
+        "what": what,
+        "cost": cost,
+        "base": settings.base,
+        "base_deployment": settings.base_deployment if settings.deploys_base else None,
+        "prompts": settings.prompts,
+        "metrics": list(settings.metric_names()),
+        "require": requirement_lines(settings.require),
+    }

@@ -180,6 +180,17 @@ class EvaluationResult:
             for m in self.metrics
         } | {"passed": self.passed}
 
+    def mlflow_metrics(self) -> dict[str, float]:
+        """The aggregate as MLflow metric names (``evaluation/rouge_l/tuned``, ``evaluation/check.x/low``...)."""
+        out: dict[str, float] = {}
+        for m in self.metrics:
+            for field in ("base", "tuned", "improvement", "low", "high"):
+                value = getattr(m, field)
+                if value is not None and math.isfinite(value):
+                    out[f"evaluation/{m.name.replace(':', '.')}/{field}"] = float(value)
+        out["evaluation/passed"] = float(self.passed)
+        return out
+
     def write(self, directory: str | Path) -> dict[str, Path]:
         """Write ``evaluation.json`` and ``evaluation.md`` into ``directory`` (each atomically).
 

@@ -391,6 +391,11 @@ class ScriptedBackend:
         self.registered[key] = model
         return model
 
+    def log_evaluation(self, job: JobHandle, metrics: Mapping[str, float], files: Sequence[Path]) -> bool:
+        """Record the call (see :meth:`requests`); nothing is stored."""
+        self._script.enter("log_evaluation", {"job": job.name, "metrics": dict(metrics), "files": list(files)})
+        return True
+
     def heldout_losses(
         self, model: RegisteredModel, conversations: Sequence[Sequence[Mapping[str, Any]]]
     ) -> list[tuple[float, int]] | None:

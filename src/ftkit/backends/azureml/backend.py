@@ -435,6 +435,15 @@ class AzureMLBackend:
         """Read the job's metrics (its root run's MLflow metrics)."""
         return _metrics.read_metrics(self.connection, job.name)
 
+    def log_evaluation(
+        self,
+        job: JobHandle,  # noqa: ARG002 - the protocol's signature
+        metrics: Mapping[str, float],  # noqa: ARG002
+        files: Sequence[Path],  # noqa: ARG002
+    ) -> bool:
+        """``False``: the pipeline's runs are the component's own; the report stays beside ``run.json``."""
+        return False
+
     def heldout_losses(
         self,
         model: RegisteredModel,  # noqa: ARG002 - the protocol's signature

@@ -584,6 +584,18 @@ class LocalBackend:
             description=request.description,
         )
 
+    def log_evaluation(self, job: JobHandle, metrics: Mapping[str, float], files: Sequence[Path]) -> bool:
+        """Log the evaluation's metrics (step 0) and report files (under ``evaluation/``) to the job's MLflow run."""
+        record = jobs.read_record(self.home, job.name)
+        if record.run_id is None:
+            return False
+        logger = tracking.RunLogger(self.store, record.run_id)
+        logger.log_metrics(metrics, step=0)
+        logger.flush()
+        for path in files:
+            logger.log_artifact(path, "evaluation")
+        return True
+
     def heldout_losses(
         self, model: RegisteredModel, conversations: Sequence[Sequence[Mapping[str, Any]]]
     ) -> list[tuple[float, int]] | None:
