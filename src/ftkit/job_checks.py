@@ -86,6 +86,8 @@ def file_problems(
             value = getattr(data, key)
             if value and "://" not in value and not value.startswith("azureml:") and not resolve(value).is_file():
                 problem(f"data.{key}", f"{resolve(value)} does not exist", "build it first (ftkit data build JOB)")
+    if evaluate is not None:
+        _evaluate_problems(evaluate, data, resolve, problem)
     if backend != "local" or model is None or not model.path:
         return problems
     model_dir = resolve(model.path)
@@ -122,8 +124,6 @@ def file_problems(
                 "before the first answer, so every row would be dropped",
                 f"use at least {overhead + 1}, e.g. 2048 (-1: the model's maximum)",
             )
-    if evaluate is not None:
-        problems.extend(_evaluate_problems(evaluate, data, resolve, problem))
     return problems
 
 
@@ -289,7 +289,7 @@ def _evaluate_problems(
     data: DataSection | None,
     resolve: Callable[[str], Path],
     problem: Callable[..., None],
-) -> list[Problem]:
+) -> None:
     """The evaluation's inputs that this machine can check before anything is deployed."""
     from .evaluation.prompts import load_prompts
 
@@ -312,4 +312,3 @@ def _evaluate_problems(
         except ValidationError as exc:
             for p in exc.problems:
                 problem(p.where, p.message, p.suggestion)
-    return []

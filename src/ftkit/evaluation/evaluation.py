@@ -380,7 +380,7 @@ class Evaluation:
         if self.losses is None:
             return missing(self.loss_note or "not measured: the backend serves generations only")
         if self.tuned.model is None or self.base.model is None:
-            return missing(self.loss_note or "not measured: a candidate is an endpoint without model files")
+            return missing("not measured: a candidate is an endpoint given by name, without model files")
         conversations = [p.conversation for p in self.prompts]
         self._say(f"held-out loss of both models on {len(conversations)} conversations")
         base = self.losses(self.base.model, conversations)

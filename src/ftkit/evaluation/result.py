@@ -225,10 +225,9 @@ class EvaluationResult:
         metric = self._ranking_metric()
         if metric is None or n == 0:
             return [], [], ""
-        scored = [(e.delta(metric.name, metric.higher_is_better), e) for e in self.examples]
-        ranked = sorted(((d, e) for d, e in scored if d is not None), key=lambda p: p[0])
-        wins = [e for d, e in reversed(ranked) if d > 0][:n]
-        losses = [e for d, e in ranked if d < 0][:n]
+        scored = [(d, e) for e in self.examples if (d := e.delta(metric.name, metric.higher_is_better)) is not None]
+        wins = [e for d, e in sorted(scored, key=lambda p: (-p[0], p[1].index)) if d > 0][:n]
+        losses = [e for d, e in sorted(scored, key=lambda p: (p[0], p[1].index)) if d < 0][:n]
         return wins, losses, metric.name
 
     def table_rows(self) -> list[list[str]]:
