@@ -47,7 +47,8 @@ class TestSection:
         assert ev is not None
         assert ev.checks[0] == Check(name="pirate", kind="starts_with", value="Ahoy", ignore_case=True)
         assert ev.require == (Requirement(metric="check:pirate", min_delta=0.2),)
-        assert ev.judge is not None and ev.judge.chat_url == "http://127.0.0.1:1/v1/chat/completions"
+        assert ev.judge is not None
+        assert ev.judge.chat_url == "http://127.0.0.1:1/v1/chat/completions"
         assert ev.metric_names() == ("rouge_l", "check:pirate", "check:js", "judge")
         assert JobFile.from_mapping(job.to_mapping()).evaluate == ev
 
@@ -114,9 +115,13 @@ class TestScores:
     def test_a_clear_gain_excludes_zero_and_noise_does_not(self) -> None:
         gain = compare_means("x", [0.0] * 20, [1.0] * 18 + [0.0] * 2)
         assert gain.improvement == pytest.approx(0.9)
-        assert gain.low is not None and gain.low > 0 and gain.verdict == "better"
+        assert gain.low is not None
+        assert gain.low > 0
+        assert gain.verdict == "better"
         noise = compare_means("x", [1, 0] * 10, [0, 1] * 10)
-        assert noise.low is not None and noise.high is not None and noise.low < 0 < noise.high
+        assert noise.low is not None
+        assert noise.high is not None
+        assert noise.low < 0 < noise.high
         assert noise.verdict == "no clear difference"
         worse = compare_means("x", [1.0] * 20, [0.0] * 20)
         assert worse.verdict == "worse"
@@ -125,7 +130,8 @@ class TestScores:
         loss = compare_means("loss", [2.0] * 10, [1.0] * 10, higher_is_better=False)
         assert loss.improvement == pytest.approx(1.0)
         tok_loss, ppl = compare_token_losses([(20.0, 10)] * 8, [(10.0, 10)] * 8)
-        assert tok_loss.base == pytest.approx(2.0) and tok_loss.tuned == pytest.approx(1.0)
+        assert tok_loss.base == pytest.approx(2.0)
+        assert tok_loss.tuned == pytest.approx(1.0)
         assert ppl.improvement == pytest.approx(7.389056 - 2.718282, rel=1e-5)
         assert tok_loss.verdict == "better"
 
@@ -193,12 +199,15 @@ class TestResult:
         record = json.loads(paths["json"].read_text())
         assert record["passed"] is True
         assert record["metrics"][0]["verdict"] == "better"
-        assert len(record["examples"]) == 10 and record["examples"][0]["tuned"] == "tuned 0 | with a pipe"
+        assert len(record["examples"]) == 10
+        assert record["examples"][0]["tuned"] == "tuned 0 | with a pipe"
         markdown = paths["markdown"].read_text()
         assert "| check:pirate | 0 | 1 | +1 | [1, 1] | better | 10 |" in markdown
         assert "✅ pass: check:pirate: improvement lower bound +1 >= 0.3" in markdown
-        assert "## Largest wins (check:pirate)" in markdown and "tuned 0 \\| with a pipe" in markdown
-        assert "<table>" in result._repr_html_() and "better" in result._repr_html_()
+        assert "## Largest wins (check:pirate)" in markdown
+        assert "tuned 0 \\| with a pipe" in markdown
+        assert "<table>" in result._repr_html_()
+        assert "better" in result._repr_html_()
         assert result.mlflow_metrics()["evaluation/check.pirate/improvement"] == 1.0
         result.gate()
 
@@ -216,7 +225,7 @@ class TestResult:
 class _Judge(BaseHTTPRequestHandler):
     """An OpenAI-compatible judge: rate-limits the first request, then prefers whichever answer says 'Ahoy'."""
 
-    calls: list[dict[str, Any]] = []  # noqa: RUF012 - shared by the server's threads, reset per test
+    calls: list[dict[str, Any]] = []
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

@@ -67,7 +67,8 @@ def _backend() -> ScriptedBackend:
 def test_base_on_a_second_deployment_scored_by_name_then_the_endpoint_goes(tmp_path: Path) -> None:
     backend = _backend()
     result = _run(_job(tmp_path), backend, tmp_path)
-    assert result.evaluation is not None and result.evaluation.passed
+    assert result.evaluation is not None
+    assert result.evaluation.passed
     deployments = [spec.name for spec in backend.requests("create_deployment")]
     assert deployments == ["demo", "base"]
     (base_spec,) = [s for s in backend.requests("create_deployment") if s.name == "base"]
@@ -83,7 +84,8 @@ def test_base_on_a_second_deployment_scored_by_name_then_the_endpoint_goes(tmp_p
     assert record["evaluation"]["summary"]["check:pirate"]["improvement"] == 1.0
     assert record["evaluation"]["summary"]["loss"]["improvement"] == pytest.approx(1.0)
     report = json.loads((tmp_path / "run" / "evaluation.json").read_text())
-    assert len(report["examples"]) == 6 and report["examples"][0]["tuned"].startswith("Ahoy")
+    assert len(report["examples"]) == 6
+    assert report["examples"][0]["tuned"].startswith("Ahoy")
     assert not (tmp_path / "run" / "evaluation.partial.jsonl").exists()  # whole report written: partial gone
     (logged,) = backend.requests("log_evaluation")
     assert logged["metrics"]["evaluation/check.pirate/tuned"] == 1.0
@@ -106,7 +108,8 @@ def test_the_gate_fails_the_run_and_no_deployment_is_kept(tmp_path: Path) -> Non
     assert backend.operations()[-1] == "delete_endpoint"
     assert backend.endpoints.endpoints == {}
     record = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert record["status"] == "failed" and record["error"]["type"] == "EvaluationGateError"
+    assert record["status"] == "failed"
+    assert record["error"]["type"] == "EvaluationGateError"
     assert record["evaluation"]["status"] == "failed requirements"
     assert (tmp_path / "run" / "evaluation.md").is_file()  # the report is there to read why
 
@@ -132,4 +135,5 @@ def test_an_existing_deployment_as_the_base(tmp_path: Path) -> None:
     assert [s.name for s in backend.requests("create_deployment")] == ["blue", "demo"]
     assert {(r["endpoint"], r["deployment"]) for r in backend.requests("score")} >= {("prod", "blue")}
     loss = result.evaluation.metric("loss")
-    assert loss.low is None and "model files" in (loss.note or "")
+    assert loss.low is None
+    assert "model files" in (loss.note or "")
