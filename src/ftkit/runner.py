@@ -643,7 +643,7 @@ class JobRunner:
         finally:
             if base_deployment is not None and self.job.deploy.keep and deployer.deployments:
                 # The endpoint stays (deploy.keep); the base deployment was only for the evaluation.
-                self._emit("cleanup", f"deleting the base deployment {deployer.name}/{base_deployment}")
+                self._emit("evaluate", f"deleting the base deployment {deployer.name}/{base_deployment}")
                 self.backend.endpoints.delete_deployment(deployer.name, base_deployment)
                 record["base_deployment"]["deleted"] = True
 

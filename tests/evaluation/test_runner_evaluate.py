@@ -137,3 +137,39 @@ def test_an_existing_deployment_as_the_base(tmp_path: Path) -> None:
     loss = result.evaluation.metric("loss")
     assert loss.low is None
     assert "model files" in (loss.note or "")
+
+
+def test_sigterm_mid_evaluation_deletes_the_base_deployment_and_keeps_what_was_answered(tmp_path: Path) -> None:
+    """A stop during generation: the endpoint (with its base deployment) is deleted, run.json says interrupted and
+    points at evaluation.partial.jsonl, which holds every answer finished before the signal."""
+    import os
+    import signal
+    import threading
+
+    from ftkit.interrupts import Interrupted
+
+    calls: list[str] = []
+    lock = threading.Lock()
+
+    def answer(endpoint: str, deployment: str, body: Mapping[str, Any]) -> Any:
+        with lock:
+            calls.append(deployment)
+            if len(calls) == 1 + 4:  # the sample score, then four evaluation answers
+                os.kill(os.getpid(), signal.SIGTERM)
+        return _answer(endpoint, deployment, body)
+
+    backend = ScriptedBackend(answer=answer, losses=_losses)
+    job = _job(tmp_path, keep=True)
+    with pytest.raises(Interrupted) as info:
+        _run(job, backend, tmp_path)
+    assert info.value.stage == "evaluate"
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "interrupted"
+    assert record["evaluation"]["status"] == "failed"
+    partial = Path(record["evaluation"]["partial"])
+    answered = [json.loads(line) for line in partial.read_text().splitlines()]
+    assert len(answered) >= 3
+    assert all(a["answer"] for a in answered)
+    # The kept endpoint stays, but never with the base deployment that existed only for the evaluation.
+    (endpoint,) = backend.endpoints.endpoints
+    assert "base" not in backend.endpoints.deployments[endpoint]

@@ -242,17 +242,25 @@ class Evaluation:
 
         def one(candidate: Candidate, i: int) -> str:
             body = request_body(self.prompts[i].messages, greedy)
-            response = candidate.endpoints.score(
-                candidate.endpoint, body, deployment=candidate.deployment, timeout_s=self.timeout_s
-            )
-            return _answer_text(response)
+            try:
+                response = candidate.endpoints.score(
+                    candidate.endpoint, body, deployment=candidate.deployment, timeout_s=self.timeout_s
+                )
+            except FtkitError as exc:
+                partial.add(
+                    {"kind": "answer", "model": candidate.label, "prompt": i, "answer": None, "error": str(exc)}
+                )
+                raise
+            answer = _answer_text(response)
+            # Saved from the worker thread as soon as it exists: a stop that interrupts the main thread loses nothing.
+            partial.add({"kind": "answer", "model": candidate.label, "prompt": i, "answer": answer, "error": None})
+            return answer
 
         def done(key: tuple[str, int], answer: str | None, error: str | None) -> None:
             if answer is not None:
                 answers[key] = answer
             else:
                 errors[key] = error or "failed"
-            partial.add({"kind": "answer", "model": key[0], "prompt": key[1], "answer": answer, "error": error})
             progress.step()
 
         _in_threads(
@@ -278,11 +286,16 @@ class Evaluation:
                 judged[i] = score
             else:
                 errors[i] = error or "failed"
-            partial.add({"kind": "judge", "prompt": i, "tuned_score": score, "error": error})
             progress.step()
 
         def ask(i: int) -> float:
-            return judge.score(self.prompts[i].messages, answers[("base", i)], answers[("tuned", i)])
+            try:
+                score = judge.score(self.prompts[i].messages, answers[("base", i)], answers[("tuned", i)])
+            except FtkitError as exc:
+                partial.add({"kind": "judge", "prompt": i, "tuned_score": None, "error": str(exc)})
+                raise
+            partial.add({"kind": "judge", "prompt": i, "tuned_score": score, "error": None})
+            return score
 
         _in_threads(
             [(i, functools.partial(ask, i)) for i in both],
