@@ -104,8 +104,14 @@ def _eval_run(args: argparse.Namespace, progress: Any) -> tuple[EvaluationResult
     record_path = args.run / "run.json" if args.run.is_dir() else args.run
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValidationError(
+            [Problem("--run", f"{record_path} does not exist", "give a run's directory (it holds run.json)")],
+            "not a run",
+        ) from None
     except (OSError, ValueError) as exc:
-        raise ValidationError([Problem("--run", f"cannot read {record_path}: {exc}")], "not a run") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ValidationError([Problem("--run", f"cannot read {record_path}: {reason}")], "not a run") from None
     registered_record = record.get("registered_model")
     job_path = args.job or (Path(record["job_file"]) if record.get("job_file") else None)
     if not isinstance(registered_record, dict) or job_path is None:
