@@ -425,6 +425,8 @@ class JobRunner:
         response: Any = None
         if self.deploy:
             endpoint, request_body, response = self._deploy_and_score(registered, model, files)
+        elif job.evaluate is not None:
+            self._emit("evaluate", "skipped: the evaluation compares deployments, and this run does not deploy")
         return RunResult(
             job_file=job,
             plan=plan,
