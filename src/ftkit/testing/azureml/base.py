@@ -39,13 +39,15 @@ class RegistryModel:
     Attributes:
         name: The model's name.
         version: Its version.
-        tags: Its tags (allow-lists, ``model_specific_defaults``...).
+        tags: Its tags (allow-lists, ``model_specific_defaults``, ``task``...).
+        properties: Its properties (``finetune-recommended-sku``, ``evaluation-recommended-sku``...).
         registry: The registry holding it.
     """
 
     name: str = "Phi-3-mini-4k-instruct"
     version: str = "15"
     tags: Mapping[str, str] = attrs.field(factory=lambda: dict(PHI3_TAGS))
+    properties: Mapping[str, str] = attrs.field(factory=dict)
     registry: str = "azureml"
 
 

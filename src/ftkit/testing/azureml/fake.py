@@ -56,6 +56,8 @@ class FakeAzureML(
             notebook's tags).
         component_spec: A component ``spec.yaml`` to serve from the registry (default: one generated from
             ftkit's bundled schema, so the fake works without the spec files).
+        components: More component ``spec.yaml`` files to serve from the ``azureml`` registry (e.g. other
+            tasks' fine-tuning pipelines); :meth:`add_registry_component` adds more later.
         vm_sizes: The VM sizes the region offers.
         job_statuses: The statuses a job walks through, one per status read; its steps run in order while it
             is ``Running``.
@@ -75,6 +77,7 @@ class FakeAzureML(
         location: str = "eastus",
         models: Sequence[RegistryModel] | None = None,
         component_spec: str | Path | None = None,
+        components: Sequence[str | Path] = (),
         vm_sizes: Sequence[Mapping[str, Any]] = DEFAULT_VM_SIZES,
         job_statuses: Sequence[str] = ("NotStarted", "Running", "Running", "Completed"),
         lro_polls: int = 1,
@@ -93,6 +96,7 @@ class FakeAzureML(
         self._keys = {}
         self._job_failures = []
         self._runs = {}
+        self._auto_metrics = set()
         self._blobs = {}
         self._blocks = {}
         self._server: Any = None
@@ -102,6 +106,8 @@ class FakeAzureML(
         for model in models if models is not None else (RegistryModel(version="14"), RegistryModel()):
             self.add_registry_model(model)
         self._add_component(Path(component_spec) if component_spec is not None else None)
+        for spec in components:
+            self.add_registry_component(spec)
         self._put(self._ws_key("datastores/workspaceblobstore"), self._datastore_body())
 
     # ---------------------------------------------------------------- wiring

@@ -1,0 +1,212 @@
+"""FakeAzureML beyond the seed notebook: what azureml-examples' other fine-tuning samples call, offline.
+
+Each test drives the real azure-ai-ml client (and the real mlflow client, where the samples use it) against the
+fake, the way those notebooks do: another task's registry pipeline, its child runs' metrics found with
+``mlflow.search_runs``, a task-shaped endpoint answer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ftkit.testing import FakeAzureML, RegistryModel
+
+TASK_PIPELINE_SPEC = """\
+$schema: https://azuremlschemas.azureedge.net/latest/pipelineComponent.schema.json
+type: pipeline
+name: {name}
+version: 0.0.{version}
+inputs:
+  mlflow_model_path: {{type: mlflow_model}}
+  compute_model_import: {{type: string}}
+  compute_preprocess: {{type: string}}
+  compute_finetune: {{type: string}}
+  compute_model_evaluation: {{type: string, optional: true}}
+  train_file_path: {{type: uri_file}}
+  test_file_path: {{type: uri_file, optional: true}}
+  task_name: {{type: string, optional: true}}
+outputs:
+  mlflow_model_folder: {{type: mlflow_model}}
+jobs:
+  finetune:
+    type: command
+    compute: ${{{{parent.inputs.compute_finetune}}}}
+    inputs:
+      model: ${{{{parent.inputs.mlflow_model_path}}}}
+    outputs:
+      mlflow_model_folder: ${{{{parent.outputs.mlflow_model_folder}}}}
+    component: azureml://registries/azureml/components/{name}_finetune/versions/0.0.{version}
+"""
+
+
+def task_pipeline_spec(tmp_path: Path, name: str, version: int = 3) -> Path:
+    """A spec with the inputs the samples pass to ``<task>_pipeline`` (the real ones are pipeline components)."""
+    path = tmp_path / f"{name}-{version}.yaml"
+    path.write_text(TASK_PIPELINE_SPEC.format(name=name, version=version), encoding="utf-8")
+    return path
+
+
+BERT = RegistryModel(
+    name="bert-base-uncased",
+    version="3",
+    tags={"task": "text-classification", "computes_allow_list": "['Standard_NC6s_v3']"},
+    properties={"finetune-recommended-sku": "Standard_NC6s_v3", "evaluation-recommended-sku": "Standard_DS3_v2"},
+)
+
+
+@pytest.fixture
+def classification_fake(tmp_path: Path) -> FakeAzureML:
+    fake = FakeAzureML(
+        models=[BERT, RegistryModel(version="15")],
+        components=[task_pipeline_spec(tmp_path, "text_classification_pipeline", v) for v in (2, 3)],
+    )
+    fake.add_compute("gpu", "Standard_NC6s_v3")
+    return fake
+
+
+def run_task_pipeline(fake: FakeAzureML, tmp_path: Path, pipeline_name: str, **extra: Any) -> Any:
+    """Submit the sample's pipeline (registry model and component, local data) and poll it to its end."""
+    from azure.ai.ml import Input
+    from azure.ai.ml.dsl import pipeline
+
+    ml = fake.ml_client()
+    registry = fake.ml_client(registry_name="azureml")
+    foundation = registry.models.get("bert-base-uncased", label="latest")
+    component = registry.components.get(name=pipeline_name, label="latest")
+    train = tmp_path / "small_train.jsonl"
+    train.write_text('{"text": "i feel great", "label_string": "joy"}\n', encoding="utf-8")
+
+    @pipeline()  # type: ignore[untyped-decorator]
+    def create() -> dict[str, Any]:
+        node = component(
+            mlflow_model_path=foundation.id,
+            compute_model_import="gpu",
+            compute_preprocess="gpu",
+            compute_finetune="gpu",
+            train_file_path=Input(type="uri_file", path=str(train)),
+            test_file_path=Input(type="uri_file", path=str(train)),
+            **extra,
+        )
+        return {"trained_model": node.outputs.mlflow_model_folder}
+
+    job = ml.jobs.create_or_update(create(), experiment_name="text-classification-emotion-detection")
+    for _ in range(50):
+        if ml.jobs.get(job.name).status in ("Completed", "Failed", "Canceled"):
+            break
+    return job
+
+
+@pytest.fixture
+def tracking(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Plain mlflow, with the global tracking URI put back after the test."""
+    mlflow = pytest.importorskip("mlflow", reason="the samples' metrics review needs mlflow (the local extra)")
+    import mlflow.tracking._tracking_service.utils as tracking_utils
+
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+    return mlflow
+
+
+class TestRegistryCatalogue:
+    def test_models_carry_tags_and_properties_and_components_resolve_by_label(
+        self, classification_fake: FakeAzureML
+    ) -> None:
+        registry = classification_fake.ml_client(registry_name="azureml")
+        model = registry.models.get("bert-base-uncased", label="latest")
+        assert model.version == "3"
+        assert model.tags["task"] == "text-classification"
+        assert model.properties["finetune-recommended-sku"] == "Standard_NC6s_v3"
+        assert registry.components.get(name="text_classification_pipeline", label="latest").version == "0.0.3"
+        assert registry.components.get(name="text_classification_pipeline", version="0.0.2").version == "0.0.2"
+        # The seed's pipeline is still served beside it.
+        assert (
+            registry.components.get(name="chat_completion_pipeline", label="latest").name == "chat_completion_pipeline"
+        )
+
+
+class TestMlflowChildRuns:
+    def test_search_runs_finds_the_training_and_evaluation_runs_as_the_samples_do(
+        self, classification_fake: FakeAzureML, tmp_path: Path, tracking: Any
+    ) -> None:
+        """The notebook's own cell: search by root run id, pick the run with ``epoch`` and the one with ``accuracy``."""
+        fake = classification_fake
+        job = run_task_pipeline(fake, tmp_path, "text_classification_pipeline", compute_model_evaluation="gpu")
+        ml = fake.ml_client()
+        assert ml.jobs.get(job.name).status == "Completed"
+        with fake.serve():
+            tracking.set_tracking_uri(ml.workspaces.get(fake.workspace_name).mlflow_tracking_uri)
+            runs = tracking.search_runs(
+                experiment_names=["text-classification-emotion-detection"],
+                filter_string="tags.mlflow.rootRunId='" + job.name + "'",
+                output_format="list",
+            )
+            training = [r for r in runs if "epoch" in r.data.metrics and r.info.run_id != job.name]
+            evaluation = [r for r in runs if "accuracy" in r.data.metrics]
+            assert [r.info.run_name for r in training] == ["text_classification_finetune"]
+            assert [r.info.run_name for r in evaluation] == ["compute_metrics"]
+            metrics = training[0].data.metrics
+            assert metrics["epoch"] == 3.0
+            assert metrics["eval_loss"] < 2.0
+            assert metrics["train_runtime"] > 0
+            assert 0 < evaluation[0].data.metrics["accuracy"] <= 1
+            assert all(r.data.tags["mlflow.rootRunId"] == job.name for r in runs)
+            assert {r.info.status for r in runs} == {"FINISHED"}
+            # A filter the samples also write: attributes and AND; and a pandas frame, as the default.
+            finished = tracking.search_runs(
+                experiment_names=["text-classification-emotion-detection"],
+                filter_string=f"tags.mlflow.rootRunId = '{job.name}' AND attributes.run_name LIKE '%finetune'",
+            )
+            assert list(finished["tags.mlflow.runName"]) == ["text_classification_finetune"]
+            assert tracking.get_experiment_by_name("never-created") is None
+            assert tracking.search_runs(experiment_names=["never-created"], output_format="list") == []
+            with pytest.raises(tracking.exceptions.MlflowException, match="Invalid clause"):
+                tracking.search_runs(experiment_names=["Default"], filter_string="tags.x ~ 'y'")
+
+    def test_a_running_finetune_step_shows_its_metrics_so_far(self, tmp_path: Path, tracking: Any) -> None:
+        """Metrics follow the job's timeline: half the trainer's points while it runs, the summary at the end."""
+        fake = FakeAzureML(
+            models=[BERT],
+            components=[task_pipeline_spec(tmp_path, "text_classification_pipeline")],
+            job_statuses=("Running",) * 12 + ("Completed",),
+        )
+        fake.add_compute("gpu", "Standard_NC6s_v3")
+        from azure.ai.ml import Input
+        from azure.ai.ml.dsl import pipeline
+
+        ml = fake.ml_client()
+        component = fake.ml_client(registry_name="azureml").components.get(
+            name="text_classification_pipeline", label="latest"
+        )
+        train = tmp_path / "t.jsonl"
+        train.write_text("{}\n", encoding="utf-8")
+
+        @pipeline()  # type: ignore[untyped-decorator]
+        def create() -> None:
+            component(
+                mlflow_model_path="azureml://registries/azureml/models/bert-base-uncased/versions/3",
+                compute_model_import="gpu",
+                compute_preprocess="gpu",
+                compute_finetune="gpu",
+                train_file_path=Input(type="uri_file", path=str(train)),
+            )
+
+        job = ml.jobs.create_or_update(create(), experiment_name="exp")
+        run_id = f"{job.name}-text_classification_finetune"
+        client = tracking.MlflowClient
+        with fake.serve():
+            uri = ml.workspaces.get(fake.workspace_name).mlflow_tracking_uri
+            seen: list[dict[str, float]] = []
+            for _ in range(20):
+                status = ml.jobs.get(job.name).status
+                steps = {s["name"]: s["status"] for s in fake.job_steps(job.name)}
+                if steps["text_classification_finetune"] != "NotStarted":
+                    seen.append(client(tracking_uri=uri).get_run(run_id).data.metrics)
+                if status == "Completed":
+                    break
+        assert any("train_runtime" not in m and "loss" in m for m in seen)  # a running trainer
+        assert "train_runtime" in seen[-1]
+        assert "accuracy" not in seen[-1]
+        # No evaluation compute given: no evaluation steps.
+        assert "compute_metrics" not in {s["name"] for s in fake.job_steps(job.name)}
