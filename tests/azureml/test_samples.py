@@ -7,6 +7,7 @@ fake, the way those notebooks do: another task's registry pipeline, its child ru
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +211,110 @@ class TestMlflowChildRuns:
         assert "accuracy" not in seen[-1]
         # No evaluation compute given: no evaluation steps.
         assert "compute_metrics" not in {s["name"] for s in fake.job_steps(job.name)}
+
+
+def deploy(fake: FakeAzureML, model_id: str, endpoint: str = "emo", deployment: str = "demo") -> Any:
+    """The samples' deployment cells: a key-auth endpoint and one deployment of ``model_id``."""
+    from azure.ai.ml.entities import ManagedOnlineDeployment, ManagedOnlineEndpoint
+
+    ml = fake.ml_client()
+    ml.online_endpoints.begin_create_or_update(ManagedOnlineEndpoint(name=endpoint, auth_mode="key")).result()
+    ml.online_deployments.begin_create_or_update(
+        ManagedOnlineDeployment(
+            name=deployment,
+            endpoint_name=endpoint,
+            model=model_id,
+            instance_type="Standard_DS3_v2",
+            instance_count=1,
+        )
+    ).result()
+    return ml
+
+
+def invoke(ml: Any, tmp_path: Path, body: Any, endpoint: str = "emo", deployment: str = "demo") -> Any:
+    request = tmp_path / "sample_score.json"
+    request.write_text(json.dumps(body), encoding="utf-8")
+    raw = ml.online_endpoints.invoke(endpoint_name=endpoint, deployment_name=deployment, request_file=str(request))
+    return json.loads(raw)
+
+
+class TestTaskShapedScoring:
+    def test_a_model_fine_tuned_for_classification_answers_labels(
+        self, classification_fake: FakeAzureML, tmp_path: Path
+    ) -> None:
+        """The emotion sample: register the job's output, deploy it, score ``{"inputs": {"text": [...]}}``."""
+        from azure.ai.ml.entities import Model
+
+        fake = classification_fake
+        job = run_task_pipeline(fake, tmp_path, "text_classification_pipeline")
+        ml = fake.ml_client()
+        model = ml.models.create_or_update(
+            Model(path=f"azureml://jobs/{job.name}/outputs/trained_model", name="emotion", type="mlflow_model")
+        )
+        ml = deploy(fake, model.id)
+        labels = invoke(ml, tmp_path, {"inputs": {"text": ["i feel great", "so sad", "meh"]}})
+        assert len(labels) == 3
+        assert set(labels) <= {"LABEL_0", "LABEL_1"}
+        # The pandas "split" layout the other samples write gives the same answers row by row.
+        split = {
+            "input_data": {"columns": ["text"], "index": [0, 1, 2], "data": [["i feel great"], ["so sad"], ["meh"]]}
+        }
+        assert invoke(ml, tmp_path, split) == labels
+
+    def test_text_to_text_tasks_answer_records_and_check_their_columns(self, tmp_path: Path) -> None:
+        from azure.core.exceptions import HttpResponseError
+
+        fake = FakeAzureML()
+        fake.add_model("squad", "1", tags={"task": "question-answering"})
+        ml = deploy(fake, "azureml:squad:1")
+        body = {"input_data": {"columns": ["question", "context"], "data": [["Who?", "Ann wrote it."]]}}
+        (record,) = invoke(ml, tmp_path, body)
+        assert record["0"].startswith("[demo:question-answering]")
+        with pytest.raises(HttpResponseError, match=r"missing \['context'\]") as err:
+            invoke(ml, tmp_path, {"input_data": {"columns": ["question"], "data": [["Who?"]]}})
+        assert err.value.status_code == 400
+        fake.answer_with("summarization", endpoint="emo")
+        (summary,) = invoke(ml, tmp_path, {"input_data": {"columns": ["article"], "data": [["A long article."]]}})
+        assert summary["0"].endswith("A long article.")
+        fake.answer_with("fill-mask", endpoint="emo", deployment="demo")  # the most specific choice wins
+        with pytest.raises(HttpResponseError, match=r"\[MASK\]"):
+            invoke(ml, tmp_path, {"input_data": ["no mask here"]})
+
+    def test_image_tasks_take_list_shaped_inputs(self, tmp_path: Path) -> None:
+        """The fridge-objects samples: a list of base64 images in, one prediction per image out."""
+        import base64
+
+        fake = FakeAzureML()
+        fake.add_model("fridge", "1", tags={"task": "image-classification"})
+        ml = deploy(fake, "azureml:fridge:1")
+        image = base64.b64encode(b"\x89PNG fake image bytes").decode()
+        prediction = invoke(ml, tmp_path, {"input_data": [image]})[0]
+        assert prediction["0"]["label"] in {"can", "carton", "milk_bottle", "water_bottle"}
+        fake.answer_with("image-object-detection", deployment="demo")
+        detections = invoke(ml, tmp_path, {"input_data": {"columns": ["image"], "data": [image]}})
+        assert {"topX", "topY", "bottomX", "bottomY"} <= set(detections[0]["boxes"][0]["box"])
+
+    def test_a_responder_answers_anything_else_and_chat_keeps_its_shape(
+        self, fake: FakeAzureML, tmp_path: Path
+    ) -> None:
+        seen: list[Any] = []
+
+        def responder(body: Any) -> Any:
+            seen.append(body)
+            if "prompt" not in body:
+                raise ValueError("expected a 'prompt'")
+            return {"images": [body["prompt"].upper()]}
+
+        ml = deploy(fake, "azureml:ft:1", endpoint="chat", deployment="blue")
+        deploy(fake, "azureml:ft:1", endpoint="chat", deployment="green")
+        chat = {"input_data": {"input_string": [{"role": "user", "content": "hi"}], "parameters": {}}}
+        assert invoke(ml, tmp_path, chat, endpoint="chat", deployment="blue")["output"].endswith("You asked: hi")
+        fake.answer_with(responder, endpoint="chat", deployment="green")
+        assert invoke(ml, tmp_path, {"prompt": "a dog"}, endpoint="chat", deployment="green") == {"images": ["A DOG"]}
+        from azure.core.exceptions import HttpResponseError
+
+        with pytest.raises(HttpResponseError, match="expected a 'prompt'"):
+            invoke(ml, tmp_path, chat, endpoint="chat", deployment="green")
+        # The other deployment still answers as a chat model.
+        assert "output" in invoke(ml, tmp_path, chat, endpoint="chat", deployment="blue")
+        assert len(seen) == 2

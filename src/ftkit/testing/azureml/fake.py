@@ -97,6 +97,7 @@ class FakeAzureML(
         self._job_failures = []
         self._runs = {}
         self._auto_metrics = set()
+        self._responders = {}
         self._blobs = {}
         self._blocks = {}
         self._server: Any = None
