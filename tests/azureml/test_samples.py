@@ -318,3 +318,54 @@ class TestTaskShapedScoring:
         # The other deployment still answers as a chat model.
         assert "output" in invoke(ml, tmp_path, chat, endpoint="chat", deployment="blue")
         assert len(seen) == 2
+
+
+class TestAssetsComputeAndRefusals:
+    def test_data_latest_label_model_list_and_immutable_versions(self, fake: FakeAzureML, tmp_path: Path) -> None:
+        from azure.ai.ml.entities import Data
+        from azure.core.exceptions import HttpResponseError
+
+        ml = fake.ml_client()
+        first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+        first.write_text("{}\n", encoding="utf-8")
+        second.write_text('{"x": 1}\n', encoding="utf-8")
+        for version, path in (("1", first), ("2", second)):
+            ml.data.create_or_update(Data(name="emotion", version=version, path=str(path), type="uri_file"))
+        assert ml.data.get("emotion", label="latest").version == "2"
+        # The same content again is accepted (the same upload path); other content under version 1 is refused.
+        ml.data.create_or_update(Data(name="emotion", version="1", path=str(first), type="uri_file"))
+        with pytest.raises(HttpResponseError, match="Asset paths cannot be updated") as err:
+            ml.data.create_or_update(Data(name="emotion", version="1", path=str(second), type="uri_file"))
+        assert err.value.status_code == 400
+        assert ml.data.get("emotion", version="1").path.endswith("a.jsonl")
+        fake.add_model("ft", "2")
+        listed = {m.name: m.latest_version for m in ml.models.list()}
+        assert listed == {"ft": "2"}
+        assert [m.version for m in ml.models.list(name="ft")] == ["1", "2"]
+
+    def test_compute_instances_start_stop_restart_and_clusters_refuse(self, fake: FakeAzureML) -> None:
+        from azure.ai.ml.entities import ComputeInstance
+        from azure.core.exceptions import HttpResponseError
+
+        ml = fake.ml_client()
+        ml.compute.begin_create_or_update(ComputeInstance(name="ci-dev", size="Standard_DS3_v2")).result()
+        ml.compute.begin_stop("ci-dev").result()
+        assert ml.compute.get("ci-dev").state == "Stopped"
+        ml.compute.begin_start("ci-dev").result()
+        assert fake.compute_state("ci-dev") == "Running"
+        ml.compute.begin_restart("ci-dev").result()
+        assert ml.compute.get("ci-dev").state == "Running"
+        fake.add_compute("gpu", "Standard_NC6s_v3")
+        with pytest.raises(HttpResponseError, match="compute instances only"):
+            ml.compute.begin_stop("gpu").result()
+
+    def test_traffic_to_a_missing_deployment_is_refused(self, fake: FakeAzureML) -> None:
+        from azure.core.exceptions import HttpResponseError
+
+        ml = deploy(fake, "azureml:ft:1", endpoint="emo", deployment="blue")
+        endpoint = ml.online_endpoints.get("emo")
+        endpoint.traffic = {"blue": 50, "green": 50}
+        with pytest.raises(HttpResponseError, match="do not exist in endpoint emo: green"):
+            ml.online_endpoints.begin_create_or_update(endpoint).result()
+        endpoint.traffic = {"blue": 100}
+        assert ml.online_endpoints.begin_create_or_update(endpoint).result().traffic == {"blue": 100}

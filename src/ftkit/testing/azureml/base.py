@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import re
 import threading
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -198,6 +199,12 @@ class FakeBase:
             f"{ARM}/subscriptions/{self.subscription_id}/{PROVIDER}/locations/{self.location}"
             f"/mfeOperationsStatus/{op_id}?api-version=2023-04-01-preview"
         )
+
+    def _new_op(self, kind: str, key: str) -> str:
+        """Start an operation that succeeds at its first poll; return its id."""
+        op_id = uuid.uuid4().hex
+        self._operations[op_id] = Operation(kind, key.lower(), 0)
+        return op_id
 
     def _take_operation_fault(self, kind: str) -> Mapping[str, Any] | None:
         for i, (fault_kind, error) in enumerate(self._operation_faults):

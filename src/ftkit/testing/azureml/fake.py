@@ -30,6 +30,8 @@ from .workspace import WorkspaceRoutes
 
 __all__ = ["FakeAzureML"]
 
+ASSET_COLLECTIONS = frozenset({"models", "data", "codes", "environments", "components"})
+
 
 class FakeAzureML(
     WorkspaceRoutes, ComputeRoutes, ModelRoutes, RunHistoryRoutes, EndpointRoutes, StorageRoutes, MlflowRoutes
@@ -296,6 +298,9 @@ class FakeAzureML(
         m = re.fullmatch(r"jobs/([^/]+)/cancel", lowered)
         if m and method == "POST":
             return self._cancel_job(key.rsplit("/", 1)[0])
+        m = re.fullmatch(r"computes/[^/]+/(start|stop|restart)", lowered)
+        if m and method == "POST":
+            return self._compute_action(key.rsplit("/", 1)[0], m[1])
         if method == "POST" and re.fullmatch(r"datastores/[^/]+/listsecrets", lowered):
             return 200, {"secretsType": "None"}, {}
         if method == "PUT":
@@ -304,7 +309,12 @@ class FakeAzureML(
             stored = self.resources.get(key.lower())
             if stored is None:
                 return 404, ErrorBody("ResourceNotFound", f"{rest} not found"), {}
-            merge(stored, copy.deepcopy(record.body or {}))
+            patch = copy.deepcopy(record.body or {})
+            if re.fullmatch(r"onlineendpoints/[^/]+", lowered):
+                unknown = self._unknown_traffic(key, patch.get("properties") or {})
+                if unknown:
+                    return 400, ErrorBody("BadRequest", f"Traffic names unknown deployments: {unknown}"), {}
+            merge(stored, patch)
             return 200, stored, {}
         if method == "DELETE":
             return self._delete(key, lowered)
@@ -331,10 +341,43 @@ class FakeAzureML(
             if "$top" in record.query and record.query.get("$orderBy", "").lower().endswith("desc"):
                 children = list(reversed(children))[: int(record.query["$top"])]
             return 200, {"value": children}, {}
+        if lowered in ASSET_COLLECTIONS:
+            return 200, {"value": self._containers(key)}, {}
         versions = self._children(f"{key}/versions")
         if versions:
-            return 200, {"id": key, "name": key.rsplit("/", 1)[-1], "properties": {}}, {}
+            return 200, self._container(key, versions), {}
         return 404, ErrorBody("ResourceNotFound", f"{rest} was not found in workspace {self.workspace_name}"), {}
+
+    def _containers(self, key: str) -> list[dict[str, Any]]:
+        """An asset collection (``models``, ``data``...): one container per name that has versions."""
+        prefix = key.lower() + "/"
+        names = {
+            k[len(prefix) :].split("/", 1)[0] for k in self.resources if k.startswith(prefix) and "/versions/" in k
+        }
+        out = []
+        for name in sorted(names):
+            versions = self._children(f"{key}/{name}/versions")
+            if versions:
+                out.append(self._container(f"{key}/{versions[0]['id'].rsplit('/', 3)[-3]}", versions))
+        return out
+
+    def _container(self, key: str, versions: list[dict[str, Any]]) -> dict[str, Any]:
+        # azure-ai-ml reads latestVersion for get(label="latest") and lists containers for list().
+        latest = versions[-1]
+        numeric = [int(v["name"]) for v in versions if str(v["name"]).isdigit()]
+        return {
+            "id": key,
+            "name": key.rsplit("/", 1)[-1],
+            "type": "Microsoft.MachineLearningServices/workspaces/" + key.rsplit("/", 2)[-2],
+            "properties": {
+                "latestVersion": latest["name"],
+                "nextVersion": str(max(numeric) + 1) if numeric else "1",
+                "isArchived": False,
+                "tags": {},
+                "properties": {},
+            },
+            "systemData": versions[0]["systemData"],
+        }
 
     def _put_resource(self, key: str, lowered: str, record: RecordedRequest) -> Reply:
         body = copy.deepcopy(dict(record.body or {}))  # the record keeps what was sent

@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from .base import ErrorBody, FakeBase, Operation, Reply
+from .base import ErrorBody, FakeBase, Reply
 from .tasks import EVALUATION_METRICS, PIPELINE_TASKS, evaluation_task, pipeline_steps, trainer_metrics
 
 __all__ = ["CHAT_COMPLETION_STEPS", "PIPELINE_LOG", "STEP_LOG", "TERMINAL", "JobRoutes", "JobRun", "Step"]
@@ -316,13 +316,6 @@ class JobRoutes(FakeBase):
                     step.status = "Canceled"
         op_id = self._new_op("cancel", key)
         return 202, None, {"Location": self._operation_url(op_id), "Retry-After": "1"}
-
-    def _new_op(self, kind: str, key: str) -> str:
-        import uuid
-
-        op_id = uuid.uuid4().hex
-        self._operations[op_id] = Operation(kind, key.lower(), 0)
-        return op_id
 
 
 def _input_value(value: Any, job_inputs: Mapping[str, Any]) -> str | None:
