@@ -369,3 +369,44 @@ class TestAssetsComputeAndRefusals:
             ml.online_endpoints.begin_create_or_update(endpoint).result()
         endpoint.traffic = {"blue": 100}
         assert ml.online_endpoints.begin_create_or_update(endpoint).result().traffic == {"blue": 100}
+
+
+class TestCodeAssets:
+    def test_command_job_and_deployment_code_is_uploaded_through_a_pending_upload(
+        self, fake: FakeAzureML, tmp_path: Path
+    ) -> None:
+        """``command(code="./src")`` and a ``CodeConfiguration``: startPendingUpload, blob upload, code version."""
+        from azure.ai.ml import command
+        from azure.ai.ml.entities import CodeConfiguration, ManagedOnlineDeployment, ManagedOnlineEndpoint
+
+        src = tmp_path / "src"
+        src.mkdir()
+        (src / "train.py").write_text("print('training')\n", encoding="utf-8")
+        (src / "score.py").write_text("def init(): pass\ndef run(raw): return raw\n", encoding="utf-8")
+        fake.add_compute("gpu", "Standard_NC6s_v3")
+        ml = fake.ml_client()
+        env = "azureml://registries/azureml/environments/acft-hf-nlp-gpu/versions/112"
+        job = ml.jobs.create_or_update(
+            command(code=str(src), command="python train.py", environment=env, compute="gpu")
+        )
+        code_id = fake.job(job.name)["properties"]["codeId"]
+        (code_put,) = fake.calls("PUT", r"/codes/[^/]+/versions/1$")
+        assert code_id.endswith(code_put.path.split("/workspaces/ws-ftkit", 1)[1])
+        assert code_put.body["properties"]["codeUri"].endswith("/src")
+        assert any(name.endswith("/src/train.py") for name in fake.blobs)
+        assert fake.blobs[next(n for n in fake.blobs if n.endswith("/src/train.py"))] == b"print('training')\n"
+        ml.online_endpoints.begin_create_or_update(ManagedOnlineEndpoint(name="custom", auth_mode="key")).result()
+        ml.online_deployments.begin_create_or_update(
+            ManagedOnlineDeployment(
+                name="blue",
+                endpoint_name="custom",
+                model="azureml:ft:1",
+                environment=env,
+                code_configuration=CodeConfiguration(code=str(src), scoring_script="score.py"),
+                instance_type="Standard_DS3_v2",
+                instance_count=1,
+            )
+        ).result()
+        deployment = ml.online_deployments.get("blue", endpoint_name="custom")
+        assert deployment.code_configuration.scoring_script == "score.py"
+        assert len(fake.calls("POST", r"/startPendingUpload$")) == 2

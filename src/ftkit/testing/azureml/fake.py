@@ -102,6 +102,7 @@ class FakeAzureML(
         self._responders = {}
         self._blobs = {}
         self._blocks = {}
+        self._containers = set()
         self._server: Any = None
         # A storage account name of its own: the hook routes this (non-existent) host to this fake only.
         self.storage_account = f"ftkitfake{uuid.uuid4().hex[:12]}"
@@ -298,6 +299,9 @@ class FakeAzureML(
         m = re.fullmatch(r"jobs/([^/]+)/cancel", lowered)
         if m and method == "POST":
             return self._cancel_job(key.rsplit("/", 1)[0])
+        m = re.fullmatch(r"codes/([^/]+)/versions/([^/]+)/startpendingupload", lowered)
+        if m and method == "POST":
+            return self._start_pending_upload(key.rsplit("/", 1)[0])
         m = re.fullmatch(r"computes/[^/]+/(start|stop|restart)", lowered)
         if m and method == "POST":
             return self._compute_action(key.rsplit("/", 1)[0], m[1])
@@ -337,18 +341,25 @@ class FakeAzureML(
         children = self._children(key)
         if lowered == "datastores" and record.query.get("isDefault", "").lower() == "true":
             children = [c for c in children if c["properties"].get("isDefault")]
+        if "hash" in record.query and lowered.endswith("/versions"):
+            # codes/{name}/versions?hash=: azure-ai-ml looks for an upload of the same content to reuse.
+            children = [
+                c
+                for c in children
+                if (c["properties"].get("properties") or {}).get("hash_sha256") == record.query["hash"]
+            ]
         if children or is_collection(lowered):
             if "$top" in record.query and record.query.get("$orderBy", "").lower().endswith("desc"):
                 children = list(reversed(children))[: int(record.query["$top"])]
             return 200, {"value": children}, {}
         if lowered in ASSET_COLLECTIONS:
-            return 200, {"value": self._containers(key)}, {}
+            return 200, {"value": self._asset_containers(key)}, {}
         versions = self._children(f"{key}/versions")
         if versions:
             return 200, self._container(key, versions), {}
         return 404, ErrorBody("ResourceNotFound", f"{rest} was not found in workspace {self.workspace_name}"), {}
 
-    def _containers(self, key: str) -> list[dict[str, Any]]:
+    def _asset_containers(self, key: str) -> list[dict[str, Any]]:
         """An asset collection (``models``, ``data``...): one container per name that has versions."""
         prefix = key.lower() + "/"
         names = {
