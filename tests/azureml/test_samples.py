@@ -410,3 +410,74 @@ class TestCodeAssets:
         deployment = ml.online_deployments.get("blue", endpoint_name="custom")
         assert deployment.code_configuration.scoring_script == "score.py"
         assert len(fake.calls("POST", r"/startPendingUpload$")) == 2
+
+
+class TestServerless:
+    def test_a_serverless_fine_tune_registers_its_model_and_serves_it(self, tmp_path: Path) -> None:
+        """The model-as-a-service sample: subscribe, fine-tune, deploy serverless, chat with the key, delete."""
+        import requests
+        from azure.ai.ml.constants import AssetTypes
+        from azure.ai.ml.entities import Data, MarketplaceSubscription, ServerlessEndpoint
+        from azure.ai.ml.finetuning import FineTuningTaskType, create_finetuning_job
+
+        phi4 = RegistryModel(name="Phi-4-mini-instruct", version="2", tags={"task": "chat-completion"})
+        fake = FakeAzureML(models=[phi4])
+        ml, registry = fake.ml_client(), fake.ml_client(registry_name="azureml")
+        base = registry.models.get("Phi-4-mini-instruct", label="latest")
+        train = tmp_path / "train.jsonl"
+        train.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n', encoding="utf-8")
+        data = ml.data.create_or_update(Data(path=str(train), type=AssetTypes.URI_FILE, name="chat", version="1"))
+        subscription = ml.marketplace_subscriptions.begin_create_or_update(
+            MarketplaceSubscription(model_id="/".join(base.id.split("/")[:-2]), name="phi-4-sub")
+        ).result()
+        assert subscription.status == "subscribed"
+        job = ml.jobs.create_or_update(
+            create_finetuning_job(
+                task=FineTuningTaskType.CHAT_COMPLETION,
+                training_data=data.id,
+                validation_data=data.id,
+                hyperparameters={"learning_rate": "0.00002", "num_train_epochs": "1"},
+                model=base.id,
+                name="phi4-ft-job",
+                experiment_name="maas",
+                output_model_name_prefix="phi-4-ft",
+            )
+        )
+        while ml.jobs.get(job.name).status not in ("Completed", "Failed", "Canceled"):
+            pass
+        name = ml.jobs.get(job.name).outputs["registered_model"]["name"]
+        assert ml.models.get(name, version="1").path == f"azureml://jobs/{job.name}/outputs/registered_model"
+        workspace = ml.workspaces.get(fake.workspace_name)
+        model_id = (
+            f"azureml://locations/{workspace.location}/workspaces/{workspace._workspace_id}/models/{name}/versions/1"
+        )
+        ml.serverless_endpoints.begin_create_or_update(
+            ServerlessEndpoint(name="phi-4-ft-ep", model_id=model_id)
+        ).result()
+        with fake.serve():
+            endpoint = ml.serverless_endpoints.get("phi-4-ft-ep")
+            key = ml.serverless_endpoints.get_keys("phi-4-ft-ep").primary_key
+            payload = {"max_tokens": 64, "messages": [{"role": "user", "content": "Add more dialogue"}]}
+            answer = requests.post(
+                f"{endpoint.scoring_uri}/v1/chat/completions", json=payload, headers={"Authorization": key}, timeout=30
+            )
+            assert answer.status_code == 200
+            assert answer.json()["choices"][0]["message"]["content"].endswith("You asked: Add more dialogue")
+            wrong = requests.post(
+                f"{endpoint.scoring_uri}/v1/chat/completions", json=payload, headers={"Authorization": "x"}, timeout=30
+            )
+            assert wrong.status_code == 401
+        ml.serverless_endpoints.begin_delete("phi-4-ft-ep").result()
+        from azure.core.exceptions import ResourceNotFoundError
+
+        with pytest.raises(ResourceNotFoundError):
+            ml.serverless_endpoints.get("phi-4-ft-ep")
+
+    def test_a_serverless_endpoint_of_a_missing_model_is_refused(self, fake: FakeAzureML) -> None:
+        from azure.ai.ml.entities import ServerlessEndpoint
+        from azure.core.exceptions import HttpResponseError
+
+        ml = fake.ml_client()
+        missing = "azureml://locations/eastus/workspaces/w/models/nope/versions/1"
+        with pytest.raises(HttpResponseError, match="ModelNotFound|not found"):
+            ml.serverless_endpoints.begin_create_or_update(ServerlessEndpoint(name="ep-x", model_id=missing)).result()

@@ -235,6 +235,9 @@ class FakeBase:
     def _model_exists(self, reference: str) -> Reply | None:  # pragma: no cover - models.py
         raise NotImplementedError
 
+    def _register_outputs(self, job_name: str, props: Mapping[str, Any]) -> None:  # pragma: no cover - serverless.py
+        raise NotImplementedError
+
     # ---------------------------------------------------------------- dispatch
 
     def _record(self, request: Any) -> RecordedRequest:

@@ -25,6 +25,7 @@ from .endpoints import EndpointRoutes
 from .mlflow import MlflowRoutes
 from .models import ModelRoutes
 from .runhistory import RunHistoryRoutes
+from .serverless import SERVERLESS_HOST_SUFFIX, ServerlessRoutes
 from .storage import StorageRoutes, install_storage_hook
 from .workspace import WorkspaceRoutes
 
@@ -34,7 +35,14 @@ ASSET_COLLECTIONS = frozenset({"models", "data", "codes", "environments", "compo
 
 
 class FakeAzureML(
-    WorkspaceRoutes, ComputeRoutes, ModelRoutes, RunHistoryRoutes, EndpointRoutes, StorageRoutes, MlflowRoutes
+    WorkspaceRoutes,
+    ComputeRoutes,
+    ModelRoutes,
+    RunHistoryRoutes,
+    EndpointRoutes,
+    StorageRoutes,
+    ServerlessRoutes,
+    MlflowRoutes,
 ):
     """A stateful fake of the Azure ML services a notebook talks to, for the real azure-ai-ml client.
 
@@ -100,6 +108,7 @@ class FakeAzureML(
         self._runs = {}
         self._auto_metrics = set()
         self._responders = {}
+        self._serverless_keys = {}
         self._blobs = {}
         self._blocks = {}
         self._containers = set()
@@ -257,6 +266,11 @@ class FakeAzureML(
             return self._score(record, request, host.split(".", 1)[0])
         if host.endswith(".blob.core.windows.net"):
             return self._storage(record, request)
+        if host.endswith(SERVERLESS_HOST_SUFFIX):
+            return self._serverless_score(record, request, host.split(".", 1)[0], path)
+        m = re.fullmatch(r"/serverless/([^/]+)(/.*)?", path)
+        if m:
+            return self._serverless_score(record, request, m[1].lower(), m[2] or "/")
         if "/mlflow/v1.0/" in path:
             return self._mlflow(record)
         if path.startswith("/history/v1.0/"):
@@ -299,6 +313,11 @@ class FakeAzureML(
         m = re.fullmatch(r"jobs/([^/]+)/cancel", lowered)
         if m and method == "POST":
             return self._cancel_job(key.rsplit("/", 1)[0])
+        m = re.fullmatch(r"serverlessendpoints/([^/]+)/listkeys", lowered)
+        if m and method == "POST":
+            return self._serverless_list_keys(m[1])
+        if method == "DELETE" and re.fullmatch(r"(serverlessendpoints|marketplacesubscriptions)/[^/]+", lowered):
+            return self._delete_lro(key)
         m = re.fullmatch(r"codes/([^/]+)/versions/([^/]+)/startpendingupload", lowered)
         if m and method == "POST":
             return self._start_pending_upload(key.rsplit("/", 1)[0])
@@ -331,6 +350,8 @@ class FakeAzureML(
         if stored is not None:
             if lowered.startswith("jobs/"):
                 self._read_job(stored)
+            if lowered.startswith("serverlessendpoints/"):
+                self._refresh_serverless(stored)
             return 200, stored, {}
         m = re.fullmatch(r"jobs/([^/]+)", lowered)
         if m and self._find_run(m[1]) is not None:
@@ -400,4 +421,8 @@ class FakeAzureML(
             return self._put_compute(key, body)
         if re.fullmatch(r"jobs/[^/]+", lowered):
             return self._put_job(key, body)
+        if re.fullmatch(r"serverlessendpoints/[^/]+", lowered):
+            return self._put_serverless_endpoint(key, body)
+        if re.fullmatch(r"marketplacesubscriptions/[^/]+", lowered):
+            return self._put_marketplace_subscription(key, body)
         return self._put_version(key, lowered, body)

@@ -196,6 +196,7 @@ class JobRoutes(FakeBase):
             }
             run.log.append(f"[2025-01-01 00:10:00Z] Execution of step {node.lstrip('/')} failed; pipeline Failed")
         if status == "Completed":
+            self._register_outputs(str(stored["name"]), props)
             self.metrics.setdefault(str(stored["name"]), _training_metrics())
             run.log.append("[2025-01-01 00:20:00Z] Finished: all steps completed")
 
