@@ -50,8 +50,10 @@ class FakeAzureML(
     document, computes and VM sizes, data and model versions, the default blob datastore (azure-ai-ml's own
     uploads of local inputs land in :attr:`blobs`), jobs with child steps, logs and run history (so
     ``jobs.stream`` works), online endpoints and deployments with real long-running-operation polling, keys,
-    deployment logs, the scoring URI (a deterministic ``{"output": ...}`` reply), the MLflow REST API for job
-    runs, params and metrics, and deletes. References are checked as Azure checks them (a deployment of a
+    deployment logs, the scoring URI (a deterministic answer in the deployed model's task shape, chat models'
+    ``{"output": ...}``; see :meth:`answer_with`), the MLflow REST API (experiments, run search, the runs of jobs
+    and their steps with the metrics the fine-tuning components log), code uploads, serverless endpoints and
+    marketplace subscriptions, and deletes. References are checked as Azure checks them (a deployment of a
     missing model, a registration from a missing job output, a job on a missing compute, a missing
     component version), with Azure ML's error codes. Every request is recorded in :attr:`requests`; faults
     are injected with :meth:`fail`, :meth:`reset_connection`, :meth:`fail_operation`, :meth:`fail_liveness`,
