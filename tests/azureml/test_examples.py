@@ -95,6 +95,49 @@ def emotion_dataset() -> str:
     return _download_stand_in(dict.fromkeys(("train", "validation", "test"), rows), {"label.json": labels})
 
 
+def squad_dataset() -> str:
+    rows = [
+        {
+            "id": str(i),
+            "title": "Bread",
+            "context": f"Bread number {i} rises for about an hour.",
+            "question": f"How long does bread {i} rise?",
+            "answers": {"text": ["about an hour"], "answer_start": [len(f"Bread number {i} rises for ")]},
+        }
+        for i in range(40)
+    ]
+    return _download_stand_in({"train": rows, "validation": rows})
+
+
+def news_dataset() -> str:
+    rows = [
+        {"id": str(i), "article": f"Article {i}: the town opened a bakery. " * 3, "highlights": f"Bakery {i}."}
+        for i in range(40)
+    ]
+    return _download_stand_in({"train": rows, "validation": rows})
+
+
+def wmt16_dataset() -> str:
+    rows = [{"en": f"The bread number {i} is warm.", "ro": f"Painea numarul {i} este calda."} for i in range(40)]
+    return _download_stand_in(dict.fromkeys(("train", "validation", "test"), rows))
+
+
+def conll_dataset() -> str:
+    tags = ["O", "B-PER", "I-PER", "B-LOC"]
+    rows = [
+        {
+            "id": str(i),
+            "tokens": ["Ann", "lives", "in", f"Town{i}"],
+            "pos_tags": [22, 42, 15, 22],
+            "chunk_tags": [11, 21, 13, 11],
+            "ner_tags": [1, 0, 0, 3],
+            "ner_tags_str": [tags[1], tags[0], tags[0], tags[3]],
+        }
+        for i in range(200)
+    ]
+    return _download_stand_in(dict.fromkeys(("train", "validation", "test"), rows), {"label.json": {"id2label": tags}})
+
+
 @attrs.frozen
 class Sample:
     """One notebook: where it is, what its registry must hold, its dataset stand-in."""
@@ -113,6 +156,34 @@ SAMPLES = {
         pipeline="text_classification_pipeline",
         dataset=emotion_dataset,
         files=(f"{FINETUNE}/text-classification/text-classification-config.json",),
+    ),
+    "extractive-qa": Sample(
+        notebook=f"{FINETUNE}/question-answering/extractive-qa.ipynb",
+        model=RegistryModel(name="bert-base-uncased", version="4", tags={"task": "question-answering"}),
+        pipeline="question_answering_pipeline",
+        dataset=squad_dataset,
+        files=(f"{FINETUNE}/question-answering/question-answering-config.json",),
+    ),
+    "news-summary": Sample(
+        notebook=f"{FINETUNE}/summarization/news-summary.ipynb",
+        model=RegistryModel(name="t5-small", version="4", tags={"task": "summarization"}),
+        pipeline="summarization_pipeline",
+        dataset=news_dataset,
+        files=(f"{FINETUNE}/summarization/summarization-config.json",),
+    ),
+    "translation": Sample(
+        notebook=f"{FINETUNE}/translation/translation.ipynb",
+        model=RegistryModel(name="t5-small", version="4", tags={"task": "translation"}),
+        pipeline="translation_pipeline",
+        dataset=wmt16_dataset,
+        files=(f"{FINETUNE}/translation/translation-config.json",),
+    ),
+    "token-classification": Sample(
+        notebook=f"{FINETUNE}/token-classification/token-classification.ipynb",
+        model=RegistryModel(name="bert-base-uncased", version="4", tags={"task": "token-classification"}),
+        pipeline="token_classification_pipeline",
+        dataset=conll_dataset,
+        files=(f"{FINETUNE}/token-classification/token-classification-config.json",),
     ),
 }
 
@@ -219,7 +290,7 @@ def test_the_sample_runs_against_the_fake(
             if "pd.read_json(response)" in cell and PANDAS_3:
                 # Broken on its own with pandas >= 3: read_json no longer parses a literal JSON string (it is
                 # taken as a path). Asserted broken, then run with the repair pandas asks for (StringIO).
-                with pytest.raises(FileNotFoundError):
+                with pytest.raises(OSError):  # FileNotFoundError, or "File name too long"
                     exec(run, ns)
                 broken.append(f"cell {index}: pd.read_json(<literal JSON>) is a path in pandas >= 3")
                 cell = "import io\n" + cell.replace("pd.read_json(response)", "pd.read_json(io.StringIO(response))")
