@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -49,7 +50,7 @@ T4 = {"name": "STANDARD_NC4AS_T4_V3", "family": "standardNCASv3_T4Family", "vCPU
 # Cells of these notebooks that cannot run outside Jupyter (skipped, as docs/testing.md says).
 NOT_PYTHON = {
     "%pip install": "installs packages (IPython magic)",
-    "%run ../pipeline_validations/common.ipynb": "runs another notebook (IPython magic) for an optional check",
+    "%run ": "runs another notebook (IPython magic): pipeline_validations/common.ipynb, an optional check",
 }
 
 
@@ -122,6 +123,30 @@ def wmt16_dataset() -> str:
     return _download_stand_in(dict.fromkeys(("train", "validation", "test"), rows))
 
 
+def samsum_dataset() -> str:
+    rows = [
+        {"id": str(i), "dialogue": f"Ann: Bread {i}?\nBob: In an hour.", "summary": f"Bread {i} in an hour."}
+        for i in range(20)
+    ]
+    return _download_stand_in(dict.fromkeys(("train", "validation", "test"), rows))
+
+
+def truthful_qa_dataset() -> str:
+    rows = [
+        {
+            "type": "Adversarial",
+            "category": "Misconceptions",
+            "question": f"Does bread {i} rise?",
+            "best_answer": "Yes, for about an hour.",
+            "correct_answers": ["Yes"],
+            "incorrect_answers": ["No"],
+            "source": "https://example.org",
+        }
+        for i in range(40)
+    ]
+    return _download_stand_in({"validation": rows})
+
+
 def conll_dataset() -> str:
     tags = ["O", "B-PER", "I-PER", "B-LOC"]
     rows = [
@@ -147,6 +172,7 @@ class Sample:
     pipeline: str
     dataset: Callable[[], str]
     files: tuple[str, ...] = ()  # files beside the notebook it reads (evaluation configs)
+    absent: tuple[str, ...] = ()  # files it reads that the repository lacks (broken on its own; "{}" written)
 
 
 SAMPLES = {
@@ -177,6 +203,20 @@ SAMPLES = {
         pipeline="translation_pipeline",
         dataset=wmt16_dataset,
         files=(f"{FINETUNE}/translation/translation-config.json",),
+    ),
+    "summarization_with_text_gen": Sample(
+        notebook=f"{FINETUNE}/text-generation/summarization_with_text_gen.ipynb",
+        model=RegistryModel(name="microsoft-phi-2", version="9", tags={}, registry="azureml-msr"),
+        pipeline="text_generation_pipeline",
+        dataset=samsum_dataset,
+        absent=("text-generation-config.json",),
+    ),
+    "abstractive_qna_with_text_gen": Sample(
+        notebook=f"{FINETUNE}/text-generation/abstractive_qna_with_text_gen.ipynb",
+        model=RegistryModel(name="microsoft-phi-2", version="9", tags={}, registry="azureml-msr"),
+        pipeline="text_generation_pipeline",
+        dataset=truthful_qa_dataset,
+        absent=("text-generation-config.json",),
     ),
     "token-classification": Sample(
         notebook=f"{FINETUNE}/token-classification/token-classification.ipynb",
@@ -242,14 +282,17 @@ def setup_swaps(cell: str, fake: FakeAzureML) -> str:
         '"<SUBSCRIPTION_ID>"': repr(fake.subscription_id),
         '"<RESOURCE_GROUP>"': repr(fake.resource_group),
         'workspace_name="<WORKSPACE_NAME>",': f"workspace_name={fake.workspace_name!r}, transport=fake.transport,",
-        'MLClient(credential, registry_name="azureml")': (
-            'MLClient(credential, registry_name="azureml", transport=fake.transport)'
-        ),
     }
     for old, new in swaps.items():
         assert old in cell, f"the notebook's setup cell no longer contains {old!r}"
         cell = cell.replace(old, new)
-    return cell
+    registries = re.sub(
+        r"MLClient\(credential, registry_name=(\"[^\"]+\")\)",
+        r"MLClient(credential, registry_name=\1, transport=fake.transport)",
+        cell,
+    )
+    assert registries != cell, "the notebook's setup cell no longer builds a registry MLClient"
+    return registries
 
 
 @pytest.mark.parametrize("sample", sorted(SAMPLES))
@@ -272,6 +315,10 @@ def test_the_sample_runs_against_the_fake(
     (tmp_path / "download-dataset.py").write_text(spec.dataset(), encoding="utf-8")
     for extra in spec.files:
         (tmp_path / Path(extra).name).write_text(read(extra), encoding="utf-8")
+    for name in spec.absent:
+        with pytest.raises(subprocess.CalledProcessError):  # not in the repository: broken on its own
+            read(str(Path(spec.notebook).parent / name))
+        (tmp_path / name).write_text("{}", encoding="utf-8")
     fake = FakeAzureML(models=[spec.model], vm_sizes=[*DEFAULT_VM_SIZES, T4], job_statuses=("Running", "Completed"))
     ns: dict[str, Any] = {"fake": fake, "__name__": "__notebook__"}
     skipped: list[str] = []
@@ -304,6 +351,6 @@ def test_the_sample_runs_against_the_fake(
     assert len(ns["response_df"]) == len(ns["test_df"])
     assert no_network == []
     assert len(skipped) <= 2
-    assert len(broken) <= 1
+    assert len(broken) <= 1 + len(spec.absent)
     assert fake.calls("POST", r"\.inference\.ml\.azure\.com/score$") or fake.calls("POST", r"/score$")
     assert not [k for k in fake.resources if "/onlineendpoints/" in k]  # the last cell deleted the endpoint
