@@ -102,7 +102,8 @@ def pipeline_steps(pipeline: str, node_inputs: Mapping[str, Any]) -> list[tuple[
     Args:
         pipeline: The pipeline component's name (``text_classification_pipeline``...).
         node_inputs: The pipeline node's inputs (an evaluation runs where the pipeline is given a compute
-            for it, as the notebooks do with ``compute_model_evaluation``).
+            for it, as the notebooks do with ``compute_model_evaluation``, or a serverless instance type,
+            ``instance_type_model_evaluation``).
 
     Returns:
         ``(step name, compute input)`` pairs in the order the steps run.
@@ -116,7 +117,8 @@ def pipeline_steps(pipeline: str, node_inputs: Mapping[str, Any]) -> list[tuple[
         ("ft_nlp_model_converter", "compute_finetune"),
     ]
     task = PIPELINE_TASKS.get(pipeline)
-    if task in EVALUATION_METRICS and "compute_model_evaluation" in node_inputs:
+    evaluated = "compute_model_evaluation" in node_inputs or "instance_type_model_evaluation" in node_inputs
+    if task in EVALUATION_METRICS and evaluated:
         # azureml's model_evaluation_pipeline: batch prediction on the test split, then compute_metrics.
         steps += [("model_prediction", "compute_model_evaluation"), ("compute_metrics", "compute_model_evaluation")]
     return steps
