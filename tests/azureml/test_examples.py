@@ -78,7 +78,8 @@ def _download_stand_in(rows: Mapping[str, list[dict[str, Any]]], extra: Mapping[
     return f"""
 import argparse, json, pathlib
 p = argparse.ArgumentParser()
-p.add_argument("--download_dir"); p.add_argument("--dataset", default=None); p.add_argument("--dataset_subset", default=None)
+p.add_argument("--download_dir"); p.add_argument("--dataset"); p.add_argument("--dataset_subset")
+p.add_argument("--dataset_split_pc")
 out = pathlib.Path(p.parse_known_args()[0].download_dir); out.mkdir(exist_ok=True)
 for split, rows in {dict(rows)!r}.items():
     (out / (split + ".jsonl")).write_text("".join(json.dumps(r) + "\\n" for r in rows))
@@ -147,6 +148,15 @@ def truthful_qa_dataset() -> str:
     return _download_stand_in({"validation": rows})
 
 
+def ultrachat_dataset() -> str:
+    conversation = [
+        {"role": "user", "content": "How do I bake bread?"},
+        {"role": "assistant", "content": "Mix flour, water, salt and yeast."},
+    ]
+    rows = [{"prompt": f"q{i}", "prompt_id": str(i), "messages": conversation} for i in range(5)]
+    return _download_stand_in(dict.fromkeys(("train_sft", "test_sft", "train_gen", "test_gen"), rows))
+
+
 def conll_dataset() -> str:
     tags = ["O", "B-PER", "I-PER", "B-LOC"]
     rows = [
@@ -174,6 +184,8 @@ class Sample:
     files: tuple[str, ...] = ()  # files beside the notebook it reads (evaluation configs)
     absent: tuple[str, ...] = ()  # files it reads that the repository lacks (broken on its own; "{}" written)
     evaluates: bool = True  # whether its pipeline call asks for an evaluation (finds an evaluation run)
+    reviews_metrics: bool = True  # whether it reads the runs' metrics with mlflow
+    seed_component: bool = True  # False: the fake's own chat_completion_pipeline serves
 
 
 SAMPLES = {
@@ -201,6 +213,14 @@ SAMPLES = {
             ("multinode-text-classification", "emotion-detection-llama-multinode-serverless"),
         )
     },
+    "chat-completion": Sample(
+        notebook=f"{FINETUNE}/chat-completion/chat-completion.ipynb",
+        model=RegistryModel(),  # Phi-3-mini-4k-instruct with its allow-list tags
+        pipeline="chat_completion_pipeline",
+        dataset=ultrachat_dataset,
+        reviews_metrics=False,
+        seed_component=False,
+    ),
     "extractive-qa": Sample(
         notebook=f"{FINETUNE}/question-answering/extractive-qa.ipynb",
         model=RegistryModel(name="bert-base-uncased", version="4", tags={"task": "question-answering"}),
@@ -355,7 +375,7 @@ def test_the_sample_runs_against_the_fake(
                 continue
             if "DefaultAzureCredential()" in cell:
                 cell = setup_swaps(cell, fake)
-            if "pipeline_component_func(" in cell:
+            if "pipeline_component_func(" in cell and spec.seed_component:
                 fake.add_registry_component(pipeline_spec(spec.pipeline, cell, ns, tmp_path))
             run = compile(cell, f"<{sample} cell {index}>", "exec")
             if "pd.read_json(response)" in cell and PANDAS_3:
@@ -368,11 +388,15 @@ def test_the_sample_runs_against_the_fake(
                 run = compile(cell, f"<{sample} cell {index}, repaired>", "exec")
             exec(run, ns)  # the notebook's own code is what is under test
     out = capsys.readouterr().out
-    assert ns["training_run"] is not None
-    assert (ns["evaluation_run"] is not None) == spec.evaluates
-    assert "Training metrics" in out
-    assert ("Evaluation metrics" in out) == spec.evaluates
-    assert len(ns["response_df"]) == len(ns["test_df"])
+    if spec.reviews_metrics:
+        assert ns["training_run"] is not None
+        assert (ns["evaluation_run"] is not None) == spec.evaluates
+        assert "Training metrics" in out
+        assert ("Evaluation metrics" in out) == spec.evaluates
+    if "response_df" in ns:
+        assert len(ns["response_df"]) == len(ns["test_df"])
+    else:  # a chat model's answer, printed
+        assert "You asked:" in out
     assert no_network == []
     assert len(skipped) <= 2
     assert len(broken) <= 1 + len(spec.absent)
