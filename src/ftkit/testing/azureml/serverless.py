@@ -4,9 +4,9 @@ What the ``jobs/finetuning/standalone/model-as-a-service`` samples of azureml-ex
 ``marketplace_subscriptions.begin_create_or_update``, ``create_finetuning_job`` (a ``FineTuning`` job whose
 ``registered_model`` output becomes a workspace model when it completes), ``serverless_endpoints``
 ``begin_create_or_update`` / ``get`` / ``get_keys`` / ``begin_delete`` (long-running operations, as in ARM), and a
-``requests.post`` to ``{scoring_uri}/v1/chat/completions`` with the key: answered through the transport for the
-endpoint's ``*.models.ai.azure.com`` host, and on the loopback server while :meth:`FakeAzureML.serve` runs (the
-endpoint's ``scoring_uri`` then points there).
+``requests.post`` to ``{scoring_uri}/v1/chat/completions`` (or ``/v1/completions``) with the key: answered
+through the transport for the endpoint's ``*.models.ai.azure.com`` host, and on the loopback server while
+:meth:`FakeAzureML.serve` runs (the endpoint's ``scoring_uri`` then points there).
 
 Strictly private; use :class:`ftkit.testing.FakeAzureML`.
 """
@@ -129,25 +129,27 @@ class ServerlessRoutes(FakeBase):
                 return 200, responder(body), {}
             except ValueError as exc:
                 return 400, {"error": {"code": "BadRequest", "message": str(exc)}}, {}
-        if route.rstrip("/") not in ("/v1/chat/completions", "/chat/completions"):
-            return 404, {"error": {"code": "NotFound", "message": f"the fake serves no route {route}"}}, {}
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            return 400, {"error": {"code": "BadRequest", "message": "'messages' is required"}}, {}
-        text = chat_text(name, {"input_data": {"input_string": messages}})
+        route = route.rstrip("/")
         model = str((stored["properties"].get("modelSettings") or {}).get("modelId") or name)
-        return (
-            200,
-            {
-                "id": "chatcmpl-" + hashlib.sha256(text.encode()).hexdigest()[:12],
-                "object": "chat.completion",
-                "created": 1_735_689_600,
-                "model": model.rsplit("/models/", 1)[-1].split("/", 1)[0],
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21},
-            },
-            {},
-        )
+        common = {"created": 1_735_689_600, "model": model.rsplit("/models/", 1)[-1].split("/", 1)[0]}
+        usage = {"prompt_tokens": 12, "completion_tokens": 9, "total_tokens": 21}
+        if route in ("/v1/chat/completions", "/chat/completions"):
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                return 400, {"error": {"code": "BadRequest", "message": "'messages' is required"}}, {}
+            text = chat_text(name, {"input_data": {"input_string": messages}})
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            answer = {"id": _id(text), "object": "chat.completion", **common, "choices": [choice], "usage": usage}
+            return 200, answer, {}
+        if route in ("/v1/completions", "/completions"):
+            prompt = body.get("prompt")
+            if not isinstance(prompt, str) or not prompt:
+                return 400, {"error": {"code": "BadRequest", "message": "'prompt' is required"}}, {}
+            text = f"[{name}] {prompt[-60:]}"
+            choice = {"index": 0, "text": text, "finish_reason": "stop"}
+            answer = {"id": _id(text), "object": "text_completion", **common, "choices": [choice], "usage": usage}
+            return 200, answer, {}
+        return 404, {"error": {"code": "NotFound", "message": f"the fake serves no route {route}"}}, {}
 
     # ---------------------------------------------------------------- serverless fine-tuning
 
@@ -182,6 +184,10 @@ class ServerlessRoutes(FakeBase):
                 },
             )
             output["assetVersion"] = version
+
+
+def _id(text: str) -> str:
+    return "cmpl-" + hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def _key(name: str, salt: str) -> str:
