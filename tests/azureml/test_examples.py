@@ -36,6 +36,8 @@ try:
 except ImportError:  # the test skips without pandas
     pass
 FINETUNE = "sdk/python/foundation-models/system/finetune"
+MAAS = "sdk/python/jobs/finetuning/standalone/model-as-a-service"
+MAAP = "sdk/python/jobs/finetuning/standalone/model-as-a-platform"
 
 pytestmark = [
     pytest.mark.slow,
@@ -52,6 +54,15 @@ NOT_PYTHON = {
     "%pip install": "installs packages (IPython magic)",
     "%run ": "runs another notebook (IPython magic): pipeline_validations/common.ipynb, an optional check",
 }
+
+
+def sleep_free(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Polling loops in the notebooks (``time.sleep(30)``, jobs.stream's 2 s) do not wait; sleeps are recorded."""
+    import time
+
+    slept: list[float] = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    return slept
 
 
 def read(path: str) -> str:
@@ -179,13 +190,16 @@ class Sample:
 
     notebook: str
     model: RegistryModel
-    pipeline: str
-    dataset: Callable[[], str]
+    pipeline: str | None  # None: a serverless (create_finetuning_job) sample
+    dataset: Callable[[], str] | None
     files: tuple[str, ...] = ()  # files beside the notebook it reads (evaluation configs)
     absent: tuple[str, ...] = ()  # files it reads that the repository lacks (broken on its own; "{}" written)
     evaluates: bool = True  # whether its pipeline call asks for an evaluation (finds an evaluation run)
     reviews_metrics: bool = True  # whether it reads the runs' metrics with mlflow
     seed_component: bool = True  # False: the fake's own chat_completion_pipeline serves
+    broken: Mapping[int, tuple[type[BaseException], str]] = attrs.field(factory=dict)  # cell: (error, why)
+    expect: tuple[str, ...] = ()  # names the notebook must have defined
+    deletes_endpoint: bool = True  # whether its last cells delete the online endpoint
 
 
 SAMPLES = {
@@ -220,6 +234,74 @@ SAMPLES = {
         dataset=ultrachat_dataset,
         reviews_metrics=False,
         seed_component=False,
+    ),
+    "chat_completion_with_model_as_service": Sample(
+        notebook=f"{MAAS}/chat-completion/chat_completion_with_model_as_service.ipynb",
+        model=RegistryModel(
+            name="Phi-4-mini-instruct", version="3", tags={"maas-finetuning-deploy-regions": "['eastus']"}
+        ),
+        pipeline=None,
+        dataset=None,
+        files=(f"{MAAS}/chat-completion/train.jsonl", f"{MAAS}/chat-completion/validation.jsonl"),
+        reviews_metrics=False,
+        expect=("created_endpoint", "auth_key", "response"),
+    ),
+    "text_generation_with_model_as_a_service": Sample(
+        notebook=f"{MAAS}/text-generation/text_generation_with_model_as_a_service.ipynb",
+        model=RegistryModel(
+            name="Meta-Llama-3-8B",
+            version="6",
+            tags={"maas-finetuning-deploy-regions": "['eastus']"},
+            properties={"finetune-recommended-sku": "Standard_NC96ads_A100_v4"},
+            registry="azureml-meta",
+        ),
+        pipeline=None,
+        dataset=None,
+        files=(f"{MAAS}/text-generation/train.jsonl", f"{MAAS}/text-generation/validation.jsonl"),
+        reviews_metrics=False,
+        expect=("created_endpoint", "auth_key"),
+        broken={18: (SyntaxError, 'the payload dict misses a ":" after "text"')},
+    ),
+    "chat_completion_with_model_as_platform": Sample(
+        notebook=f"{MAAP}/chat-completion/chat_completion_with_model_as_platform.ipynb",
+        model=RegistryModel(
+            properties={
+                "finetune-recommended-sku": "Standard_NC24ads_A100_v4",
+                "inference-recommended-sku": "Standard_NC24ads_A100_v4",
+            }
+        ),
+        pipeline=None,
+        dataset=None,
+        files=(f"{MAAP}/chat-completion/train.jsonl", f"{MAAP}/chat-completion/validation.jsonl"),
+        reviews_metrics=False,
+        broken={
+            12: (SyntaxError, "'break' outside a loop"),
+            17: (NameError, "foundation_model is never defined (the notebook calls it model_to_finetune)"),
+            19: (NameError, "auth_key is never defined (no cell reads the endpoint's keys)"),
+        },
+        deletes_endpoint=False,
+    ),
+    "text_generation_with_model_as_a_platform": Sample(
+        notebook=f"{MAAP}/text-generation/text_generation_with_model_as_a_platform.ipynb",
+        model=RegistryModel(
+            name="Meta-Llama-3-8B",
+            version="6",
+            tags={},
+            properties={
+                "finetune-recommended-sku": "Standard_NC96ads_A100_v4",
+                "inference-recommended-sku": "Standard_NC24ads_A100_v4",
+            },
+            registry="azureml-meta",
+        ),
+        pipeline=None,
+        dataset=None,
+        files=(f"{MAAP}/text-generation/train.jsonl", f"{MAAP}/text-generation/validation.jsonl"),
+        reviews_metrics=False,
+        broken={
+            11: (SyntaxError, "'break' outside a loop"),
+            18: (NameError, "auth_key is never defined (no cell reads the endpoint's keys)"),
+        },
+        deletes_endpoint=False,
     ),
     "extractive-qa": Sample(
         notebook=f"{FINETUNE}/question-answering/extractive-qa.ipynb",
@@ -320,23 +402,19 @@ def pipeline_spec(pipeline: str, cell: str, ns: Mapping[str, Any], tmp_path: Pat
 
 
 def setup_swaps(cell: str, fake: FakeAzureML) -> str:
-    """The only edits to the setup cell: credential, workspace ids, transport."""
+    """The only edits to a setup cell: credential, workspace ids (whatever the placeholder says), transport."""
+    assert "DefaultAzureCredential()" in cell
+    cell = cell.replace("DefaultAzureCredential()", "fake.credential")
     swaps = {
-        "DefaultAzureCredential()": "fake.credential",
-        '"<SUBSCRIPTION_ID>"': repr(fake.subscription_id),
-        '"<RESOURCE_GROUP>"': repr(fake.resource_group),
-        'workspace_name="<WORKSPACE_NAME>",': f"workspace_name={fake.workspace_name!r}, transport=fake.transport,",
+        r'subscription_id="<[^">]+>"': f"subscription_id={fake.subscription_id!r}",
+        r'resource_group_name="<[^">]+>"': f"resource_group_name={fake.resource_group!r}",
+        r'workspace_name="<[^">]+>",?': f"workspace_name={fake.workspace_name!r}, transport=fake.transport,",
+        r"MLClient\(credential, registry_name=(\"[^\"]+\")\)": r"MLClient(credential, registry_name=\1, transport=fake.transport)",
     }
     for old, new in swaps.items():
-        assert old in cell, f"the notebook's setup cell no longer contains {old!r}"
-        cell = cell.replace(old, new)
-    registries = re.sub(
-        r"MLClient\(credential, registry_name=(\"[^\"]+\")\)",
-        r"MLClient(credential, registry_name=\1, transport=fake.transport)",
-        cell,
-    )
-    assert registries != cell, "the notebook's setup cell no longer builds a registry MLClient"
-    return registries
+        cell = re.sub(old, new, cell)
+    assert "<" not in "".join(re.findall(r'"<[^"]*>"', cell)), f"a placeholder is left in {cell!r}"
+    return cell
 
 
 @pytest.mark.parametrize("sample", sorted(SAMPLES))
@@ -354,9 +432,11 @@ def test_the_sample_runs_against_the_fake(
     spec = SAMPLES[sample]
     cells = code_cells(spec.notebook)
     monkeypatch.chdir(tmp_path)
+    sleep_free(monkeypatch)
     monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
     monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
-    (tmp_path / "download-dataset.py").write_text(spec.dataset(), encoding="utf-8")
+    if spec.dataset is not None:
+        (tmp_path / "download-dataset.py").write_text(spec.dataset(), encoding="utf-8")
     for extra in spec.files:
         (tmp_path / Path(extra).name).write_text(read(extra), encoding="utf-8")
     for name in spec.absent:
@@ -375,8 +455,14 @@ def test_the_sample_runs_against_the_fake(
                 continue
             if "DefaultAzureCredential()" in cell:
                 cell = setup_swaps(cell, fake)
-            if "pipeline_component_func(" in cell and spec.seed_component:
+            if "pipeline_component_func(" in cell and spec.seed_component and spec.pipeline is not None:
                 fake.add_registry_component(pipeline_spec(spec.pipeline, cell, ns, tmp_path))
+            if index in spec.broken:
+                error, why = spec.broken[index]
+                with pytest.raises(error):
+                    exec(compile(cell, f"<{sample} cell {index}>", "exec"), ns)
+                broken.append(f"cell {index}: {why}")
+                continue
             run = compile(cell, f"<{sample} cell {index}>", "exec")
             if "pd.read_json(response)" in cell and PANDAS_3:
                 # Broken on its own with pandas >= 3: read_json no longer parses a literal JSON string (it is
@@ -395,10 +481,16 @@ def test_the_sample_runs_against_the_fake(
         assert ("Evaluation metrics" in out) == spec.evaluates
     if "response_df" in ns:
         assert len(ns["response_df"]) == len(ns["test_df"])
-    else:  # a chat model's answer, printed
+    elif spec.pipeline is not None:  # a chat model's answer, printed
         assert "You asked:" in out
+    for name in spec.expect:
+        assert name in ns, f"the notebook did not define {name}"
+    if hasattr(ns.get("response"), "status_code"):  # a requests.post to a serverless endpoint
+        assert ns["response"].status_code == 200, ns["response"].text
+    if "marketplace_subscription" in ns:
+        assert ns["marketplace_subscription"].status == "subscribed"
     assert no_network == []
     assert len(skipped) <= 2
-    assert len(broken) <= 1 + len(spec.absent)
-    assert fake.calls("POST", r"\.inference\.ml\.azure\.com/score$") or fake.calls("POST", r"/score$")
-    assert not [k for k in fake.resources if "/onlineendpoints/" in k]  # the last cell deleted the endpoint
+    assert len(broken) <= 1 + len(spec.absent) + len(spec.broken)
+    if spec.deletes_endpoint:
+        assert not [k for k in fake.resources if "/onlineendpoints/" in k]  # the last cell deleted the endpoint
