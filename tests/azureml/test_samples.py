@@ -212,6 +212,51 @@ class TestMlflowChildRuns:
         # No evaluation compute given: no evaluation steps.
         assert "compute_metrics" not in {s["name"] for s in fake.job_steps(job.name)}
 
+    def test_a_failed_finetune_step_is_a_failed_run_with_partial_metrics(
+        self, classification_fake: FakeAzureML, tmp_path: Path, tracking: Any
+    ) -> None:
+        fake = classification_fake
+        fake.fail_job("CUDA out of memory", step="text_classification_finetune")
+        job = run_task_pipeline(fake, tmp_path, "text_classification_pipeline", compute_model_evaluation="gpu")
+        ml = fake.ml_client()
+        assert ml.jobs.get(job.name).status == "Failed"
+        with fake.serve():
+            client = tracking.MlflowClient(tracking_uri=ml.workspaces.get(fake.workspace_name).mlflow_tracking_uri)
+            (experiment,) = [
+                e for e in client.search_experiments() if e.name == "text-classification-emotion-detection"
+            ]
+            runs = client.search_runs(
+                [experiment.experiment_id],
+                filter_string=f"tags.mlflow.rootRunId = '{job.name}' AND attributes.status = 'FAILED'",
+                order_by=["attributes.start_time ASC"],
+            )
+            assert [r.info.run_name for r in runs] == [
+                job.display_name or job.name,
+                "node",  # the pipeline node holding the registry pipeline's steps (a nested pipeline run)
+                "text_classification_finetune",
+            ]
+            finetune = runs[-1]
+            assert "loss" in finetune.data.metrics
+            assert "train_runtime" not in finetune.data.metrics  # it never finished
+            # Nothing logged accuracy: the evaluation never ran.
+            assert not client.search_runs([experiment.experiment_id], filter_string="metrics.accuracy > 0")
+
+    def test_metrics_a_test_sets_are_kept(
+        self, classification_fake: FakeAzureML, tmp_path: Path, tracking: Any
+    ) -> None:
+        """A test scripts a poor evaluation by setting the step's metrics; the user's gate sees them."""
+        fake = classification_fake
+        job = run_task_pipeline(fake, tmp_path, "text_classification_pipeline", compute_model_evaluation="gpu")
+        fake.metrics[f"{job.name}-compute_metrics"] = {"accuracy": [(0, 0.41, 1_735_690_800_000)]}
+        with fake.serve():
+            tracking.set_tracking_uri(fake.ml_client().workspaces.get(fake.workspace_name).mlflow_tracking_uri)
+            runs = tracking.search_runs(
+                experiment_names=["text-classification-emotion-detection"],
+                filter_string=f"tags.mlflow.rootRunId='{job.name}' AND metrics.accuracy < 0.5",
+                output_format="list",
+            )
+        assert [r.data.metrics["accuracy"] for r in runs] == [0.41]
+
 
 def deploy(fake: FakeAzureML, model_id: str, endpoint: str = "emo", deployment: str = "demo") -> Any:
     """The samples' deployment cells: a key-auth endpoint and one deployment of ``model_id``."""

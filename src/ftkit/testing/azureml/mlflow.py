@@ -150,8 +150,7 @@ class MlflowRoutes(JobRoutes):
         elif group is not None:
             run_id, name, parent, index = f"{job.name}-{group}", group, job.name, 0
             statuses = [s.status for s in job.steps if s.group == group]
-            status = "Completed" if all(x == "Completed" for x in statuses) else statuses[0]
-            status = next((x for x in ("Failed", "Canceled") if x in statuses), status)
+            status = _group_status(statuses)
             params = []
         else:
             run_id, name, parent, index = job.name, str(props.get("displayName") or job.name), None, 0
@@ -190,6 +189,15 @@ class MlflowRoutes(JobRoutes):
             "info": info,
             "data": {"metrics": latest, "params": params, "tags": [{"key": k, "value": v} for k, v in tags.items()]},
         }
+
+
+def _group_status(statuses: list[str]) -> str:
+    """A nested pipeline run's status from its steps' (as the run history's ``_group_body`` words it)."""
+    if all(x == "Completed" for x in statuses):
+        return "Completed"
+    if all(x == "NotStarted" for x in statuses):
+        return "NotStarted"
+    return next((x for x in ("Failed", "Canceled") if x in statuses), "Running")
 
 
 def _experiment_id(name: str) -> str:
