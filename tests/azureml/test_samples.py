@@ -365,6 +365,25 @@ class TestTaskShapedScoring:
         assert len(seen) == 2
 
 
+class TestTwoDeploymentEvaluation:
+    def test_a_zero_traffic_base_deployment_answers_by_name_beside_the_fine_tuned_one(
+        self, fake: FakeAzureML, tmp_path: Path
+    ) -> None:
+        """The evaluation shape: base model on a 0% deployment, fine-tuned on 100%, each invoked by name."""
+        fake.add_model("base", "1", tags={"task": "chat-completion"})
+        ml = deploy(fake, "azureml:ft:1", endpoint="eval-ep", deployment="tuned")
+        deploy(fake, "azureml:base:1", endpoint="eval-ep", deployment="base")
+        endpoint = ml.online_endpoints.get("eval-ep")
+        endpoint.traffic = {"tuned": 100, "base": 0}
+        ml.online_endpoints.begin_create_or_update(endpoint).result()
+        chat = {"input_data": {"input_string": [{"role": "user", "content": "hi"}], "parameters": {}}}
+        tuned = invoke(ml, tmp_path, chat, endpoint="eval-ep", deployment="tuned")
+        base = invoke(ml, tmp_path, chat, endpoint="eval-ep", deployment="base")
+        assert tuned["output"].startswith("[tuned:")
+        assert base["output"].startswith("[base:")
+        assert tuned["output"].endswith("You asked: hi")
+
+
 class TestAssetsComputeAndRefusals:
     def test_data_latest_label_model_list_and_immutable_versions(self, fake: FakeAzureML, tmp_path: Path) -> None:
         from azure.ai.ml.entities import Data
