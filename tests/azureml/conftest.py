@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -55,3 +57,20 @@ def job(data_files: dict[str, Path]) -> JobFile:
     loaded = JobFile.load(EXAMPLE)
     data = attrs.evolve(loaded.data, train_file=str(data_files["train"]), test_file=str(data_files["test"]))
     return attrs.evolve(loaded, data=data)
+
+
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Refuse (and remember) every name lookup that is not loopback: nothing may leave the process."""
+    refused: list[str] = []
+    real = socket.getaddrinfo
+
+    def guarded(host: Any, *args: Any, **kwargs: Any) -> Any:
+        name = host.decode() if isinstance(host, bytes) else str(host)
+        if name not in ("127.0.0.1", "localhost", "::1"):
+            refused.append(name)
+            raise OSError(f"the notebook test is offline: refused to resolve {name}")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", guarded)
+    return refused

@@ -12,7 +12,6 @@ docs/testing.md lists them. No socket may be opened to a non-loopback address.
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import textwrap
 from pathlib import Path
@@ -106,23 +105,6 @@ def _repaired_compute_cell(cell: str) -> str:
     """The cookbook's compute cell under the original notebook's head: its first lines go back in their branch."""
     end = cell.index(")\n", cell.index("raise ValueError(")) + 2
     return COMPUTE_HEAD + textwrap.indent(cell[:end], " " * 12) + cell[end:]
-
-
-@pytest.fixture
-def no_network(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Refuse (and remember) every name lookup that is not loopback: nothing may leave the process."""
-    refused: list[str] = []
-    real = socket.getaddrinfo
-
-    def guarded(host: Any, *args: Any, **kwargs: Any) -> Any:
-        name = host.decode() if isinstance(host, bytes) else str(host)
-        if name not in ("127.0.0.1", "localhost", "::1"):
-            refused.append(name)
-            raise OSError(f"the notebook test is offline: refused to resolve {name}")
-        return real(host, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "getaddrinfo", guarded)
-    return refused
 
 
 @pytest.mark.slow  # about 20 s: importing pandas and mlflow, and one 2 s sleep inside jobs.stream

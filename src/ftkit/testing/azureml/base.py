@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import re
 import threading
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
@@ -39,13 +40,15 @@ class RegistryModel:
     Attributes:
         name: The model's name.
         version: Its version.
-        tags: Its tags (allow-lists, ``model_specific_defaults``...).
+        tags: Its tags (allow-lists, ``model_specific_defaults``, ``task``...).
+        properties: Its properties (``finetune-recommended-sku``, ``evaluation-recommended-sku``...).
         registry: The registry holding it.
     """
 
     name: str = "Phi-3-mini-4k-instruct"
     version: str = "15"
     tags: Mapping[str, str] = attrs.field(factory=lambda: dict(PHI3_TAGS))
+    properties: Mapping[str, str] = attrs.field(factory=dict)
     registry: str = "azureml"
 
 
@@ -197,6 +200,12 @@ class FakeBase:
             f"/mfeOperationsStatus/{op_id}?api-version=2023-04-01-preview"
         )
 
+    def _new_op(self, kind: str, key: str) -> str:
+        """Start an operation that succeeds at its first poll; return its id."""
+        op_id = uuid.uuid4().hex
+        self._operations[op_id] = Operation(kind, key.lower(), 0)
+        return op_id
+
     def _take_operation_fault(self, kind: str) -> Mapping[str, Any] | None:
         for i, (fault_kind, error) in enumerate(self._operation_faults):
             if fault_kind == kind:
@@ -224,6 +233,9 @@ class FakeBase:
         raise NotImplementedError
 
     def _model_exists(self, reference: str) -> Reply | None:  # pragma: no cover - models.py
+        raise NotImplementedError
+
+    def _register_outputs(self, job_name: str, props: Mapping[str, Any]) -> None:  # pragma: no cover - serverless.py
         raise NotImplementedError
 
     # ---------------------------------------------------------------- dispatch

@@ -93,4 +93,40 @@ class ComputeRoutes(FakeBase):
         if error:
             self.resources.pop(key.lower(), None)
             return 400, ErrorBody(error["code"], error["message"]), {}
+        if props.get("computeType") == "ComputeInstance":
+            # A compute instance is one VM that runs until stopped (begin_start/stop/restart act on it).
+            stored["properties"]["computeType"] = "ComputeInstance"
+            stored["properties"]["properties"] = {"vmSize": inner.get("vmSize", "Standard_DS3_v2"), "state": "Running"}
         return 200, stored, {}
+
+    def compute_state(self, name: str) -> str | None:
+        """A compute instance's power state (``Running``, ``Stopped``...); ``None`` for a cluster or none."""
+        stored = self.resources.get(self._ws_key(f"computes/{name}").lower())
+        if stored is None:
+            return None
+        state = stored["properties"].get("properties", {}).get("state")
+        return str(state) if state is not None else None
+
+    def _compute_action(self, key: str, action: str) -> Reply:
+        """``begin_start``/``begin_stop``/``begin_restart``: a long-running action on a compute instance."""
+        stored = self.resources.get(key.lower())
+        name = key.rsplit("/", 1)[-1]
+        if stored is None:
+            return 404, ErrorBody("ResourceNotFound", f"Compute {name} was not found in workspace"), {}
+        if stored["properties"].get("computeType") != "ComputeInstance":
+            # The REST reference documents Start/Stop/Restart as compute-instance operations ("Posts a stop
+            # action to a compute instance", learn.microsoft.com/rest/api/azureml/compute/stop); a cluster
+            # scales to its minimum nodes instead. The wording of this refusal is the fake's own.
+            return (
+                400,
+                ErrorBody(
+                    "BadRequest",
+                    f"{action.capitalize()} is supported for compute instances only; {name} is "
+                    f"{stored['properties'].get('computeType')}.",
+                ),
+                {},
+            )
+        inner = stored["properties"].setdefault("properties", {})
+        inner["state"] = "Stopped" if action == "stop" else "Running"
+        op_id = self._new_op(f"compute-{action}", key)
+        return 202, None, {"Location": self._operation_url(op_id), "Retry-After": "1"}

@@ -6,14 +6,17 @@ Strictly private; use :class:`ftkit.testing.FakeAzureML`.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import uuid
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .._http import RecordedRequest
 from .base import ErrorBody, FakeBase, Fault, Operation, Reply, merge
+from .tasks import Responder, ScoringError, answer_for_task, chat_text, is_chat_request
+
+if TYPE_CHECKING:
+    from .jobs import JobRun
 
 __all__ = ["EndpointRoutes"]
 
@@ -23,6 +26,8 @@ class EndpointRoutes(FakeBase):
 
     logs: dict[tuple[str, str], str]
     _keys: dict[str, dict[str, str]]
+    _responders: dict[tuple[str, str], Responder | str]
+    _runs: dict[str, JobRun]
 
     # ---------------------------------------------------------------- faults
 
@@ -90,6 +95,20 @@ class EndpointRoutes(FakeBase):
         body.setdefault("location", self.location)
         body.setdefault("kind", "Managed")
         body.setdefault("identity", {"type": "SystemAssigned"})
+        unknown = self._unknown_traffic(key, props)
+        if unknown:
+            # Traffic can be set only for deployments the endpoint already has ("You can set the traffic only
+            # when the deployments under an endpoint have been created", learn.microsoft.com, "Perform safe
+            # rollout of new deployments"); the code and wording of the refusal are the fake's.
+            return (
+                400,
+                ErrorBody(
+                    "BadRequest",
+                    f"Traffic names deployments that do not exist in endpoint {name}: {', '.join(unknown)}. "
+                    "Create the deployments first, then set traffic.",
+                ),
+                {},
+            )
         if existing is not None:
             merge(existing, body)
             body = existing
@@ -97,6 +116,12 @@ class EndpointRoutes(FakeBase):
             name.lower(), {"primaryKey": self._new_key(name, "primary"), "secondaryKey": self._new_key(name, "s")}
         )
         return self._start_lro("endpoint", key, body)
+
+    def _unknown_traffic(self, key: str, props: Mapping[str, Any]) -> list[str]:
+        """The deployments a traffic (or mirror traffic) rule names that the endpoint does not have."""
+        have = {str(d["name"]).lower() for d in self._children(f"{key}/deployments")}
+        named = [*(props.get("traffic") or {}), *(props.get("mirrorTraffic") or {})]
+        return sorted({n for n in named if n.lower() not in have})
 
     def _put_deployment(self, key: str, body: dict[str, Any]) -> Reply:
         props = body.setdefault("properties", {})
@@ -227,17 +252,90 @@ class EndpointRoutes(FakeBase):
         if wanted.lower() not in deployments:
             return 404, {"message": f"Deployment {wanted} not found on endpoint {endpoint}"}, {}
         body = record.body if isinstance(record.body, dict) else {}
-        return 200, {"output": reply_text(wanted, body)}, {"azureml-model-deployment": wanted}
+        deployment = deployments[wanted.lower()]
+        responder = self._responder_for(endpoint, str(deployment["name"]))
+        try:
+            if responder is not None:
+                answer = responder(body)
+            else:
+                answer = self._task_answer(str(deployment["name"]), deployment, body)
+        except (ScoringError, ValueError) as exc:
+            # The inference server answers a request the model cannot read with 400 and the scoring
+            # script's message (azureml-inference-server-http wraps it as {"message": ...}, the same shape
+            # the 424 above has); the SDK's invoke raises HttpResponseError carrying it.
+            return 400, {"message": f"An unexpected error occurred in scoring script. {exc}"}, {}
+        return 200, answer, {"azureml-model-deployment": wanted}
 
+    # ---------------------------------------------------------------- task-shaped answers
 
-def reply_text(deployment: str, body: Mapping[str, Any]) -> str:
-    """Strictly private: the deterministic answer to a scoring request."""
-    conversation: Any = body.get("input_data", {}).get("input_string", [])
-    while isinstance(conversation, list) and conversation and isinstance(conversation[0], list):
-        conversation = conversation[-1]
-    last = ""
-    if isinstance(conversation, list):
-        users = [m.get("content", "") for m in conversation if isinstance(m, dict) and m.get("role") == "user"]
-        last = users[-1] if users else ""
-    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:8]
-    return f"[{deployment}:{digest}] You asked: {last[:80]}"
+    def answer_with(
+        self,
+        responder: Responder | str,
+        *,
+        endpoint: str | None = None,
+        deployment: str | None = None,
+    ) -> None:
+        """Choose how deployments answer scoring requests.
+
+        By default a deployment answers in its model's task shape: the ``task`` tag of its registry or
+        workspace model, or the task of the registry fine-tuning pipeline whose output it was registered
+        from (chat models: ``{"output": str}``).
+
+        Args:
+            responder: A task name (``text-classification``, ``question-answering``, ``summarization``,
+                ``translation``, ``token-classification``, ``fill-mask``, ``text-generation``,
+                ``chat-completion``, ``image-classification``, ``image-classification-multilabel``,
+                ``image-object-detection``), or a function from the request's JSON body to the JSON answer
+                (raise ``ValueError`` to refuse the input: answered 400 with its message).
+            endpoint: Only this endpoint's deployments (default: all).
+            deployment: Only this deployment (default: all of the endpoint's).
+        """
+        key = ((endpoint or "*").lower(), (deployment or "*").lower())
+        self._responders[key] = responder
+
+    def _responder_for(self, endpoint: str, deployment: str) -> Responder | None:
+        for key in ((endpoint, deployment.lower()), (endpoint, "*"), ("*", deployment.lower()), ("*", "*")):
+            chosen = self._responders.get(key)
+            if chosen is None:
+                continue
+            if isinstance(chosen, str):
+                task = chosen
+                return lambda body: self._answer(task, deployment, body)
+            return chosen
+        return None
+
+    def _task_answer(self, name: str, deployment: Mapping[str, Any], body: Mapping[str, Any]) -> Any:
+        model = deployment["properties"].get("model")
+        task = self._model_task(model) if isinstance(model, str) else None
+        return self._answer(task or "chat-completion", name, body)
+
+    def _answer(self, task: str, deployment: str, body: Mapping[str, Any]) -> Any:
+        if task == "chat-completion" or (task == "text-generation" and is_chat_request(body)):
+            if "input_data" not in body:
+                raise ScoringError("a chat model needs 'input_data' with 'input_string' (the conversation)")
+            # Unchanged since the first fake: ftkit's backend and its users' tests read "output".
+            return {"output": chat_text(deployment, body)}
+        return answer_for_task(task, deployment, body)
+
+    def _model_task(self, reference: str) -> str | None:
+        """The task of a deployment's model: its ``task`` tag, or the fine-tuning job it came from."""
+        m = re.search(r"/models/([^/]+)/versions/([^/]+)$", reference, re.I) or re.fullmatch(
+            r"azureml:([^:/]+):([^:/]+)", reference
+        )
+        if m is None:
+            return None
+        if "/registries/" in reference.lower():
+            registry = reference.lower().split("/registries/", 1)[1].split("/")[0]
+            key = self._reg_key(registry, f"models/{m[1]}/versions/{m[2]}")
+        else:
+            key = self._ws_key(f"models/{m[1]}/versions/{m[2]}")
+        stored = self.resources.get(key.lower())
+        if stored is None:
+            return None
+        props = stored.get("properties") or {}
+        task = (props.get("tags") or {}).get("task")
+        if task:
+            return str(task)
+        source = re.match(r"azureml://jobs/([^/]+)/outputs/", str(props.get("modelUri") or ""))
+        run = self._runs.get(source[1].lower()) if source else None
+        return run.task if run is not None else None

@@ -25,14 +25,24 @@ from .endpoints import EndpointRoutes
 from .mlflow import MlflowRoutes
 from .models import ModelRoutes
 from .runhistory import RunHistoryRoutes
+from .serverless import SERVERLESS_HOST_SUFFIX, ServerlessRoutes
 from .storage import StorageRoutes, install_storage_hook
 from .workspace import WorkspaceRoutes
 
 __all__ = ["FakeAzureML"]
 
+ASSET_COLLECTIONS = frozenset({"models", "data", "codes", "environments", "components"})
+
 
 class FakeAzureML(
-    WorkspaceRoutes, ComputeRoutes, ModelRoutes, RunHistoryRoutes, EndpointRoutes, StorageRoutes, MlflowRoutes
+    WorkspaceRoutes,
+    ComputeRoutes,
+    ModelRoutes,
+    RunHistoryRoutes,
+    EndpointRoutes,
+    StorageRoutes,
+    ServerlessRoutes,
+    MlflowRoutes,
 ):
     """A stateful fake of the Azure ML services a notebook talks to, for the real azure-ai-ml client.
 
@@ -40,8 +50,10 @@ class FakeAzureML(
     document, computes and VM sizes, data and model versions, the default blob datastore (azure-ai-ml's own
     uploads of local inputs land in :attr:`blobs`), jobs with child steps, logs and run history (so
     ``jobs.stream`` works), online endpoints and deployments with real long-running-operation polling, keys,
-    deployment logs, the scoring URI (a deterministic ``{"output": ...}`` reply), the MLflow REST API for job
-    runs, params and metrics, and deletes. References are checked as Azure checks them (a deployment of a
+    deployment logs, the scoring URI (a deterministic answer in the deployed model's task shape, chat models'
+    ``{"output": ...}``; see :meth:`answer_with`), the MLflow REST API (experiments, run search, the runs of jobs
+    and their steps with the metrics the fine-tuning components log), code uploads, serverless endpoints and
+    marketplace subscriptions, and deletes. References are checked as Azure checks them (a deployment of a
     missing model, a registration from a missing job output, a job on a missing compute, a missing
     component version), with Azure ML's error codes. Every request is recorded in :attr:`requests`; faults
     are injected with :meth:`fail`, :meth:`reset_connection`, :meth:`fail_operation`, :meth:`fail_liveness`,
@@ -56,6 +68,8 @@ class FakeAzureML(
             notebook's tags).
         component_spec: A component ``spec.yaml`` to serve from the registry (default: one generated from
             ftkit's bundled schema, so the fake works without the spec files).
+        components: More component ``spec.yaml`` files to serve from the ``azureml`` registry (e.g. other
+            tasks' fine-tuning pipelines); :meth:`add_registry_component` adds more later.
         vm_sizes: The VM sizes the region offers.
         job_statuses: The statuses a job walks through, one per status read; its steps run in order while it
             is ``Running``.
@@ -75,6 +89,7 @@ class FakeAzureML(
         location: str = "eastus",
         models: Sequence[RegistryModel] | None = None,
         component_spec: str | Path | None = None,
+        components: Sequence[str | Path] = (),
         vm_sizes: Sequence[Mapping[str, Any]] = DEFAULT_VM_SIZES,
         job_statuses: Sequence[str] = ("NotStarted", "Running", "Running", "Completed"),
         lro_polls: int = 1,
@@ -93,8 +108,12 @@ class FakeAzureML(
         self._keys = {}
         self._job_failures = []
         self._runs = {}
+        self._auto_metrics = set()
+        self._responders = {}
+        self._serverless_keys = {}
         self._blobs = {}
         self._blocks = {}
+        self._containers = set()
         self._server: Any = None
         # A storage account name of its own: the hook routes this (non-existent) host to this fake only.
         self.storage_account = f"ftkitfake{uuid.uuid4().hex[:12]}"
@@ -102,6 +121,8 @@ class FakeAzureML(
         for model in models if models is not None else (RegistryModel(version="14"), RegistryModel()):
             self.add_registry_model(model)
         self._add_component(Path(component_spec) if component_spec is not None else None)
+        for spec in components:
+            self.add_registry_component(spec)
         self._put(self._ws_key("datastores/workspaceblobstore"), self._datastore_body())
 
     # ---------------------------------------------------------------- wiring
@@ -247,6 +268,11 @@ class FakeAzureML(
             return self._score(record, request, host.split(".", 1)[0])
         if host.endswith(".blob.core.windows.net"):
             return self._storage(record, request)
+        if host.endswith(SERVERLESS_HOST_SUFFIX):
+            return self._serverless_score(record, request, host.split(".", 1)[0], path)
+        m = re.fullmatch(r"/serverless/([^/]+)(/.*)?", path)
+        if m:
+            return self._serverless_score(record, request, m[1].lower(), m[2] or "/")
         if "/mlflow/v1.0/" in path:
             return self._mlflow(record)
         if path.startswith("/history/v1.0/"):
@@ -289,6 +315,17 @@ class FakeAzureML(
         m = re.fullmatch(r"jobs/([^/]+)/cancel", lowered)
         if m and method == "POST":
             return self._cancel_job(key.rsplit("/", 1)[0])
+        m = re.fullmatch(r"serverlessendpoints/([^/]+)/listkeys", lowered)
+        if m and method == "POST":
+            return self._serverless_list_keys(m[1])
+        if method == "DELETE" and re.fullmatch(r"(serverlessendpoints|marketplacesubscriptions)/[^/]+", lowered):
+            return self._delete_lro(key)
+        m = re.fullmatch(r"codes/([^/]+)/versions/([^/]+)/startpendingupload", lowered)
+        if m and method == "POST":
+            return self._start_pending_upload(key.rsplit("/", 1)[0])
+        m = re.fullmatch(r"computes/[^/]+/(start|stop|restart)", lowered)
+        if m and method == "POST":
+            return self._compute_action(key.rsplit("/", 1)[0], m[1])
         if method == "POST" and re.fullmatch(r"datastores/[^/]+/listsecrets", lowered):
             return 200, {"secretsType": "None"}, {}
         if method == "PUT":
@@ -297,7 +334,12 @@ class FakeAzureML(
             stored = self.resources.get(key.lower())
             if stored is None:
                 return 404, ErrorBody("ResourceNotFound", f"{rest} not found"), {}
-            merge(stored, copy.deepcopy(record.body or {}))
+            patch = copy.deepcopy(record.body or {})
+            if re.fullmatch(r"onlineendpoints/[^/]+", lowered):
+                unknown = self._unknown_traffic(key, patch.get("properties") or {})
+                if unknown:
+                    return 400, ErrorBody("BadRequest", f"Traffic names unknown deployments: {unknown}"), {}
+            merge(stored, patch)
             return 200, stored, {}
         if method == "DELETE":
             return self._delete(key, lowered)
@@ -310,6 +352,8 @@ class FakeAzureML(
         if stored is not None:
             if lowered.startswith("jobs/"):
                 self._read_job(stored)
+            if lowered.startswith("serverlessendpoints/"):
+                self._refresh_serverless(stored)
             return 200, stored, {}
         m = re.fullmatch(r"jobs/([^/]+)", lowered)
         if m and self._find_run(m[1]) is not None:
@@ -320,14 +364,54 @@ class FakeAzureML(
         children = self._children(key)
         if lowered == "datastores" and record.query.get("isDefault", "").lower() == "true":
             children = [c for c in children if c["properties"].get("isDefault")]
+        if "hash" in record.query and lowered.endswith("/versions"):
+            # codes/{name}/versions?hash=: azure-ai-ml looks for an upload of the same content to reuse.
+            children = [
+                c
+                for c in children
+                if (c["properties"].get("properties") or {}).get("hash_sha256") == record.query["hash"]
+            ]
         if children or is_collection(lowered):
             if "$top" in record.query and record.query.get("$orderBy", "").lower().endswith("desc"):
                 children = list(reversed(children))[: int(record.query["$top"])]
             return 200, {"value": children}, {}
+        if lowered in ASSET_COLLECTIONS:
+            return 200, {"value": self._asset_containers(key)}, {}
         versions = self._children(f"{key}/versions")
         if versions:
-            return 200, {"id": key, "name": key.rsplit("/", 1)[-1], "properties": {}}, {}
+            return 200, self._container(key, versions), {}
         return 404, ErrorBody("ResourceNotFound", f"{rest} was not found in workspace {self.workspace_name}"), {}
+
+    def _asset_containers(self, key: str) -> list[dict[str, Any]]:
+        """An asset collection (``models``, ``data``...): one container per name that has versions."""
+        prefix = key.lower() + "/"
+        names = {
+            k[len(prefix) :].split("/", 1)[0] for k in self.resources if k.startswith(prefix) and "/versions/" in k
+        }
+        out = []
+        for name in sorted(names):
+            versions = self._children(f"{key}/{name}/versions")
+            if versions:
+                out.append(self._container(f"{key}/{versions[0]['id'].rsplit('/', 3)[-3]}", versions))
+        return out
+
+    def _container(self, key: str, versions: list[dict[str, Any]]) -> dict[str, Any]:
+        # azure-ai-ml reads latestVersion for get(label="latest") and lists containers for list().
+        latest = versions[-1]
+        numeric = [int(v["name"]) for v in versions if str(v["name"]).isdigit()]
+        return {
+            "id": key,
+            "name": key.rsplit("/", 1)[-1],
+            "type": "Microsoft.MachineLearningServices/workspaces/" + key.rsplit("/", 2)[-2],
+            "properties": {
+                "latestVersion": latest["name"],
+                "nextVersion": str(max(numeric) + 1) if numeric else "1",
+                "isArchived": False,
+                "tags": {},
+                "properties": {},
+            },
+            "systemData": versions[0]["systemData"],
+        }
 
     def _put_resource(self, key: str, lowered: str, record: RecordedRequest) -> Reply:
         body = copy.deepcopy(dict(record.body or {}))  # the record keeps what was sent
@@ -339,4 +423,8 @@ class FakeAzureML(
             return self._put_compute(key, body)
         if re.fullmatch(r"jobs/[^/]+", lowered):
             return self._put_job(key, body)
+        if re.fullmatch(r"serverlessendpoints/[^/]+", lowered):
+            return self._put_serverless_endpoint(key, body)
+        if re.fullmatch(r"marketplacesubscriptions/[^/]+", lowered):
+            return self._put_marketplace_subscription(key, body)
         return self._put_version(key, lowered, body)

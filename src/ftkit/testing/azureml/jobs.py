@@ -17,7 +17,8 @@ from typing import Any
 
 import attrs
 
-from .base import ErrorBody, FakeBase, Operation, Reply
+from .base import ErrorBody, FakeBase, Reply
+from .tasks import EVALUATION_METRICS, PIPELINE_TASKS, evaluation_task, pipeline_steps, trainer_metrics
 
 __all__ = ["CHAT_COMPLETION_STEPS", "PIPELINE_LOG", "STEP_LOG", "TERMINAL", "JobRoutes", "JobRun", "Step"]
 
@@ -62,6 +63,8 @@ class JobRun:
     log: list[str] = attrs.field(factory=list)
     failure: tuple[int, str] | None = None
     pipeline: bool = True  # a command job's one step is the job itself: no child runs
+    task: str | None = None  # the task of the registry fine-tuning pipeline it runs, if any
+    evaluation: str | None = None  # the task whose metrics its evaluation step logs, if it has one
 
 
 class JobRoutes(FakeBase):
@@ -71,6 +74,7 @@ class JobRoutes(FakeBase):
     metrics: dict[str, dict[str, list[tuple[int, float, int]]]]
     _job_failures: list[tuple[str, str]]
     _runs: dict[str, JobRun]
+    _auto_metrics: set[str]
 
     # ---------------------------------------------------------------- public
 
@@ -141,6 +145,7 @@ class JobRoutes(FakeBase):
         steps = self._steps_of(name, props)
         run = JobRun(name, str(props["experimentName"]), steps, self._schedule(len(steps)))
         run.pipeline = str(props.get("jobType", "")).lower() == "pipeline"
+        run.task, run.evaluation = self._pipeline_task(props)
         if self._job_failures:
             message, step_name = self._job_failures.pop(0)
             index = next((i for i, s in enumerate(steps) if s.name.endswith(step_name)), len(steps) - 1)
@@ -176,6 +181,7 @@ class JobRoutes(FakeBase):
                 step.status = "Failed" if status == "Failed" else "Running"
             if step.status != before:
                 self._log_step(run, step, before)
+                self._step_metrics(run, step)
         props["status"] = status
         if status == "Failed" and run.failure is not None and not run.pipeline:
             props["error"] = {"code": "UserError", "message": run.failure[1]}
@@ -190,6 +196,7 @@ class JobRoutes(FakeBase):
             }
             run.log.append(f"[2025-01-01 00:10:00Z] Execution of step {node.lstrip('/')} failed; pipeline Failed")
         if status == "Completed":
+            self._register_outputs(str(stored["name"]), props)
             self.metrics.setdefault(str(stored["name"]), _training_metrics())
             run.log.append("[2025-01-01 00:20:00Z] Finished: all steps completed")
 
@@ -226,8 +233,16 @@ class JobRoutes(FakeBase):
         for node_name, node in (props.get("jobs") or {}).items():
             component = str(node.get("componentId") or "")
             node_inputs = node.get("inputs") or {}
-            if "/components/chat_completion_pipeline/" in component.lower():
-                for step_name, compute_input in CHAT_COMPLETION_STEPS:
+            m = re.search(r"/registries/[^/]+/components/([^/]+)/", component, re.I)
+            pipeline = m[1].lower() if m else ""
+            if pipeline == "chat_completion_pipeline":
+                layout: list[tuple[str, str]] | None = list(CHAT_COMPLETION_STEPS)
+            elif pipeline in PIPELINE_TASKS or pipeline.endswith("_pipeline"):
+                layout = pipeline_steps(pipeline, node_inputs)
+            else:
+                layout = None
+            if layout is not None:
+                for step_name, compute_input in layout:
                     compute = _input_value(node_inputs.get(compute_input), inputs) or "serverless"
                     steps.append(Step(step_name, f"{name}-{step_name}", compute, group=str(node_name)))
             else:
@@ -237,6 +252,48 @@ class JobRoutes(FakeBase):
             compute = str(props.get("computeId") or "serverless").rsplit("/", 1)[-1]
             steps.append(Step("main", f"{name}-main", compute))
         return steps
+
+    def _pipeline_task(self, props: Mapping[str, Any]) -> tuple[str | None, str | None]:
+        """The task a job fine-tunes (from its registry pipeline component) and its evaluation's task."""
+        for node in (props.get("jobs") or {}).values():
+            m = re.search(r"/registries/[^/]+/components/([^/]+)/", str(node.get("componentId") or ""), re.I)
+            if m and m[1].lower() in PIPELINE_TASKS:
+                pipeline = m[1].lower()
+                evaluation = evaluation_task(pipeline, node.get("inputs") or {})
+                return PIPELINE_TASKS[pipeline], evaluation if evaluation in EVALUATION_METRICS else None
+        return None, None
+
+    def _step_metrics(self, run: JobRun, step: Step) -> None:
+        """Log a step's MLflow metrics as the real components do, as far as the step has run.
+
+        Metrics a test put in ``fake.metrics`` for the step's run id first are left alone.
+        """
+        if step.run_id in self.metrics and step.run_id not in self._auto_metrics:
+            return
+        if step.name.endswith("_finetune") and step.status in ("Running", "Completed", "Failed"):
+            upto = None if step.status == "Completed" else 30  # a running trainer has logged half its steps
+            self.metrics[step.run_id] = trainer_metrics(upto=upto)
+        elif step.name == "compute_metrics" and step.status == "Completed" and run.evaluation is not None:
+            ts = 1_735_690_800_000
+            values = EVALUATION_METRICS[run.evaluation]
+            self.metrics[step.run_id] = {k: [(0, v, ts)] for k, v in values.items()}
+        else:
+            return
+        self._auto_metrics.add(step.run_id)
+
+    def _find_run(self, run_id: str) -> tuple[JobRun, Step | None, str | None] | None:
+        """The job, step or pipeline-component node (``<job>-<node>``) a run id names."""
+        wanted = run_id.lower()
+        run = self._runs.get(wanted)
+        if run is not None:
+            return run, None, None
+        for run in self._runs.values():
+            for step in run.steps:
+                if step.run_id.lower() == wanted:
+                    return run, step, None
+                if step.group is not None and f"{run.name}-{step.group}".lower() == wanted:
+                    return run, None, step.group
+        return None
 
     def _schedule(self, n_steps: int) -> list[tuple[str, int]]:
         running = [i for i, s in enumerate(self.job_statuses) if s not in WAITING and s not in TERMINAL]
@@ -260,13 +317,6 @@ class JobRoutes(FakeBase):
                     step.status = "Canceled"
         op_id = self._new_op("cancel", key)
         return 202, None, {"Location": self._operation_url(op_id), "Retry-After": "1"}
-
-    def _new_op(self, kind: str, key: str) -> str:
-        import uuid
-
-        op_id = uuid.uuid4().hex
-        self._operations[op_id] = Operation(kind, key.lower(), 0)
-        return op_id
 
 
 def _input_value(value: Any, job_inputs: Mapping[str, Any]) -> str | None:

@@ -13,6 +13,9 @@ from .base import ErrorBody, FakeBase, Reply
 
 __all__ = ["ModelRoutes"]
 
+# The field holding a versioned asset's content location, per asset type (model, data, code).
+ASSET_PATH_FIELDS = ("modelUri", "dataUri", "codeUri")
+
 
 class ModelRoutes(FakeBase):
     """Strictly private: model and data versions."""
@@ -39,6 +42,14 @@ class ModelRoutes(FakeBase):
 
     def _put_version(self, key: str, lowered: str, body: dict[str, Any]) -> Reply:
         props = body.setdefault("properties", {})
+        previous = self.resources.get(key.lower())
+        if previous is not None:
+            field = next((f for f in ASSET_PATH_FIELDS if f in props or f in previous["properties"]), None)
+            if field is not None and props.get(field) != previous["properties"].get(field):
+                # An asset version is immutable: only tags, description and properties may change. The service
+                # answers "(UserError) Asset paths cannot be updated.", the string azure-ai-ml matches to raise
+                # AssetPathException (azure/ai/ml/_artifacts/_constants.py, ASSET_PATH_ERROR).
+                return 400, ErrorBody("UserError", "Asset paths cannot be updated."), {}
         if re.fullmatch(r"models/[^/]+/versions/[^/]+", lowered):
             problem = self._check_model_source(str(props.get("modelUri") or ""))
             if problem is not None:

@@ -50,20 +50,6 @@ class RunHistoryRoutes(JobRoutes):
             body["warnings"] = []
         return 200, body, {}
 
-    def _find_run(self, run_id: str) -> tuple[JobRun, Step | None, str | None] | None:
-        """The job, step or pipeline-component node (``<job>-<node>``) a run id names."""
-        wanted = run_id.lower()
-        run = self._runs.get(wanted)
-        if run is not None:
-            return run, None, None
-        for run in self._runs.values():
-            for step in run.steps:
-                if step.run_id.lower() == wanted:
-                    return run, step, None
-                if step.group is not None and f"{run.name}-{step.group}".lower() == wanted:
-                    return run, None, step.group
-        return None
-
     def _group_body(self, run: JobRun, group: str) -> dict[str, Any]:
         """The nested pipeline run of a pipeline-component node: its status follows its steps'."""
         statuses = [s.status for s in run.steps if s.group == group]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import threading
+import uuid
 import weakref
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -87,6 +88,7 @@ class StorageRoutes(FakeBase):
     storage_account: str
     _blobs: dict[str, Blob]
     _blocks: dict[str, dict[str, bytes]]
+    _containers: set[str]  # the code-snapshot containers handed out by startPendingUpload
 
     @property
     def blobs(self) -> dict[str, bytes]:
@@ -107,16 +109,49 @@ class StorageRoutes(FakeBase):
             },
         }
 
+    def _start_pending_upload(self, version_key: str) -> Reply:
+        """``codes/{name}/versions/{v}/startPendingUpload``: a blob (with a SAS) for azure-ai-ml to upload into.
+
+        azure-ai-ml asks for it before uploading a code folder (``command(code=...)``, ``CodeConfiguration``)
+        and reads ``blobReferenceForConsumption.blobUri`` and ``.credential.sasUri``
+        (azure/ai/ml/_utils/_asset_utils.py, ``get_storage_info_for_non_registry_asset``). The blob lies in the
+        fake's own storage account, so the upload is routed here like any other.
+        """
+        name, _, version = version_key.rsplit("/", 3)[-3:]
+        # A container of its own per code version, as Azure hands out (azure-ai-ml treats the URI as a
+        # container URL and uploads the folder's files under it).
+        container = "snapshot-" + hashlib.sha256(f"{name}/{version}".encode()).hexdigest()[:24]
+        self._containers.add(container)
+        blob_uri = f"https://{self.storage_account}.blob.core.windows.net/{container}"
+        return (
+            200,
+            {
+                "blobReferenceForConsumption": {
+                    "blobUri": blob_uri,
+                    "storageAccountArmId": f"/subscriptions/{self.subscription_id}/resourceGroups/"
+                    f"{self.resource_group}/providers/Microsoft.Storage/storageAccounts/{self.storage_account}",
+                    "credential": {"credentialType": "SAS", "sasUri": f"{blob_uri}?sv=2021-08-06&sig=fake"},
+                },
+                "pendingUploadId": uuid.uuid4().hex,
+                "pendingUploadType": "TemporaryBlobReference",
+            },
+            {},
+        )
+
     def _storage(self, record: RecordedRequest, request: Any) -> Reply:
         container, _, blob = unquote(record.path.lstrip("/")).partition("/")
+        base = ""  # the default container's blobs are keyed by their name; others' by "container/name"
         if container != "azureml-blobstore":
-            return _storage_error(404, "ContainerNotFound", "The specified container does not exist.")
+            if container not in self._containers:
+                return _storage_error(404, "ContainerNotFound", "The specified container does not exist.")
+            base = f"{container}/"
         comp = record.query.get("comp", "")
         method = record.method
         if not blob:
             if comp == "list":
-                return self._list_blobs(record)
+                return self._list_blobs(record, base)
             return 200, None, {"ETag": '"0x1"', "Last-Modified": _HTTP_DATE}
+        blob = base + blob
         stored = self._blobs.get(blob)
         if method == "PUT" and comp == "block":
             self._blocks.setdefault(blob, {})[record.query["blockid"]] = request_bytes(request)
@@ -167,8 +202,8 @@ class StorageRoutes(FakeBase):
         headers.update({f"x-ms-meta-{k}": v for k, v in blob.metadata.items()})
         return headers
 
-    def _list_blobs(self, record: RecordedRequest) -> Reply:
-        prefix = record.query.get("prefix", "")
+    def _list_blobs(self, record: RecordedRequest, base: str = "") -> Reply:
+        prefix = base + record.query.get("prefix", "")
         delimiter = record.query.get("delimiter", "")
         items: list[str] = []
         prefixes: set[str] = set()
@@ -177,12 +212,12 @@ class StorageRoutes(FakeBase):
                 continue
             rest = name[len(prefix) :]
             if delimiter and delimiter in rest:
-                prefixes.add(prefix + rest.split(delimiter, 1)[0] + delimiter)
+                prefixes.add((prefix + rest.split(delimiter, 1)[0] + delimiter)[len(base) :])
                 continue
             blob = self._blobs[name]
             meta = "".join(f"<{k}>{escape(v)}</{k}>" for k, v in blob.metadata.items())
             items.append(
-                f"<Blob><Name>{escape(name)}</Name><Properties><Last-Modified>{_HTTP_DATE}</Last-Modified>"
+                f"<Blob><Name>{escape(name[len(base) :])}</Name><Properties><Last-Modified>{_HTTP_DATE}</Last-Modified>"
                 f"<Etag>{blob.etag}</Etag><Content-Length>{len(blob.data)}</Content-Length>"
                 f"<Content-Type>application/octet-stream</Content-Type><BlobType>BlockBlob</BlobType>"
                 f"</Properties><Metadata>{meta}</Metadata></Blob>"
@@ -190,7 +225,8 @@ class StorageRoutes(FakeBase):
         items += [f"<BlobPrefix><Name>{escape(p)}</Name></BlobPrefix>" for p in sorted(prefixes)]
         xml = (
             '<?xml version="1.0" encoding="utf-8"?><EnumerationResults ContainerName="azureml-blobstore">'
-            f"<Prefix>{escape(prefix)}</Prefix><Blobs>{''.join(items)}</Blobs><NextMarker /></EnumerationResults>"
+            f"<Prefix>{escape(prefix[len(base) :])}</Prefix><Blobs>{''.join(items)}</Blobs>"
+            "<NextMarker /></EnumerationResults>"
         )
         return 200, xml.encode("utf-8"), {"Content-Type": "application/xml"}
 

@@ -46,7 +46,7 @@ class WorkspaceRoutes(FakeBase):
                 "properties": {
                     "description": f"{model.name} (fake)",
                     "tags": dict(model.tags),
-                    "properties": {},
+                    "properties": dict(model.properties),
                     "flavors": {"transformers": {"data": {}}},
                     "modelType": "mlflow_model",
                     "modelUri": f"{asset_id}/files",
@@ -55,6 +55,25 @@ class WorkspaceRoutes(FakeBase):
                 },
             },
         )
+
+    def add_registry_component(self, spec: str | Path | Any, *, registry: str = "azureml") -> tuple[str, str]:
+        """Serve a component from a registry, resolvable by name with ``version=`` or ``label="latest"``.
+
+        Args:
+            spec: A component ``spec.yaml`` (e.g. one of azureml-assets' fine-tuning pipelines) or an
+                azure-ai-ml ``Component``.
+            registry: The registry holding it.
+
+        Returns:
+            The component's name and version.
+        """
+        if isinstance(spec, str | Path):
+            from azure.ai.ml import load_component
+
+            component = load_component(source=str(spec))
+        else:
+            component = spec
+        return self._serve_component(component, registry)
 
     def _add_component(self, spec: Path | None) -> None:
         if spec is not None:
@@ -66,15 +85,18 @@ class WorkspaceRoutes(FakeBase):
             from ...component import ComponentSchema
 
             component = component_from_schema(ComponentSchema.bundled())
+        self.component_name, self.component_version = self._serve_component(component, "azureml")
+
+    def _serve_component(self, component: Any, registry: str) -> tuple[str, str]:
         from ...backends.azureml.pipeline import wire_body
 
         body = wire_body(component._to_rest_object())
         name, version = str(component.name), str(component.version)
-        body["id"] = f"azureml://registries/azureml/components/{name}/versions/{version}"
+        body["id"] = f"azureml://registries/{registry}/components/{name}/versions/{version}"
         body["name"] = version
         body["properties"]["componentSpec"].pop("id", None)
-        self._put(self._reg_key("azureml", f"components/{name}/versions/{version}"), body)
-        self.component_name, self.component_version = name, version
+        self._put(self._reg_key(registry, f"components/{name}/versions/{version}"), body)
+        return name, version
 
     def _registry_discovery(self, registry: str) -> dict[str, Any]:
         return {
