@@ -41,6 +41,7 @@ def test_demo_runs_every_stage_and_cleans_up(tmp_path: Path, capsys: pytest.Capt
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # a few minutes on an idle 2-core machine; far more when it is shared
 def test_the_real_demo_shows_the_fine_tune_helped(
     tmp_path: Path, smollm2_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -66,6 +66,7 @@ def _ftkit(*args: str, cwd: Path, home: Path) -> subprocess.CompletedProcess[str
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # two or three minutes on an idle 2-core machine; far more when it is shared
 def test_the_tuned_model_is_better_where_taught_and_no_better_elsewhere(tmp_path: Path, smollm2_dir: Path) -> None:
     rows = pirate_conversations(160, seed=3)
     write_jsonl(rows[:140], tmp_path / "train.jsonl")
