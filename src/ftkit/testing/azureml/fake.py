@@ -108,7 +108,7 @@ class FakeAzureML(
         self._keys = {}
         self._job_failures = []
         self._runs = {}
-        self._auto_metrics = set()
+        self._auto_metrics = {}
         self._responders = {}
         self._serverless_keys = {}
         self._blobs = {}
