@@ -197,12 +197,23 @@ def fridge_objects_zip(path: str) -> None:
 
     from PIL import Image
 
+    def jpeg(seed: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), (40 * (seed % 6), 20 * seed % 255, 90)).save(buffer, format="JPEG")
+        return buffer.getvalue()
+
+    dataset = Path(path).stem
     with zipfile.ZipFile(path, "w") as archive:
-        for k, name in enumerate(FRIDGE_CLASSES):
+        if dataset == "multilabelFridgeObjects":  # images/<n>.jpg and labels.csv ("filename,labels")
+            lines = ["filename,labels"]
+            for i in range(50, 62):
+                archive.writestr(f"{dataset}/images/{i}.jpg", jpeg(i))
+                lines.append(f"{i}.jpg,{FRIDGE_CLASSES[i % 4]} {FRIDGE_CLASSES[(i + 1) % 4]}")
+            archive.writestr(f"{dataset}/labels.csv", "\n".join(lines) + "\n")
+            return
+        for k, name in enumerate(FRIDGE_CLASSES):  # <class>/<n>.jpg
             for i in (1, 2, 99):
-                buffer = io.BytesIO()
-                Image.new("RGB", (8, 8), (40 * k, 20 * i % 255, 90)).save(buffer, format="JPEG")
-                archive.writestr(f"fridgeObjects/{name}/{i}.jpg", buffer.getvalue())
+                archive.writestr(f"{dataset}/{name}/{i}.jpg", jpeg(10 * k + i))
 
 
 @attrs.frozen
@@ -334,6 +345,16 @@ SAMPLES = {
         dataset=None,
         downloads=True,
         prints_metrics=False,  # it shows pd.DataFrame(training_run.data.metrics)
+        expect=("resp",),
+    ),
+    "hftransformers-fridgeobjects-multilabel-classification": Sample(
+        notebook=f"{FINETUNE}/image-classification/multilabel-classification/"
+        "hftransformers-fridgeobjects-multilabel-classification.ipynb",
+        model=RegistryModel(name="microsoft-beit-base-patch16-224-pt22k-ft22k", version="12", tags={}),
+        pipeline="transformers_image_classification_pipeline",
+        dataset=None,
+        downloads=True,
+        prints_metrics=False,
         expect=("resp",),
     ),
     "extractive-qa": Sample(

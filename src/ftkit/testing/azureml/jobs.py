@@ -259,8 +259,9 @@ class JobRoutes(FakeBase):
             m = re.search(r"/registries/[^/]+/components/([^/]+)/", str(node.get("componentId") or ""), re.I)
             if m and m[1].lower() in PIPELINE_TASKS:
                 pipeline = m[1].lower()
-                evaluation = evaluation_task(pipeline, node.get("inputs") or {})
-                return PIPELINE_TASKS[pipeline], evaluation if evaluation in EVALUATION_METRICS else None
+                # The variant the pipeline was asked for (multi-label image classification) is the model's task too.
+                task = evaluation_task(pipeline, node.get("inputs") or {}) or PIPELINE_TASKS[pipeline]
+                return task, task if task in EVALUATION_METRICS else None
         return None, None
 
     def _step_metrics(self, run: JobRun, step: Step) -> None:
