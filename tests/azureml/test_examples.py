@@ -28,13 +28,6 @@ import pytest
 from ftkit.testing import DEFAULT_VM_SIZES, FakeAzureML, RegistryModel
 
 SNAPSHOT = os.environ.get("FTKIT_AZUREML_EXAMPLES", "")
-PANDAS_3 = False
-try:
-    import pandas
-
-    PANDAS_3 = int(pandas.__version__.split(".", 1)[0]) >= 3
-except ImportError:  # the test skips without pandas
-    pass
 FINETUNE = "sdk/python/foundation-models/system/finetune"
 MAAS = "sdk/python/jobs/finetuning/standalone/model-as-a-service"
 MAAP = "sdk/python/jobs/finetuning/standalone/model-as-a-platform"
@@ -591,7 +584,8 @@ def test_the_sample_runs_against_the_fake(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     pytest.importorskip("mlflow", reason="the notebooks' metrics cells need mlflow (the local extra)")
-    pytest.importorskip("pandas", reason="the notebooks read their data with pandas")
+    pandas = pytest.importorskip("pandas", reason="the notebooks read their data with pandas")
+    pandas_3 = int(pandas.__version__.split(".", 1)[0]) >= 3
     import mlflow.tracking._tracking_service.utils as tracking_utils
 
     spec = SAMPLES[sample]
@@ -637,7 +631,7 @@ def test_the_sample_runs_against_the_fake(
                 broken.append(f"cell {index}: {why}")
                 continue
             run = compile(cell, f"<{sample} cell {index}>", "exec")
-            if "pd.read_json(response)" in cell and PANDAS_3:
+            if "pd.read_json(response)" in cell and pandas_3:
                 # Broken on its own with pandas >= 3: read_json no longer parses a literal JSON string (it is
                 # taken as a path). Asserted broken, then run with the repair pandas asks for (StringIO).
                 with pytest.raises(OSError):  # FileNotFoundError, or "File name too long"
