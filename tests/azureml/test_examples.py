@@ -28,13 +28,6 @@ import pytest
 from ftkit.testing import DEFAULT_VM_SIZES, FakeAzureML, RegistryModel
 
 SNAPSHOT = os.environ.get("FTKIT_AZUREML_EXAMPLES", "")
-PANDAS_3 = False
-try:
-    import pandas
-
-    PANDAS_3 = int(pandas.__version__.split(".", 1)[0]) >= 3
-except ImportError:  # the test skips without pandas
-    pass
 FINETUNE = "sdk/python/foundation-models/system/finetune"
 MAAS = "sdk/python/jobs/finetuning/standalone/model-as-a-service"
 MAAP = "sdk/python/jobs/finetuning/standalone/model-as-a-platform"
@@ -52,6 +45,10 @@ T4 = {"name": "STANDARD_NC4AS_T4_V3", "family": "standardNCASv3_T4Family", "vCPU
 # Cells of these notebooks that cannot run outside Jupyter (skipped, as docs/testing.md says).
 NOT_PYTHON = {
     "%pip install": "installs packages (IPython magic)",
+    "! pip install": "installs packages (shell escape)",
+    "%matplotlib inline": "plots the answer (IPython magic; seaborn, IPython display)",
+    "from IPython.display import": "displays an image (IPython)",
+    "!python coco2jsonl.py": "a shell escape writing the COCO copy of the annotations as JSONL, which no later cell reads",
     "%run ": "runs another notebook (IPython magic): pipeline_validations/common.ipynb, an optional check",
 }
 
@@ -184,6 +181,46 @@ def conll_dataset() -> str:
     return _download_stand_in(dict.fromkeys(("train", "validation", "test"), rows), {"label.json": {"id2label": tags}})
 
 
+FRIDGE_CLASSES = ("can", "carton", "milk_bottle", "water_bottle")
+
+
+def fridge_objects_zip(path: str) -> None:
+    """The stand-in for the fridgeObjects.zip download: four classes of small JPEGs, 99.jpg among them."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    def jpeg(seed: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), (40 * (seed % 6), 20 * seed % 255, 90)).save(buffer, format="JPEG")
+        return buffer.getvalue()
+
+    dataset = Path(path).stem
+    with zipfile.ZipFile(path, "w") as archive:
+        if dataset == "odFridgeObjects":  # images/<n>.jpg and Pascal VOC annotations/<n>.xml
+            for i in (*range(1, 13), 31, 99):
+                archive.writestr(f"{dataset}/images/{i}.jpg", jpeg(i))
+                label = FRIDGE_CLASSES[i % 4]
+                archive.writestr(
+                    f"{dataset}/annotations/{i}.xml",
+                    f"<annotation><filename>{i}.jpg</filename><size><width>8</width><height>8</height>"
+                    f"<depth>3</depth></size><object><name>{label}</name><difficult>0</difficult>"
+                    "<bndbox><xmin>1</xmin><ymin>1</ymin><xmax>6</xmax><ymax>7</ymax></bndbox></object></annotation>",
+                )
+            return
+        if dataset == "multilabelFridgeObjects":  # images/<n>.jpg and labels.csv ("filename,labels")
+            lines = ["filename,labels"]
+            for i in range(50, 62):
+                archive.writestr(f"{dataset}/images/{i}.jpg", jpeg(i))
+                lines.append(f"{i}.jpg,{FRIDGE_CLASSES[i % 4]} {FRIDGE_CLASSES[(i + 1) % 4]}")
+            archive.writestr(f"{dataset}/labels.csv", "\n".join(lines) + "\n")
+            return
+        for k, name in enumerate(FRIDGE_CLASSES):  # <class>/<n>.jpg
+            for i in (1, 2, 99):
+                archive.writestr(f"{dataset}/{name}/{i}.jpg", jpeg(10 * k + i))
+
+
 @attrs.frozen
 class Sample:
     """One notebook: where it is, what its registry must hold, its dataset stand-in."""
@@ -200,6 +237,8 @@ class Sample:
     broken: Mapping[int, tuple[type[BaseException], str]] = attrs.field(factory=dict)  # cell: (error, why)
     expect: tuple[str, ...] = ()  # names the notebook must have defined
     deletes_endpoint: bool = True  # whether its last cells delete the online endpoint
+    downloads: bool = False  # it downloads its data with urllib (the stand-in writes a local zip instead)
+    prints_metrics: bool = True  # it prints "Training metrics" / "Evaluation metrics"
 
 
 SAMPLES = {
@@ -303,6 +342,35 @@ SAMPLES = {
         },
         deletes_endpoint=False,
     ),
+    "hftransformers-fridgeobjects-multiclass-classification": Sample(
+        notebook=f"{FINETUNE}/image-classification/multiclass-classification/"
+        "hftransformers-fridgeobjects-multiclass-classification.ipynb",
+        model=RegistryModel(name="microsoft-beit-base-patch16-224-pt22k-ft22k", version="12", tags={}),
+        pipeline="transformers_image_classification_pipeline",
+        dataset=None,
+        downloads=True,
+        prints_metrics=False,  # it shows pd.DataFrame(training_run.data.metrics)
+        expect=("resp",),
+    ),
+    "hftransformers-fridgeobjects-multilabel-classification": Sample(
+        notebook=f"{FINETUNE}/image-classification/multilabel-classification/"
+        "hftransformers-fridgeobjects-multilabel-classification.ipynb",
+        model=RegistryModel(name="microsoft-beit-base-patch16-224-pt22k-ft22k", version="12", tags={}),
+        pipeline="transformers_image_classification_pipeline",
+        dataset=None,
+        downloads=True,
+        prints_metrics=False,
+        expect=("resp",),
+    ),
+    "mmdetection-fridgeobjects-object-detection": Sample(
+        notebook=f"{FINETUNE}/image-object-detection/mmdetection-fridgeobjects-object-detection.ipynb",
+        model=RegistryModel(name="mmd-3x-yolof_r50_c5_8x8_1x_coco", version="8", tags={}),
+        pipeline="mmdetection_image_objectdetection_instancesegmentation_pipeline",
+        dataset=None,
+        downloads=True,
+        prints_metrics=False,
+        expect=("resp",),
+    ),
     "extractive-qa": Sample(
         notebook=f"{FINETUNE}/question-answering/extractive-qa.ipynb",
         model=RegistryModel(name="bert-base-uncased", version="4", tags={"task": "question-answering"}),
@@ -351,6 +419,25 @@ SAMPLES = {
 # ---------------------------------------------------------------- seeding the registry from the notebook
 
 
+def _kind(name: str, value: Any) -> str:
+    if isinstance(value, str) and value.startswith("asset:"):  # an Input(type=...) argument
+        return value.removeprefix("asset:")
+    if name in ("mlflow_model_path", "mlflow_model"):
+        return "mlflow_model"
+    return {bool: "boolean", int: "integer", float: "number"}.get(type(value), "string")
+
+
+def _input_type(call: ast.Call) -> str:
+    """``Input(type="uri_file")`` or ``Input(type=AssetTypes.MLTABLE)``: the asset type."""
+    for kw in call.keywords:
+        if kw.arg == "type":
+            if isinstance(kw.value, ast.Constant):
+                return "asset:" + str(kw.value.value)
+            if isinstance(kw.value, ast.Attribute):
+                return "asset:" + kw.value.attr.lower()
+    return "asset:uri_file"
+
+
 def pipeline_spec(pipeline: str, cell: str, ns: Mapping[str, Any], tmp_path: Path) -> Path:
     """A ``<task>_pipeline`` spec whose inputs are exactly those the notebook's pipeline cell passes."""
     tree = ast.parse(cell)
@@ -364,17 +451,66 @@ def pipeline_spec(pipeline: str, cell: str, ns: Mapping[str, Any], tmp_path: Pat
         if kw.arg is None:  # **training_parameters: the dict an earlier cell built
             names: list[tuple[str, Any]] = list(eval(ast.unparse(kw.value), dict(ns)).items())
         elif isinstance(kw.value, ast.Call):  # Input(type="uri_file", ...)
-            names = [(kw.arg, "uri_file")]
+            names = [(kw.arg, _input_type(kw.value))]
         else:
             names = [(kw.arg, eval(ast.unparse(kw.value), dict(ns)))]
         for name, value in names:
-            kind = {bool: "boolean", int: "integer", float: "number"}.get(type(value), "string")
-            if value == "uri_file":
-                kind = "uri_file"
-            elif name == "mlflow_model_path":
-                kind = "mlflow_model"
-            inputs[name] = {"type": kind, "optional": True}
-    spec = {
+            inputs[name] = {"type": _kind(name, value), "optional": True}
+    return write_spec(pipeline, inputs, tmp_path)
+
+
+def static_pipeline_spec(pipeline: str, cells: list[str], function: str, tmp_path: Path) -> Path:
+    """The same, read from the cells' code before they run (when the component is fetched cells before its call).
+
+    Literal values give the input types; a ``**name`` argument is the dict literal assigned to ``name``.
+    """
+    trees = [ast.parse(c) for c in cells if not any(magic in c for magic in NOT_PYTHON)]
+    literals: dict[str, Any] = {}
+    dicts: dict[str, ast.Dict] = {}
+    for tree in trees:
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                target = node.targets[0].id
+                if isinstance(node.value, ast.Dict):
+                    dicts.setdefault(target, node.value)
+                elif isinstance(node.value, ast.Constant):
+                    literals.setdefault(target, node.value.value)
+    call = next(
+        node
+        for tree in trees
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == function
+    )
+
+    def value_of(node: ast.expr) -> Any:
+        if isinstance(node, ast.Constant):
+            return node.value
+        if isinstance(node, ast.Call):
+            return _input_type(node)
+        if isinstance(node, ast.Name):
+            return literals.get(node.id, "")
+        return ""  # foundation_model.id...: a string
+
+    inputs: dict[str, dict[str, Any]] = {}
+    for kw in call.keywords:
+        if kw.arg is None and isinstance(kw.value, ast.Name) and kw.value.id in dicts:
+            literal = dicts[kw.value.id]
+            pairs = [
+                (k.value, value_of(v))
+                for k, v in zip(literal.keys, literal.values, strict=True)
+                if isinstance(k, ast.Constant)
+            ]
+        elif kw.arg is not None:
+            pairs = [(kw.arg, value_of(kw.value))]
+        else:
+            pairs = []
+        for name, value in pairs:
+            inputs[str(name)] = {"type": _kind(str(name), value), "optional": True}
+    return write_spec(pipeline, inputs, tmp_path)
+
+
+def write_spec(pipeline: str, inputs: dict[str, dict[str, Any]], tmp_path: Path) -> Path:
+    spec: dict[str, Any] = {
         "$schema": "https://azuremlschemas.azureedge.net/latest/pipelineComponent.schema.json",
         "type": "pipeline",
         "name": pipeline,
@@ -401,6 +537,20 @@ def pipeline_spec(pipeline: str, cell: str, ns: Mapping[str, Any], tmp_path: Pat
     return path
 
 
+def with_transport(cell: str) -> str:
+    """Add ``transport=fake.transport`` as the last argument of every ``MLClient(...)`` call."""
+    out, start = [], 0
+    for m in re.finditer(r"\bMLClient\(", cell):
+        depth, i = 1, m.end()
+        while depth:
+            depth += {"(": 1, ")": -1}.get(cell[i], 0)
+            i += 1
+        inner = cell[m.end() : i - 1].rstrip()
+        out += [cell[start : m.end()], inner.rstrip(",") + ", transport=fake.transport"]
+        start = i - 1
+    return "".join(out) + cell[start:]
+
+
 def setup_swaps(cell: str, fake: FakeAzureML) -> str:
     """The only edits to a setup cell: credential, workspace ids (whatever the placeholder says), transport."""
     assert "DefaultAzureCredential()" in cell
@@ -413,6 +563,14 @@ def setup_swaps(cell: str, fake: FakeAzureML) -> str:
     }
     for old, new in swaps.items():
         cell = re.sub(old, new, cell)
+    if re.search(r'^\s*subscription_id = "', cell, re.M):  # the vision samples: ids in variables, no keywords
+        for variable, value in (
+            ("subscription_id", fake.subscription_id),
+            ("resource_group", fake.resource_group),
+            ("workspace_name", fake.workspace_name),
+        ):
+            cell = re.sub(rf'^(\s*){variable} = "[^"]*"$', rf"\g<1>{variable} = {value!r}", cell, flags=re.M)
+        cell = with_transport(cell)
     assert "<" not in "".join(re.findall(r'"<[^"]*>"', cell)), f"a placeholder is left in {cell!r}"
     return cell
 
@@ -426,7 +584,8 @@ def test_the_sample_runs_against_the_fake(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     pytest.importorskip("mlflow", reason="the notebooks' metrics cells need mlflow (the local extra)")
-    pytest.importorskip("pandas", reason="the notebooks read their data with pandas")
+    pandas = pytest.importorskip("pandas", reason="the notebooks read their data with pandas")
+    pandas_3 = int(pandas.__version__.split(".", 1)[0]) >= 3
     import mlflow.tracking._tracking_service.utils as tracking_utils
 
     spec = SAMPLES[sample]
@@ -455,6 +614,14 @@ def test_the_sample_runs_against_the_fake(
                 continue
             if "DefaultAzureCredential()" in cell:
                 cell = setup_swaps(cell, fake)
+            m = re.search(r"^(\w+) = registry_ml_client\.components\.get\(", cell, re.M)
+            if m and m[1] != "pipeline_component_func" and spec.seed_component and spec.pipeline is not None:
+                fake.add_registry_component(static_pipeline_spec(spec.pipeline, cells, m[1], tmp_path))
+            if spec.downloads and "urllib.request.urlretrieve(" in cell:
+                ns["fridge_objects_zip"] = fridge_objects_zip
+                cell = re.sub(
+                    r"urllib\.request\.urlretrieve\(download_url, filename=(\w+)\)", r"fridge_objects_zip(\1)", cell
+                )
             if "pipeline_component_func(" in cell and spec.seed_component and spec.pipeline is not None:
                 fake.add_registry_component(pipeline_spec(spec.pipeline, cell, ns, tmp_path))
             if index in spec.broken:
@@ -464,7 +631,7 @@ def test_the_sample_runs_against_the_fake(
                 broken.append(f"cell {index}: {why}")
                 continue
             run = compile(cell, f"<{sample} cell {index}>", "exec")
-            if "pd.read_json(response)" in cell and PANDAS_3:
+            if "pd.read_json(response)" in cell and pandas_3:
                 # Broken on its own with pandas >= 3: read_json no longer parses a literal JSON string (it is
                 # taken as a path). Asserted broken, then run with the repair pandas asks for (StringIO).
                 with pytest.raises(OSError):  # FileNotFoundError, or "File name too long"
@@ -477,12 +644,17 @@ def test_the_sample_runs_against_the_fake(
     if spec.reviews_metrics:
         assert ns["training_run"] is not None
         assert (ns["evaluation_run"] is not None) == spec.evaluates
-        assert "Training metrics" in out
-        assert ("Evaluation metrics" in out) == spec.evaluates
+        if spec.prints_metrics:
+            assert "Training metrics" in out
+            assert ("Evaluation metrics" in out) == spec.evaluates
     if "response_df" in ns:
         assert len(ns["response_df"]) == len(ns["test_df"])
-    elif spec.pipeline is not None:  # a chat model's answer, printed
+    elif spec.pipeline == "chat_completion_pipeline":  # a chat model's answer, printed
         assert "You asked:" in out
+    if "resp" in ns:  # the vision samples' answer, as their plotting cells read it
+        first = json.loads(ns["resp"])[0]
+        label = first["boxes"][0]["label"] if "boxes" in first else first["0"]["label"]
+        assert label in FRIDGE_CLASSES
     for name in spec.expect:
         assert name in ns, f"the notebook did not define {name}"
     if hasattr(ns.get("response"), "status_code"):  # a requests.post to a serverless endpoint
@@ -490,7 +662,7 @@ def test_the_sample_runs_against_the_fake(
     if "marketplace_subscription" in ns:
         assert ns["marketplace_subscription"].status == "subscribed"
     assert no_network == []
-    assert len(skipped) <= 2
+    assert len(skipped) <= 5  # pip installs, the validation notebook, display-only cells, a shell escape
     assert len(broken) <= 1 + len(spec.absent) + len(spec.broken)
     if spec.deletes_endpoint:
         assert not [k for k in fake.resources if "/onlineendpoints/" in k]  # the last cell deleted the endpoint

@@ -335,6 +335,9 @@ class TestTaskShapedScoring:
         image = base64.b64encode(b"\x89PNG fake image bytes").decode()
         prediction = invoke(ml, tmp_path, {"input_data": [image]})[0]
         assert prediction["0"]["label"] in {"can", "carton", "milk_bottle", "water_bottle"}
+        fake.answer_with("image-classification-multilabel", deployment="demo")
+        (labels,) = invoke(ml, tmp_path, {"input_data": [image]})
+        assert all({"label", "score"} <= set(pred) for pred in labels.values())  # the sample's prediction.items()
         fake.answer_with("image-object-detection", deployment="demo")
         detections = invoke(ml, tmp_path, {"input_data": {"columns": ["image"], "data": [image]}})
         assert {"topX", "topY", "bottomX", "bottomY"} <= set(detections[0]["boxes"][0]["box"])

@@ -95,20 +95,9 @@ class EndpointRoutes(FakeBase):
         body.setdefault("location", self.location)
         body.setdefault("kind", "Managed")
         body.setdefault("identity", {"type": "SystemAssigned"})
-        unknown = self._unknown_traffic(key, props)
-        if unknown:
-            # Traffic can be set only for deployments the endpoint already has ("You can set the traffic only
-            # when the deployments under an endpoint have been created", learn.microsoft.com, "Perform safe
-            # rollout of new deployments"); the code and wording of the refusal are the fake's.
-            return (
-                400,
-                ErrorBody(
-                    "BadRequest",
-                    f"Traffic names deployments that do not exist in endpoint {name}: {', '.join(unknown)}. "
-                    "Create the deployments first, then set traffic.",
-                ),
-                {},
-            )
+        refusal = self._traffic_refusal(key, props)
+        if refusal is not None:
+            return refusal
         if existing is not None:
             merge(existing, body)
             body = existing
@@ -117,11 +106,22 @@ class EndpointRoutes(FakeBase):
         )
         return self._start_lro("endpoint", key, body)
 
-    def _unknown_traffic(self, key: str, props: Mapping[str, Any]) -> list[str]:
-        """The deployments a traffic (or mirror traffic) rule names that the endpoint does not have."""
+    def _traffic_refusal(self, key: str, props: Mapping[str, Any]) -> Reply | None:
+        """Refuse traffic (or mirror traffic) naming deployments the endpoint does not have (PUT and PATCH)."""
         have = {str(d["name"]).lower() for d in self._children(f"{key}/deployments")}
         named = [*(props.get("traffic") or {}), *(props.get("mirrorTraffic") or {})]
-        return sorted({n for n in named if n.lower() not in have})
+        unknown = sorted({n for n in named if n.lower() not in have})
+        if not unknown:
+            return None
+        # Traffic can be set only for deployments the endpoint already has ("You can set the traffic only when
+        # the deployments under an endpoint have been created", learn.microsoft.com, "Perform safe rollout of
+        # new deployments"); the code and wording of the refusal are the fake's.
+        name = key.rsplit("/", 1)[-1]
+        message = (
+            f"Traffic names deployments that do not exist in endpoint {name}: {', '.join(unknown)}. "
+            "Create the deployments first, then set traffic."
+        )
+        return 400, ErrorBody("BadRequest", message), {}
 
     def _put_deployment(self, key: str, body: dict[str, Any]) -> Reply:
         props = body.setdefault("properties", {})

@@ -108,7 +108,7 @@ class FakeAzureML(
         self._keys = {}
         self._job_failures = []
         self._runs = {}
-        self._auto_metrics = set()
+        self._auto_metrics = {}
         self._responders = {}
         self._serverless_keys = {}
         self._blobs = {}
@@ -336,9 +336,9 @@ class FakeAzureML(
                 return 404, ErrorBody("ResourceNotFound", f"{rest} not found"), {}
             patch = copy.deepcopy(record.body or {})
             if re.fullmatch(r"onlineendpoints/[^/]+", lowered):
-                unknown = self._unknown_traffic(key, patch.get("properties") or {})
-                if unknown:
-                    return 400, ErrorBody("BadRequest", f"Traffic names unknown deployments: {unknown}"), {}
+                refusal = self._traffic_refusal(key, patch.get("properties") or {})
+                if refusal is not None:
+                    return refusal
             merge(stored, patch)
             return 200, stored, {}
         if method == "DELETE":

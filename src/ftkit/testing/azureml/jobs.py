@@ -74,7 +74,7 @@ class JobRoutes(FakeBase):
     metrics: dict[str, dict[str, list[tuple[int, float, int]]]]
     _job_failures: list[tuple[str, str]]
     _runs: dict[str, JobRun]
-    _auto_metrics: set[str]
+    _auto_metrics: dict[str, dict[str, list[tuple[int, float, int]]]]  # run id: the metrics the fake logged
 
     # ---------------------------------------------------------------- public
 
@@ -259,8 +259,9 @@ class JobRoutes(FakeBase):
             m = re.search(r"/registries/[^/]+/components/([^/]+)/", str(node.get("componentId") or ""), re.I)
             if m and m[1].lower() in PIPELINE_TASKS:
                 pipeline = m[1].lower()
-                evaluation = evaluation_task(pipeline, node.get("inputs") or {})
-                return PIPELINE_TASKS[pipeline], evaluation if evaluation in EVALUATION_METRICS else None
+                # The variant the pipeline was asked for (multi-label image classification) is the model's task too.
+                task = evaluation_task(pipeline, node.get("inputs") or {}) or PIPELINE_TASKS[pipeline]
+                return task, task if task in EVALUATION_METRICS else None
         return None, None
 
     def _step_metrics(self, run: JobRun, step: Step) -> None:
@@ -268,8 +269,9 @@ class JobRoutes(FakeBase):
 
         Metrics a test put in ``fake.metrics`` for the step's run id first are left alone.
         """
-        if step.run_id in self.metrics and step.run_id not in self._auto_metrics:
-            return
+        mine = self._auto_metrics.get(step.run_id)
+        if step.run_id in self.metrics and self.metrics[step.run_id] is not mine:
+            return  # a test's own metrics for this run (set before, or over, the fake's)
         if step.name.endswith("_finetune") and step.status in ("Running", "Completed", "Failed"):
             upto = None if step.status == "Completed" else 30  # a running trainer has logged half its steps
             self.metrics[step.run_id] = trainer_metrics(upto=upto)
@@ -279,7 +281,7 @@ class JobRoutes(FakeBase):
             self.metrics[step.run_id] = {k: [(0, v, ts)] for k, v in values.items()}
         else:
             return
-        self._auto_metrics.add(step.run_id)
+        self._auto_metrics[step.run_id] = self.metrics[step.run_id]
 
     def _find_run(self, run_id: str) -> tuple[JobRun, Step | None, str | None] | None:
         """The job, step or pipeline-component node (``<job>-<node>``) a run id names."""
@@ -347,22 +349,7 @@ def _fail_schedule(schedule: Sequence[tuple[str, int]], index: int) -> list[tupl
     return out
 
 
-def _training_metrics(
-    steps: int = 60, logging_steps: int = 10, epochs: int = 3
-) -> dict[str, list[tuple[int, float, int]]]:
-    """Strictly private: metrics shaped like HF Trainer's logs (loss, grad_norm, learning_rate, eval_loss)."""
-    out: dict[str, list[tuple[int, float, int]]] = {"loss": [], "grad_norm": [], "learning_rate": [], "epoch": []}
-    t0 = 1_735_689_600_000
-    for step in range(logging_steps, steps + 1, logging_steps):
-        ts = t0 + step * 1000
-        out["loss"].append((step, round(2.0 * math.exp(-step / 40) + 0.6, 4), ts))
-        out["grad_norm"].append((step, round(1.5 / math.sqrt(step), 4), ts))
-        out["learning_rate"].append((step, 5e-6 * 0.5 * (1 + math.cos(math.pi * step / steps)), ts))
-        out["epoch"].append((step, round(epochs * step / steps, 3), ts))
-    per_epoch = steps // epochs
-    out["eval_loss"] = [
-        (per_epoch * e, round(1.9 * math.exp(-per_epoch * e / 45) + 0.7, 4), t0 + per_epoch * e * 1000)
-        for e in range(1, epochs + 1)
-    ]
-    out["train_loss"] = [(steps, 1.05, t0 + steps * 1000)]
-    return out
+def _training_metrics() -> dict[str, list[tuple[int, float, int]]]:
+    """Strictly private: a finished job's own metrics, shaped like HF Trainer's logs (its finetune step logs more)."""
+    keep = ("loss", "grad_norm", "learning_rate", "epoch", "eval_loss", "train_loss")
+    return {k: v for k, v in trainer_metrics().items() if k in keep}

@@ -10,8 +10,9 @@ task's metrics under the names the azureml-examples notebooks read (``accuracy``
 ``bleu_1``, ``iou``, ``mean_average_precision``, ``MOTA``).
 
 A deployed model answers in its task's shape (an MLflow model behind Azure ML's inference server): a list with
-one item per input row, labels for classification, ``{"0": text}`` records for text-to-text tasks, a label and
-score per image for image classification, boxes for object detection. Chat models keep the ``{"output": str}``
+one item per input row, labels for classification, ``{"0": text}`` records for text-to-text tasks, ``{"0":
+{label, score}, ...}`` per image for image classification (one entry, or one per class for multi-label), boxes
+for object detection. Chat models keep the ``{"output": str}``
 answer that ftkit and its tests read.
 
 Strictly private; use :class:`ftkit.testing.FakeAzureML`.
@@ -205,7 +206,15 @@ def answer_for_task(task: str, deployment: str, body: Mapping[str, Any]) -> Any:
         if task == "image-classification":
             return [{"0": {"label": _pick(DEFAULT_IMAGE_LABELS, img), "score": 0.91}} for img in images]
         if task == "image-classification-multilabel":
-            return [{"labels": list(DEFAULT_IMAGE_LABELS), "probs": [0.93, 0.12, 0.71, 0.04]} for _ in images]
+            # One {label, score} per class, keyed "0", "1"...: the multilabel sample iterates prediction.items().
+            scores = (0.93, 0.12, 0.71, 0.04)
+            return [
+                {
+                    str(i): {"label": label, "score": score}
+                    for i, (label, score) in enumerate(zip(DEFAULT_IMAGE_LABELS, scores, strict=True))
+                }
+                for _ in images
+            ]
         return [{"boxes": [_box(img, i) for i in range(2)]} for img in images]
     texts = [_text(task, row, i) for i, row in enumerate(rows)]
     if task == "text-classification":
