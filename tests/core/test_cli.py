@@ -82,6 +82,7 @@ def test_file_system_errors_are_one_line(
         raise PermissionError(13, "Permission denied", str(directory))
 
     monkeypatch.setattr(ftkit.demo, "prepare_demo", refuse)
+    monkeypatch.setattr(ftkit.demo, "prepare_real_demo", refuse)
     assert main(["demo", "--dir", str(tmp_path / "demo")]) == 1
     err = capsys.readouterr().err
     assert err.splitlines()[-1] == f"error: [Errno 13] Permission denied: '{tmp_path / 'demo'}'"
