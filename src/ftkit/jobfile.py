@@ -22,6 +22,7 @@ from .exceptions import JobFileError, Problem, closest
 from .finetune import FinetunePipelineSpec
 from .model import FoundationModelRef
 from .overrides import Overrides
+from .yamlsafe import load_yaml, read_text
 
 __all__ = [
     "ComputeSection",
@@ -282,11 +283,7 @@ class JobFile:
             JobFileError: The file is missing or unreadable, is not YAML, or has bad keys or values (all listed).
         """
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            reason = "no such file" if isinstance(exc, FileNotFoundError) else exc.strerror or str(exc)
-            raise JobFileError([Problem("", reason, source=str(path))], "cannot read the job file") from None
+        text = read_text(path)  # size, encoding and file-type limits (see ftkit.yamlsafe)
         return cls.from_yaml(text, source=str(path), overrides=overrides)
 
     @classmethod
@@ -548,22 +545,10 @@ def parse_yaml(text: str, *, source: str = "<string>") -> tuple[Any, dict[str, i
         The data, and key path to line.
 
     Raises:
-        JobFileError: The text is not YAML (with the line of the error).
+        JobFileError: The text is not YAML (with the line of the error), nests or expands beyond the limits of
+            :mod:`ftkit.yamlsafe`, or gives a key twice.
     """
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise JobFileError(
-            [Problem("", f"not valid YAML: {reason}", source=source, line=line)],
-            "cannot parse the job file",
-        ) from None
-    finally:
-        loader.dispose()
+    data, node = load_yaml(text, source)  # limits, duplicate keys: see ftkit.yamlsafe
     lines: dict[str, int] = {}
     if node is not None:
         _collect_lines(node, "", lines)

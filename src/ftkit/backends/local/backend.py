@@ -12,7 +12,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +35,7 @@ from ..base import (
 )
 from . import jobs, registry, tracking
 from .distributed import describe, sharding_for
+from .spawn import child_env, python_command
 from .training import Device, Progress, TrainConfig
 
 if TYPE_CHECKING:
@@ -440,7 +440,8 @@ class LocalBackend:
         with deferred():
             try:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", jobs.WORKER_MODULE, str(folder), self.store.tracking_uri],
+                    python_command(jobs.WORKER_MODULE, str(folder), self.store.tracking_uri),
+                    env=child_env(),  # never imports from the caller's directory (see .spawn)
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
