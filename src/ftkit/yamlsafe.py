@@ -134,8 +134,10 @@ def load_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
         _check_expansion(node, source)
         duplicates = _duplicates(node, source)
         if duplicates:
-            raise JobFileError(duplicates, f"{len(duplicates)} duplicate key(s) in {source}")
+            raise JobFileError(duplicates, f"{len(duplicates)} problem(s) in {source}")
         return loader.construct_document(node), node
+    except JobFileError:
+        raise
     except yaml.YAMLError as exc:
         raise _not_yaml(exc, text, source) from None
     except (ValueError, OverflowError) as exc:  # e.g. an integer of more than 4,300 digits
@@ -215,7 +217,7 @@ def _check_expansion(root: yaml.Node, source: str) -> None:
 
 
 def _duplicates(root: yaml.Node, source: str) -> list[Problem]:
-    """Strictly private: every key given twice in one mapping, naming both lines."""
+    """Strictly private: every key given twice in one mapping (naming both lines), and every NUL character."""
     problems: list[Problem] = []
     seen: set[int] = set()
 
@@ -223,12 +225,19 @@ def _duplicates(root: yaml.Node, source: str) -> list[Problem]:
         if id(node) in seen:
             return
         seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode) and "\0" in str(node.value):
+            # "\0" in a double-quoted string: no name, path or parameter may hold one (paths would raise).
+            where = prefix.removesuffix(".")
+            problems.append(
+                Problem(where, "contains a NUL character (\\0)", "remove it", source, node.start_mark.line + 1)
+            )
         if isinstance(node, yaml.SequenceNode):
             for index, child in enumerate(node.value):
                 walk(child, f"{prefix}[{index}].")
         elif isinstance(node, yaml.MappingNode):
             first: dict[str, int] = {}
             for key_node, value_node in node.value:
+                walk(key_node, prefix)
                 if isinstance(key_node, yaml.ScalarNode) and key_node.tag != _MERGE_TAG:
                     name, line = str(key_node.value), key_node.start_mark.line + 1
                     if name in first:
