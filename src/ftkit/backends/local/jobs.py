@@ -23,7 +23,7 @@ from typing import Any
 
 import attrs
 
-from ...exceptions import NotFoundError, closest
+from ...exceptions import BackendError, NotFoundError, closest
 from ...names import random_suffix
 from .pids import owned_process_alive
 
@@ -36,6 +36,7 @@ __all__ = [
     "list_records",
     "locked",
     "read_record",
+    "unreadable_records",
     "worker_alive",
     "write_record",
 ]
@@ -135,16 +136,42 @@ def read_record(home: Path, name: str) -> JobRecord:
 
     Raises:
         NotFoundError: There is no such job (the message names close ones).
+        BackendError: Its ``job.json`` is not a record ftkit wrote (names the file and what to do).
     """
     path = job_dir(home, name) / "job.json"
     try:
         data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return JobRecord(**data)
     except FileNotFoundError:
         names = [r.name for r in list_records(home)]
         hint = closest(name, names)
         more = f"; did you mean {', '.join(hint)}?" if hint else ""
         raise NotFoundError(f"no local job {name!r} under {home / 'jobs'}{more}", operation="get_job") from None
-    return JobRecord(**data)
+    except (ValueError, TypeError) as exc:  # not JSON, not UTF-8, or not a record's keys
+        raise BackendError(_unreadable_message(path, exc), operation="get_job") from None
+
+
+def _unreadable_message(path: Path, exc: BaseException) -> str:
+    """Strictly private: the error for a ``job.json`` that is no record: the file, why, and what to do."""
+    reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return (
+        f"{path} is not a job record ftkit can read ({reason}); the job cannot be shown, cancelled or resumed. "
+        f"Restore the file, or remove the job's folder {path.parent} (its checkpoints go with it)"
+    )
+
+
+def unreadable_records(home: Path) -> list[tuple[str, str]]:
+    """Jobs whose ``job.json`` cannot be read (what :func:`list_records` leaves out): ``(name, reason)``."""
+    root = home / "jobs"
+    out: list[tuple[str, str]] = []
+    for p in sorted(root.glob("*/job.json")) if root.is_dir() else []:
+        try:
+            JobRecord(**json.loads(p.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            continue  # removed meanwhile
+        except (OSError, ValueError, TypeError) as exc:
+            out.append((p.parent.name, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__))
+    return out
 
 
 def list_records(home: Path) -> list[JobRecord]:
