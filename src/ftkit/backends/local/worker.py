@@ -22,7 +22,7 @@ import attrs
 from . import distributed
 from .jobs import CANCEL_FILE, JobRecord, read_record, write_record
 from .tracking import MlflowStore, RunLogger
-from .training import MetricsSink, Progress, TrainConfig, TrainResult, train
+from .training import MetricsSink, Progress, TrainConfig, TrainResult, stop_now, train
 
 __all__ = ["main", "run_job"]
 
@@ -95,6 +95,7 @@ def run_job(
 
         def on_term(_signum: int, _frame: Any) -> None:
             cancel["requested"] = True
+            stop_now()  # loading, tokenising or evaluating: stop at once (steps and checkpoints finish first)
 
         signal.signal(signal.SIGTERM, on_term)
     folder = Path(folder)
