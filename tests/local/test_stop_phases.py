@@ -63,17 +63,20 @@ def _record(home: Path) -> dict[str, object] | None:
 
 
 def _wait_until_evaluating(home: Path, proc: subprocess.Popen[str], limit_s: float = 300.0) -> dict[str, object]:
-    """Poll until the worker runs and both splits are tokenised (cached), then leave it a moment to load."""
+    """Poll until the worker runs, then leave it time to tokenise and load (seconds; the evaluation takes minutes).
+
+    Should the machine be so slow that it is still tokenising or loading, the stop is honoured there just the same:
+    the assertions hold for every phase before the first step.
+    """
     deadline = time.monotonic() + limit_s
     while time.monotonic() < deadline:
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
         record = _record(home)
-        caches = list(home.glob("cache/tokens/*/report.json"))
-        if record is not None and record.get("status") == "Running" and len(caches) >= 2:
-            time.sleep(3)  # the tiny model loads in well under this; the evaluation takes minutes
+        if record is not None and record.get("status") == "Running":
+            time.sleep(10)
             return record
         time.sleep(0.2)
-    raise AssertionError(f"the worker did not reach its evaluation within {limit_s}s")
+    raise AssertionError(f"the worker did not start within {limit_s}s")
 
 
 def _wait_for_status(home: Path, wanted: str, limit_s: float = 240.0) -> dict[str, object]:
@@ -89,6 +92,7 @@ def _wait_for_status(home: Path, wanted: str, limit_s: float = 240.0) -> dict[st
 
 def _assert_stopped_in_evaluation(home: Path, record: dict[str, object], pid: int) -> None:
     assert "canceled at step 0" in str(record.get("error")), record
+    assert "eval loss" not in str(record.get("progress")), record  # the step-0 evaluation never finished
     deadline = time.monotonic() + 60
     while psutil.pid_exists(pid) and time.monotonic() < deadline:
         try:

@@ -474,13 +474,16 @@ class LocalBackend:
         again = jobs.read_record(self.home, record.name)  # it may have just finished
         if again.status not in ("Queued", "Running"):
             return again
+        # A worker that failed on a full disk could not write job.json (nor, perhaps, train.log): its last words.
+        words = jobs.read_last_words(jobs.job_dir(self.home, record.name))
         failed = attrs.evolve(
             again,
             status="Failed",
             pid=None,
-            error="the training process exited unexpectedly; see train.log, and submit again to resume",
+            error=words or "the training process exited unexpectedly; see train.log, and submit again to resume",
         )
-        jobs.write_record(jobs.job_dir(self.home, record.name), failed)
+        with contextlib.suppress(OSError):  # the record on disk is news only; the caller gets `failed`
+            jobs.write_record(jobs.job_dir(self.home, record.name), failed)
         if failed.run_id:
             # The worker died without closing its MLflow run; a resubmission reopens it.
             with contextlib.suppress(Exception):

@@ -35,14 +35,22 @@ __all__ = [
     "job_dir",
     "list_records",
     "locked",
+    "read_last_words",
     "read_record",
+    "reserve_last_words",
     "unreadable_records",
     "worker_alive",
+    "write_last_words",
     "write_record",
 ]
 
 CANCEL_FILE = "cancel"
 """A file in the job's folder asking its worker to stop (see ``LocalBackend.cancel_job``)."""
+
+LAST_WORDS = "last-words"
+"""A file of fixed size, reserved when the worker starts, that its failure message overwrites in place: on a full
+disk neither ``job.json`` (written anew) nor ``train.log`` (appended) can take it, an allocated block can."""
+_LAST_WORDS_BYTES = 4096
 
 WORKER_MODULE = "ftkit.backends.local.worker"
 """The module a background job's process runs (``python -m ftkit.backends.local.worker JOB_DIR URI``)."""
@@ -129,6 +137,32 @@ def write_record(folder: Path, record: JobRecord) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def reserve_last_words(folder: Path) -> None:
+    """Reserve (and blank) the job's :data:`LAST_WORDS` file while there is still room for it."""
+    with contextlib.suppress(OSError):
+        (folder / LAST_WORDS).write_bytes(b" " * _LAST_WORDS_BYTES)
+
+
+def write_last_words(folder: Path, message: str) -> bool:
+    """Overwrite the reserved :data:`LAST_WORDS` with ``message`` (cut to fit); whether it was written."""
+    data = message.encode("utf-8")[:_LAST_WORDS_BYTES].ljust(_LAST_WORDS_BYTES)
+    try:
+        with (folder / LAST_WORDS).open("r+b") as f:
+            f.write(data)
+    except OSError:
+        return False
+    return True
+
+
+def read_last_words(folder: Path) -> str | None:
+    """What a worker that could not update ``job.json`` last said, if anything."""
+    try:
+        text = (folder / LAST_WORDS).read_bytes().decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    return text or None
 
 
 def read_record(home: Path, name: str) -> JobRecord:

@@ -40,6 +40,7 @@ import attrs
 
 from ...exceptions import MissingDependencyError, Problem, ValidationError
 from ...home import ftkit_home
+from ...storage import storage_cause
 from . import attention
 from .data import EncodedSet, PackedArrays, encode_file, pack_arrays
 from .distributed import SHARDINGS, Ranks
@@ -588,6 +589,14 @@ class _ProgressView:
             self._bar.stop()
 
 
+def _raise_storage(exc: BaseException, path: Path) -> None:
+    """Strictly private: a full disk reported as torch's or safetensors' own error becomes the ``OSError`` it is."""
+    if isinstance(exc, Exception) and not isinstance(exc, OSError):
+        cause = storage_cause(exc, path)
+        if cause is not None:
+            raise cause from exc
+
+
 def _save_checkpoint(
     torch: Any, out: Path, step: int, named: Mapping[str, Any], opt: Any, sched: Any, limit: int
 ) -> None:
@@ -606,8 +615,9 @@ def _save_checkpoint(
         torch.save(rng, tmp / "rng.pt")
         # state.json last: a checkpoint without it is incomplete and ignored.
         (tmp / "state.json").write_text(json.dumps({"global_step": step}), encoding="utf-8")
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half checkpoint behind
+        _raise_storage(exc, tmp)
         raise
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)  # atomic on one filesystem: a kill leaves either the old set or the new one
@@ -719,8 +729,9 @@ def _save_final(config: TrainConfig, model: Any, tokenizer: Any) -> Path:
             cfg = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
             cfg["base_model_name_or_path"] = str(Path(config.model_dir).absolute())
             (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        _raise_storage(exc, tmp)
         raise
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
