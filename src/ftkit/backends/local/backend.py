@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Callable, Mapping
@@ -107,6 +108,16 @@ TRAIN_CONFIG_TABLE: Mapping[str, tuple[str, Callable[[Any], Any]] | None] = {
 }
 # Component inputs that have no meaning on one local device; they are recorded on the run, not used.
 IGNORED_PARAMETERS = frozenset(k.removeprefix("finetune.") for k, v in TRAIN_CONFIG_TABLE.items() if v is None)
+
+
+def _started(pid: int) -> float | None:
+    """Strictly private: a process's start time (psutil's), ``None`` where it cannot be read."""
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.Error, OSError):
+        return None
 
 
 class LocalBackend:
@@ -450,7 +461,8 @@ class LocalBackend:
             finally:
                 log.close()
             self._procs[record.name] = proc
-            record = attrs.evolve(record, pid=proc.pid)
+            # Its owner: `ftkit cleanup` stops a worker whose owner died (kill -9 of `ftkit run`) as an orphan.
+            record = attrs.evolve(record, pid=proc.pid, owner_pid=os.getpid(), owner_started=_started(os.getpid()))
             try:
                 jobs.write_record(folder, record)
             except BaseException:

@@ -73,6 +73,8 @@ class JobRecord:
         tags: Lineage: base model, data files and hashes, parameters.
         created: When it was submitted (Unix time).
         updated: When this record was written (Unix time).
+        owner_pid: The process that started the background worker (``ftkit run``, a notebook), while one runs.
+        owner_started: That process's start time, so a recycled pid is not taken for it.
     """
 
     name: str
@@ -87,6 +89,8 @@ class JobRecord:
     tags: Mapping[str, str] = attrs.field(factory=dict)
     created: float = attrs.field(factory=time.time)
     updated: float = attrs.field(factory=time.time)
+    owner_pid: int | None = None
+    owner_started: float | None = None
 
 
 def job_dir(home: Path, name: str) -> Path:
