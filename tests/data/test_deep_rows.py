@@ -1,8 +1,10 @@
-"""``ftkit data build`` on a JSONL file with deeply nested rows: rejected with a reason and counted, never a crash."""
+"""``ftkit data build`` on hostile input: deeply nested rows are rejected with a reason and counted (never a crash),
+``--rows`` below 1 and a special file as the source are refused."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +76,29 @@ def test_rows_below_one_are_refused_like_the_job_file(tmp_path: Path, rows: str)
     assert f"data.rows: {rows} is below the minimum 1" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_a_special_file_as_the_source_is_refused(tmp_path: Path, kind: str) -> None:
+    """/dev/zero would be read forever, a FIFO never: both refused at once, by name."""
+    if kind == "device":
+        source = Path("/dev/zero")
+        if not source.exists():
+            pytest.skip("no /dev/zero here")
+    else:
+        if not hasattr(os, "mkfifo"):
+            pytest.skip("no FIFOs here")
+        source = tmp_path / "train_sft.jsonl"
+        os.mkfifo(source)
+    ftkit = Path(sys.executable).with_name("ftkit")
+    done = subprocess.run(
+        [str(ftkit), "data", "build", "--source", str(source), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"{source}: is a device, FIFO or socket, not a data file" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -381,6 +381,8 @@ def open_source(
             opened = cls({name: [path]})
         elif path.is_dir():
             opened = _from_directory(path, splits)
+        elif path.exists():  # /dev/zero, a FIFO: reading one would never end, or never start
+            raise _fail(str(path), "is a device, FIFO or socket, not a data file", "give a parquet/JSONL file")
         elif os.fspath(source).startswith((".", "/", "~")) or path.suffix.lower() in _SUFFIXES:
             raise _fail(str(path), "no such file or directory")
         else:
