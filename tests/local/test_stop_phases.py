@@ -153,3 +153,50 @@ def test_job_cancel_during_the_step_0_evaluation(tmp_path: Path, tiny_model_dir:
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_stop_asked_during_a_checkpoint_write_stops_right_after_it(
+    tmp_path: Path, tiny_model_dir: Path, chat_files: ChatFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint being written is the one to resume from: no further step, no second checkpoint."""
+    from ftkit.backends.local import training
+
+    from .conftest import tiny_train_config
+
+    asked = {"stop": False}
+    real_save = training._save_checkpoint
+
+    def save(*args: object, **kwargs: object) -> None:
+        real_save(*args, **kwargs)  # type: ignore[arg-type]
+        asked["stop"] = True  # arrives while the checkpoint is written
+
+    monkeypatch.setattr(training, "_save_checkpoint", save)
+    config = tiny_train_config(
+        tiny_model_dir, chat_files, tmp_path / "out", max_steps=6, save_steps=2, evaluation_strategy="disable"
+    )
+    result = training.train(config, progress="none", should_stop=lambda: asked["stop"])
+    assert result.stopped
+    assert result.global_step == 2
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").glob("checkpoint-*")) == ["checkpoint-2"]
+
+
+def test_a_stop_asked_during_an_evaluation_is_honoured_between_its_batches(
+    tmp_path: Path, tiny_model_dir: Path, chat_files: ChatFiles
+) -> None:
+    """Polled between evaluation batches: the step-0 evaluation ends early, nothing is trained or logged."""
+    from ftkit.backends.local import training
+
+    from .conftest import tiny_train_config
+
+    polls = {"n": 0}
+
+    def should_stop() -> bool:
+        polls["n"] += 1
+        return polls["n"] > 8  # the loading phases poll a few times; then a few evaluation batches run
+
+    config = tiny_train_config(tiny_model_dir, chat_files, tmp_path / "out", max_steps=4, per_device_eval_batch_size=1)
+    result = training.train(config, progress="none", should_stop=should_stop)
+    assert result.stopped
+    assert result.global_step == 0
+    assert result.first_eval_loss is None
+    assert not list((tmp_path / "out").glob("checkpoints/checkpoint-*"))
