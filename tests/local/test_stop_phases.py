@@ -200,3 +200,36 @@ def test_a_stop_asked_during_an_evaluation_is_honoured_between_its_batches(
     assert result.global_step == 0
     assert result.first_eval_loss is None
     assert not list((tmp_path / "out").glob("checkpoints/checkpoint-*"))
+
+
+def test_sigterm_while_the_model_loads_cuts_the_load_short(
+    tmp_path: Path, tiny_model_dir: Path, chat_files: ChatFiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's SIGTERM handler (stop_now) stops a model load at once: no step, no checkpoint, stopped."""
+    from ftkit.backends.local import training
+
+    from .conftest import tiny_train_config
+
+    real_build = training._build_model
+    loads = {"finished": 0}
+
+    def build(*args: object, **kwargs: object) -> object:
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives while the model loads
+        model = real_build(*args, **kwargs)  # type: ignore[arg-type]
+        loads["finished"] += 1
+        return model
+
+    def on_term(_signum: int, _frame: object) -> None:
+        training.stop_now()
+
+    monkeypatch.setattr(training, "_build_model", build)
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        config = tiny_train_config(tiny_model_dir, chat_files, tmp_path / "out", max_steps=4)
+        result = training.train(config, progress="none")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result.stopped
+    assert result.global_step == 0
+    assert loads["finished"] == 0
+    training.stop_now()  # outside a phase it may cut short, it does nothing

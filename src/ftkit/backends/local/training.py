@@ -63,8 +63,12 @@ Device = Literal["auto", "cpu", "cuda"]
 Progress = Literal["auto", "rich", "plain", "none"]
 
 
-class StopRequested(Exception):
-    """A stop request that arrived while training was in a phase with nothing to checkpoint (see :func:`stop_now`)."""
+class StopRequested(BaseException):
+    """A stop request that arrived while training was in a phase with nothing to checkpoint (see :func:`stop_now`).
+
+    A ``BaseException``, as ``KeyboardInterrupt`` is: raised from a signal handler inside library code, it must
+    not be swallowed by that code's ``except Exception``.
+    """
 
 
 _INTERRUPTIBLE = {"now": False}
@@ -793,30 +797,35 @@ def train(
     try:
         with _interruptible(ranks):  # loading and tokenising: nothing to keep, so a stop cuts them short
             check()
-        tokenizer = AutoTokenizer.from_pretrained(config.model_dir)
-        model_max = int(getattr(tokenizer, "model_max_length", 0) or 0)
-        max_len = config.max_seq_length if config.max_seq_length > 0 else (model_max if 0 < model_max < 10**6 else 4096)
-        cache = _token_cache(config)
-        train_set, _ = encode_file(tokenizer, config.train_file, max_len, cache_dir=cache)
-        eval_set: EncodedSet | None = None
-        if config.eval_file and config.evaluation_strategy != "disable":
-            eval_set, _ = encode_file(tokenizer, config.eval_file, max_len, cache_dir=cache)
-            if config.max_eval_examples is not None and config.max_eval_examples < len(eval_set):
-                eval_set = eval_set.select(range(config.max_eval_examples))
+            tokenizer = AutoTokenizer.from_pretrained(config.model_dir)
+            model_max = int(getattr(tokenizer, "model_max_length", 0) or 0)
+            max_len = (
+                config.max_seq_length if config.max_seq_length > 0 else (model_max if 0 < model_max < 10**6 else 4096)
+            )
+            cache = _token_cache(config)
+            train_set, _ = encode_file(tokenizer, config.train_file, max_len, cache_dir=cache)
+            eval_set: EncodedSet | None = None
+            if config.eval_file and config.evaluation_strategy != "disable":
+                eval_set, _ = encode_file(tokenizer, config.eval_file, max_len, cache_dir=cache)
+                if config.max_eval_examples is not None and config.max_eval_examples < len(eval_set):
+                    eval_set = eval_set.select(range(config.max_eval_examples))
+            check()
 
-        # Seed before building the model: LoRA's initial weights come from the global RNG.
-        random.seed(config.seed)
-        torch.manual_seed(config.seed)
-        model = _build_model(config, device, ranks.weights_dtype(dtype))
-        model.train()
-        plan = _plan(torch, config, model, device, max_len)
-        _prepare(model, plan)
-        # The one forward of training and evaluation; through DDP or FSDP2 on several processes (.distributed).
-        forward = ranks.wrap(model, lambda m, b: _forward_loss(torch, m, b, device, plan), dtype)
-        eval_batches: list[PackedArrays] = []
-        if eval_set is not None:
-            eval_groups = _split(eval_set.lengths, range(len(eval_set)), plan.budget, config.per_device_eval_batch_size)
-            eval_batches = [pack_arrays(eval_set, g) for g in eval_groups]
+            # Seed before building the model: LoRA's initial weights come from the global RNG.
+            random.seed(config.seed)
+            torch.manual_seed(config.seed)
+            model = _build_model(config, device, ranks.weights_dtype(dtype))
+            model.train()
+            plan = _plan(torch, config, model, device, max_len)
+            _prepare(model, plan)
+            # The one forward of training and evaluation; through DDP or FSDP2 on several processes (.distributed).
+            forward = ranks.wrap(model, lambda m, b: _forward_loss(torch, m, b, device, plan), dtype)
+            eval_batches: list[PackedArrays] = []
+            if eval_set is not None:
+                eval_groups = _split(
+                    eval_set.lengths, range(len(eval_set)), plan.budget, config.per_device_eval_batch_size
+                )
+                eval_batches = [pack_arrays(eval_set, g) for g in eval_groups]
             check()
     except StopRequested:
         done = latest_checkpoint(out) if resume else None
