@@ -145,7 +145,7 @@ def _cleanup(args: argparse.Namespace) -> int:
     """Delete every endpoint ftkit created, kept (deploy.keep) or forgotten.
 
     Local (the default): every endpoint under the ftkit home; its server is stopped, its port freed and its
-    state removed. Also what a killed ``ftkit run`` left: training workers whose owner is gone are stopped
+    state removed. Also what a killed ftkit run left: training workers whose owner is gone are stopped
     (checkpoint, Canceled; the job resumes on the next run) and stale model staging copies are removed.
     With --backend azureml: every managed online endpoint in the workspace tagged ftkit.created_by=ftkit,
     with its deployments; endpoints ftkit did not create are never touched. Use
