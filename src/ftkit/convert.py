@@ -174,9 +174,8 @@ def _as_int(value: object) -> int | None:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
-        text = value.strip().lstrip("+-").lstrip("0")
-        if len(text) > 30:  # far out of any range; int() of 4,300+ digits would raise
-            return -(10**31) if value.strip().startswith("-") else 10**31
+        if len(value.strip().lstrip("+-").lstrip("0")) > 30:  # int() of 4,300+ digits would raise
+            return None  # reported as not an integer ftkit can use (it is far out of any range anyway)
         return int(value.strip())
     real = _as_float(value)  # 5e3 and 1.0e+4 are whole numbers too
     return int(real) if real is not None and real.is_integer() else None

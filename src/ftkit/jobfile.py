@@ -53,7 +53,7 @@ class ModelSection:
         path: A local Hugging Face model directory (local backend); nothing is ever downloaded.
     """
 
-    name: str = attrs.field(metadata=NAME)
+    name: str
     registry: str = "azureml"
     version: str | None = None
     label: str | None = None
