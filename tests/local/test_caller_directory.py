@@ -117,3 +117,32 @@ def test_child_env_keeps_pythonpath_and_drops_the_working_directory(tmp_path: Pa
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["7", "False"]
     assert not marker.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_torchrun_ranks_with_planted_modules_in_the_working_directory(
+    tmp_path: Path, tiny_model_dir: Path, chat_files: ChatFiles
+) -> None:
+    """Two CPU ranks (torchrun, gloo) started from a directory of module-named files: none is imported."""
+    cwd = tmp_path / "shared"
+    cwd.mkdir()
+    marker = tmp_path / "imported.txt"
+    plant(cwd, marker)
+    job = tmp_path / "job.yaml"
+    text = JOB.format(model=tiny_model_dir, train=chat_files.train, test=chat_files.test, home=tmp_path / "home")
+    job.write_text(text.replace("device: cpu,", "device: cpu, processes: 2,"), encoding="utf-8")
+    ftkit = Path(sys.executable).with_name("ftkit")
+    done = subprocess.run(
+        [str(ftkit), "run", "--no-deploy", "--poll", "0.5", str(job)],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=540,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not marker.exists(), marker.read_text()
+    (log,) = (tmp_path / "home").glob("jobs/*/train.log")
+    assert "on 2 processes" in log.read_text(), log.read_text()[-2000:]  # torchrun and its ranks did run
