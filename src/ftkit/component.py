@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 import yaml
 
-from .convert import BAD, convert_value
+from .convert import BAD, INT_LIMIT, convert_value
 from .exceptions import ParameterError, Problem, closest
 
 __all__ = [
@@ -307,6 +307,9 @@ def _check_bounds(spec: ComponentInput, value: Any, where: str) -> tuple[object,
         return None, Problem(where, f"{value} is below the minimum {spec.min:g}")
     if spec.max is not None and value > spec.max:
         return None, Problem(where, f"{value} is above the maximum {spec.max:g}")
+    if isinstance(value, int) and not -INT_LIMIT - 1 <= value <= INT_LIMIT:
+        # The component declares no upper bounds; a 2**70 would pass here and fail inside the job.
+        return None, Problem(where, f"{value} is out of range: integers go up to {INT_LIMIT}")
     return value, None
 
 

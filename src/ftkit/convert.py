@@ -20,10 +20,20 @@ from typing import Any, Literal
 
 from .exceptions import closest
 
-__all__ = ["BAD", "bounds", "convert_value", "describe_type"]
+__all__ = ["BAD", "INT_LIMIT", "NAME", "SEED_MAX", "bounds", "convert_value", "describe_type", "name_problem"]
 
 # A marker for "reported, no value": distinct from None, which is a valid value of optional fields.
 BAD: Any = object()
+
+INT_LIMIT = 2**31 - 1
+"""The range of an integer whose field declares no bound of its own (no setting of ftkit's needs more; a
+value such as 2**70 would otherwise validate and fail deep inside torch or a service)."""
+
+SEED_MAX = 2**32 - 1
+"""The largest seed: numpy's generators take at most 32 bits (torch would take 64)."""
+
+NAME: dict[str, Any] = {"name": True}
+"""Field metadata of a string that becomes a file or folder name (an endpoint, a registered model, a run)."""
 
 # YAML 1.1 leaves these as strings; YAML 1.2 and people read them as numbers.
 _INT_TEXT = re.compile(r"[-+]?\d+")
@@ -120,6 +130,10 @@ def convert_value(value: object, hint: Any, metadata: Mapping[str, Any] | None =
             value = str(value)
         if not isinstance(value, str) or not value:
             return BAD, f"expected a non-empty string, got {value!r}"
+        if (metadata or {}).get("name"):
+            bad_name = name_problem(value)
+            if bad_name is not None:
+                return BAD, bad_name
         pattern = (metadata or {}).get("pattern")
         if pattern is not None and not re.fullmatch(pattern, value.strip().lower()):
             return BAD, f"{value!r} is not allowed; use {(metadata or {}).get('choices', pattern)}"
@@ -127,8 +141,29 @@ def convert_value(value: object, hint: Any, metadata: Mapping[str, Any] | None =
     return value, None
 
 
+def name_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a name that ftkit turns into a file or folder name (``None``: it can).
+
+    Args:
+        value: The name.
+
+    Returns:
+        The reason, or ``None``.
+    """
+    if value.strip() in (".", ".."):
+        return f"{value!r} is not a name"
+    bad = sorted({c for c in value if c in "/\\" or ord(c) < 32 or ord(c) == 127})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad)
+        return f"{value[:60]!r} cannot be a name: it contains {shown} (use letters, digits, '-', '_' and '.')"
+    if len(value) > 200:
+        return f"a name of {len(value)} characters is too long (at most 200)"
+    return None
+
+
 def _shown(value: object) -> str:
-    return f"{type(value).__name__} {value!r}"
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
 
 
 def _as_int(value: object) -> int | None:
@@ -139,6 +174,8 @@ def _as_int(value: object) -> int | None:
     if isinstance(value, float) and value.is_integer():
         return int(value)
     if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
+        if len(value.strip().lstrip("+-").lstrip("0")) > 30:  # int() of 4,300+ digits would raise
+            return None  # reported as not an integer ftkit can use (it is far out of any range anyway)
         return int(value.strip())
     real = _as_float(value)  # 5e3 and 1.0e+4 are whole numbers too
     return int(real) if real is not None and real.is_integer() else None
@@ -148,25 +185,38 @@ def _as_float(value: object) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        real = float(value)
+        try:
+            real = float(value)
+        except OverflowError:  # an integer beyond 1e308
+            return None
     elif isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
-        real = float(value.strip())
+        real = float(value.strip())  # inf beyond 1e308, refused below
     else:
         return None
     return real if math.isfinite(real) else None
+
+
+def _num(value: float) -> str:
+    """Strictly private: a bound or value as a person writes it (4294967295, not 4.29497e+09; 1e-08 stays short)."""
+    if isinstance(value, int) or (value.is_integer() and abs(value) < 1e15):
+        return str(int(value))
+    return f"{value:g}"
 
 
 def _check_bounds(number: float, metadata: Mapping[str, Any] | None) -> tuple[Any, str | None]:
     meta = metadata or {}
     low = meta.get("minimum")
     high = meta.get("maximum")
+    if isinstance(number, int):  # integers are bounded even where the field declares no bound
+        low = -INT_LIMIT - 1 if low is None and meta.get("exclusive_minimum") is None else low
+        high = INT_LIMIT if high is None else high
     above = meta.get("exclusive_minimum")
     if above is not None and number <= above:
-        return BAD, f"{number:g} is out of range: must be above {above:g}" + (
-            f" and at most {high:g}" if high is not None else ""
+        return BAD, f"{_num(number)} is out of range: must be above {_num(above)}" + (
+            f" and at most {_num(high)}" if high is not None else ""
         )
     if low is not None and number < low:
-        return BAD, f"{number:g} is below the minimum {low:g}"
+        return BAD, f"{_num(number)} is below the minimum {_num(low)}"
     if high is not None and number > high:
-        return BAD, f"{number:g} is above the maximum {high:g}"
+        return BAD, f"{_num(number)} is above the maximum {_num(high)}"
     return number, None

@@ -66,7 +66,7 @@ class DeploymentSettings:
     request_timeout_ms: int = attrs.field(default=90000, metadata=bounds(1))
     liveness_initial_delay_s: int = attrs.field(default=600, metadata=bounds(0))
     max_concurrent_requests: int = attrs.field(default=1, metadata=bounds(1))
-    max_queue: int = attrs.field(default=64, metadata=bounds(0))
+    max_queue: int = attrs.field(default=64, metadata=bounds(1))
     max_batch_size: int | None = attrs.field(default=None, metadata=bounds(1))
     # A pattern rather than a Literal: ``cuda:N`` takes any GPU index (checked against the GPUs at create time).
     device: str = attrs.field(default="auto", metadata={"pattern": DEVICE_PATTERN, "choices": DEVICE_CHOICES})

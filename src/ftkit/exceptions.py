@@ -350,7 +350,7 @@ class StorageError(FtkitError):
         reason = error.strerror or str(error)
         where = f" ({error.filename})" if error.filename else ""
         hint = {
-            errno.ENOSPC: "free some space (or point FTKIT_HOME at a larger disk) and run again",
+            errno.ENOSPC: "free some space on that disk and run again",
             errno.EDQUOT: "free some space within your quota and run again",
             errno.EACCES: "check the permissions of that path",
             errno.EROFS: "the file system is read-only; point FTKIT_HOME elsewhere",

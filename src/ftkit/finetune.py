@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Literal
 import attrs
 
 from .component import DEFAULT_COMPONENT, DEFAULT_COMPONENT_VERSION, ComponentSchema, encode_parameters
-from .convert import BAD, bounds, convert_value
+from .convert import BAD, SEED_MAX, bounds, convert_value
 from .exceptions import ParameterError, Problem
 
 __all__ = ["FinetunePipelineSpec", "ModelDefaultsPolicy", "ParameterOverride"]
@@ -122,30 +122,30 @@ class FinetunePipelineSpec:
     component_name: str = DEFAULT_COMPONENT
     component_version: str = DEFAULT_COMPONENT_VERSION
     model_defaults: ModelDefaultsPolicy = "model"
-    num_train_epochs: int | None = attrs.field(default=3, metadata=bounds(1))
-    per_device_train_batch_size: int | None = attrs.field(default=1, metadata=bounds(1))
-    per_device_eval_batch_size: int | None = attrs.field(default=1, metadata=bounds(1))
-    learning_rate: float | None = attrs.field(default=5e-6, metadata=bounds(exclusive_minimum=0))
+    num_train_epochs: int | None = attrs.field(default=3, metadata=bounds(1, 10_000))
+    per_device_train_batch_size: int | None = attrs.field(default=1, metadata=bounds(1, 65_536))
+    per_device_eval_batch_size: int | None = attrs.field(default=1, metadata=bounds(1, 65_536))
+    learning_rate: float | None = attrs.field(default=5e-6, metadata=bounds(maximum=1, exclusive_minimum=0))
     lr_scheduler_type: str | None = "cosine"
     apply_lora: bool | None = True
     apply_deepspeed: bool | None = True
     deepspeed_stage: int | None = 2
-    gradient_accumulation_steps: int | None = attrs.field(default=None, metadata=bounds(1))
-    max_seq_length: int | None = None
-    save_total_limit: int | None = None
-    num_nodes_finetune: int | None = attrs.field(default=None, metadata=bounds(1))
-    max_steps: int | None = None
-    warmup_steps: int | None = attrs.field(default=None, metadata=bounds(0))
-    weight_decay: float | None = attrs.field(default=None, metadata=bounds(0))
-    lora_r: int | None = attrs.field(default=None, metadata=bounds(1))
-    lora_alpha: int | None = attrs.field(default=None, metadata=bounds(1))
+    gradient_accumulation_steps: int | None = attrs.field(default=None, metadata=bounds(1, 65_536))
+    max_seq_length: int | None = attrs.field(default=None, metadata=bounds(-1, 1_048_576))
+    save_total_limit: int | None = attrs.field(default=None, metadata=bounds(-1, 100_000))
+    num_nodes_finetune: int | None = attrs.field(default=None, metadata=bounds(1, 1_000))
+    max_steps: int | None = attrs.field(default=None, metadata=bounds(-1, 100_000_000))
+    warmup_steps: int | None = attrs.field(default=None, metadata=bounds(0, 100_000_000))
+    weight_decay: float | None = attrs.field(default=None, metadata=bounds(0, 1))
+    lora_r: int | None = attrs.field(default=None, metadata=bounds(1, 4_096))
+    lora_alpha: int | None = attrs.field(default=None, metadata=bounds(1, 65_536))
     lora_dropout: float | None = attrs.field(default=None, metadata=bounds(0, 1))
     merge_lora_weights: bool | None = None
     precision: int | None = None
-    seed: int | None = attrs.field(default=None, metadata=bounds(0))
-    logging_steps: int | None = attrs.field(default=None, metadata=bounds(1))
+    seed: int | None = attrs.field(default=None, metadata=bounds(0, SEED_MAX))
+    logging_steps: int | None = attrs.field(default=None, metadata=bounds(1, 100_000_000))
     evaluation_strategy: str | None = None
-    eval_steps: int | None = attrs.field(default=None, metadata=bounds(1))
+    eval_steps: int | None = attrs.field(default=None, metadata=bounds(1, 100_000_000))
     extra: Mapping[str, object] = attrs.field(factory=dict, eq=False, hash=False)
 
     _SETTINGS: ClassVar[frozenset[str]] = frozenset({"component_name", "component_version", "model_defaults"})

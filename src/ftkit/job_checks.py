@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import struct
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -82,10 +83,17 @@ def file_problems(
         return p if p.is_absolute() else base_dir / p
 
     if data is not None:
+        if data.source and "://" not in data.source and _special(resolve(data.source)):
+            problem(
+                "data.source",
+                f"{resolve(data.source)} is a device, FIFO or socket, not a data file or directory",
+                "give a parquet/JSONL file, a directory of them, or a dataset id",
+            )
         for key in ("train_file", "test_file"):
             value = getattr(data, key)
             if value and "://" not in value and not value.startswith("azureml:") and not resolve(value).is_file():
-                problem(f"data.{key}", f"{resolve(value)} does not exist", "build it first (ftkit data build JOB)")
+                what = "is not a regular file" if _special(resolve(value)) else "does not exist"
+                problem(f"data.{key}", f"{resolve(value)} {what}", "build it first (ftkit data build JOB)")
     if evaluate is not None:
         _evaluate_problems(evaluate, data, resolve, problem)
     if backend != "local" or model is None or not model.path:
@@ -125,6 +133,15 @@ def file_problems(
                 f"use at least {overhead + 1}, e.g. 2048 (-1: the model's maximum)",
             )
     return problems
+
+
+def _special(path: Path) -> bool:
+    """Strictly private: whether ``path`` exists and is neither a regular file nor a directory (``/dev/zero``)."""
+    try:
+        mode = path.stat().st_mode
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
 def _model_dir_gaps(model_dir: Path) -> list[tuple[str, str]]:

@@ -15,7 +15,7 @@ from typing import Any, Literal, TypeVar
 import attrs
 import yaml
 
-from .convert import BAD, bounds, convert_value, describe_type
+from .convert import BAD, NAME, SEED_MAX, bounds, convert_value, describe_type
 from .deployment_settings import DeploymentSettings, ServerSettings
 from .display import html_table, set_fields, short
 from .evaluation.spec import EvaluateSection, load_evaluate_section
@@ -23,6 +23,7 @@ from .exceptions import JobFileError, Problem, closest
 from .finetune import FinetunePipelineSpec
 from .model import FoundationModelRef
 from .overrides import Overrides
+from .yamlsafe import load_yaml, read_text
 
 __all__ = [
     "ComputeSection",
@@ -84,11 +85,11 @@ class ComputeSection:
 
     cluster: str = "gpu-cluster-big"
     size: str | None = None
-    max_instances: int = attrs.field(default=2, metadata=bounds(1))
-    min_instances: int = attrs.field(default=0, metadata=bounds(0))
+    max_instances: int = attrs.field(default=2, metadata=bounds(1, 10_000))
+    min_instances: int = attrs.field(default=0, metadata=bounds(0, 10_000))
     tier: Literal["dedicated", "low_priority"] = "dedicated"
     low_priority_fallback: bool = True
-    gpus_per_node: int | None = attrs.field(default=None, metadata=bounds(1))
+    gpus_per_node: int | None = attrs.field(default=None, metadata=bounds(1, 64))
 
 
 @attrs.frozen(kw_only=True)
@@ -115,9 +116,9 @@ class DataSection:
     test_split: str = "test_sft"
     score_split: str | None = "test_gen"
     percent: float | None = attrs.field(default=None, metadata=bounds(maximum=100, exclusive_minimum=0))
-    rows: int | None = attrs.field(default=None, metadata=bounds(1))
+    rows: int | None = attrs.field(default=None, metadata=bounds(1, 1_000_000_000))
     sample: Literal["first", "random"] = "first"
-    seed: int = attrs.field(default=0, metadata=bounds(0))
+    seed: int = attrs.field(default=0, metadata=bounds(0, SEED_MAX))
     strict: bool = False
     out_dir: str = "data"
     train_file: str | None = None
@@ -134,8 +135,8 @@ class RegisterSection:
         description: Its description.
     """
 
-    name: str | None = None
-    version: str | None = None
+    name: str | None = attrs.field(default=None, metadata=NAME)
+    version: str | None = attrs.field(default=None, metadata=NAME)
     description: str | None = None
 
 
@@ -155,8 +156,8 @@ class DeploySection(DeploymentSettings):
             the backend's own).
     """
 
-    endpoint_name: str | None = None
-    deployment_name: str = "demo"
+    endpoint_name: str | None = attrs.field(default=None, metadata=NAME)
+    deployment_name: str = attrs.field(default="demo", metadata=NAME)
     keep: bool = False
     server: ServerSettings | None = None
 
@@ -172,10 +173,10 @@ class ScoreSection:
         max_new_tokens: Longest answer.
     """
 
-    temperature: float = attrs.field(default=0.6, metadata=bounds(0))
+    temperature: float = attrs.field(default=0.6, metadata=bounds(0, 100))
     top_p: float = attrs.field(default=0.9, metadata=bounds(maximum=1, exclusive_minimum=0))
     do_sample: bool = True
-    max_new_tokens: int = attrs.field(default=200, metadata=bounds(1))
+    max_new_tokens: int = attrs.field(default=200, metadata=bounds(1, 1_048_576))
 
 
 @attrs.frozen(kw_only=True)
@@ -203,13 +204,13 @@ class LocalSection:
     home: str | None = None
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # Training settings the Azure component does not declare, so they cannot go under `finetune:`.
-    save_steps: int | None = attrs.field(default=None, metadata=bounds(1))
+    save_steps: int | None = attrs.field(default=None, metadata=bounds(1, 100_000_000))
     lora_target_modules: str | None = None
     max_eval_examples: int | None = attrs.field(default=None, metadata=bounds(1))
-    processes: int | None = attrs.field(default=None, metadata=bounds(1))
-    max_tokens_per_micro_batch: int | None = attrs.field(default=None, metadata=bounds(1))
+    processes: int | None = attrs.field(default=None, metadata=bounds(1, 64))
+    max_tokens_per_micro_batch: int | None = attrs.field(default=None, metadata=bounds(1, 16_777_216))
     gradient_checkpointing: bool | None = None
-    gpu_memory_gib: float | None = attrs.field(default=None, metadata=bounds(exclusive_minimum=0))
+    gpu_memory_gib: float | None = attrs.field(default=None, metadata=bounds(maximum=4_096, exclusive_minimum=0))
     torch_compile: bool | None = None
 
     def target_modules(self) -> tuple[str, ...] | None:
@@ -286,11 +287,7 @@ class JobFile:
             JobFileError: The file is missing or unreadable, is not YAML, or has bad keys or values (all listed).
         """
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            reason = "no such file" if isinstance(exc, FileNotFoundError) else exc.strerror or str(exc)
-            raise JobFileError([Problem("", reason, source=str(path))], "cannot read the job file") from None
+        text = read_text(path)  # size, encoding and file-type limits (see ftkit.yamlsafe)
         return cls.from_yaml(text, source=str(path), overrides=overrides)
 
     @classmethod
@@ -503,7 +500,7 @@ def load_sections(
     kwargs: dict[str, Any] = {}
     for key, hint in (("name", str), ("experiment_name", str | None), ("backend", BackendName)):
         if key in data:
-            value, reason = convert_value(data[key], hint)
+            value, reason = convert_value(data[key], hint, NAME if key != "backend" else None)
             if value is BAD:
                 problem(key, reason or f"expected {describe_type(hint)}")
             else:
@@ -569,22 +566,10 @@ def parse_yaml(text: str, *, source: str = "<string>") -> tuple[Any, dict[str, i
         The data, and key path to line.
 
     Raises:
-        JobFileError: The text is not YAML (with the line of the error).
+        JobFileError: The text is not YAML (with the line of the error), nests or expands beyond the limits of
+            :mod:`ftkit.yamlsafe`, or gives a key twice.
     """
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise JobFileError(
-            [Problem("", f"not valid YAML: {reason}", source=source, line=line)],
-            "cannot parse the job file",
-        ) from None
-    finally:
-        loader.dispose()
+    data, node = load_yaml(text, source)  # limits, duplicate keys: see ftkit.yamlsafe
     lines: dict[str, int] = {}
     if node is not None:
         _collect_lines(node, "", lines)

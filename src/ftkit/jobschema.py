@@ -112,6 +112,9 @@ def _finetune_schema(component: ComponentSchema) -> dict[str, Any]:
         declared = component.inputs.get(field.name)
         hint, metadata = hints[field.name], field.metadata
         prop = _input_schema(declared) if declared is not None else _value_schema(hint, metadata)
+        if declared is not None and declared.type in ("integer", "number") and declared.enum is None:
+            # ftkit's own sensible range where the component declares none (it declares no maximum at all).
+            prop["anyOf"][0] = {**_limits(metadata), **prop["anyOf"][0]}
         if field.name in docs:
             prop = {"description": docs[field.name], **prop}
         if _jsonable(field.default) and field.default is not None:

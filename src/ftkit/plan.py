@@ -19,6 +19,7 @@ from .finetune import FinetunePipelineSpec, ParameterOverride
 from .job_checks import file_problems, job_file_problems
 from .jobfile import JobFile, load_sections, parse_yaml
 from .model import FoundationModelRef
+from .yamlsafe import read_text
 
 __all__ = ["RunPlan", "check_job", "data_files", "plan_file", "plan_run"]
 
@@ -230,7 +231,7 @@ def _by_line(problems: list[Problem]) -> list[Problem]:
 def _partial_problems(path: Path, schema: ComponentSchema | None) -> list[Problem]:
     """Strictly private: file and parameter problems of a job file whose other sections failed to load."""
     try:
-        raw, lines = parse_yaml(path.read_text(encoding="utf-8"), source=str(path))
+        raw, lines = parse_yaml(read_text(path), source=str(path))
     except (OSError, JobFileError):
         return []  # the load error already says what is wrong with the file
     if not isinstance(raw, dict):

@@ -130,7 +130,8 @@ class TestJobInside:
         job_path = tmp_path / "job.yaml"
         data = {"data": {"train_file": str(data_files["train"]), "test_file": str(data_files["test"])}}
         text = (REPO / "examples" / "phi3-ultrachat.yaml").read_text(encoding="utf-8")
-        job_path.write_text(text + "\n" + yaml.safe_dump(data), encoding="utf-8")
+        # The example with its data section replaced (a second `data:` section would be a duplicate key).
+        job_path.write_text(yaml.safe_dump({**yaml.safe_load(text), **data}, sort_keys=False), encoding="utf-8")
         assert main(["run", str(job_path), "--no-deploy", "--poll", "0.001"]) != 0
         err = capsys.readouterr().err
         assert "Running: step chat_completion_finetune: " in err

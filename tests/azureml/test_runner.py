@@ -89,7 +89,8 @@ def test_relative_data_files_follow_the_job_file(
     loaded = JobFile.from_yaml(text)
     data = {"train_file": f"data/{data_files['train'].name}", "test_file": f"data/{data_files['test'].name}"}
     job_path = jobs / "job.yaml"
-    job_path.write_text(text + "\n" + yaml.safe_dump({"data": data}), encoding="utf-8")
+    # The example with its data section replaced (a second `data:` section would be a duplicate key).
+    job_path.write_text(yaml.safe_dump({**yaml.safe_load(text), "data": data}, sort_keys=False), encoding="utf-8")
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)

@@ -243,3 +243,18 @@ def test_a_multi_line_answer_keeps_its_lines_under_the_label() -> None:
     from ftkit.cli.run import _indented
 
     assert _indented("First line.\nSecond line.\n") == "First line.\n" + " " * 17 + "Second line."
+
+
+def test_a_shared_output_directory_is_warned_about(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--output that already holds another run's run.json: a warning before this run replaces it."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").write_text('{"status": "succeeded"}', encoding="utf-8")
+    job = tmp_path / "job.yaml"
+    job.write_text(LOCAL_EXAMPLE.read_text(encoding="utf-8"), encoding="utf-8")
+    main(["run", str(job), "--output", str(out), "--set", "model.path=missing-model"])
+    err = capsys.readouterr().err
+    assert f"warning: {out / 'run.json'} belongs to another run (succeeded); this run replaces it" in err
+    (out / "run.json").unlink()
+    main(["run", str(job), "--output", str(out), "--set", "model.path=missing-model"])
+    assert "warning:" not in capsys.readouterr().err

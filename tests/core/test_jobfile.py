@@ -141,4 +141,4 @@ def test_bounds_are_introspectable() -> None:
 
     fields = attrs.fields_dict(DataSection)
     assert dict(fields["percent"].metadata) == {"maximum": 100, "exclusive_minimum": 0}
-    assert dict(fields["rows"].metadata) == {"minimum": 1}
+    assert dict(fields["rows"].metadata) == {"minimum": 1, "maximum": 1_000_000_000}

@@ -142,3 +142,90 @@ def test_deploy_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     endpoints.delete_endpoint("full-disk")
     assert endpoints.names() == []
     assert temporary_files(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError(
+            "[enforce fail at inline_container.cc:595] . PytorchStreamWriter failed writing file data/0: "
+            "file write failed"
+        ),
+        RuntimeError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: ... (os error 28)"),
+    ],
+    ids=["torch", "safetensors"],
+)
+def test_a_full_disk_reported_by_torch_is_a_storage_error_naming_the_path(
+    tmp_path: Path, tiny_model_dir: Path, chat_files: ChatFiles, monkeypatch: pytest.MonkeyPatch, error: Exception
+) -> None:
+    """torch raises RuntimeError, not OSError, when a checkpoint write hits a full disk: still the documented
+    storage error (stage and the checkpoint's path), no half checkpoint, and the job resumes once there is room."""
+    import torch
+
+    backend = LocalBackend(tmp_path / "home", device="cpu", background=False, progress="none")
+    backend.register_model_dir("tiny-phi3", tiny_model_dir)
+    real_save = torch.save
+
+    def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        if "checkpoint" in str(f):
+            Path(f).write_bytes(b"partial")
+            raise error
+        real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    handle = backend.submit_finetune(_request(backend, chat_files, max_steps=4, save_steps=2))
+    assert handle.status == "Failed"
+    message = handle.error or ""
+    assert message.startswith("finetune: No space left on device ("), message
+    assert ".checkpoint-2.tmp" in message
+    assert "free some space" in message
+    assert temporary_files(backend.job_dir(handle.name)) == []
+    monkeypatch.setattr(torch, "save", real_save)
+    again = backend.submit_finetune(_request(backend, chat_files, max_steps=4, save_steps=2))
+    assert again.name == handle.name
+    assert again.status == "Completed"
+
+
+def test_storage_cause_is_found_in_any_library_s_wording(tmp_path: Path) -> None:
+    import sqlite3
+
+    from ftkit.storage import storage_cause
+
+    wrapped = RuntimeError("commit failed")
+    wrapped.__cause__ = sqlite3.OperationalError("database or disk is full")
+    cases: list[tuple[BaseException, int | None]] = [
+        (wrapped, errno.ENOSPC),
+        (OSError(errno.EDQUOT, "Disk quota exceeded", "/q"), errno.EDQUOT),
+        (RuntimeError("Read-only file system (os error 30)"), errno.EROFS),
+        (RuntimeError("CUDA out of memory"), None),
+        (OSError(errno.ENOENT, "No such file or directory", "/x"), None),
+    ]
+    for exc, number in cases:
+        found = storage_cause(exc, tmp_path / "out")
+        assert (found.errno if found is not None else None) == number, exc
+        if found is not None:
+            assert found.filename in ("/q", str(tmp_path / "out"))
+
+
+def test_a_worker_that_could_not_write_job_json_is_reported_by_its_last_words(
+    tmp_path: Path, chat_files: ChatFiles
+) -> None:
+    """On a full disk the worker cannot replace job.json (nor append to train.log): the message it wrote in
+    place into its reserved last-words file is what `get_job` reports, not "exited unexpectedly"."""
+    import subprocess
+    import sys
+
+    from ftkit.backends.local import jobs
+
+    backend = LocalBackend(tmp_path / "home", device="cpu", background=True, progress="none")
+    folder = backend.job_dir("ft-abcdef")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    jobs.write_record(folder, jobs.JobRecord(name="ft-abcdef", status="Running", pid=int(dead.stdout)))
+    jobs.reserve_last_words(folder)
+    words = "finetune: No space left on device (/x/.checkpoint-2.tmp); free some space on that disk and run again"
+    assert jobs.write_last_words(folder, words + " (train.log could not be written: No space left on device)")
+    handle = backend.get_job("ft-abcdef")
+    assert handle.status == "Failed"
+    assert handle.error is not None
+    assert handle.error.startswith(words)
+    assert "train.log could not be written" in handle.error

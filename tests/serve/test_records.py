@@ -38,7 +38,7 @@ def test_deployment_record_round_trips_with_its_settings() -> None:
     [
         ({"version": 0}, "not a version 1 record"),
         ({"model_path": ""}, "deployment.model_path: is missing"),
-        ({"settings": {"max_queue": -1}}, "settings.max_queue: -1 is below the minimum 0"),
+        ({"settings": {"max_queue": -1}}, "settings.max_queue: -1 is below the minimum 1"),
         ({"settings": {"max_batch": 4}}, "settings.max_batch: unknown setting"),
     ],
 )

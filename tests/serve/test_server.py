@@ -287,6 +287,18 @@ class TestMalformed:
         resp = httpx.post(f"{live.base}/score", content=chunks(), headers=live.auth())
         assert resp.status_code == 413
 
+    def test_headers_too_large(self, live: LiveEndpoint) -> None:
+        """200 KB of request headers answers 431 in the route family's shape (the HTTP parser sets no limit)."""
+        headers = {**live.auth(), "X-Padding": "a" * 200_000}
+        resp = httpx.post(f"{live.base}/score", json=SCORE_BODY, headers=headers)
+        assert resp.status_code == 431
+        assert resp.json()["error"]["code"] == "RequestHeaderFieldsTooLarge"
+        resp = httpx.post(f"{live.base}/v1/chat/completions", json={}, headers=headers)
+        assert resp.status_code == 431
+        assert resp.json()["error"]["type"] == "invalid_request_error"
+        ok = {**live.auth(), "X-Padding": "a" * 30_000}  # within the limit: served
+        assert httpx.post(f"{live.base}/score", json=SCORE_BODY, headers=ok).status_code == 200
+
     def test_server_survives(self, live: LiveEndpoint) -> None:
         """After every bad request the server still answers."""
         assert httpx.get(f"{live.base}/health/ready").status_code == 200

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -144,8 +145,10 @@ def _cleanup(args: argparse.Namespace) -> int:
     """Delete every endpoint ftkit created, kept (deploy.keep) or forgotten.
 
     Local (the default): every endpoint under the ftkit home; its server is stopped, its port freed and its
-    state removed. With --backend azureml: every managed online endpoint in the workspace tagged
-    ftkit.created_by=ftkit, with its deployments; endpoints ftkit did not create are never touched. Use
+    state removed. Also what a killed ftkit run left: training workers whose owner is gone are stopped
+    (checkpoint, Canceled; the job resumes on the next run) and stale model staging copies are removed.
+    With --backend azureml: every managed online endpoint in the workspace tagged ftkit.created_by=ftkit,
+    with its deployments; endpoints ftkit did not create are never touched. Use
     --dry-run first to see the list. Exits 1 if some endpoint could not be deleted (each failure is
     reported; the others are still deleted).
     """
@@ -161,7 +164,51 @@ def _cleanup(args: argparse.Namespace) -> int:
         print("error: --config applies to --backend azureml only", file=sys.stderr)
         return 2
     endpoints = _endpoints(args)
-    return _delete_all(endpoints.names(), endpoints.delete_endpoint, str(endpoints.root), dry_run=args.dry_run)
+    names = endpoints.names()
+    found, failed = _local_leftovers(ftkit_home(args.home), dry_run=args.dry_run)
+    if not names:
+        if not found:
+            print(f"nothing to clean up in {ftkit_home(args.home)}")
+        return 1 if failed else 0
+    code = _delete_all(names, endpoints.delete_endpoint, str(endpoints.root), dry_run=args.dry_run)
+    return 1 if code or failed else 0
+
+
+def _local_leftovers(home: Path, *, dry_run: bool) -> tuple[int, bool]:
+    """Strictly private: stop orphaned training workers and remove stale staging copies (what kill -9 leaves).
+
+    Returns:
+        How many were found, and whether a worker could not be stopped.
+    """
+    from ..backends.local import leftovers
+    from ..backends.local.backend import LocalBackend
+    from ..backends.local.jobs import list_records
+
+    found, failed = 0, False
+    backend = LocalBackend(home)
+    for record in (r for r in list_records(home) if leftovers.is_orphan(r)):
+        found += 1
+        if dry_run:
+            print(f"would stop orphaned training job {record.name} (pid {record.pid}; its ftkit run is gone)")
+            continue
+        backend.cancel_job(record.name)  # a checkpoint, then Canceled: `ftkit run` of the job resumes it
+        deadline = time.monotonic() + 120
+        while not backend.get_job(record.name).is_terminal and time.monotonic() < deadline:
+            time.sleep(0.5)
+        handle = backend.get_job(record.name)
+        if handle.is_terminal:
+            print(f"stopped orphaned training job {record.name} ({handle.status}); `ftkit run` of it resumes it")
+        else:
+            failed = True
+            print(f"error: orphaned training job {record.name} (pid {record.pid}) did not stop", file=sys.stderr)
+    for path in leftovers.stale_staging_dirs(home):
+        found += 1
+        if dry_run:
+            print(f"would remove stale staging copy {path}")
+        else:
+            leftovers.remove(path)
+            print(f"removed stale staging copy {path}")
+    return found, failed
 
 
 def _delete_all(names: Sequence[str], delete: Callable[[str], None], where: str, *, dry_run: bool) -> int:

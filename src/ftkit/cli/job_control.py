@@ -92,14 +92,20 @@ def _list(args: argparse.Namespace) -> int:
     if args.backend == "azureml":
         handles = _azureml_backend(args).list_jobs()
         where = "the workspace"
+        unreadable: list[tuple[str, str]] = []
     else:
+        from ..backends.local.jobs import unreadable_records
+
         backend = _local(args)
         handles = backend.list_jobs()
         where = str(backend.home / "jobs")
-    if not handles:
+        unreadable = unreadable_records(backend.home)  # shown, not hidden: `job show` says what to do
+    if not handles and not unreadable:
         print(f"no jobs in {where}")
     for handle in handles:
         print(_line(handle))
+    for name, reason in unreadable:
+        print(f"{name}  {'Unreadable':<10} job.json: {reason} (see: ftkit job show {name})")
     return 0
 
 

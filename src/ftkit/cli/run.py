@@ -218,6 +218,8 @@ def _run(args: argparse.Namespace) -> int:
         from .dry_run import dry_run
 
         return dry_run(job, as_json=args.json, deploy=not args.no_deploy, run_dir=args.output)
+    if args.output is not None:
+        _warn_shared_output(args.output)
     options: dict[str, Any] = {
         "as_json": args.json,
         "deploy": not args.no_deploy,
@@ -231,6 +233,24 @@ def _run(args: argparse.Namespace) -> int:
         options["backend"] = get_backend("local", home=job.local.home, device=job.local.device, new_job=True)
     _execute(job, **options)
     return 0
+
+
+def _warn_shared_output(output: Path) -> None:
+    """Strictly private: say so when --output already holds another run's run.json (this run replaces it)."""
+    import json
+
+    record = output / "run.json"
+    if not record.is_file():
+        return
+    try:
+        status = json.loads(record.read_text(encoding="utf-8")).get("status", "unknown")
+    except (OSError, ValueError, AttributeError):
+        status = "unreadable"
+    print(
+        f"warning: {record} belongs to another run ({status}); this run replaces it. "
+        "Give each run its own --output to keep both",
+        file=sys.stderr,
+    )
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -128,6 +128,9 @@ class _FileWriter:
                     self._file.write(data)
                     self.sha.update(data)
                     self.bytes += len(data)
+                except OSError as exc:  # a write() error names no file: name the one that filled
+                    self._error = OSError(exc.errno, exc.strerror, exc.filename or self._file.name)
+                    self._error.__cause__ = exc
                 except BaseException as exc:
                     self._error = exc
 
@@ -140,7 +143,11 @@ class _FileWriter:
     def close(self) -> None:
         self._q.put(None)
         self._thread.join()
-        self._file.close()
+        try:
+            self._file.close()  # the buffered rest is written here, and a full disk may say so only now
+        except OSError as exc:
+            if self._error is None:
+                raise OSError(exc.errno, exc.strerror, exc.filename or self._file.name) from exc
         if self._error is not None:
             raise self._error
 

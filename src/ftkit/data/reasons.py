@@ -16,6 +16,7 @@ class Reason(enum.StrEnum):
 
     INVALID_UTF8 = "invalid_utf8"
     INVALID_JSON = "invalid_json"
+    ROW_TOO_DEEP = "row_too_deep"
     ROW_NOT_OBJECT = "row_not_object"
     MESSAGES_MISSING = "messages_missing"
     MESSAGES_JSON_STRING = "messages_json_string"
@@ -47,6 +48,7 @@ class Reason(enum.StrEnum):
 _DESCRIPTIONS: dict[Reason, str] = {
     Reason.INVALID_UTF8: "the JSONL line is not valid UTF-8",
     Reason.INVALID_JSON: "the JSONL line is not valid JSON",
+    Reason.ROW_TOO_DEEP: "the JSONL line nests arrays/objects more than 64 levels deep",
     Reason.ROW_NOT_OBJECT: "the row is not a JSON object / mapping",
     Reason.MESSAGES_MISSING: "the row has no 'messages' (absent or null)",
     Reason.MESSAGES_JSON_STRING: "'messages' is a JSON string holding a list, not the list itself",

@@ -33,9 +33,9 @@ def _check_percent(_: object, __: attrs.Attribute[Any], value: float | None) -> 
 
 
 def _check_rows(_: object, __: attrs.Attribute[Any], value: int | None) -> None:
-    if value is not None and value < 0:
+    if value is not None and value < 1:  # as the job file's data.rows: zero rows would build empty splits
         raise ValidationError(
-            [Problem("data.rows", f"{value} is below the minimum 0", "give a number of rows, e.g. 1000")],
+            [Problem("data.rows", f"{value} is below the minimum 1", "give a number of rows, e.g. 1000")],
             "invalid data selection",
         )
 
@@ -44,7 +44,7 @@ def _check_rows(_: object, __: attrs.Attribute[Any], value: int | None) -> None:
 class SplitSelection:
     """How many rows of each split to keep, and which.
 
-    Raises :class:`~ftkit.exceptions.ValidationError` for a percent outside (0, 100], negative rows, or both.
+    Raises :class:`~ftkit.exceptions.ValidationError` for a percent outside (0, 100], rows below 1, or both.
 
     Attributes:
         percent: Keep this percent of each split (``int(round(percent * n / 100))`` rows, as ``datasets`` does).

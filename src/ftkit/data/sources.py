@@ -11,7 +11,7 @@ import abc
 import codecs
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from ..exceptions import DatasetValidationError, MissingDependencyError, Problem
 from .reasons import Reason
 
 __all__ = [
+    "MAX_ROW_DEPTH",
     "ChatSource",
     "Chunk",
     "DataSourceError",
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 _COLUMNS = ("prompt", "prompt_id", "messages")
+MAX_ROW_DEPTH = 64
+"""The deepest nesting of arrays and objects in one JSONL row (a chat row has three levels); deeper is rejected."""
 
 
 class DataSourceError(DatasetValidationError):
@@ -50,7 +53,7 @@ class Undecodable:
     """A JSONL line that is not a JSON value (it is rejected under ``reason``).
 
     Attributes:
-        reason: ``invalid_utf8`` or ``invalid_json``.
+        reason: ``invalid_utf8``, ``invalid_json`` or ``row_too_deep``.
         detail: The decoder's message.
         text: The start of the line.
     """
@@ -210,9 +213,34 @@ def _decode(raw: bytes) -> object:
     except UnicodeDecodeError as exc:
         return Undecodable(Reason.INVALID_UTF8, str(exc), raw[:200].decode("utf-8", "replace"))
     try:
-        return json.loads(text)
+        row = json.loads(text)
     except ValueError as exc:
         return Undecodable(Reason.INVALID_JSON, str(exc), text[:200])
+    except RecursionError:  # json recurses once per level: ~1,000 levels exhaust the stack
+        return Undecodable(Reason.ROW_TOO_DEEP, "nested deeper than Python's recursion limit", text[:200])
+    # A chat row nests three levels (row, messages, message); only a line with many brackets can go deep.
+    if text.count("[") + text.count("{") > MAX_ROW_DEPTH and _depth(row) > MAX_ROW_DEPTH:
+        return Undecodable(Reason.ROW_TOO_DEEP, f"nested more than {MAX_ROW_DEPTH} levels deep", text[:200])
+    return row
+
+
+def _depth(value: object) -> int:
+    """Strictly private: how deeply lists and dicts nest in ``value`` (without recursion)."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Iterable[object] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if deepest > MAX_ROW_DEPTH:
+            break
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return deepest
 
 
 class RowsSource(ChatSource):
@@ -353,6 +381,8 @@ def open_source(
             opened = cls({name: [path]})
         elif path.is_dir():
             opened = _from_directory(path, splits)
+        elif path.exists():  # /dev/zero, a FIFO: reading one would never end, or never start
+            raise _fail(str(path), "is a device, FIFO or socket, not a data file", "give a parquet/JSONL file")
         elif os.fspath(source).startswith((".", "/", "~")) or path.suffix.lower() in _SUFFIXES:
             raise _fail(str(path), "no such file or directory")
         else:

@@ -10,9 +10,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,7 @@ from ..base import (
 )
 from . import jobs, registry, tracking
 from .distributed import describe, sharding_for
+from .spawn import child_env, python_command
 from .training import Device, Progress, TrainConfig
 
 if TYPE_CHECKING:
@@ -107,6 +108,16 @@ TRAIN_CONFIG_TABLE: Mapping[str, tuple[str, Callable[[Any], Any]] | None] = {
 }
 # Component inputs that have no meaning on one local device; they are recorded on the run, not used.
 IGNORED_PARAMETERS = frozenset(k.removeprefix("finetune.") for k, v in TRAIN_CONFIG_TABLE.items() if v is None)
+
+
+def _started(pid: int) -> float | None:
+    """Strictly private: a process's start time (psutil's), ``None`` where it cannot be read."""
+    import psutil
+
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.Error, OSError):
+        return None
 
 
 class LocalBackend:
@@ -440,7 +451,8 @@ class LocalBackend:
         with deferred():
             try:
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", jobs.WORKER_MODULE, str(folder), self.store.tracking_uri],
+                    python_command(jobs.WORKER_MODULE, str(folder), self.store.tracking_uri),
+                    env=child_env(),  # never imports from the caller's directory (see .spawn)
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
@@ -449,7 +461,8 @@ class LocalBackend:
             finally:
                 log.close()
             self._procs[record.name] = proc
-            record = attrs.evolve(record, pid=proc.pid)
+            # Its owner: `ftkit cleanup` stops a worker whose owner died (kill -9 of `ftkit run`) as an orphan.
+            record = attrs.evolve(record, pid=proc.pid, owner_pid=os.getpid(), owner_started=_started(os.getpid()))
             try:
                 jobs.write_record(folder, record)
             except BaseException:
@@ -473,13 +486,16 @@ class LocalBackend:
         again = jobs.read_record(self.home, record.name)  # it may have just finished
         if again.status not in ("Queued", "Running"):
             return again
+        # A worker that failed on a full disk could not write job.json (nor, perhaps, train.log): its last words.
+        words = jobs.read_last_words(jobs.job_dir(self.home, record.name))
         failed = attrs.evolve(
             again,
             status="Failed",
             pid=None,
-            error="the training process exited unexpectedly; see train.log, and submit again to resume",
+            error=words or "the training process exited unexpectedly; see train.log, and submit again to resume",
         )
-        jobs.write_record(jobs.job_dir(self.home, record.name), failed)
+        with contextlib.suppress(OSError):  # the record on disk is news only; the caller gets `failed`
+            jobs.write_record(jobs.job_dir(self.home, record.name), failed)
         if failed.run_id:
             # The worker died without closing its MLflow run; a resubmission reopens it.
             with contextlib.suppress(Exception):

@@ -52,6 +52,7 @@ import attrs
 import numpy as np
 
 from ...exceptions import FtkitError, Problem, ValidationError
+from .spawn import child_env, python_command
 
 if TYPE_CHECKING:
     from .data import EncodedSet
@@ -605,11 +606,10 @@ def launch(
     logs.mkdir(parents=True)
     result_file = Path(config.output_dir) / _RESULT_FILE
     result_file.unlink(missing_ok=True)
-    env = {**os.environ, **NO_MULTICAST, "PYTHONUNBUFFERED": "1", "FTKIT_WORKER_PID": str(os.getpid())}
+    # PYTHONSAFEPATH (child_env) keeps the caller's directory off sys.path in torchrun and in every rank it starts.
+    env = child_env({**os.environ, **NO_MULTICAST, "PYTHONUNBUFFERED": "1", "FTKIT_WORKER_PID": str(os.getpid())})
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
+        *python_command("torch.distributed.run"),
         "--standalone",
         f"--nproc-per-node={config.processes}",
         "--max-restarts=0",

@@ -23,7 +23,7 @@ from typing import Any
 
 import attrs
 
-from ...exceptions import NotFoundError, closest
+from ...exceptions import BackendError, NotFoundError, closest
 from ...names import random_suffix
 from .pids import owned_process_alive
 
@@ -35,13 +35,22 @@ __all__ = [
     "job_dir",
     "list_records",
     "locked",
+    "read_last_words",
     "read_record",
+    "reserve_last_words",
+    "unreadable_records",
     "worker_alive",
+    "write_last_words",
     "write_record",
 ]
 
 CANCEL_FILE = "cancel"
 """A file in the job's folder asking its worker to stop (see ``LocalBackend.cancel_job``)."""
+
+LAST_WORDS = "last-words"
+"""A file of fixed size, reserved when the worker starts, that its failure message overwrites in place: on a full
+disk neither ``job.json`` (written anew) nor ``train.log`` (appended) can take it, an allocated block can."""
+_LAST_WORDS_BYTES = 4096
 
 WORKER_MODULE = "ftkit.backends.local.worker"
 """The module a background job's process runs (``python -m ftkit.backends.local.worker JOB_DIR URI``)."""
@@ -64,6 +73,8 @@ class JobRecord:
         tags: Lineage: base model, data files and hashes, parameters.
         created: When it was submitted (Unix time).
         updated: When this record was written (Unix time).
+        owner_pid: The process that started the background worker (``ftkit run``, a notebook), while one runs.
+        owner_started: That process's start time, so a recycled pid is not taken for it.
     """
 
     name: str
@@ -78,6 +89,8 @@ class JobRecord:
     tags: Mapping[str, str] = attrs.field(factory=dict)
     created: float = attrs.field(factory=time.time)
     updated: float = attrs.field(factory=time.time)
+    owner_pid: int | None = None
+    owner_started: float | None = None
 
 
 def job_dir(home: Path, name: str) -> Path:
@@ -130,21 +143,73 @@ def write_record(folder: Path, record: JobRecord) -> None:
         raise
 
 
+def reserve_last_words(folder: Path) -> None:
+    """Reserve (and blank) the job's :data:`LAST_WORDS` file while there is still room for it."""
+    with contextlib.suppress(OSError):
+        (folder / LAST_WORDS).write_bytes(b" " * _LAST_WORDS_BYTES)
+
+
+def write_last_words(folder: Path, message: str) -> bool:
+    """Overwrite the reserved :data:`LAST_WORDS` with ``message`` (cut to fit); whether it was written."""
+    data = message.encode("utf-8")[:_LAST_WORDS_BYTES].ljust(_LAST_WORDS_BYTES)
+    try:
+        with (folder / LAST_WORDS).open("r+b") as f:
+            f.write(data)
+    except OSError:
+        return False
+    return True
+
+
+def read_last_words(folder: Path) -> str | None:
+    """What a worker that could not update ``job.json`` last said, if anything."""
+    try:
+        text = (folder / LAST_WORDS).read_bytes().decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    return text or None
+
+
 def read_record(home: Path, name: str) -> JobRecord:
     """Read job ``name``'s record.
 
     Raises:
         NotFoundError: There is no such job (the message names close ones).
+        BackendError: Its ``job.json`` is not a record ftkit wrote (names the file and what to do).
     """
     path = job_dir(home, name) / "job.json"
     try:
         data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return JobRecord(**data)
     except FileNotFoundError:
         names = [r.name for r in list_records(home)]
         hint = closest(name, names)
         more = f"; did you mean {', '.join(hint)}?" if hint else ""
         raise NotFoundError(f"no local job {name!r} under {home / 'jobs'}{more}", operation="get_job") from None
-    return JobRecord(**data)
+    except (ValueError, TypeError) as exc:  # not JSON, not UTF-8, or not a record's keys
+        raise BackendError(_unreadable_message(path, exc), operation="get_job") from None
+
+
+def _unreadable_message(path: Path, exc: BaseException) -> str:
+    """Strictly private: the error for a ``job.json`` that is no record: the file, why, and what to do."""
+    reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    return (
+        f"{path} is not a job record ftkit can read ({reason}); the job cannot be shown, cancelled or resumed. "
+        f"Restore the file, or remove the job's folder {path.parent} (its checkpoints go with it)"
+    )
+
+
+def unreadable_records(home: Path) -> list[tuple[str, str]]:
+    """Jobs whose ``job.json`` cannot be read (what :func:`list_records` leaves out): ``(name, reason)``."""
+    root = home / "jobs"
+    out: list[tuple[str, str]] = []
+    for p in sorted(root.glob("*/job.json")) if root.is_dir() else []:
+        try:
+            JobRecord(**json.loads(p.read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            continue  # removed meanwhile
+        except (OSError, ValueError, TypeError) as exc:
+            out.append((p.parent.name, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__))
+    return out
 
 
 def list_records(home: Path) -> list[JobRecord]:

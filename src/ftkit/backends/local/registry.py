@@ -29,6 +29,7 @@ from urllib.parse import unquote, urlparse
 
 from ...exceptions import BackendError, MissingDependencyError, NotFoundError, Problem, ValidationError, closest
 from ..base import RegisteredModel
+from .leftovers import STAGING_PREFIX, staging_root
 from .tracking import MlflowStore, client
 
 __all__ = [
@@ -256,7 +257,10 @@ def register_trained_model(
     logging.getLogger("mlflow.transformers").setLevel(logging.ERROR)
     model = AutoModelForCausalLM.from_pretrained(src)
     tokenizer = AutoTokenizer.from_pretrained(src)
-    with tempfile.TemporaryDirectory(prefix="ftkit-mlflow-") as tmp:
+    # Staged under the ftkit home (same disk as mlruns), named by this process: `ftkit cleanup` removes a copy
+    # whose process was killed before it could.
+    staging = staging_root(store.artifact_root.parent)
+    with tempfile.TemporaryDirectory(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=staging) as tmp:
         staged = Path(tmp) / artifact_path
         try:
             mlflow.transformers.save_model(

@@ -97,16 +97,42 @@ def client(store: MlflowStore) -> Any:
         MissingDependencyError: mlflow is not installed.
     """
     mlflow = _mlflow()
-    c = mlflow.MlflowClient(tracking_uri=store.tracking_uri, registry_uri=store.tracking_uri)
-    if store.tracking_uri.startswith("sqlite:///") and store.tracking_uri not in _READY:
-        db = Path(store.tracking_uri.removeprefix("sqlite:///"))
-        db.parent.mkdir(parents=True, exist_ok=True)
-        with _file_lock(db.with_name(f"{db.name}.lock")):
-            # Both stores initialise (create or migrate the schema) on their first call.
+    if not store.tracking_uri.startswith("sqlite:///") or store.tracking_uri in _READY:
+        return mlflow.MlflowClient(tracking_uri=store.tracking_uri, registry_uri=store.tracking_uri)
+    db = Path(store.tracking_uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(db.with_name(f"{db.name}.lock")):
+        try:
+            # The client opens the database; both stores initialise (create or migrate the schema) on first call.
+            c = mlflow.MlflowClient(tracking_uri=store.tracking_uri, registry_uri=store.tracking_uri)
             c.search_experiments(max_results=1)
             c.search_registered_models(max_results=1)
-        _READY.add(store.tracking_uri)
+        except Exception:
+            damage = _sqlite_damage(db)
+            if damage is None:
+                raise
+            raise BackendError(
+                f"the MLflow store {db} is damaged ({damage}); restore it from a backup, or move it away to "
+                "start an empty one (its runs and registered models are then lost to ftkit)",
+                operation="open_mlflow_store",
+            ) from None
+    _READY.add(store.tracking_uri)
     return c
+
+
+def _sqlite_damage(db: Path) -> str | None:
+    """Strictly private: why ``db`` is not a sound SQLite database (truncated, overwritten), or ``None``."""
+    import sqlite3
+
+    if not db.is_file():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            rows = conn.execute("PRAGMA quick_check(1)").fetchall()
+    except sqlite3.DatabaseError as exc:
+        return str(exc)
+    verdict = str(rows[0][0]) if rows else "no answer"
+    return None if verdict == "ok" else verdict
 
 
 @contextlib.contextmanager

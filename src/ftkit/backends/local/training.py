@@ -24,6 +24,7 @@ torch, transformers and peft are imported inside the functions: importing this m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -31,7 +32,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,6 +40,7 @@ import attrs
 
 from ...exceptions import MissingDependencyError, Problem, ValidationError
 from ...home import ftkit_home
+from ...storage import storage_cause
 from . import attention
 from .data import EncodedSet, PackedArrays, encode_file, pack_arrays
 from .distributed import SHARDINGS, Ranks
@@ -46,9 +48,11 @@ from .loss import fused_kernel, label_cross_entropy
 
 __all__ = [
     "LR_SCHEDULERS",
+    "StopRequested",
     "TrainConfig",
     "TrainResult",
     "latest_checkpoint",
+    "stop_now",
     "train",
 ]
 
@@ -57,6 +61,44 @@ EVAL_STRATEGIES = ("epoch", "steps", "disable")
 Precision = Literal["auto", "32", "16"]
 Device = Literal["auto", "cpu", "cuda"]
 Progress = Literal["auto", "rich", "plain", "none"]
+
+
+class StopRequested(BaseException):
+    """A stop request that arrived while training was in a phase with nothing to checkpoint (see :func:`stop_now`).
+
+    A ``BaseException``, as ``KeyboardInterrupt`` is: raised from a signal handler inside library code, it must
+    not be swallowed by that code's ``except Exception``.
+    """
+
+
+_INTERRUPTIBLE = {"now": False}
+"""Whether :func:`train` is, in this process's main thread, in a phase a stop may cut short (loading the model,
+tokenising, evaluating): nothing of it needs to be kept, so it need not run to its end first."""
+
+
+def stop_now() -> None:
+    """Raise :class:`StopRequested` if :func:`train` is in a phase a stop may cut short (a SIGTERM handler's call).
+
+    Model loading and tokenisation are single library calls that can take minutes with a real model; polling a
+    flag between them would leave a cancel waiting that long. A signal handler runs between Python bytecodes, so
+    raising from it stops them within moments. Steps and checkpoint writes are never cut: they finish first.
+    """
+    if _INTERRUPTIBLE["now"]:
+        raise StopRequested
+
+
+@contextlib.contextmanager
+def _interruptible(ranks: Ranks) -> Iterator[None]:
+    """Strictly private: a phase :func:`stop_now` may cut short (one process only: ranks must stop together)."""
+    if ranks.world != 1:
+        yield
+        return
+    _INTERRUPTIBLE["now"] = True
+    try:
+        yield
+    finally:
+        _INTERRUPTIBLE["now"] = False
+
 
 _CHECKPOINTS = "checkpoints"
 _FINAL = "model"
@@ -442,13 +484,20 @@ def _forward_loss(torch: Any, model: Any, batch: PackedArrays, device: str, plan
 
 
 def _evaluate(
-    torch: Any, model: Any, forward: Callable[[Any], Any], batches: Sequence[PackedArrays], device: str, ranks: Ranks
+    torch: Any,
+    model: Any,
+    forward: Callable[[Any], Any],
+    batches: Sequence[PackedArrays],
+    device: str,
+    ranks: Ranks,
+    check: Callable[[], None] = lambda: None,
 ) -> float:
     model.eval()
     total = torch.zeros((), device=device)
     count = sum(b.num_labels for b in batches)
     with torch.no_grad():
         for batch, weight in ranks.eval_share(batches):  # each rank its part (see .distributed)
+            check()  # a stop request is honoured between batches, not after the whole evaluation
             loss = forward(batch)
             total += loss if weight == 1.0 else loss * weight
     model.train()
@@ -544,6 +593,14 @@ class _ProgressView:
             self._bar.stop()
 
 
+def _raise_storage(exc: BaseException, path: Path) -> None:
+    """Strictly private: a full disk reported as torch's or safetensors' own error becomes the ``OSError`` it is."""
+    if isinstance(exc, Exception) and not isinstance(exc, OSError):
+        cause = storage_cause(exc, path)
+        if cause is not None:
+            raise cause from exc
+
+
 def _save_checkpoint(
     torch: Any, out: Path, step: int, named: Mapping[str, Any], opt: Any, sched: Any, limit: int
 ) -> None:
@@ -562,8 +619,9 @@ def _save_checkpoint(
         torch.save(rng, tmp / "rng.pt")
         # state.json last: a checkpoint without it is incomplete and ignored.
         (tmp / "state.json").write_text(json.dumps({"global_step": step}), encoding="utf-8")
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)  # a full disk leaves no half checkpoint behind
+        _raise_storage(exc, tmp)
         raise
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)  # atomic on one filesystem: a kill leaves either the old set or the new one
@@ -675,8 +733,9 @@ def _save_final(config: TrainConfig, model: Any, tokenizer: Any) -> Path:
             cfg = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
             cfg["base_model_name_or_path"] = str(Path(config.model_dir).absolute())
             (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2), encoding="utf-8")
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        _raise_storage(exc, tmp)
         raise
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
@@ -702,7 +761,10 @@ def train(
             :class:`~ftkit.backends.local.tracking.RunLogger` or any :class:`MetricsSink`.
         progress: ``auto`` (a rich bar in a terminal, quiet otherwise), ``rich``, ``plain`` (lines) or ``none``.
         stop_after_steps: Stop (with a checkpoint) once this many steps are done in total: for tests and demos.
-        should_stop: Polled after every step; when it returns true the run checkpoints and stops (cancellation).
+        should_stop: Polled after every step, between evaluation batches and between the loading phases; when it
+            returns true the run checkpoints (if it trained since the last one) and stops (cancellation). With one
+            process, :func:`stop_now` (from a signal handler) also cuts model loading, tokenisation and evaluation
+            short.
         resume: Continue from the newest checkpoint in ``output_dir``, if there is one.
         ranks: This process's rank of a multi-process run (:class:`~.distributed.TorchRanks`); one process
             by default.
@@ -727,30 +789,48 @@ def train(
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    tokenizer = AutoTokenizer.from_pretrained(config.model_dir)
-    model_max = int(getattr(tokenizer, "model_max_length", 0) or 0)
-    max_len = config.max_seq_length if config.max_seq_length > 0 else (model_max if 0 < model_max < 10**6 else 4096)
-    cache = _token_cache(config)
-    train_set, _ = encode_file(tokenizer, config.train_file, max_len, cache_dir=cache)
-    eval_set: EncodedSet | None = None
-    if config.eval_file and config.evaluation_strategy != "disable":
-        eval_set, _ = encode_file(tokenizer, config.eval_file, max_len, cache_dir=cache)
-        if config.max_eval_examples is not None and config.max_eval_examples < len(eval_set):
-            eval_set = eval_set.select(range(config.max_eval_examples))
+    def check() -> None:
+        """A stop request polled between phases and evaluation batches (one process: ranks stop together)."""
+        if ranks.world == 1 and should_stop is not None and should_stop():
+            raise StopRequested
 
-    # Seed before building the model: LoRA's initial weights come from the global RNG.
-    random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    model = _build_model(config, device, ranks.weights_dtype(dtype))
-    model.train()
-    plan = _plan(torch, config, model, device, max_len)
-    _prepare(model, plan)
-    # The one forward of training and evaluation; through DDP or FSDP2 on several processes (.distributed).
-    forward = ranks.wrap(model, lambda m, b: _forward_loss(torch, m, b, device, plan), dtype)
-    eval_batches: list[PackedArrays] = []
-    if eval_set is not None:
-        eval_groups = _split(eval_set.lengths, range(len(eval_set)), plan.budget, config.per_device_eval_batch_size)
-        eval_batches = [pack_arrays(eval_set, g) for g in eval_groups]
+    try:
+        with _interruptible(ranks):  # loading and tokenising: nothing to keep, so a stop cuts them short
+            check()
+            tokenizer = AutoTokenizer.from_pretrained(config.model_dir)
+            model_max = int(getattr(tokenizer, "model_max_length", 0) or 0)
+            max_len = (
+                config.max_seq_length if config.max_seq_length > 0 else (model_max if 0 < model_max < 10**6 else 4096)
+            )
+            cache = _token_cache(config)
+            train_set, _ = encode_file(tokenizer, config.train_file, max_len, cache_dir=cache)
+            eval_set: EncodedSet | None = None
+            if config.eval_file and config.evaluation_strategy != "disable":
+                eval_set, _ = encode_file(tokenizer, config.eval_file, max_len, cache_dir=cache)
+                if config.max_eval_examples is not None and config.max_eval_examples < len(eval_set):
+                    eval_set = eval_set.select(range(config.max_eval_examples))
+            check()
+
+            # Seed before building the model: LoRA's initial weights come from the global RNG.
+            random.seed(config.seed)
+            torch.manual_seed(config.seed)
+            model = _build_model(config, device, ranks.weights_dtype(dtype))
+            model.train()
+            plan = _plan(torch, config, model, device, max_len)
+            _prepare(model, plan)
+            # The one forward of training and evaluation; through DDP or FSDP2 on several processes (.distributed).
+            forward = ranks.wrap(model, lambda m, b: _forward_loss(torch, m, b, device, plan), dtype)
+            eval_batches: list[PackedArrays] = []
+            if eval_set is not None:
+                eval_groups = _split(
+                    eval_set.lengths, range(len(eval_set)), plan.budget, config.per_device_eval_batch_size
+                )
+                eval_batches = [pack_arrays(eval_set, g) for g in eval_groups]
+            check()
+    except StopRequested:
+        done = latest_checkpoint(out) if resume else None
+        at = int(done.name.rsplit("-", 1)[-1]) if done is not None else 0
+        return TrainResult(global_step=at, total_steps=0, model_dir=None, stopped=True)
     threads = torch.get_num_threads()
     if device == "cpu" and sum(p.numel() for p in model.parameters()) < _SMALL_MODEL_PARAMS:
         # Intra-op threads cost more than they save on tiny matrices (measured: 17x slower linear layers with
@@ -796,7 +876,8 @@ def train(
     def evaluate_now() -> float:
         nonlocal last_eval_step, window_start
         began = time.perf_counter()
-        value = _evaluate(torch, model, forward, eval_batches, device, ranks)
+        with _interruptible(ranks):  # an evaluation has nothing to keep either
+            value = _evaluate(torch, model, forward, eval_batches, device, ranks, check)
         window_start += time.perf_counter() - began  # tokens/s measures training, not evaluation
         sink.log_metrics({"eval_loss": value}, step)
         sink.flush()
@@ -806,8 +887,11 @@ def train(
     stopped = False
     try:
         if eval_batches and step == 0:
-            first_eval = evaluate_now()
-        while step < total_steps:
+            try:
+                first_eval = evaluate_now()
+            except StopRequested:
+                stopped = True  # nothing trained yet: nothing to checkpoint
+        while not stopped and step < total_steps:
             epoch, group = divmod(step, steps_per_epoch)
             order = _epoch_order(len(train_set), config.seed, epoch)
             chosen = order[group * per_step : (group + 1) * per_step]
@@ -857,23 +941,35 @@ def train(
             view.update(step, total_steps, logged)
 
             epoch_end = step % steps_per_epoch == 0
+            interrupted = False
             if eval_batches and (
                 (config.evaluation_strategy == "steps" and step % config.eval_steps == 0)
                 or (config.evaluation_strategy == "epoch" and epoch_end)
             ):
-                final_eval = evaluate_now()
-            want_stop = ranks.agree(  # all ranks stop after the same step
+                try:
+                    final_eval = evaluate_now()
+                except StopRequested:
+                    interrupted = True  # checkpointed below, as any stop after a step
+            want_stop = interrupted or ranks.agree(  # all ranks stop after the same step
                 (stop_after_steps is not None and step >= stop_after_steps) or bool(should_stop and should_stop())
             )
             if step < total_steps and (step % config.save_steps == 0 or epoch_end or want_stop):
                 saved, saved_optimizer = ranks.gathered(named, optimizer)
                 if ranks.main:
                     _save_checkpoint(torch, out, step, saved, saved_optimizer, scheduler, config.save_total_limit)
+                if not want_stop and ranks.world == 1 and should_stop is not None and should_stop():
+                    want_stop = True  # asked while the checkpoint was written: it is the one to resume from
             if want_stop and step < total_steps:
                 stopped = True
                 break
         if not stopped and eval_batches and last_eval_step != step:
-            final_eval = evaluate_now()
+            try:
+                final_eval = evaluate_now()
+            except StopRequested:
+                if ranks.main:  # every step is done: the resumed run only evaluates and saves
+                    saved, saved_optimizer = ranks.gathered(named, optimizer)
+                    _save_checkpoint(torch, out, step, saved, saved_optimizer, scheduler, config.save_total_limit)
+                stopped = True
     finally:
         view.close()
         sink.flush()

@@ -8,6 +8,7 @@ writing a checkpoint to resume from).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,10 +20,12 @@ from typing import Any
 
 import attrs
 
+from ...exceptions import StorageError
+from ...storage import storage_cause
 from . import distributed
-from .jobs import CANCEL_FILE, JobRecord, read_record, write_record
+from .jobs import CANCEL_FILE, JobRecord, read_record, reserve_last_words, write_last_words, write_record
 from .tracking import MlflowStore, RunLogger
-from .training import MetricsSink, Progress, TrainConfig, TrainResult, train
+from .training import MetricsSink, Progress, TrainConfig, TrainResult, stop_now, train
 
 __all__ = ["main", "run_job"]
 
@@ -95,12 +98,14 @@ def run_job(
 
         def on_term(_signum: int, _frame: Any) -> None:
             cancel["requested"] = True
+            stop_now()  # loading, tokenising or evaluating: stop at once (steps and checkpoints finish first)
 
         signal.signal(signal.SIGTERM, on_term)
     folder = Path(folder)
     config, record = _read(folder)
     record = attrs.evolve(record, status="Running", pid=os.getpid(), error=None, attempts=record.attempts + 1)
     write_record(folder, record)
+    reserve_last_words(folder)
     logger = RunLogger(store, record.run_id) if record.run_id else None
     try:
         if logger is not None:
@@ -135,20 +140,35 @@ def run_job(
                 logger.finish("FINISHED")
             record = attrs.evolve(record, status="Completed", pid=None)
     except BaseException as exc:
-        message = f"{type(exc).__name__}: {exc}"
-        traceback.print_exc()
+        cause = storage_cause(exc, config.output_dir)
+        message = str(StorageError("finetune", cause)) if cause is not None else f"{type(exc).__name__}: {exc}"
+        unlogged = _log_traceback()
+        if unlogged is not None:
+            message += f" (train.log could not be written: {unlogged})"
+        write_last_words(folder, message)
         if logger is not None:
             try:
                 logger.finish("FAILED")
             except Exception:  # the store itself may be what failed; the record still says why
                 traceback.print_exc()
         record = attrs.evolve(record, status="Failed", pid=None, error=message[:2000])
-        write_record(folder, record)
+        with contextlib.suppress(OSError):  # a full disk: the last words say it instead
+            write_record(folder, record)
         if not isinstance(exc, Exception):
             raise
         return record
     write_record(folder, record)
     return record
+
+
+def _log_traceback() -> str | None:
+    """Strictly private: print the traceback to train.log; why it could not be written (a full disk), if so."""
+    try:
+        traceback.print_exc()
+        sys.stderr.flush()
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:

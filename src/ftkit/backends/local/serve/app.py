@@ -100,6 +100,7 @@ _OPENAI_TYPES = {
     408: "timeout_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
+    431: "invalid_request_error",
     503: "overloaded_error",
 }
 _AZURE_CODES = {
@@ -110,6 +111,7 @@ _AZURE_CODES = {
     408: "RequestTimeout",
     413: "RequestEntityTooLarge",
     422: "UnprocessableEntity",
+    431: "RequestHeaderFieldsTooLarge",
     503: "ServiceUnavailable",
 }
 
@@ -622,6 +624,26 @@ def _route_doc(
     }
 
 
+MAX_HEADER_BYTES = 65_536
+"""The most bytes of request headers (names and values) the server accepts; 431 beyond (the HTTP parser sets none)."""
+
+
+class _HeaderLimit:
+    """Strictly private: answer 431 to a request whose headers exceed :data:`MAX_HEADER_BYTES` (pure ASGI)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            size = sum(len(name) + len(value) for name, value in scope.get("headers", ()))
+            if size > MAX_HEADER_BYTES:
+                message = f"request headers: {size} bytes is over the limit of {MAX_HEADER_BYTES} bytes"
+                await _error(scope.get("path", "/"), 431, message, param="headers")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(state: ServerState, *, on_ready: Any = None) -> FastAPI:
     """Build the application over a server state.
 
@@ -651,6 +673,7 @@ def create_app(state: ServerState, *, on_ready: Any = None) -> FastAPI:
         description="Azure ML chat-completion scoring (/score) and OpenAI chat completions, behind key auth.",
         lifespan=lifespan,
     )
+    app.add_middleware(_HeaderLimit)
 
     @app.exception_handler(HTTPError)
     async def _http_error(request: Request, exc: HTTPError) -> Response:

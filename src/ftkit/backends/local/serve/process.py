@@ -13,11 +13,10 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 from ..pids import owned_process_alive
+from ..spawn import child_env, python_command
 from .state import EndpointFiles
 
 __all__ = [
@@ -47,15 +46,13 @@ def start_server(files: EndpointFiles, port: int | None = None) -> subprocess.Po
     """
     with contextlib.suppress(FileNotFoundError):
         files.server_path.unlink()
-    env = dict(os.environ)
-    # The server must import the same ftkit as the caller, installed or not.
-    src = str(Path(__file__).resolve().parents[4])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH", "")) if p)
+    # The same ftkit as the caller, installed or not, and nothing from the caller's directory (see ..spawn).
+    env = child_env()
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     log = files.log_path.open("ab")
     try:
         return subprocess.Popen(
-            [sys.executable, "-m", SERVER_MODULE, "--state-dir", str(files.root), "--port", str(port or 0)],
+            python_command(SERVER_MODULE, "--state-dir", str(files.root), "--port", str(port or 0)),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
