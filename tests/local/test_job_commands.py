@@ -42,7 +42,7 @@ def test_list_show_logs_and_cancel_a_running_job(
     request = _request(backend, chat_files, num_train_epochs=20, per_device_train_batch_size=2, save_steps=10)
     handle = backend.submit_finetune(request)
     assert re.fullmatch(r"ft-[a-z0-9]{6}", handle.name)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # generous: a loaded machine is slow, not wrong
     log = backend.job_dir(handle.name) / "train.log"
     while not re.search(r"step \d+/", log.read_text()) or "loss" not in (backend.get_job(handle.name).progress or ""):
         assert time.monotonic() < deadline, log.read_text()
