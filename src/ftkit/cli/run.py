@@ -201,11 +201,15 @@ def _run(args: argparse.Namespace) -> int:
     ``--dry-run`` stops after the offline checks and prints the plan and the job as it would be submitted.
     """
     _quiet_progress_bars()
-    job = JobFile.load(args.job, overrides=_overrides(args))
+    from ..plan import check_file, plan_file
+
     if args.dry_run:
         from .dry_run import dry_run
 
-        return dry_run(job, as_json=args.json, deploy=not args.no_deploy, run_dir=args.output)
+        # The same checks, order and form as `ftkit validate`, then the plan it made.
+        plan = plan_file(args.job, overrides=_overrides(args))
+        return dry_run(plan.job, as_json=args.json, deploy=not args.no_deploy, run_dir=args.output)
+    job = check_file(args.job, overrides=_overrides(args))
     options: dict[str, Any] = {
         "as_json": args.json,
         "deploy": not args.no_deploy,
