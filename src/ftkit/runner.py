@@ -516,6 +516,8 @@ class JobRunner:
         self._emit("deploy", f"creating endpoint {name}")
         with deployer.session(keep=job.deploy.keep):
             info = deployer.deploy(registered)
+            if job.deploy.keep:  # where to reach what is left running (the keys stay with the backend)
+                self._record["endpoint"].update(scoring_uri=info.scoring_uri, openai_uri=info.openai_uri)
             self._emit("deploy", f"{name}/{job.deploy.deployment_name} serving at {info.scoring_uri}", done=True)
             request_body: Mapping[str, Any] | None = None
             response: Any = None

@@ -171,6 +171,14 @@ def _execute(job: JobFile, backend: Backend | None = None, *, as_json: bool = Fa
     print(f"registered model {result.registered.name}:{result.registered.version}", file=out)
     if result.endpoint is not None:
         print(f"endpoint         {result.endpoint.name} ({'kept' if job.deploy.keep else 'deleted'})", file=out)
+        if job.deploy.keep:
+            print(f"  scoring        {result.endpoint.scoring_uri}", file=out)
+            keys = f"ftkit endpoint show {result.endpoint.name} --show-keys"
+            if job.backend == "local" and job.local.home:
+                keys += f" --home {job.resolve_path(job.local.home)}"
+            elif job.backend == "local" and os.environ.get("FTKIT_HOME"):
+                keys += f" --home {os.environ['FTKIT_HOME']}"
+            print(f"  keys           {keys if job.backend == 'local' else 'in the workspace (Studio)'}", file=out)
     if result.score_request is not None:
         question = result.score_request["input_data"]["input_string"][0][-1]["content"]
         print(f"sample question  {_indented(question)}", file=out)
