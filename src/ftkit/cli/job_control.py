@@ -95,11 +95,11 @@ def _rows(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], str]:
     """Strictly private: one row per job (the table's columns) and where the jobs were looked for."""
     if args.backend == "azureml":
         return [
-            (h.name, h.status, "-", "-", h.display_name or "-", h.progress if not h.is_terminal else "")
+            (h.name, h.status, "-", "-", h.display_name or "-", (h.progress or "") if not h.is_terminal else "")
             for h in _azureml_backend(args).list_jobs()
         ], "the workspace"
     backend = _local(args)
-    rows = []
+    rows: list[tuple[str, ...]] = []
     now = time.time()
     for handle in backend.list_jobs():
         record = backend.job_record(handle.name)
