@@ -81,6 +81,12 @@ def test_a_background_job_reports_its_progress(finished: JobHandle, backend: Loc
     assert progress is not None
     assert progress.startswith("step ")
     assert "loss" in progress
+    # What happened before the first step is in the job's log (`ftkit job logs`), and its caches in its home.
+    log = (backend.job_dir(finished.name) / "train.log").read_text()
+    for phase in ("tokenising ", "tokenised ", "loading the model ", "loaded the model in ", "training "):
+        assert f"\n{phase}" in f"\n{log}", (phase, log)
+    assert log.index("loaded the model") < log.index("\nstep ")
+    assert list((backend.home / "cache" / "tokens").iterdir())
 
 
 class TestProtocol:

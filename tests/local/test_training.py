@@ -215,6 +215,40 @@ class TestTrain:
         assert registered.path is not None
         assert AutoModelForCausalLM.from_pretrained(registered.path).config.model_type == "phi3"
 
+    def test_the_phases_before_the_first_step_are_told(
+        self, tiny_model_dir: Path, chat_files: ChatFiles, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """Tokenising, loading the model and the step-0 evaluation each say so, in order, before any step line:
+        to the sink's phase (a worker's job.json progress) and, with plain progress, on stderr (train.log)."""
+        from ftkit.backends.local.training import MetricsSink
+
+        heard: list[tuple[str, str]] = []
+
+        class Sink(MetricsSink):
+            def log_metrics(self, metrics: Any, step: int) -> None:
+                heard.append(("metrics", ",".join(sorted(metrics))))
+
+            def phase(self, message: str) -> None:
+                heard.append(("phase", message))
+
+        config = tiny_train_config(tiny_model_dir, chat_files, tmp_path / "o", max_steps=2, token_cache_dir="")
+        train(config, metrics=Sink(), progress="plain")
+        phases = [m for kind, m in heard if kind == "phase"]
+        assert [p.split()[0] for p in phases] == [
+            "tokenising",
+            "tokenised",
+            "loading",
+            "loaded",
+            "evaluating",
+            "training",
+        ]
+        assert phases[1].startswith("tokenised 300 conversations to train on and ")
+        assert "on cpu (float32)" in phases[2]
+        assert phases[5].startswith("training 2 steps (step 0: eval loss ")
+        assert heard.index(("phase", phases[4])) < heard.index(("metrics", "eval_loss"))
+        err = capsys.readouterr().err
+        assert [line for line in err.splitlines() if line in phases] == phases
+
     def test_bad_settings_are_named(self, tiny_model_dir: Path, chat_files: ChatFiles, tmp_path: Path) -> None:
         """Unknown schedulers and target modules are ValidationErrors listing valid choices."""
         with pytest.raises(ValidationError, match="choose one of: linear, cosine"):

@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from ..backends.base import Backend
 from ..exceptions import FtkitError
+from ..home import ftkit_home
 from ..jobfile import JobFile
 from ..overrides import Overrides, parse_assignment
 from ..runner import JobRunner, RunResult, StageEvent, answer_text
@@ -244,8 +245,21 @@ def _demo(args: argparse.Namespace) -> int:
         return 2
     print(f"preparing the demo in {directory}", file=sys.stderr)
     job = JobFile.load(prepare_demo(directory, seed=args.seed, steps=args.steps))
-    if job.local.home is None and "FTKIT_HOME" not in os.environ:
+    own_home = job.local.home is None and "FTKIT_HOME" not in os.environ
+    if own_home:
         # Keep the demo's MLflow store, registry and endpoints beside it unless FTKIT_HOME says otherwise.
         os.environ["FTKIT_HOME"] = str(directory / "home")
     _execute(job, poll_s=1.0)
+    _print_home(ftkit_home(job.local.home), own_home)
     return 0
+
+
+def _print_home(home: Path, own: bool) -> None:
+    """Say where the run's state is, and how the other commands find it when it is not their default home."""
+    out = sys.stdout
+    print(f"ftkit home       {home}  (jobs, MLflow store, models, endpoints, caches)", file=out)
+    where = f" --home {home}" if own else ""
+    print(f"  look with      ftkit job list{where}; ftkit endpoint list{where}", file=out)
+    print(f"                 mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'}", file=out)
+    if own:
+        print(f"                 (or export FTKIT_HOME={home} first)", file=out)

@@ -235,6 +235,29 @@ class MetricsSink:
     def flush(self) -> None:
         """Send what was recorded."""
 
+    def phase(self, message: str) -> None:
+        """Hear what :func:`train` is doing before and between steps (``loading the model ...``); optional."""
+
+
+def _announcer(sink: Any, mode: Progress, ranks: Any) -> Callable[[str], None]:
+    """Strictly private: say what training does where no step line shows it yet (loading, tokenising, evaluating).
+
+    A line on stderr (the job's ``train.log`` in a worker) and the sink's ``phase``, which a worker writes to
+    ``job.json`` as the job's progress for ``ftkit run`` to show. Rank 0 only.
+    """
+    visible = mode in ("plain", "rich") or (mode == "auto" and sys.stderr.isatty())
+    hear = getattr(sink, "phase", None)
+
+    def say(message: str) -> None:
+        if not ranks.main:
+            return
+        if visible:
+            print(message, file=sys.stderr, flush=True)
+        if callable(hear):
+            hear(message)
+
+    return say
+
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """Return the newest complete checkpoint under ``output_dir``, or ``None``."""
@@ -727,21 +750,29 @@ def train(
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
+    say = _announcer(sink, progress, ranks)
     tokenizer = AutoTokenizer.from_pretrained(config.model_dir)
     model_max = int(getattr(tokenizer, "model_max_length", 0) or 0)
     max_len = config.max_seq_length if config.max_seq_length > 0 else (model_max if 0 < model_max < 10**6 else 4096)
     cache = _token_cache(config)
+    say(f"tokenising {Path(config.train_file).name} (at most {max_len} tokens a conversation)")
+    began = time.perf_counter()
     train_set, _ = encode_file(tokenizer, config.train_file, max_len, cache_dir=cache)
     eval_set: EncodedSet | None = None
     if config.eval_file and config.evaluation_strategy != "disable":
         eval_set, _ = encode_file(tokenizer, config.eval_file, max_len, cache_dir=cache)
         if config.max_eval_examples is not None and config.max_eval_examples < len(eval_set):
             eval_set = eval_set.select(range(config.max_eval_examples))
+    held = f" and {len(eval_set):,} to evaluate on" if eval_set is not None else ""
+    say(f"tokenised {len(train_set):,} conversations to train on{held} in {time.perf_counter() - began:.1f}s")
 
     # Seed before building the model: LoRA's initial weights come from the global RNG.
     random.seed(config.seed)
     torch.manual_seed(config.seed)
+    say(f"loading the model {Path(config.model_dir).name} on {device} ({str(dtype).removeprefix('torch.')})")
+    began = time.perf_counter()
     model = _build_model(config, device, ranks.weights_dtype(dtype))
+    say(f"loaded the model in {time.perf_counter() - began:.1f}s")
     model.train()
     plan = _plan(torch, config, model, device, max_len)
     _prepare(model, plan)
@@ -806,7 +837,10 @@ def train(
     stopped = False
     try:
         if eval_batches and step == 0:
+            say(f"evaluating the base model on {len(eval_set or ()):,} conversations (step 0)")
             first_eval = evaluate_now()
+        base = f" (step 0: eval loss {first_eval:.4f})" if first_eval is not None else ""
+        say(f"training from step {step} to {total_steps}" if step else f"training {total_steps} steps{base}")
         while step < total_steps:
             epoch, group = divmod(step, steps_per_epoch)
             order = _epoch_order(len(train_set), config.seed, epoch)
