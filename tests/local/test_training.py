@@ -257,6 +257,74 @@ class TestTrain:
             train(_config(tiny_model_dir, chat_files, tmp_path, lora_target_modules=("q_proj",), max_steps=1))
 
 
+class TestCpuPrecision:
+    def test_native_bf16_is_read_from_the_cpu_flags(self, tmp_path: Path) -> None:
+        from ftkit.backends.local.training import cpu_has_native_bf16
+
+        def has(name: str, text: str) -> bool:
+            (tmp_path / name).write_text(text)
+            return cpu_has_native_bf16(str(tmp_path / name))  # (cached per file)
+
+        assert not has("avx2", "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n\nprocessor\t: 1\n")
+        assert has("zen4", "processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n")
+        assert has("sapphire-rapids", "flags\t\t: fpu amx_tile amx_bf16\n")
+        assert not cpu_has_native_bf16(str(tmp_path / "absent"))
+
+    def test_bf16_is_chosen_like_the_gpus_precision(
+        self, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """auto: bf16 on a CPU with native bf16 for models of 20M+ parameters; 16: bf16 where native; 32 and CPUs
+        without native bf16: float32."""
+        import torch
+
+        from ftkit.backends.local import training
+
+        big = tmp_path / "big"
+        big.mkdir()
+        with (big / "model.safetensors").open("wb") as f:
+            f.truncate(100_000_000)  # sparse: 25M+ weights as far as the size says
+        for native in (True, False):
+            monkeypatch.setattr(training, "cpu_has_native_bf16", lambda native=native: native)
+            bf16 = torch.bfloat16 if native else torch.float32
+            assert training._dtype(torch, "cpu", "auto", big) is bf16
+            assert training._dtype(torch, "cpu", "16", tiny_model_dir) is bf16
+            assert training._dtype(torch, "cpu", "auto", tiny_model_dir) is torch.float32
+            assert training._dtype(torch, "cpu", "32", big) is torch.float32
+
+    def test_bf16_training_follows_float32(self, tiny_model_dir: Path, chat_files: ChatFiles, tmp_path: Path) -> None:
+        """On a CPU with native bf16: the same steps in bf16 (float32 masters) give the float32 losses within 2%."""
+        from ftkit.backends.local.training import MetricsSink, cpu_has_native_bf16
+
+        if not cpu_has_native_bf16():
+            pytest.skip("this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
+        losses: dict[str, dict[int, float]] = {}
+        for precision in ("32", "16"):
+            seen: dict[int, float] = {}
+
+            class Sink(MetricsSink):
+                def log_metrics(self, metrics: Any, step: int, seen: dict[int, float] = seen) -> None:
+                    if "loss" in metrics:
+                        seen[step] = metrics["loss"]
+
+            config = tiny_train_config(
+                tiny_model_dir,
+                chat_files,
+                tmp_path / precision,
+                precision=precision,
+                max_steps=8,
+                logging_steps=1,
+                learning_rate=1e-3,
+                evaluation_strategy="disable",
+                token_cache_dir="",
+            )
+            train(config, metrics=Sink(), progress="none")
+            losses[precision] = seen
+        assert sorted(losses["16"]) == sorted(losses["32"]) == list(range(1, 9))
+        worst = max(abs(losses["16"][s] - losses["32"][s]) / losses["32"][s] for s in losses["32"])
+        assert worst < 0.02, losses
+        assert losses["16"][8] < losses["16"][1]  # and it learns
+
+
 class TestCompactData:
     def test_encoded_set_is_compact_and_matches_per_row_encoding(self, tokenizer: Any, chat_files: ChatFiles) -> None:
         """encode_file stores at most 8 bytes a token and gives the same examples as encode_conversation."""

@@ -24,6 +24,7 @@ torch, transformers and peft are imported inside the functions: importing this m
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -117,7 +118,9 @@ class TrainConfig:
         lora_dropout: LoRA dropout.
         lora_target_modules: Modules to adapt; ``None``: every linear layer but the output head.
         merge_lora_weights: Save merged weights (else the adapter).
-        precision: ``32`` (float32), ``16`` (bfloat16 on CUDA; float32 on CPU) or ``auto`` (bf16 on CUDA).
+        precision: ``32`` (float32), ``16`` (bfloat16 where the device computes it natively: CUDA, or a CPU
+            with AVX512-BF16/AMX; float32 elsewhere) or ``auto`` (as ``16``, but on a CPU only for models of 20M
+            parameters or more: tiny matrices gain nothing). In bfloat16 the optimizer steps float32 masters.
         seed: Seed of the weights' adapters, the data order and dropout.
         logging_steps: Steps between metric logs.
         evaluation_strategy: ``epoch``, ``steps`` or ``disable``.
@@ -288,11 +291,45 @@ def _pick_device(torch: Any, wanted: Device) -> str:
     return wanted
 
 
-def _dtype(torch: Any, device: str, precision: Precision) -> Any:
-    # On CUDA, 16-bit means bfloat16: no loss scaling needed. On CPU, bf16 matmuls are slow: stay in float32.
-    if device == "cuda" and precision in ("auto", "16") and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+# /proc/cpuinfo flags of CPUs whose matrix units compute bfloat16 natively (AVX512-BF16's dot products, AMX's tiles).
+_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@functools.cache
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 matrix products natively (AVX512-BF16 or AMX-BF16; Linux only).
+
+    Elsewhere bf16 arithmetic is emulated through float32 and slower than float32 itself, so training stays in
+    float32 there.
+    """
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags") and _BF16_CPU_FLAGS & set(line.partition(":")[2].split()):
+            return True
+    return False
+
+
+def _stored_params(model_dir: str | Path) -> int:
+    """Strictly private: a lower bound of the model's parameter count from its weight files (no loading)."""
+    files = [*Path(model_dir).glob("*.safetensors"), *Path(model_dir).glob("pytorch_model*.bin")]
+    return sum(f.stat().st_size for f in files) // 4  # at most 4 bytes a stored weight
+
+
+def _dtype(torch: Any, device: str, precision: Precision, model_dir: str | Path | None = None) -> Any:
+    """Strictly private: the compute dtype: bfloat16 where the device has it natively and ``precision`` allows."""
+    if precision == "32":
+        return torch.float32
+    if device == "cuda":
+        # 16-bit means bfloat16: no loss scaling needed.
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if not cpu_has_native_bf16():
+        return torch.float32  # emulated bf16 matmuls are slower than float32 ones
+    if precision == "auto" and model_dir is not None and _stored_params(model_dir) < _SMALL_MODEL_PARAMS:
+        return torch.float32  # tiny matrices: the casts cost more than the bf16 products save
+    return torch.bfloat16
 
 
 # What the fast path turns on, each switchable for the benchmark's table of what each part gained
@@ -746,7 +783,7 @@ def train(
     ranks = ranks if ranks is not None else Ranks()
     started = time.perf_counter()
     device = _pick_device(torch, config.device)
-    dtype = _dtype(torch, device, config.precision)
+    dtype = _dtype(torch, device, config.precision, config.model_dir)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
