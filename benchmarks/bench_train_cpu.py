@@ -8,14 +8,14 @@ with the same tokens and labels (ftkit's encoding: loss on assistant tokens only
 comparable step by step:
 
 - ``stock``: transformers ``Trainer`` + PEFT defaults on the CPU (float32), the batch padded to its longest row;
-- ``ftkit``: :func:`ftkit.backends.local.training.train` with every default (on a CPU with native bfloat16,
-  AVX512-BF16 or AMX, that is bfloat16 with float32 master weights; float32 elsewhere);
-- ``ftkit-fp32``: the same with ``precision: 32``.
+- ``ftkit``: :func:`ftkit.backends.local.training.train` with every default (float32 on a CPU);
+- ``ftkit-bf16``: the same with ``precision: 16``: bfloat16 with float32 master weights on a CPU with native
+  bfloat16 (AVX512-BF16 or AMX), float32 elsewhere.
 
 Throughput counts real tokens (no padding) per second over the steps after ``--warm``. Each path runs in its own
 process, one after the other.
 
-    python benchmarks/bench_train_cpu.py [--steps 20] [--rows 8] [--only stock,ftkit,ftkit-fp32] [--json out.json]
+    python benchmarks/bench_train_cpu.py [--steps 20] [--rows 8] [--only stock,ftkit,ftkit-bf16] [--json out.json]
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def run_ftkit(args: argparse.Namespace) -> dict[str, Any]:
                 marks.append(time.perf_counter())
                 losses.append(float(metrics["loss"]))
 
-    precision = "32" if args.variant == "ftkit-fp32" else "auto"
+    precision = "16" if args.variant == "ftkit-bf16" else "auto"
     config = TrainConfig(
         model_dir=args.model,
         train_file=args.data,
@@ -82,7 +82,7 @@ def run_ftkit(args: argparse.Namespace) -> dict[str, Any]:
     )
     import torch
 
-    dtype = training._dtype(torch, "cpu", precision, args.model)
+    dtype = training._dtype(torch, "cpu", precision)
     train(config, metrics=Clock(), progress="none")
     return {"variant": args.variant, "dtype": str(dtype).removeprefix("torch."), "marks": marks, "loss": losses}
 
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rows", type=int, default=8, help="conversations, all of them in every step")
     parser.add_argument("--warm", type=int, default=2, help="steps not timed")
-    parser.add_argument("--only", default="stock,ftkit,ftkit-fp32")
+    parser.add_argument("--only", default="stock,ftkit,ftkit-bf16")
     parser.add_argument("--timeout", type=float, default=1200)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", dest="variant", help=argparse.SUPPRESS)

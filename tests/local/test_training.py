@@ -270,29 +270,21 @@ class TestCpuPrecision:
         assert has("sapphire-rapids", "flags\t\t: fpu amx_tile amx_bf16\n")
         assert not cpu_has_native_bf16(str(tmp_path / "absent"))
 
-    def test_bf16_is_chosen_like_the_gpus_precision(
-        self, tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        """auto: bf16 on a CPU with native bf16 for models of 20M+ parameters; 16: bf16 where native; 32 and CPUs
-        without native bf16: float32."""
+    def test_cpu_bf16_only_when_asked_and_native(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """precision 16: bf16 on a CPU with native bf16, float32 on others; auto and 32: float32 on a CPU."""
         import torch
 
         from ftkit.backends.local import training
 
-        big = tmp_path / "big"
-        big.mkdir()
-        with (big / "model.safetensors").open("wb") as f:
-            f.truncate(100_000_000)  # sparse: 25M+ weights as far as the size says
         for native in (True, False):
             monkeypatch.setattr(training, "cpu_has_native_bf16", lambda native=native: native)
-            bf16 = torch.bfloat16 if native else torch.float32
-            assert training._dtype(torch, "cpu", "auto", big) is bf16
-            assert training._dtype(torch, "cpu", "16", tiny_model_dir) is bf16
-            assert training._dtype(torch, "cpu", "auto", tiny_model_dir) is torch.float32
-            assert training._dtype(torch, "cpu", "32", big) is torch.float32
+            assert training._dtype(torch, "cpu", "16") is (torch.bfloat16 if native else torch.float32)
+            assert training._dtype(torch, "cpu", "auto") is torch.float32
+            assert training._dtype(torch, "cpu", "32") is torch.float32
 
     def test_bf16_training_follows_float32(self, tiny_model_dir: Path, chat_files: ChatFiles, tmp_path: Path) -> None:
-        """On a CPU with native bf16: the same steps in bf16 (float32 masters) give the float32 losses within 2%."""
+        """On a CPU with native bf16, precision 16 (float32 masters) at a learning rate of 1e-3: the losses of 8
+        steps follow float32's within 2% (at 1e-4 on SmolLM2 they lagged: see docs/benchmarks.md)."""
         from ftkit.backends.local.training import MetricsSink, cpu_has_native_bf16
 
         if not cpu_has_native_bf16():
