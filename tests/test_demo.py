@@ -28,6 +28,7 @@ def test_demo_runs_every_stage_and_cleans_up(tmp_path: Path, capsys: pytest.Capt
     (run_json,) = home.glob("runs/*/run.json")
     record = json.loads(run_json.read_text())
     assert record["backend"] == "local"
+    assert not record["model"]["id"].startswith("azureml://"), record["model"]
     assert record["metrics"]["last_eval_loss"] < record["metrics"]["first_eval_loss"]
     assert (run_json.parent / "loss.png").stat().st_size > 10_000
     assert record["score"]["response"]["output"]

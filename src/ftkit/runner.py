@@ -134,6 +134,15 @@ def answer_text(response: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
 
 
+def _model_id(job: JobFile, model: FoundationModelRef) -> str:
+    """Strictly private: how the run's backend names the base model (an Azure ML asset id only on Azure ML)."""
+    if job.backend != "local":
+        return model.asset_id
+    if job.model.path:
+        return str(job.resolve_path(job.model.path))
+    return f"models:/{model.name}/{model.version}" if model.version else f"models:/{model.name}"
+
+
 def _endpoint_name(job_name: str, suffix: str) -> str:
     # Azure: 3-32 characters, letters, digits and hyphens, starting with a letter; unique in the region.
     base = re.sub(r"[^a-z0-9-]+", "-", job_name.lower()).strip("-") or "ftkit"
@@ -361,7 +370,7 @@ class JobRunner:
             model = job.model.ref().resolved("local", {"ftkit.path": str(path)})
         else:
             model = backend.resolve_model(job.model.ref())
-        self._record["model"] = {"name": model.name, "version": model.version, "id": model.asset_id}
+        self._record["model"] = {"name": model.name, "version": model.version, "id": _model_id(job, model)}
         self._emit("model", f"{model.name} version {model.version}", done=True)
 
         self._emit("compute", f"checking {job.compute.cluster}" if backend.name == "azureml" else "checking device")

@@ -81,7 +81,9 @@ def test_a_kept_endpoint_is_reachable_from_the_cli(
     assert main(["run", "--keep-endpoint", "--poll", "0.5", str(job)]) == 0, capsys.readouterr().err
     out = capsys.readouterr().out
     (run_json,) = (tmp_path / "home").glob("runs/*/run.json")
-    endpoint = json.loads(run_json.read_text())["endpoint"]
+    record = json.loads(run_json.read_text())
+    assert record["model"]["id"] == str(tiny_model_dir)  # the local model's own name, not an Azure asset id
+    endpoint = record["endpoint"]
     try:
         assert endpoint["kept"] is True
         assert endpoint["scoring_uri"].startswith("http://127.0.0.1:")
