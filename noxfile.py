@@ -40,6 +40,8 @@ def _install_torch(session: nox.Session) -> None:
         session.install(TORCH)
     which = session.run("python", "-c", _WHICH_TORCH, silent=True) or ""
     version, _, cuda = str(which).strip().partition(" ")
+    if not version:  # nothing ran (nox --no-install reusing an environment)
+        return
     if cuda:
         session.warn(
             f"installed torch {version}, a CUDA {cuda} build (with its nvidia packages, several GB). "
