@@ -11,6 +11,7 @@ the same problems, in the same order and form, before any stage starts.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import attrs
@@ -161,11 +162,25 @@ def plan_run(
         parameters=parameters,
         overrides=overrides,
         gpus_per_node=gpus,
-        display_name=spec.display_name(model.name, gpus),
+        display_name=spec.display_name(model.name, gpus, _dataset_label(job)),
         experiment_name=job.experiment_name or f"chat_completion_{model.name}",
         train_data=train,
         test_data=test,
     )
+
+
+def _dataset_label(job: JobFile) -> str:
+    """Strictly private: the data's short name in the display name.
+
+    ``ultrachat`` for ultrachat (the notebook's), else the source's or the train file's folder's name (``my-chats``
+    for ``data.source: corpora/my-chats.jsonl``), else ``data``.
+    """
+    given = job.data.source or (str(Path(job.data.train_file).parent) if job.data.train_file else "")
+    if "ultrachat" in given.lower():
+        return "ultrachat"
+    name = Path(given.rstrip("/")).stem if given else ""
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_.-")
+    return label[:40] or "data"
 
 
 def check_job(job: JobFile, schema: ComponentSchema | None = None) -> None:

@@ -177,6 +177,24 @@ def test_run_and_dry_run_report_what_validate_reports_in_one_round(
     assert all(line.startswith(f"  - {job}:") for line in lines[1:])
 
 
+@pytest.mark.parametrize(
+    ("data", "label"),
+    [
+        ("{source: HuggingFaceH4/ultrachat_200k}", "ultrachat"),
+        ("{source: corpora/my-chats.jsonl}", "my-chats"),
+        ("{source: ./support tickets/}", "support_tickets"),
+        ("{train_file: built/train.jsonl, test_file: built/test.jsonl}", "built"),
+    ],
+)
+def test_the_display_name_names_the_data(tmp_path: Path, data: str, label: str) -> None:
+    """The notebook's display name says ultrachat only for ultrachat; other data is named by its source."""
+    from ftkit.jobfile import JobFile
+    from ftkit.plan import plan_run
+
+    job = JobFile.from_yaml(f"name: n\nbackend: local\nmodel: {{name: m}}\ndata: {data}\n")
+    assert plan_run(job).display_name.startswith(f"m-{label}-bs1-")
+
+
 def test_validate_checks_what_this_machine_knows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A local job without data fails validation (not the data stage); local.device: cuda without a CUDA device
     too, saying why."""
