@@ -1,8 +1,12 @@
 """Developer tasks: ``nox -s tests``, ``nox -s lint``, ``nox -s typing``, ``nox -s docs``, ``nox -s demo``,
 ``nox -s mindeps`` (the lowest versions pyproject.toml allows).
 
-Sessions install the CPU build of torch first (``FTKIT_TORCH`` overrides the pin, e.g. ``FTKIT_TORCH=torch``
-for a CUDA build), then ftkit with its ``local`` extra. ``nox -R`` reuses the environments.
+Sessions that need torch install it first, then ftkit with its ``local`` extra. Which build of torch comes is
+pip's choice unless you name an index: on Linux, PyPI's ``torch`` is the CUDA build (about 4 GB with its nvidia
+packages); ``FTKIT_TORCH_INDEX=https://download.pytorch.org/whl/cpu`` takes the CPU build (about 0.2 GB
+download) from PyTorch's CPU index. ``FTKIT_TORCH`` overrides the requirement (default ``torch==2.13.0``). The
+session says which build it installed, and warns when it is a CUDA build. pip's cache downloads the wheel once
+for every session; each session's environment holds its own copy. ``nox -R`` reuses the environments.
 """
 
 from __future__ import annotations
@@ -17,12 +21,41 @@ nox.options.default_venv_backend = "venv"
 
 PYTHON = "3.11"
 TORCH = os.environ.get("FTKIT_TORCH", "torch==2.13.0")
+# An index URL for torch alone (its dependencies included), e.g. PyTorch's CPU index; empty: pip's own indexes.
+TORCH_INDEX = os.environ.get("FTKIT_TORCH_INDEX", "")
+
+_WHICH_TORCH = "import torch; print(torch.__version__, torch.version.cuda or '')"
+
+
+def _install_torch(session: nox.Session) -> None:
+    """Install torch (from ``FTKIT_TORCH_INDEX`` when set) and say which build came."""
+    if TORCH_INDEX:
+        session.log(f"torch: {TORCH} from {TORCH_INDEX} (FTKIT_TORCH_INDEX)")
+        session.install(TORCH, "--index-url", TORCH_INDEX)
+    else:
+        session.log(
+            f"torch: {TORCH} from pip's indexes; on Linux PyPI's build is the CUDA one (about 4 GB). For the CPU "
+            "build (about 0.2 GB) set FTKIT_TORCH_INDEX=https://download.pytorch.org/whl/cpu"
+        )
+        session.install(TORCH)
+    which = session.run("python", "-c", _WHICH_TORCH, silent=True) or ""
+    version, _, cuda = str(which).strip().partition(" ")
+    if not version:  # nothing ran (nox --no-install reusing an environment)
+        return
+    if cuda:
+        session.warn(
+            f"installed torch {version}, a CUDA {cuda} build (with its nvidia packages, several GB). "
+            "On a machine without an NVIDIA GPU, FTKIT_TORCH_INDEX=https://download.pytorch.org/whl/cpu "
+            "installs the CPU build instead (remove .nox/ or use a new session to replace this one)."
+        )
+    else:
+        session.log(f"installed torch {version}, a CPU build")
 
 
 def _install(session: nox.Session, *groups: str, extras: str = "local") -> None:
     session.install("-U", "pip>=25.1")  # --group (PEP 735) needs pip 25.1
     if "local" in extras:
-        session.install(TORCH)
+        _install_torch(session)
     args = ["-e", f".[{extras}]"] if extras else ["-e", "."]
     for group in groups:
         args += ["--group", group]

@@ -28,10 +28,17 @@ def test_demo_runs_every_stage_and_cleans_up(tmp_path: Path, capsys: pytest.Capt
     (run_json,) = home.glob("runs/*/run.json")
     record = json.loads(run_json.read_text())
     assert record["backend"] == "local"
+    assert not record["model"]["id"].startswith("azureml://"), record["model"]
     assert record["metrics"]["last_eval_loss"] < record["metrics"]["first_eval_loss"]
     assert (run_json.parent / "loss.png").stat().st_size > 10_000
     assert record["score"]["response"]["output"]
     assert "sample answer" in captured.out
+    # Where the state is, so `ftkit job list` and `mlflow ui` find it (FTKIT_HOME here: no --home needed).
+    assert f"ftkit home       {home}  (" in captured.out
+    assert "  look with      ftkit job list; ftkit endpoint list" in captured.out
+    assert main(["job", "list"]) == 0
+    assert "Completed" in capsys.readouterr().out
+    assert list(home.glob("cache/tokens/*")), "the token cache is under the run's ftkit home"
 
     endpoints = LocalEndpoints(home)
     assert endpoints.list_endpoints() == []

@@ -141,7 +141,7 @@ def assert_nothing_left(
     assert re.findall(r"interrupted by SIG\w+", err) == [f"interrupted by {name}"], err
     assert "Traceback" not in err, err
     assert re.search(rf"interrupted by {name} during ({'|'.join(stages)})", err), err
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 120  # generous: a loaded machine is slow, not wrong
     while processes_of(run.home) and time.monotonic() < deadline:  # a process reported stopped may take a moment
         time.sleep(0.1)
     assert processes_of(run.home) == [], [p.info["cmdline"] for p in processes_of(run.home)]

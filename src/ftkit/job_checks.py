@@ -6,6 +6,10 @@ directory with weights, a tokenizer and a chat template, that ``local.lora_targe
 the model has (read from the safetensors headers, no torch), and that ``max_seq_length`` leaves room for at
 least one assistant token after the chat template's own tokens (the tokenizer is loaded for that one check).
 ``ftkit validate`` and the job runner report them with the loader's problems, before any stage starts.
+
+Two more are about the run rather than its files: that the job says where its data comes from (``data.source``
+to build from, or both built files), and that ``local.device: cuda`` has a CUDA device here (torch is imported
+for that one check, and only when the job asks for CUDA).
 """
 
 from __future__ import annotations
@@ -82,6 +86,18 @@ def file_problems(
         p = Path(path).expanduser()
         return p if p.is_absolute() else base_dir / p
 
+    if data is not None and data.source is None and not data.train_file and not data.test_file:
+        # (One file without the other is the loader's problem: they go together.)
+        problem(
+            "data",
+            "says nowhere to get the chat data from (no data.source, no data.train_file and data.test_file)",
+            "set data.source (a local JSONL/parquet file or folder, or a cached dataset id) to build the files, "
+            "or data.train_file and data.test_file to use built ones",
+        )
+    if backend == "local" and local is not None and local.device == "cuda":
+        missing_cuda = _no_cuda()
+        if missing_cuda:
+            problem("local.device", f"is cuda, but {missing_cuda}", "use auto (the GPU when there is one) or cpu")
     if data is not None:
         if data.source and "://" not in data.source and _special(resolve(data.source)):
             problem(
@@ -142,6 +158,19 @@ def _special(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def _no_cuda() -> str | None:
+    """Why this machine cannot train on CUDA (``None``: it can)."""
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed (pip install 'ftkit[local]' with a CUDA build of torch)"
+    if torch.cuda.is_available():
+        return None
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is a CPU build"
+    return f"torch {torch.__version__} sees no CUDA device on this machine"
 
 
 def _model_dir_gaps(model_dir: Path) -> list[tuple[str, str]]:

@@ -5,10 +5,13 @@ the component's schema; it does no I/O. The job runner calls it once per run, af
 stages (with the model's tags, the live GPU count and the live component schema), and before those runs
 :func:`check_job`, so that a bad value or a missing file fails in a second, before anything is created.
 ``ftkit validate`` is :func:`plan_file`: the loader's problems, the file checks and the plan's, all at once.
+``ftkit run`` checks the file with :func:`check_file` first (``--dry-run`` with :func:`plan_file`), so it reports
+the same problems, in the same order and form, before any stage starts.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import attrs
@@ -17,11 +20,12 @@ from .component import ComponentSchema
 from .exceptions import JobFileError, ParameterError, Problem, ValidationError
 from .finetune import FinetunePipelineSpec, ParameterOverride
 from .job_checks import file_problems, job_file_problems
-from .jobfile import JobFile, load_sections, parse_yaml
+from .jobfile import DataSection, JobFile, load_sections, parse_yaml
 from .model import FoundationModelRef
+from .overrides import Overrides
 from .yamlsafe import read_text
 
-__all__ = ["RunPlan", "check_job", "data_files", "plan_file", "plan_run"]
+__all__ = ["RunPlan", "check_file", "check_job", "data_files", "plan_file", "plan_run"]
 
 
 @attrs.frozen(kw_only=True)
@@ -159,11 +163,25 @@ def plan_run(
         parameters=parameters,
         overrides=overrides,
         gpus_per_node=gpus,
-        display_name=spec.display_name(model.name, gpus),
+        display_name=spec.display_name(model.name, gpus, _dataset_label(job)),
         experiment_name=job.experiment_name or f"chat_completion_{model.name}",
         train_data=train,
         test_data=test,
     )
+
+
+def _dataset_label(job: JobFile) -> str:
+    """Strictly private: the data's short name in the display name.
+
+    ``ultrachat`` for ultrachat (the notebook's), else the source's or the train file's folder's name (``my-chats``
+    for ``data.source: corpora/my-chats.jsonl``), else ``data``.
+    """
+    given = job.data.source or (str(Path(job.data.train_file).parent) if job.data.train_file else "")
+    if "ultrachat" in given.lower():
+        return "ultrachat"
+    name = Path(given.rstrip("/")).stem if given else ""
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_.-")
+    return label[:40] or "data"
 
 
 def check_job(job: JobFile, schema: ComponentSchema | None = None) -> None:
@@ -178,7 +196,7 @@ def check_job(job: JobFile, schema: ComponentSchema | None = None) -> None:
         ValidationError: Every problem found, each with file and line.
     """
     source = str(job.source) if job.source is not None else None
-    problems = job_file_problems(job)
+    problems = job.overrides.relocate(job_file_problems(job))
     if schema is None:
         try:
             schema = job.finetune.schema()
@@ -196,25 +214,24 @@ def check_job(job: JobFile, schema: ComponentSchema | None = None) -> None:
         raise ValidationError(_by_line(problems), f"{len(problems)} problem(s) in {source or 'the job'}")
 
 
-def plan_file(path: str | Path, schema: ComponentSchema | None = None) -> RunPlan:
+def plan_file(
+    path: str | Path, schema: ComponentSchema | None = None, *, overrides: Overrides | None = None
+) -> RunPlan:
     """Load a job file, check its files and plan it offline, reporting every problem of the file together.
 
     Args:
         path: The job file.
         schema: The component's inputs; the bundled snapshot of the pinned version by default.
+        overrides: Keys replaced before the file is checked (``--set``); problems with them name the override.
 
     Returns:
         The plan.
 
     Raises:
-        ValidationError: Every problem in the file: keys, values, files, and finetune parameters.
+        ValidationError: Every problem in the file: keys, values, files, and finetune parameters, by line.
     """
-    try:
-        job = JobFile.load(path)
-    except JobFileError as exc:
-        problems = [*exc.problems, *_partial_problems(Path(path), schema)]
-        raise JobFileError(_by_line(problems), f"{len(problems)} problem(s) in {path}") from None
-    problems = job_file_problems(job)
+    job = _load_all(Path(path), schema, overrides)
+    problems = job.overrides.relocate(job_file_problems(job))
     try:
         plan = plan_run(job, schema)
     except ValidationError as exc:
@@ -224,23 +241,67 @@ def plan_file(path: str | Path, schema: ComponentSchema | None = None) -> RunPla
     return plan
 
 
+def check_file(path: str | Path, *, overrides: Overrides | None = None) -> JobFile:
+    """Load a job file and check it as :func:`plan_file` does, without planning against a registry's schema.
+
+    What ``ftkit run`` does before any stage: every problem :func:`plan_file` (``ftkit validate``) would find
+    offline, in the same order and form, at once. On Azure ML the parameters wait for the live component
+    schema when ftkit has no snapshot of its version (as :func:`check_job`).
+
+    Args:
+        path: The job file.
+        overrides: Keys replaced before the file is checked (``--set``).
+
+    Returns:
+        The job, overrides applied.
+
+    Raises:
+        ValidationError: Every problem in the file, by line.
+    """
+    job = _load_all(Path(path), None, overrides)
+    try:
+        check_job(job)
+    except ValidationError as exc:
+        raise JobFileError(_by_line(list(exc.problems)), f"{len(exc.problems)} problem(s) in {path}") from None
+    return job
+
+
+def _load_all(path: Path, schema: ComponentSchema | None, overrides: Overrides | None) -> JobFile:
+    """Strictly private: load ``path``; where it fails, add what the sections that did load show, by line."""
+    try:
+        return JobFile.load(path, overrides=overrides)
+    except JobFileError as exc:
+        problems = [*exc.problems, *_partial_problems(path, schema, overrides)]
+        raise JobFileError(_by_line(problems), f"{len(problems)} problem(s) in {path}") from None
+
+
 def _by_line(problems: list[Problem]) -> list[Problem]:
     return sorted(problems, key=lambda p: p.line or 0)
 
 
-def _partial_problems(path: Path, schema: ComponentSchema | None) -> list[Problem]:
+def _partial_problems(path: Path, schema: ComponentSchema | None, overrides: Overrides | None) -> list[Problem]:
     """Strictly private: file and parameter problems of a job file whose other sections failed to load."""
     try:
         raw, lines = parse_yaml(read_text(path), source=str(path))
+        if not isinstance(raw, dict):
+            return []
+        if overrides:
+            raw, lines = overrides.apply(raw), overrides.drop_lines(lines)
     except (OSError, JobFileError):
-        return []  # the load error already says what is wrong with the file
-    if not isinstance(raw, dict):
-        return []
+        return []  # the load error already says what is wrong with the file (or the overrides)
+    relocate = overrides.relocate if overrides else list
+    return relocate(_section_problems(path, schema, raw, lines))
+
+
+def _section_problems(
+    path: Path, schema: ComponentSchema | None, raw: dict[str, object], lines: dict[str, int]
+) -> list[Problem]:
+    """Strictly private: the problems of the sections of ``raw`` that load on their own."""
     parts, _ = load_sections(raw, source=str(path), lines=lines, partial=True)
     problems = file_problems(
         backend=parts.get("backend", "local"),
         model=parts.get("model"),
-        data=parts.get("data"),
+        data=parts.get("data", DataSection() if "data" not in raw else None),
         finetune=parts.get("finetune"),
         local=parts.get("local"),
         evaluate=parts.get("evaluate"),

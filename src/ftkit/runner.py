@@ -116,6 +116,15 @@ class RunResult:
         return None if self.score_response is None else answer_text(self.score_response)
 
 
+def _model_id(job: JobFile, model: FoundationModelRef) -> str:
+    """Strictly private: how the run's backend names the base model (an Azure ML asset id only on Azure ML)."""
+    if job.backend != "local":
+        return model.asset_id
+    if job.model.path:
+        return str(job.resolve_path(job.model.path))
+    return f"models:/{model.name}/{model.version}" if model.version else f"models:/{model.name}"
+
+
 def _endpoint_name(job_name: str, suffix: str) -> str:
     # Azure: 3-32 characters, letters, digits and hyphens, starting with a letter; unique in the region.
     base = re.sub(r"[^a-z0-9-]+", "-", job_name.lower()).strip("-") or "ftkit"
@@ -348,7 +357,7 @@ class JobRunner:
             model = job.model.ref().resolved("local", {"ftkit.path": str(path)})
         else:
             model = backend.resolve_model(job.model.ref())
-        self._record["model"] = {"name": model.name, "version": model.version, "id": model.asset_id}
+        self._record["model"] = {"name": model.name, "version": model.version, "id": _model_id(job, model)}
         self._emit("model", f"{model.name} version {model.version}", done=True)
 
         self._emit("compute", f"checking {job.compute.cluster}" if backend.name == "azureml" else "checking device")
@@ -514,6 +523,8 @@ class JobRunner:
         self._emit("deploy", f"creating endpoint {name}")
         with deployer.session(keep=job.deploy.keep):
             info = deployer.deploy(registered)
+            if job.deploy.keep:  # where to reach what is left running (the keys stay with the backend)
+                self._record["endpoint"].update(scoring_uri=info.scoring_uri, openai_uri=info.openai_uri)
             self._emit("deploy", f"{name}/{job.deploy.deployment_name} serving at {info.scoring_uri}", done=True)
             request_body: Mapping[str, Any] | None = None
             response: Any = None

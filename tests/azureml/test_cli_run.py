@@ -74,6 +74,9 @@ def test_keep_endpoint_keeps_it(
     record = json.loads((tmp_path / "o" / "run.json").read_text(encoding="utf-8"))
     assert record["endpoint"]["kept"] is True
     assert fake.endpoint(record["endpoint"]["name"]) is not None
+    # Where to reach what is left running: its URLs in run.json and in the summary.
+    assert record["endpoint"]["scoring_uri"].startswith(f"https://{record['endpoint']['name']}.")
+    assert f"  scoring        {record['endpoint']['scoring_uri']}" in out
     # The sample answer is text, not a Python dict; the loss-curve PNG is named in the summary.
     answer = next(line for line in out.splitlines() if line.startswith("sample answer"))
     assert "{'output'" not in answer

@@ -127,7 +127,8 @@ def test_job_commands_on_the_workspace(
     assert len(fake.calls("POST", r"/jobs/[^/]+/cancel")) == 1
     assert main(["job", "list", "--backend", "azureml"]) == 0
     listed = capsys.readouterr().out
-    assert listed.startswith(f"{name}  Canceled")
+    assert listed.splitlines()[0].startswith("NAME ")
+    assert listed.splitlines()[1].startswith(f"{name}  Canceled")
     assert main(["job", "show", name, "--backend", "azureml"]) == 0
     shown = capsys.readouterr().out
     assert f"name         {name}" in shown

@@ -138,6 +138,87 @@ def test_dry_run_checks_the_files_as_validate_does(tmp_path: Path, capsys: pytes
     assert "--set model.path: " in capsys.readouterr().err
 
 
+BAD_LOCAL_JOB = """\
+name: bad
+backend: local
+model: {name: tiny, path: nosuchdir}
+data: {train_file: nope.jsonl, test_file: nope.jsonl}
+finetune:
+  learning_rate: fast
+  num_train_epochs: -1
+local: {device: cuda, colour: red}
+"""
+
+
+def test_run_and_dry_run_report_what_validate_reports_in_one_round(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """validate, run --dry-run and run print the same problems, in the same order (by line) and form, with the
+    file's name; the file's loader problems and the file checks come in one message, not two rounds."""
+    job = tmp_path / "bad.yaml"
+    job.write_text(BAD_LOCAL_JOB, encoding="utf-8")
+    errors = []
+    for argv in (["validate", str(job)], ["run", str(job), "--dry-run"], ["run", str(job)]):
+        assert main(argv) == 1
+        errors.append(capsys.readouterr().err)
+    assert errors[0] == errors[1] == errors[2], errors
+    lines = errors[0].splitlines()
+    assert lines[0] == f"error: {len(lines) - 1} problem(s) in {job}:"
+    where = [line.split(": ")[1] for line in lines[1:]]
+    assert where == [
+        "model.path",
+        "data.train_file",
+        "data.test_file",
+        "finetune.learning_rate",
+        "finetune.num_train_epochs",
+        "local.colour",
+        *(["local.device"] if "local.device" in errors[0] else []),
+    ]
+    assert all(line.startswith(f"  - {job}:") for line in lines[1:])
+
+
+@pytest.mark.parametrize(
+    ("data", "label"),
+    [
+        ("{source: HuggingFaceH4/ultrachat_200k}", "ultrachat"),
+        ("{source: corpora/my-chats.jsonl}", "my-chats"),
+        ("{source: ./support tickets/}", "support_tickets"),
+        ("{train_file: built/train.jsonl, test_file: built/test.jsonl}", "built"),
+    ],
+)
+def test_the_display_name_names_the_data(tmp_path: Path, data: str, label: str) -> None:
+    """The notebook's display name says ultrachat only for ultrachat; other data is named by its source."""
+    from ftkit.jobfile import JobFile
+    from ftkit.plan import plan_run
+
+    job = JobFile.from_yaml(f"name: n\nbackend: local\nmodel: {{name: m}}\ndata: {data}\n")
+    assert plan_run(job).display_name.startswith(f"m-{label}-bs1-")
+
+
+def test_validate_checks_what_this_machine_knows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A local job without data fails validation (not the data stage); local.device: cuda without a CUDA device
+    too, saying why."""
+    job = tmp_path / "job.yaml"
+    job.write_text("name: n\nbackend: local\nmodel: {name: tiny-phi3}\nlocal: {device: cuda}\n", encoding="utf-8")
+    assert main(["validate", str(job)]) == 1
+    err = capsys.readouterr().err
+    assert "data: says nowhere to get the chat data from" in err
+    torch = sys.modules.get("torch")
+    if torch is None:
+        try:
+            import torch
+        except ImportError:
+            torch = None
+    if torch is None:
+        assert "local.device: is cuda, but torch is not installed" in err
+    elif not torch.cuda.is_available():
+        assert f"{job}:4: local.device: is cuda, but " in err
+    else:
+        assert "local.device" not in err
+    job.write_text("name: n\nbackend: local\nmodel: {name: tiny-phi3}\ndata: {source: chats}\n", encoding="utf-8")
+    assert main(["validate", str(job)]) == 0
+
+
 def test_readable_dry_run_names_the_plan_and_prints_the_body(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", str(AZURE_EXAMPLE), "--dry-run", "--set", "deploy.keep=true"]) == 0
     out = capsys.readouterr().out

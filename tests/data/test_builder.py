@@ -510,6 +510,60 @@ class TestCli:
         assert rc == 1
         assert "no such file" in capsys.readouterr().err
 
+    def test_the_console_names_the_files_own_lines(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """A bad JSONL line is named by its 1-based line number in the file, as report.json names it, on the
+        console and in strict mode's error."""
+        path = write_jsonl(tmp_path / "train.jsonl", [good(i) for i in range(12)], {7: b"{not json"})
+        assert main(["data", "build", "--source", str(path), "--out", str(tmp_path / "o")]) == 0
+        out = capsys.readouterr().out
+        report = json.loads((tmp_path / "o" / "report.json").read_text())
+        assert report["splits"][0]["samples"][0]["line"] == 8
+        assert "e.g. line 8: " in out
+        assert main(["data", "build", "--source", str(path), "--out", str(tmp_path / "s"), "--strict"]) == 1
+        assert "e.g. line 8: " in capsys.readouterr().err
+
+    def test_duplicates_are_counted_with_a_reason(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        """Rows identical to an earlier one, and test rows that are also train rows, are kept and counted in a
+        warning each (strict mode fails on them, as on any warning)."""
+        src = tmp_path / "src"
+        src.mkdir()
+        rows = [good(i) for i in range(12)]
+        write_jsonl(src / "train.jsonl", [*rows, rows[3], rows[3]])
+        write_jsonl(src / "test.jsonl", [rows[0], good(100)])
+        argv = ["data", "build", "--source", str(src), "--splits", "train,test", "--out", str(tmp_path / "o")]
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "train: 2 row(s) identical to an earlier row of the split" in out
+        assert "test: 1 row(s) identical to rows of train" in out
+        assert (tmp_path / "o" / "train.jsonl").read_bytes().count(b"\n") == 14  # kept, not dropped
+        assert main([*argv[:-1], str(tmp_path / "s"), "--strict"]) == 1
+        assert "identical to an earlier row" in capsys.readouterr().err
+
+    def test_a_missing_folder_is_an_immediate_error_not_a_hub_lookup(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A word that is neither a file nor a folder here is looked up in the local Hugging Face cache only
+        (offline, whatever the environment says): no name lookup, no retries, an error naming the missing path."""
+        import socket
+
+        import huggingface_hub.constants
+
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+        monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+        before = huggingface_hub.constants.HF_HUB_OFFLINE
+        lookups: list[object] = []
+        real = socket.getaddrinfo
+        monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: lookups.append(a[0]) or real(*a, **k))
+        assert main(["data", "build", "--source", "nosuch", "--splits", "train", "--out", "o"]) == 1
+        err = capsys.readouterr().err
+        assert f"no file or directory {tmp_path / 'nosuch'}" in err
+        assert "ftkit never downloads" in err
+        assert lookups == []
+        assert huggingface_hub.constants.HF_HUB_OFFLINE is before  # offline for the load only
+        assert not (tmp_path / "o").exists()
+
     def test_job_file(self, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         write_jsonl(tmp_path / "train_sft.jsonl", [good(i) for i in range(30)])
         job = tmp_path / "job.yaml"

@@ -81,6 +81,12 @@ def test_a_background_job_reports_its_progress(finished: JobHandle, backend: Loc
     assert progress is not None
     assert progress.startswith("step ")
     assert "loss" in progress
+    # What happened before the first step is in the job's log (`ftkit job logs`), and its caches in its home.
+    log = (backend.job_dir(finished.name) / "train.log").read_text()
+    for phase in ("tokenising ", "tokenised ", "loading the model ", "loaded the model in ", "training "):
+        assert f"\n{phase}" in f"\n{log}", (phase, log)
+    assert log.index("loaded the model") < log.index("\nstep ")
+    assert list((backend.home / "cache" / "tokens").iterdir())
 
 
 class TestProtocol:
@@ -190,7 +196,7 @@ class TestResume:
         request = _request(backend, chat_files, num_train_epochs=1, per_device_train_batch_size=2, save_steps=5)
         handle = backend.submit_finetune(request)
         ckpts = backend.job_dir(handle.name) / "output" / "checkpoints"
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 600  # generous: a loaded machine is slow, not wrong
         while not any(p.name.startswith("checkpoint-") for p in ckpts.glob("checkpoint-*")):
             assert time.monotonic() < deadline
             assert not backend.get_job(handle.name).is_terminal, "finished before it could be killed"

@@ -63,3 +63,39 @@ def test_bad_percent_stops_before_the_model_stage(
     assert "model " not in err
     assert "Traceback" not in err
     assert not (tmp_path / "home").exists()
+
+
+@pytest.mark.slow
+def test_a_kept_endpoint_is_reachable_from_the_cli(
+    tmp_path: Path, tiny_model_dir: Path, chat_files: ChatFiles, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--keep-endpoint: run.json records the endpoint's URLs, and the summary names the command that shows its
+    keys (with the job's ftkit home); that command gives the URL and a key the endpoint accepts."""
+    import shlex
+
+    import httpx
+
+    from ftkit.backends.local.endpoints import LocalEndpoints
+
+    job = _job(tmp_path, tiny_model_dir, chat_files, "100")
+    assert main(["run", "--keep-endpoint", "--poll", "0.5", str(job)]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    (run_json,) = (tmp_path / "home").glob("runs/*/run.json")
+    record = json.loads(run_json.read_text())
+    assert record["model"]["id"] == str(tiny_model_dir)  # the local model's own name, not an Azure asset id
+    endpoint = record["endpoint"]
+    try:
+        assert endpoint["kept"] is True
+        assert endpoint["scoring_uri"].startswith("http://127.0.0.1:")
+        assert endpoint["openai_uri"].endswith("/v1/chat/completions")
+        command = next(line for line in out.splitlines() if line.startswith("  keys "))
+        argv = shlex.split(command.split("ftkit ", 1)[1])
+        assert argv == ["endpoint", "show", endpoint["name"], "--show-keys", "--home", str(tmp_path / "home")]
+        assert main([*argv, "--json"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["scoring_uri"] == endpoint["scoring_uri"]
+        body = {"input_data": {"input_string": [[{"role": "user", "content": "hi"}]], "parameters": {}}}
+        headers = {"Authorization": f"Bearer {shown['keys']['primary']}"}
+        assert httpx.post(endpoint["scoring_uri"], json=body, headers=headers, timeout=60).status_code == 200
+    finally:
+        LocalEndpoints(tmp_path / "home").delete_endpoint(endpoint["name"])

@@ -1,4 +1,4 @@
-"""``ftkit endpoint list | delete`` and ``ftkit cleanup``, run as separate processes over a live endpoint."""
+"""``ftkit endpoint list | show | delete`` and ``ftkit cleanup``, run as separate processes over a live endpoint."""
 
 from __future__ import annotations
 
@@ -69,6 +69,41 @@ def test_list_delete_cleanup_from_another_process(tmp_path: Path, tiny_model: Re
     finally:
         for name in endpoints.names():
             endpoints.delete_endpoint(name)
+
+
+def test_show_gives_what_a_client_needs(tmp_path: Path, tiny_model: RegisteredModel) -> None:
+    """`ftkit endpoint show NAME` from another process prints the URLs, deployments and traffic; the keys only
+    with --show-keys; a client that takes them from there is answered."""
+    import httpx
+
+    endpoints = LocalEndpoints(tmp_path)
+    endpoints.create_endpoint(EndpointSpec(name="ep-show"))
+    endpoints.create_deployment(DeploymentSpec(name="blue", endpoint="ep-show", model=tiny_model))
+    endpoints.set_traffic("ep-show", {"blue": 100})
+    try:
+        keys = endpoints.get_keys("ep-show")
+        plain = ftkit("endpoint", "show", "ep-show", "--home", str(tmp_path))
+        assert plain.returncode == 0, plain.stderr
+        assert "state        Succeeded" in plain.stdout
+        assert "traffic      blue=100%" in plain.stdout
+        assert "blue       cpu float32, static batching" in plain.stdout
+        assert keys.primary not in plain.stdout
+        assert "--show-keys" in plain.stdout
+        shown = ftkit("endpoint", "show", "ep-show", "--home", str(tmp_path), "--show-keys", "--json")
+        record = json.loads(shown.stdout)
+        assert record["keys"] == {"primary": keys.primary, "secondary": keys.secondary}
+        assert record["scoring_uri"] in plain.stdout
+        assert record["openai_uri"] in plain.stdout
+        body = {"input_data": {"input_string": [[{"role": "user", "content": "hi"}]], "parameters": {}}}
+        answer = httpx.post(
+            record["scoring_uri"], json=body, headers={"Authorization": f"Bearer {record['keys']['secondary']}"}
+        )
+        assert answer.status_code == 200, answer.text
+        missing = ftkit("endpoint", "show", "nope", "--home", str(tmp_path))
+        assert missing.returncode == 1
+        assert "endpoint 'nope' not found; endpoints: ep-show" in missing.stderr
+    finally:
+        endpoints.delete_endpoint("ep-show")
 
 
 def test_empty_home(tmp_path: Path, capsys: object) -> None:

@@ -97,3 +97,18 @@ def test_sampling_is_refused_with_a_400_naming_the_engine(served: tuple[Any, Any
         client.chat.completions.create(model="hf-cb", messages=QUESTION, max_tokens=4, temperature=0.7)
     assert "engine 'transformers' answers greedily" in str(info.value)
     assert info.value.body["param"] == "temperature"
+
+
+def test_the_cpu_cache_is_bounded_by_the_deployment(served: tuple[Any, Any, Any]) -> None:
+    """On the CPU the manager's paged cache holds the deployment's slots, not 90% of the machine's RAM: the
+    server stays small (it took 14 GiB of a 24 GiB machine before), whatever the machine."""
+    psutil = pytest.importorskip("psutil")
+    from ftkit.backends.local.serve.hf_engine import cpu_cache_limits
+    from ftkit.backends.local.serve.state import EndpointFiles
+
+    endpoints, client, _ = served
+    client.chat.completions.create(model="hf-cb", messages=QUESTION, max_tokens=4, temperature=0)
+    pid = int(EndpointFiles(endpoints.root / "ep-hf").read_server()["pid"])
+    rss = psutil.Process(pid).memory_info().rss
+    assert rss < 2 * 1024**3, f"the transformers engine's server holds {rss / 1024**3:.1f} GiB"
+    assert cpu_cache_limits(4, 4096) == {"num_blocks": 65, "max_batch_tokens": 2048}

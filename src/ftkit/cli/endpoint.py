@@ -1,4 +1,4 @@
-"""``ftkit endpoint list | delete`` and ``ftkit cleanup``: find and remove the endpoints ftkit left running.
+"""``ftkit endpoint list | show | delete`` and ``ftkit cleanup``: find and remove the endpoints ftkit left running.
 
 Local endpoints are server processes that outlive the Python process that created them (as managed online
 endpoints outlive a notebook); these commands find them through their state under the ftkit home.
@@ -39,6 +39,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     _home(listing)
     listing.add_argument("--json", action="store_true", help="print JSON (one object per endpoint)")
     listing.set_defaults(handler=_list)
+
+    show = actions.add_parser(
+        "show", help="one endpoint: URLs, deployments, traffic, state (and keys)", description=_show.__doc__
+    )
+    _home(show)
+    show.add_argument("name", help="the endpoint's name (see `ftkit endpoint list`)")
+    show.add_argument("--show-keys", action="store_true", help="also print the endpoint's two keys")
+    show.add_argument("--json", action="store_true", help="print one JSON object")
+    show.set_defaults(handler=_show)
 
     delete = actions.add_parser(
         "delete", help="stop an endpoint's server and remove its state", description=_delete.__doc__
@@ -119,6 +128,54 @@ def _list(args: argparse.Namespace) -> int:
         if info.provisioning_state != "Succeeded":
             reason = endpoints.server_error(info.name) or ""
             print("  problem      " + reason.replace("\n", "\n               "))
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    """Show one local endpoint: state, URLs, deployments, traffic and, with --show-keys, its keys.
+
+    The scoring URL takes Azure ML's request body; the OpenAI-compatible one is what ``openai.OpenAI(base_url=...)``
+    needs (without ``/chat/completions``). A client sends either key as ``Authorization: Bearer KEY``.
+    """
+    endpoints = _endpoints(args)
+    info = endpoints.get_endpoint(args.name)  # NotFoundError names the endpoints that exist
+    keys = endpoints.get_keys(args.name) if args.show_keys else None
+    placements = endpoints.placements(info.name)
+    problem = endpoints.server_error(info.name) if info.provisioning_state != "Succeeded" else None
+    if args.json:
+        record: dict[str, object] = {
+            "name": info.name,
+            "provisioning_state": info.provisioning_state,
+            "scoring_uri": info.scoring_uri,
+            "openai_uri": info.openai_uri,
+            "deployments": list(info.deployments),
+            "traffic": dict(info.traffic),
+            "tags": dict(info.tags),
+            "placement": placements,
+        }
+        if problem:
+            record["problem"] = problem
+        if keys is not None:
+            record["keys"] = {"primary": keys.primary, "secondary": keys.secondary}
+        print(json.dumps(record, sort_keys=True))
+        return 0
+    out = sys.stdout
+    print(f"name         {info.name}", file=out)
+    print(f"state        {info.provisioning_state}", file=out)
+    print(f"scoring      {info.scoring_uri}", file=out)
+    if info.openai_uri:
+        print(f"openai       {info.openai_uri}", file=out)
+    print(f"deployments  {', '.join(info.deployments) or 'none'}", file=out)
+    print(f"traffic      {', '.join(f'{k}={v}%' for k, v in sorted(info.traffic.items())) or 'none'}", file=out)
+    for name, where in placements.items():
+        print(f"  {name:<10} {_describe_placement(where)}", file=out)
+    if problem:
+        print("problem      " + problem.replace("\n", "\n             "), file=out)
+    if keys is not None:
+        print(f"primary key  {keys.primary}", file=out)
+        print(f"secondary    {keys.secondary}", file=out)
+    else:
+        print("keys         (--show-keys prints them)", file=out)
     return 0
 
 

@@ -17,7 +17,6 @@ from ..home import ftkit_home
 
 if TYPE_CHECKING:
     from ..backends.azureml import AzureMLBackend
-    from ..backends.base import JobHandle
     from ..backends.local import LocalBackend
 
 
@@ -82,30 +81,61 @@ def _azureml_backend(args: argparse.Namespace) -> AzureMLBackend:
     return AzureMLBackend(config_path=args.config)
 
 
-def _line(handle: JobHandle) -> str:
-    progress = f"  {handle.progress}" if handle.progress and not handle.is_terminal else ""
-    return f"{handle.name}  {handle.status:<10} {handle.display_name or ''}{progress}"
+_COLUMNS = ("NAME", "STATUS", "SUBMITTED", "DURATION", "DISPLAY NAME", "PROGRESS")
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m {secs:02d}s" if minutes else f"{secs}s"
+
+
+def _rows(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], str]:
+    """Strictly private: one row per job (the table's columns) and where the jobs were looked for."""
+    if args.backend == "azureml":
+        return [
+            (h.name, h.status, "-", "-", h.display_name or "-", (h.progress or "") if not h.is_terminal else "")
+            for h in _azureml_backend(args).list_jobs()
+        ], "the workspace"
+    backend = _local(args)
+    rows: list[tuple[str, ...]] = []
+    now = time.time()
+    for handle in backend.list_jobs():
+        record = backend.job_record(handle.name)
+        ended = record.updated if handle.is_terminal else now
+        rows.append(
+            (
+                handle.name,
+                handle.status,
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created)),
+                _duration(ended - record.created),
+                handle.display_name or "-",
+                (handle.progress or "") if not handle.is_terminal else "",
+            )
+        )
+    from ..backends.local.jobs import unreadable_records
+
+    for name, reason in unreadable_records(backend.home):  # shown, not hidden: `job show` says what to do
+        rows.append((name, "Unreadable", "-", "-", f"job.json: {reason}", f"see: ftkit job show {name}"))
+    return rows, str(backend.home / "jobs")
 
 
 def _list(args: argparse.Namespace) -> int:
-    """List jobs, oldest first (local) or newest first (azureml). A local job whose process died shows Failed."""
-    if args.backend == "azureml":
-        handles = _azureml_backend(args).list_jobs()
-        where = "the workspace"
-        unreadable: list[tuple[str, str]] = []
-    else:
-        from ..backends.local.jobs import unreadable_records
+    """List jobs in a table: name, status, submitted, duration, display name, progress.
 
-        backend = _local(args)
-        handles = backend.list_jobs()
-        where = str(backend.home / "jobs")
-        unreadable = unreadable_records(backend.home)  # shown, not hidden: `job show` says what to do
-    if not handles and not unreadable:
-        print(f"no jobs in {where}")
-    for handle in handles:
-        print(_line(handle))
-    for name, reason in unreadable:
-        print(f"{name}  {'Unreadable':<10} job.json: {reason} (see: ftkit job show {name})")
+    Submitted is local time; duration is how long a job ran (or has been running); progress shows for running
+    jobs. Local jobs oldest first, the workspace's newest first; a local job whose process died shows Failed.
+    """
+    rows, where = _rows(args)
+    if not rows:
+        home = "" if args.backend == "azureml" else " (another ftkit home? --home DIR, or FTKIT_HOME)"
+        print(f"no jobs in {where}{home}")
+        return 0
+    widths = [max(len(r[i]) for r in [_COLUMNS, *rows]) for i in range(len(_COLUMNS) - 1)]
+    for row in [_COLUMNS, *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]).rstrip())
     return 0
 
 

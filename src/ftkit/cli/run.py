@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 from ..backends.base import Backend
 from ..exceptions import FtkitError
+from ..home import ftkit_home
 from ..jobfile import JobFile
 from ..overrides import Overrides, parse_assignment
 from ..runner import JobRunner, RunResult, StageEvent, answer_text
@@ -178,6 +179,14 @@ def _execute(job: JobFile, backend: Backend | None = None, *, as_json: bool = Fa
     print(f"registered model {result.registered.name}:{result.registered.version}", file=out)
     if result.endpoint is not None:
         print(f"endpoint         {result.endpoint.name} ({'kept' if job.deploy.keep else 'deleted'})", file=out)
+        if job.deploy.keep:
+            print(f"  scoring        {result.endpoint.scoring_uri}", file=out)
+            keys = f"ftkit endpoint show {result.endpoint.name} --show-keys"
+            if job.backend == "local" and job.local.home:
+                keys += f" --home {job.resolve_path(job.local.home)}"
+            elif job.backend == "local" and os.environ.get("FTKIT_HOME"):
+                keys += f" --home {os.environ['FTKIT_HOME']}"
+            print(f"  keys           {keys if job.backend == 'local' else 'in the workspace (Studio)'}", file=out)
     if result.score_request is not None:
         question = result.score_request["input_data"]["input_string"][0][-1]["content"]
         print(f"sample question  {_indented(question)}", file=out)
@@ -213,13 +222,17 @@ def _run(args: argparse.Namespace) -> int:
     ``--dry-run`` stops after the offline checks and prints the plan and the job as it would be submitted.
     """
     _quiet_progress_bars()
-    job = JobFile.load(args.job, overrides=_overrides(args))
+    from ..plan import check_file, plan_file
+
     if args.dry_run:
         from .dry_run import dry_run
 
-        return dry_run(job, as_json=args.json, deploy=not args.no_deploy, run_dir=args.output)
+        # The same checks, order and form as `ftkit validate`, then the plan it made.
+        plan = plan_file(args.job, overrides=_overrides(args))
+        return dry_run(plan.job, as_json=args.json, deploy=not args.no_deploy, run_dir=args.output)
     if args.output is not None:
         _warn_shared_output(args.output)
+    job = check_file(args.job, overrides=_overrides(args))
     options: dict[str, Any] = {
         "as_json": args.json,
         "deploy": not args.no_deploy,
@@ -269,8 +282,21 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"preparing the demo in {directory}", file=sys.stderr)
     prepare = prepare_demo if args.tiny else prepare_real_demo
     job = JobFile.load(prepare(directory, seed=args.seed, steps=args.steps))
-    if job.local.home is None and "FTKIT_HOME" not in os.environ:
+    own_home = job.local.home is None and "FTKIT_HOME" not in os.environ
+    if own_home:
         # Keep the demo's MLflow store, registry and endpoints beside it unless FTKIT_HOME says otherwise.
         os.environ["FTKIT_HOME"] = str(directory / "home")
     _execute(job, poll_s=1.0)
+    _print_home(ftkit_home(job.local.home), own_home)
     return 0
+
+
+def _print_home(home: Path, own: bool) -> None:
+    """Say where the run's state is, and how the other commands find it when it is not their default home."""
+    out = sys.stdout
+    print(f"ftkit home       {home}  (jobs, MLflow store, models, endpoints, caches)", file=out)
+    where = f" --home {home}" if own else ""
+    print(f"  look with      ftkit job list{where}; ftkit endpoint list{where}", file=out)
+    print(f"                 mlflow ui --backend-store-uri sqlite:///{home / 'mlflow.db'}", file=out)
+    if own:
+        print(f"                 (or export FTKIT_HOME={home} first)", file=out)

@@ -170,6 +170,22 @@ class _SplitRun:
         self.tokens: list[int] = []
         self.over_max = 0
         self.columns: tuple[str, ...] | None = None
+        # Hashes of the written lines, to count rows identical to an earlier one (here or in an earlier split).
+        self.seen: set[int] = set()
+        self.duplicates = 0
+        self.in_earlier: dict[str, int] = {}
+
+    def note_lines(self, encoded: memoryview, earlier: Mapping[str, set[int]]) -> None:
+        """Count written rows identical to an earlier row of this split, or to a row of an earlier split."""
+        for line in bytes(encoded).split(b"\n")[:-1]:
+            key = hash(line)
+            if key in self.seen:
+                self.duplicates += 1
+            else:
+                self.seen.add(key)
+            for name, keys in earlier.items():
+                if key in keys:
+                    self.in_earlier[name] = self.in_earlier.get(name, 0) + 1
 
     def reject(self, row: int, reason: Reason, detail: str, line: int | None, value: object) -> None:
         self.reasons[reason] = self.reasons.get(reason, 0) + 1
@@ -342,6 +358,8 @@ class ChatDatasetBuilder:
         names = [s.name for s in self.splits]
         source = open_source(self.source, names)
         reports: list[SplitReport] = []
+        seen: dict[str, set[int]] = {}  # each split's written lines (hashes), for the duplicate checks
+        duplicates: list[Problem] = []
         files: dict[str, Path] = {}
         parquet_files: dict[str, Path] = {}
         with contextlib.ExitStack() as stage:
@@ -353,12 +371,16 @@ class ChatDatasetBuilder:
                     if self.parquet:
                         parquet = stage.enter_context(atomic_path(self.out_dir / f"{spec.name}.parquet"))
                         parquet_files[spec.name] = self.out_dir / f"{spec.name}.parquet"
-                reports.append(self._build_split(source, spec, jsonl, parquet, files.get(spec.name), parquet_files))
+                reports.append(
+                    self._build_split(
+                        source, spec, jsonl, parquet, files.get(spec.name), parquet_files, seen, duplicates
+                    )
+                )
             report = DatasetReport(
                 source=source.description,
                 selection=self.selection,
                 splits=tuple(reports),
-                warnings=self._warnings(reports),
+                warnings=(*self._warnings(reports), *duplicates),
                 strict=self.strict,
                 seconds=round(time.perf_counter() - started, 3),
             )
@@ -413,6 +435,8 @@ class ChatDatasetBuilder:
         parquet: Path | None,
         final: Path | None,
         parquet_files: Mapping[str, Path],
+        seen: dict[str, set[int]],
+        duplicates: list[Problem],
     ) -> SplitReport:
         available = source.num_rows(spec.name)
         keep = self.selection.count(available)
@@ -437,8 +461,10 @@ class ChatDatasetBuilder:
                 out = self._process(_select(chunk, rows - lo), rows, rules, run)
                 if out.num_rows == 0:
                     continue
+                encoded = encode_jsonl(out)
+                run.note_lines(encoded, seen)
                 if writer is not None:
-                    writer.write(encode_jsonl(out))
+                    writer.write(encoded)
                 if parquet is not None:
                     if pq_writer is None:
                         import pyarrow.parquet as pq
@@ -454,6 +480,25 @@ class ChatDatasetBuilder:
                 writer.close()
             if pq_writer is not None:
                 pq_writer.close()
+        seen[spec.name] = run.seen
+        if run.duplicates:
+            duplicates.append(
+                Problem(
+                    spec.name,
+                    f"{run.duplicates} row(s) identical to an earlier row of the split (kept: each copy is trained "
+                    "on, so it weighs double)",
+                    "remove the copies from the source if they are not meant to weigh more",
+                )
+            )
+        for name, count in run.in_earlier.items():
+            duplicates.append(
+                Problem(
+                    spec.name,
+                    f"{count} row(s) identical to rows of {name} (kept: a {spec.purpose} row that is also a "
+                    f"{name} row measures what was memorised)",
+                    f"keep {spec.name} and {name} apart in the source",
+                )
+            )
         return run.report(
             available,
             final,
@@ -578,7 +623,7 @@ def _strict_error(report: DatasetReport) -> DatasetValidationError:
                 Problem(
                     s.name,
                     f"{count} row(s) rejected: {reason} ({Reason(reason).description})",
-                    f"e.g. row {sample.row}: {sample.detail}" if sample else None,
+                    f"e.g. {sample.where}: {sample.detail}" if sample else None,
                     line=sample.line if sample else None,
                 )
             )

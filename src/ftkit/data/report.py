@@ -81,9 +81,13 @@ class RejectedRow:
     line: int | None = None
     excerpt: str = ""
 
+    @property
+    def where(self) -> str:
+        """Where the row is, as a person looks for it: the file's own 1-based line for JSONL, else the row."""
+        return f"line {self.line}" if self.line is not None else f"row {self.row}"
+
     def __str__(self) -> str:
-        where = f"{self.split} row {self.row}" + (f" (line {self.line})" if self.line is not None else "")
-        return f"{where}: {self.reason.value}: {self.detail}"
+        return f"{self.split} {self.where}: {self.reason.value}: {self.detail}"
 
 
 @attrs.frozen(kw_only=True)
@@ -233,7 +237,7 @@ class DatasetReport:
             )
             for reason, count in sorted(s.reasons.items(), key=lambda kv: -kv[1]):
                 sample = next((r for r in s.samples if r.reason.value == reason), None)
-                hint = f"  e.g. row {sample.row}: {sample.detail}" if sample else ""
+                hint = f"  e.g. {sample.where}: {sample.detail}" if sample else ""
                 lines.append(f"      {reason:<24} {count:>7,}{hint}")
         for w in self.warnings:
             lines.append(f"warning: {w}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import codecs
+import contextlib
 import json
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -279,10 +280,12 @@ def _table_chunks(table: pa.Table, batch_size: int, start: int) -> Iterator[Chun
 
 
 class HubSource(ChatSource):
-    """A Hugging Face dataset through ``datasets.load_dataset``, one split at a time.
+    """A Hugging Face dataset through ``datasets.load_dataset``, one split at a time, from the local cache.
 
-    Without network access only the local cache (``HF_DATASETS_OFFLINE=1``) or a local dataset directory can
-    work; any failure to load becomes a :class:`DataSourceError` that says so.
+    ftkit never downloads a dataset: the load runs in the libraries' offline mode whatever the environment says,
+    so a dataset that is not in the local cache (or a mistyped folder taken for a dataset id) fails at once
+    instead of after retries against an unreachable Hub. A local dataset directory that ``load_dataset``
+    understands works too. Any failure to load becomes a :class:`DataSourceError` that says so.
 
     Args:
         dataset: The dataset id (or a local dataset directory that ``load_dataset`` understands).
@@ -304,21 +307,20 @@ class HubSource(ChatSource):
             except ImportError as exc:  # pragma: no cover - a core dependency
                 raise MissingDependencyError("datasets", "local") from exc
             try:
-                self._loaded[split] = datasets.load_dataset(
-                    self.dataset, self.subset, split=split, cache_dir=self.cache_dir
-                )
+                with _offline(datasets):
+                    self._loaded[split] = datasets.load_dataset(
+                        self.dataset, self.subset, split=split, cache_dir=self.cache_dir
+                    )
             except Exception as exc:  # datasets raises many unrelated types here; all mean "cannot load"
-                offline = any(os.environ.get(v, "") not in ("", "0") for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
-                hint = (
-                    "it is not in the local Hugging Face cache (offline mode)"
-                    if offline
-                    else "the Hub may be unreachable from here and the dataset is not in the local cache"
-                )
+                local = Path(self.dataset).expanduser()
+                missing = "" if local.exists() else f"no file or directory {local.absolute()}, and "
                 raise _fail(
                     self.description,
-                    f"datasets.load_dataset failed for split {split!r}: {type(exc).__name__}: {exc}",
-                    f"{hint}; download it where there is network (or copy its cache) or point data.source "
-                    "at local parquet/JSONL files",
+                    f"{missing}datasets.load_dataset found no split {split!r} in the local Hugging Face cache "
+                    f"({type(exc).__name__}: {exc})",
+                    "check the path, or point data.source at local parquet/JSONL files; a Hub dataset must be in "
+                    "the local cache first (ftkit never downloads one: download it where there is network, or copy "
+                    "its cache)",
                 ) from exc
         return self._loaded[split]
 
@@ -340,6 +342,26 @@ class HubSource(ChatSource):
             for chunk in _table_chunks(table, batch_size, start):
                 yield chunk
                 start += len(chunk)
+
+
+@contextlib.contextmanager
+def _offline(datasets: Any) -> Iterator[None]:
+    """Strictly private: run ``datasets`` and ``huggingface_hub`` in offline mode for the block.
+
+    Both read ``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE`` once, at import, into module constants that their
+    calls consult; the constants are set for the block and restored after it.
+    """
+    import huggingface_hub.constants as hub
+
+    targets = [(datasets.config, "HF_HUB_OFFLINE"), (datasets.config, "HF_DATASETS_OFFLINE"), (hub, "HF_HUB_OFFLINE")]
+    saved = [(module, name, getattr(module, name)) for module, name in targets if hasattr(module, name)]
+    for module, name, _ in saved:
+        setattr(module, name, True)
+    try:
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
 
 
 _SUFFIXES: dict[str, type[ParquetSource] | type[JsonlSource]] = {

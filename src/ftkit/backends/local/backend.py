@@ -297,6 +297,8 @@ class LocalBackend:
             kwargs["sharding"] = sharding_for(request.plan.spec.parameters())
             for key in ("apply_deepspeed", "deepspeed_stage"):
                 ignored.pop(key, None)
+        # Caches go under this backend's home, the one the job names, not the worker's default.
+        kwargs.setdefault("token_cache_dir", str(self.home / "cache" / "tokens"))
         try:
             config = TrainConfig(
                 processes=processes,

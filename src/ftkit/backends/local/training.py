@@ -25,6 +25,7 @@ torch, transformers and peft are imported inside the functions: importing this m
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import random
@@ -159,7 +160,10 @@ class TrainConfig:
         lora_dropout: LoRA dropout.
         lora_target_modules: Modules to adapt; ``None``: every linear layer but the output head.
         merge_lora_weights: Save merged weights (else the adapter).
-        precision: ``32`` (float32), ``16`` (bfloat16 on CUDA; float32 on CPU) or ``auto`` (bf16 on CUDA).
+        precision: ``32`` (float32), ``16`` (bfloat16 where the device computes it natively: CUDA, or a CPU
+            with AVX512-BF16/AMX; float32 elsewhere) or ``auto`` (bf16 on CUDA, float32 on a CPU: there a
+            small LoRA update is rounded away in bf16 activations, and the loss lagged float32's, see
+            docs/benchmarks.md). In bfloat16 the optimizer steps float32 masters.
         seed: Seed of the weights' adapters, the data order and dropout.
         logging_steps: Steps between metric logs.
         evaluation_strategy: ``epoch``, ``steps`` or ``disable``.
@@ -277,6 +281,29 @@ class MetricsSink:
     def flush(self) -> None:
         """Send what was recorded."""
 
+    def phase(self, message: str) -> None:
+        """Hear what :func:`train` is doing before and between steps (``loading the model ...``); optional."""
+
+
+def _announcer(sink: Any, mode: Progress, ranks: Any) -> Callable[[str], None]:
+    """Strictly private: say what training does where no step line shows it yet (loading, tokenising, evaluating).
+
+    A line on stderr (the job's ``train.log`` in a worker) and the sink's ``phase``, which a worker writes to
+    ``job.json`` as the job's progress for ``ftkit run`` to show. Rank 0 only.
+    """
+    visible = mode in ("plain", "rich") or (mode == "auto" and sys.stderr.isatty())
+    hear = getattr(sink, "phase", None)
+
+    def say(message: str) -> None:
+        if not ranks.main:
+            return
+        if visible:
+            print(message, file=sys.stderr, flush=True)
+        if callable(hear):
+            hear(message)
+
+    return say
+
 
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """Return the newest complete checkpoint under ``output_dir``, or ``None``."""
@@ -307,9 +334,38 @@ def _pick_device(torch: Any, wanted: Device) -> str:
     return wanted
 
 
+# /proc/cpuinfo flags of CPUs whose matrix units compute bfloat16 natively (AVX512-BF16's dot products, AMX's tiles).
+_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@functools.cache
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 matrix products natively (AVX512-BF16 or AMX-BF16; Linux only).
+
+    Elsewhere bf16 arithmetic is emulated through float32 and slower than float32 itself, so training stays in
+    float32 there.
+    """
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags") and _BF16_CPU_FLAGS & set(line.partition(":")[2].split()):
+            return True
+    return False
+
+
 def _dtype(torch: Any, device: str, precision: Precision) -> Any:
-    # On CUDA, 16-bit means bfloat16: no loss scaling needed. On CPU, bf16 matmuls are slow: stay in float32.
-    if device == "cuda" and precision in ("auto", "16") and torch.cuda.is_bf16_supported():
+    """Strictly private: the compute dtype: bfloat16 where the device has it natively and ``precision`` allows."""
+    if precision == "32":
+        return torch.float32
+    if device == "cuda":
+        # 16-bit means bfloat16: no loss scaling needed.
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    # A CPU: bf16 only when asked for (precision 16) and computed natively (emulated bf16 is slower than float32).
+    # Not by default: measured on SmolLM2-135M at lr 1e-4, 1.27x the float32 step rate, but the loss fell a
+    # quarter as far in 6 steps (a LoRA update far below a bf16 activation's rounding step is lost in the sum).
+    if precision == "16" and cpu_has_native_bf16():
         return torch.bfloat16
     return torch.float32
 
@@ -789,6 +845,8 @@ def train(
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
+    say = _announcer(sink, progress, ranks)
+
     def check() -> None:
         """A stop request polled between phases and evaluation batches (one process: ranks stop together)."""
         if ranks.world == 1 and should_stop is not None and should_stop():
@@ -803,18 +861,25 @@ def train(
                 config.max_seq_length if config.max_seq_length > 0 else (model_max if 0 < model_max < 10**6 else 4096)
             )
             cache = _token_cache(config)
+            say(f"tokenising {Path(config.train_file).name} (at most {max_len} tokens a conversation)")
+            began = time.perf_counter()
             train_set, _ = encode_file(tokenizer, config.train_file, max_len, cache_dir=cache)
             eval_set: EncodedSet | None = None
             if config.eval_file and config.evaluation_strategy != "disable":
                 eval_set, _ = encode_file(tokenizer, config.eval_file, max_len, cache_dir=cache)
                 if config.max_eval_examples is not None and config.max_eval_examples < len(eval_set):
                     eval_set = eval_set.select(range(config.max_eval_examples))
+            held = f" and {len(eval_set):,} to evaluate on" if eval_set is not None else ""
+            say(f"tokenised {len(train_set):,} conversations to train on{held} in {time.perf_counter() - began:.1f}s")
             check()
 
             # Seed before building the model: LoRA's initial weights come from the global RNG.
             random.seed(config.seed)
             torch.manual_seed(config.seed)
+            say(f"loading the model {Path(config.model_dir).name} on {device} ({str(dtype).removeprefix('torch.')})")
+            began = time.perf_counter()
             model = _build_model(config, device, ranks.weights_dtype(dtype))
+            say(f"loaded the model in {time.perf_counter() - began:.1f}s")
             model.train()
             plan = _plan(torch, config, model, device, max_len)
             _prepare(model, plan)
@@ -887,10 +952,14 @@ def train(
     stopped = False
     try:
         if eval_batches and step == 0:
+            say(f"evaluating the base model on {len(eval_set or ()):,} conversations (step 0)")
             try:
                 first_eval = evaluate_now()
             except StopRequested:
                 stopped = True  # nothing trained yet: nothing to checkpoint
+        if not stopped:
+            base = f" (step 0: eval loss {first_eval:.4f})" if first_eval is not None else ""
+            say(f"training from step {step} to {total_steps}" if step else f"training {total_steps} steps{base}")
         while not stopped and step < total_steps:
             epoch, group = divmod(step, steps_per_epoch)
             order = _epoch_order(len(train_set), config.seed, epoch)

@@ -66,6 +66,11 @@ class _ProgressSink(MetricsSink):
         if self.logger is not None:
             self.logger.flush()
 
+    def phase(self, message: str) -> None:
+        # Before the first step (loading, tokenising, the step-0 evaluation) this is the job's progress.
+        self.record = attrs.evolve(self.record, progress=message)
+        write_record(self.folder, self.record)
+
 
 def _train(
     folder: Path, config: TrainConfig, store: MlflowStore, sink: _ProgressSink, progress: Progress, **kw: Any

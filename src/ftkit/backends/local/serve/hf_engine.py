@@ -11,13 +11,18 @@ end-of-row rules of the other engines (:func:`.engine.take_token`).
 Its limits, which are the manager's: one generation config for every request, so it answers greedily and refuses
 a request that asks to sample (``temperature`` > 0 with ``top_p``/``seed``) with a 400 naming the engine; and
 the manager sizes its paged cache from the GPU's free memory itself, so such a deployment does not share a GPU.
+On the CPU it would size it from the machine's RAM the same way (a 14 GiB server for a tiny model), so there the
+cache is bounded by what the deployment can use: ``slots`` requests of the model's whole context
+(:func:`cpu_cache_limits`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -27,25 +32,60 @@ from .batching import Job, QueueFull, Unsupported
 from .engine import flush, settle, take_token
 from .generation import LoadedModel
 
-__all__ = ["TransformersBatcher", "start_manager"]
+__all__ = ["TransformersBatcher", "cpu_cache_limits", "start_manager"]
 
 log = logging.getLogger("ftkit.serve")
 
 _NOT_FOR_CB = "not supported for continuous batching"
 
 
-def start_manager(model: Any, generation_config: Any) -> Any:
+# The manager's default page: tokens of KV per block.
+_PAGE_SIZE = 256
+# Tokens one forward pass may take on the CPU (the attention mask's size grows with it times the cache's).
+_CPU_BATCH_TOKENS = 2048
+
+
+def cpu_cache_limits(slots: int, max_length: int) -> dict[str, int]:
+    """The paged cache's bounds on the CPU.
+
+    Room for ``slots`` requests of ``max_length`` tokens, and at most 2048 tokens (or one context) per forward
+    pass. Unbounded, the manager takes 90% of the free memory it sees, which on a CPU is the machine's RAM.
+
+    Returns:
+        ``num_blocks`` and ``max_batch_tokens`` for transformers' continuous-batching config.
+    """
+    tokens = max(1, slots) * max(1, max_length)
+    return {
+        "num_blocks": math.ceil(tokens / _PAGE_SIZE) + 1,
+        "max_batch_tokens": min(max(1, max_length), _CPU_BATCH_TOKENS),
+    }
+
+
+def start_manager(model: Any, generation_config: Any, limits: dict[str, int] | None = None) -> Any:
     """Start transformers' continuous-batching manager on ``model``.
 
     transformers 5.17 wants the attention implementation named ``paged|sdpa`` and later versions switch to a paged
-    one themselves (and refuse that name): both are tried, the model's own first.
+    one themselves (and refuse that name): both are tried, the model's own first. ``limits`` (the cache's
+    ``num_blocks`` and ``max_batch_tokens``) go in a ``ContinuousBatchingConfig`` where transformers has one, else
+    on the generation config, where earlier versions read them.
     """
+    kwargs: dict[str, Any] = {}
+    if limits:
+        if "continuous_batching_config" in inspect.signature(model.init_continuous_batching).parameters:
+            from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+            kwargs["continuous_batching_config"] = ContinuousBatchingConfig(
+                num_blocks=limits["num_blocks"], max_batch_tokens=limits["max_batch_tokens"]
+            )
+        else:
+            for key, value in limits.items():
+                setattr(generation_config, key, value)
     tried: list[str] = []
     for attn in (None, "paged|sdpa", "sdpa"):
         if attn is not None:
             model.config._attn_implementation = attn
         try:
-            manager = model.init_continuous_batching(generation_config=generation_config)
+            manager = model.init_continuous_batching(generation_config=generation_config, **kwargs)
             manager.start()
             return manager
         except ValueError as exc:
@@ -81,7 +121,8 @@ class TransformersBatcher:
             eos_token_id=sorted(model.eos_ids) or None,
             pad_token_id=model.pad_id,
         )
-        self.manager = start_manager(model.model, config)
+        limits = cpu_cache_limits(self.max_batch_size, model.max_length) if model.device.type == "cpu" else None
+        self.manager = start_manager(model.model, config, limits)
         self.version = transformers.__version__
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
