@@ -10,9 +10,10 @@ least one assistant token after the chat template's own tokens (the tokenizer is
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from .exceptions import Problem
@@ -81,6 +82,8 @@ def file_problems(
             value = getattr(data, key)
             if value and "://" not in value and not value.startswith("azureml:") and not resolve(value).is_file():
                 problem(f"data.{key}", f"{resolve(value)} does not exist", "build it first (ftkit data build JOB)")
+    if backend == "local" and local is not None:
+        _quantize_problems(local, finetune, problem)
     if backend != "local" or model is None or not model.path:
         return problems
     model_dir = resolve(model.path)
@@ -118,6 +121,30 @@ def file_problems(
                 f"use at least {overhead + 1}, e.g. 2048 (-1: the model's maximum)",
             )
     return problems
+
+
+def _quantize_problems(
+    local: LocalSection, finetune: FinetunePipelineSpec | None, problem: Callable[[str, str, str | None], None]
+) -> None:
+    """Strictly private: what this machine can tell about ``local.quantize`` without importing torch.
+
+    4-bit weights need bitsandbytes' CUDA kernels and LoRA (a 4-bit base cannot itself be trained). Whether
+    torch sees a GPU is left to the run (importing torch here would make ``ftkit validate`` slow).
+    """
+    if local.quantize in (None, "none"):
+        return
+    if local.device == "cpu":
+        problem("local.quantize", f"{local.quantize} weights need a CUDA GPU; device is cpu", "remove local.quantize")
+    if finetune is not None and finetune.parameters().get("apply_lora") is False:
+        problem(
+            "local.quantize",
+            f"{local.quantize} weights are frozen: they train only with LoRA (apply_lora is false)",
+            "set apply_lora: true or remove local.quantize",
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        problem("local.quantize", "bitsandbytes is not installed", "pip install 'ftkit[qlora]'")
+    if (local.processes or 1) > 1:
+        problem("local.quantize", "4-bit weights train on one process only", "set local.processes: 1")
 
 
 def _model_dir_gaps(model_dir: Path) -> list[tuple[str, str]]:
