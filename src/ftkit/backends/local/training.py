@@ -635,7 +635,7 @@ def _build_model(config: TrainConfig, device: str, dtype: Any) -> Any:
             dtype=dtype,
             attn_implementation=implementation,
             quantization_config=qlora.quantization_config(_import_torch(), dtype),
-            device_map={"": device},
+            device_map={"": _import_torch().cuda.current_device()},
         )
         qlora.freeze(model)
     else:
