@@ -2,13 +2,13 @@
 
 ``local.quantize: 4bit`` loads the base model's linear layers as bitsandbytes ``Linear4bit`` (NF4, double
 quantization of the scales, bfloat16 compute): about 0.52 bytes a weight instead of 2, so a Llama-3-8B-shaped
-model holds ~5.7 GiB of weights (4.2 GiB of them the bf16 embeddings and head, which stay unquantized). The
+model holds ~5.3 GiB of weights (2 GiB of them the bf16 embeddings and head, which stay unquantized). The
 adapters train exactly as on a bf16 base (bf16 in the model, float32 masters in the optimizer).
 
 Preparing the model follows peft's ``prepare_model_for_kbit_training`` except for one step: peft also casts every
 non-quantized weight (norms, embeddings, head) to float32. ftkit keeps them in bfloat16: the RMSNorms already
 compute in float32 inside (transformers' and liger-kernel's), the base is frozen so no update is rounded, and
-float32 embeddings and head would cost another 4.2 GiB on a Llama-3-8B shape and force float32 logits through
+float32 embeddings and head would cost another 2 GiB on a Llama-3-8B shape and force float32 logits through
 the fused loss.
 
 **Merging.** A merged model must compute what the adapter model computed, and the adapter was trained on top of
