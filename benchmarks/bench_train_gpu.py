@@ -1,20 +1,25 @@
-"""LoRA training throughput on one GPU: the stock Trainer + PEFT path and ftkit's loop, side by side in one run.
+"""LoRA training throughput on one GPU: the stock Trainer + PEFT path, ftkit bf16 LoRA and ftkit 4-bit QLoRA.
 
-Phi-3-mini-4k-instruct's shape (3.82B parameters, random bf16 weights: throughput needs the shapes, not trained
-weights), LoRA r=8, alpha=128, dropout 0 on qkv_proj/o_proj/gate_up_proj/down_proj. Conversations have
-ultrachat-like lengths (log-normal, median ~1.1k tokens, capped at 4096, as ``shared/bench/hf_lora_baseline.py``)
-and the loss is on assistant tokens only (~3/4 of them). MFU counts 4N FLOPs per real token (frozen base: forward
-2N, input gradients 2N) over 989 TFLOP/s (H100/H200 dense bf16).
+Two shapes, random bf16 weights (throughput needs the shapes, not trained weights): Phi-3-mini-4k-instruct
+(3.82B parameters, 32 query and KV heads) and Llama-3-8B (8.03B, 32 layers, hidden 4096, 8 KV heads, MLP 14336,
+vocabulary 128256: grouped-query attention, as most models fine-tuned now). LoRA r=8, alpha=128, dropout 0 on
+every attention and MLP projection. Conversations have ultrachat-like lengths (log-normal, median ~1.1k tokens,
+capped at 4096, as ``shared/bench/hf_lora_baseline.py``) and the loss is on assistant tokens only (~3/4 of them).
+MFU counts 4N FLOPs per real token (frozen base: forward 2N, input gradients 2N; attention not counted) over
+989 TFLOP/s (H100/H200 dense bf16), 4-bit runs too (their de-quantization is overhead, not useful work).
 
 Each path runs in its own process (clean peak memory; liger-kernel patches transformers' classes process-wide):
 
 - ``stock``: transformers ``Trainer`` + PEFT defaults (float32 adapters, SDPA), batch 1, no checkpointing;
 - ``fast``: :func:`ftkit.backends.local.training.train` as ``ftkit run`` calls it on a GPU (every default);
 - ``22gib``: the same with ``gpu_memory_gib: 22`` (a 24 GB card) and ``max_seq_length: 4096``;
+- ``qlora``: ``fast`` with ``quantize: 4bit`` (bitsandbytes NF4, double quantization, bf16 compute);
+- ``qlora-22gib``: ``qlora`` planned for 22 GiB;
 - ``--ablate``: on a shallower model of the same layer shape, each optimisation switched on in turn;
 - ``--profile``: a torch profiler table of a few steps of ``fast``.
 
-    python benchmarks/bench_train_gpu.py [--steps 24] [--ablate] [--profile] [--json out.json]
+    python benchmarks/bench_train_gpu.py [--shapes phi3,llama3-8b] [--only stock,fast,qlora] [--steps 24]
+        [--ablate] [--profile] [--json out.json]
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,6 +44,17 @@ PEAK_TFLOPS = 989.0
 LORA_TARGETS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 # Phi-3-mini-4k-instruct
 SHAPE = {"hidden_size": 3072, "intermediate_size": 8192, "num_attention_heads": 32, "vocab_size": 32064}
+# Llama-3-8B (Llama-3.1-8B has the same shape): grouped-query attention, 4 query heads per KV head.
+LLAMA3_8B = {
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "rope_theta": 500000.0,
+}
+LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+TARGETS = {"phi3": LORA_TARGETS, "llama3-8b": LLAMA_TARGETS}
 WORDS = [f"w{i}" for i in range(600)]
 
 # What each row of the ablation table switches on, cumulatively (training._TUNING keys).
@@ -80,35 +97,55 @@ def conversations(n: int, seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
-def build(root: Path, layers: int, small: bool = False) -> Path:
-    """A Phi-3-mini-shaped model with random bf16 weights and a tokenizer that reads each bench word as a token."""
+def build(root: Path, layers: int, small: bool = False, shape_name: str = "phi3") -> Path:
+    """A model of the named shape with random bf16 weights and a tokenizer that reads each bench word as a token.
+
+    The tokenizer is the tiny model's (2,048 tokens) under the full-size embedding and head: the ids are a
+    subset, the matrices are the real model's.
+    """
     import torch
-    from transformers import AutoConfig, Phi3Config, Phi3ForCausalLM
+    from transformers import AutoConfig, LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM
 
     from ftkit.backends.local.tiny import make_tiny_model
 
-    out = root / f"phi3-{'small' if small else 'mini'}-{layers}l"
+    out = root / f"{shape_name}-{'small' if small else 'full'}-{layers}l"
     if (out / "config.json").is_file():
         return out
     texts = [" ".join(WORDS[i : i + 40]) for i in range(0, len(WORDS), 40)] * 30
     make_tiny_model(out, texts=texts, vocab_size=2048, max_position_embeddings=4096)
     tiny = AutoConfig.from_pretrained(out)
-    shape = {**SHAPE, "hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4} if small else SHAPE
-    config = Phi3Config(
-        **shape,
-        num_hidden_layers=layers,
-        num_key_value_heads=shape["num_attention_heads"],
-        max_position_embeddings=4096,
-        original_max_position_embeddings=4096,
-        bos_token_id=tiny.bos_token_id,
-        eos_token_id=tiny.eos_token_id,
-        pad_token_id=tiny.pad_token_id,
-        sliding_window=None,
-        tie_word_embeddings=False,
-    )
+    ids = {"bos_token_id": tiny.bos_token_id, "eos_token_id": tiny.eos_token_id, "pad_token_id": tiny.pad_token_id}
+    if shape_name == "llama3-8b":
+        llama = {**LLAMA3_8B, "hidden_size": 256, "intermediate_size": 512, "num_attention_heads": 4} if small else {}
+        config: Any = LlamaConfig(
+            **{**LLAMA3_8B, **llama, **({"num_key_value_heads": 2} if small else {})},
+            num_hidden_layers=layers,
+            max_position_embeddings=8192,
+            tie_word_embeddings=False,
+            **ids,
+        )
+        cls: Any = LlamaForCausalLM
+    else:
+        shape = {**SHAPE, "hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4} if small else SHAPE
+        config = Phi3Config(
+            **shape,
+            num_hidden_layers=layers,
+            num_key_value_heads=shape["num_attention_heads"],
+            max_position_embeddings=4096,
+            original_max_position_embeddings=4096,
+            sliding_window=None,
+            tie_word_embeddings=False,
+            **ids,
+        )
+        cls = Phi3ForCausalLM
     torch.manual_seed(0)
-    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
-        model = Phi3ForCausalLM(config).to(torch.bfloat16)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # an 8B model built in float32 first would need 32 GB
+    try:
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = cls(config).to(torch.bfloat16)
+    finally:
+        torch.set_default_dtype(default)
     model.save_pretrained(out)
     del model
     return out
@@ -138,7 +175,8 @@ def n_params(model_dir: Path) -> int:
 
     c = AutoConfig.from_pretrained(model_dir)
     h, i, v, n = c.hidden_size, c.intermediate_size, c.vocab_size, c.num_hidden_layers
-    per_layer = h * 3 * h + h * h + h * 2 * i + i * h + 2 * h
+    kv = h * c.num_key_value_heads // c.num_attention_heads  # grouped-query attention: smaller k and v
+    per_layer = h * h + 2 * h * kv + h * h + h * 2 * i + i * h + 2 * h
     return int(n * per_layer + 2 * v * h + h)
 
 
@@ -151,8 +189,10 @@ def run_ftkit(args: argparse.Namespace) -> dict[str, Any]:
     tuning = json.loads(args.tuning)
     training._TUNING.update(tuning)
     extra: dict[str, Any] = {}
-    if args.variant == "22gib":
-        extra = {"gpu_memory_gib": 22.0}
+    if args.variant.endswith("22gib"):
+        extra["gpu_memory_gib"] = 22.0
+    if args.variant.startswith("qlora"):
+        extra["quantize"] = "4bit"
     config = TrainConfig(
         model_dir=args.model,
         train_file=args.data,
@@ -164,7 +204,7 @@ def run_ftkit(args: argparse.Namespace) -> dict[str, Any]:
         lora_r=8,
         lora_alpha=128,
         lora_dropout=0.0,
-        lora_target_modules=LORA_TARGETS,
+        lora_target_modules=tuple(args.targets.split(",")),
         logging_steps=1 if args.variant == "profile" else 4,
         evaluation_strategy="disable",
         save_steps=10**6,
@@ -251,7 +291,7 @@ def run_stock(args: argparse.Namespace) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16, attn_implementation="sdpa")
     model = model.to("cuda")
     lora = peft.LoraConfig(
-        r=8, lora_alpha=128, lora_dropout=0.0, target_modules=list(LORA_TARGETS), task_type="CAUSAL_LM"
+        r=8, lora_alpha=128, lora_dropout=0.0, target_modules=args.targets.split(","), task_type="CAUSAL_LM"
     )
     model = peft.get_peft_model(model, lora)
     targs = TrainingArguments(
@@ -298,21 +338,24 @@ def spawn(
     tuning: Mapping[str, Any],
     timeout: float,
     batch: int,
+    shape: str = "phi3",
 ) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", variant, "--model", str(model), "--data", str(data)]
     cmd += ["--cache", str(cache), "--steps", str(steps), "--tuning", json.dumps(dict(tuning)), "--batch", str(batch)]
+    cmd += ["--targets", ",".join(TARGETS[shape])]
     began = time.perf_counter()
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
-        return {"variant": variant, "error": f"timed out after {timeout:.0f}s"}
+        return {"variant": variant, "shape": shape, "error": f"timed out after {timeout:.0f}s"}
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode or not lines:
         tail = (proc.stderr or proc.stdout)[-3000:]
         print(f"--- {variant} failed ---\n{tail}", file=sys.stderr)
-        return {"variant": variant, "error": tail[-400:]}
+        return {"variant": variant, "shape": shape, "error": tail[-400:]}
     result: dict[str, Any] = json.loads(lines[-1].removeprefix("RESULT "))
     result["wall_s"] = round(time.perf_counter() - began, 1)
+    result["shape"] = shape
     if proc.stderr and variant == "profile":
         print(proc.stderr[-6000:], file=sys.stderr)
     print(f"{variant}: {json.dumps(result)}", file=sys.stderr, flush=True)
@@ -326,7 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ablate", action="store_true", help="the per-optimisation table")
     parser.add_argument("--ablate-layers", type=int, default=8)
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--only", default="stock,fast,22gib", help="which side-by-side variants to run")
+    parser.add_argument(
+        "--only", default="stock,fast,qlora", help="side-by-side variants: stock, fast, 22gib, qlora, qlora-22gib"
+    )
+    parser.add_argument("--shapes", default="phi3,llama3-8b", help="model shapes: phi3, llama3-8b")
+    parser.add_argument("--only-llama", help="variants for the llama3-8b shape (default: --only)")
     parser.add_argument("--rows", type=int, default=1200)
     parser.add_argument("--batch", type=int, default=16, help="conversations per optimizer step (ftkit)")
     parser.add_argument("--timeout", type=float, default=240)
@@ -338,6 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--cache", help=argparse.SUPPRESS)
     parser.add_argument("--tuning", default="{}", help=argparse.SUPPRESS)
+    parser.add_argument("--targets", default=",".join(LORA_TARGETS), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.variant:
         return child(args)
@@ -352,10 +400,17 @@ def main(argv: list[str] | None = None) -> int:
     data.write_text("".join(json.dumps(r) + "\n" for r in conversations(args.rows)), encoding="utf-8")
     cache = root / "tokens"
     results: list[dict[str, Any]] = []
-    model = build(root, args.layers, args.small)
-    for variant in [v for v in args.only.split(",") if v]:
-        results.append(spawn(variant, model, data, cache, args.steps, {}, args.timeout, args.batch))
+    params: dict[str, int] = {}
+    for shape in [s for s in args.shapes.split(",") if s]:
+        model = build(root, args.layers, args.small, shape)
+        params[shape] = n_params(model)
+        only = args.only_llama if shape == "llama3-8b" and args.only_llama else args.only
+        for variant in [v for v in only.split(",") if v]:
+            results.append(spawn(variant, model, data, cache, args.steps, {}, args.timeout, args.batch, shape))
+        if shape != "phi3" and len(params) > 1:
+            shutil.rmtree(model, ignore_errors=True)  # 16 GB of disk
     if args.profile:
+        model = build(root, args.layers, args.small)
         results.append(spawn("profile", model, data, cache, 8, {}, args.timeout, args.batch))
     ablations: list[dict[str, Any]] = []
     if args.ablate:
@@ -376,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         "peft": peft.__version__,
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),
-        "params": n_params(model),
+        "params": params,
         "results": results,
         "ablations": ablations,
         "wall_s": round(time.perf_counter() - began, 1),
@@ -385,24 +440,31 @@ def main(argv: list[str] | None = None) -> int:
         report["liger_kernel"] = importlib.metadata.version("liger-kernel")
     except importlib.metadata.PackageNotFoundError:
         report["liger_kernel"] = None
+    try:
+        report["bitsandbytes"] = importlib.metadata.version("bitsandbytes")
+    except importlib.metadata.PackageNotFoundError:
+        report["bitsandbytes"] = None
     if args.json:
         args.json.write_text(json.dumps(report, indent=2), encoding="utf-8")
     print(json.dumps(report, indent=2), file=sys.stderr)
-    stock = next((r for r in results if r.get("variant") == "stock" and "error" not in r), None)
     print(
         f"{report['device']}, torch {torch.__version__}, transformers {transformers.__version__}, liger "
-        f"{report['liger_kernel']}, {report['params'] / 1e9:.2f}B params"
+        f"{report['liger_kernel']}, bitsandbytes {report['bitsandbytes']}, "
+        + ", ".join(f"{k} {v / 1e9:.2f}B params" for k, v in params.items())
     )
-    print(f"{'path':44} {'tokens/s':>9} {'MFU':>6} {'peak GiB':>9} {'x stock':>8}")
+    print(f"{'path':56} {'tokens/s':>9} {'MFU':>6} {'peak GiB':>9} {'x stock':>8}")
     for r in results + ablations:
+        label = r.get("label") or f"{r.get('shape', 'phi3')} {r['variant']}"
         if "error" in r:
-            print(f"{r.get('label', r['variant']):44} failed: {r['error'][-120:]!r}")
+            print(f"{label:56} failed: {r['error'][-120:]!r}")
             continue
-        ratio = r["tokens_per_second"] / stock["tokens_per_second"] if stock else float("nan")
-        print(
-            f"{r.get('label', r['variant'])[:44]:44} {r['tokens_per_second']:9.0f} {r['mfu']:6.1%} "
-            f"{r['peak_gib']:9.2f} {ratio:8.2f}"
+        stock = next(
+            (x for x in results if x.get("shape") == r.get("shape") and x["variant"] == "stock" and "error" not in x),
+            None,
         )
+        ratio = r["tokens_per_second"] / stock["tokens_per_second"] if stock else float("nan")
+        extra = f" budget {r['budget']}, ckpt {r['checkpointing']}" if r.get("budget") else ""
+        print(f"{label[:56]:56} {r['tokens_per_second']:9.0f} {r['mfu']:6.1%} {r['peak_gib']:9.2f} {ratio:8.2f}{extra}")
     return 0
 
 

@@ -14,6 +14,7 @@ for that one check, and only when the job asks for CUDA).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import stat
@@ -112,6 +113,8 @@ def file_problems(
                 problem(f"data.{key}", f"{resolve(value)} {what}", "build it first (ftkit data build JOB)")
     if evaluate is not None:
         _evaluate_problems(evaluate, data, resolve, problem)
+    if backend == "local" and local is not None:
+        _quantize_problems(local, finetune, problem)
     if backend != "local" or model is None or not model.path:
         return problems
     model_dir = resolve(model.path)
@@ -171,6 +174,30 @@ def _no_cuda() -> str | None:
     if torch.version.cuda is None:
         return f"this torch ({torch.__version__}) is a CPU build"
     return f"torch {torch.__version__} sees no CUDA device on this machine"
+
+
+def _quantize_problems(
+    local: LocalSection, finetune: FinetunePipelineSpec | None, problem: Callable[[str, str, str | None], None]
+) -> None:
+    """Strictly private: what this machine can tell about ``local.quantize`` without importing torch.
+
+    4-bit weights need bitsandbytes' CUDA kernels and LoRA (a 4-bit base cannot itself be trained). Whether
+    torch sees a GPU is left to the run (importing torch here would make ``ftkit validate`` slow).
+    """
+    if local.quantize in (None, "none"):
+        return
+    if local.device == "cpu":
+        problem("local.quantize", f"{local.quantize} weights need a CUDA GPU; device is cpu", "remove local.quantize")
+    if finetune is not None and finetune.parameters().get("apply_lora") is False:
+        problem(
+            "local.quantize",
+            f"{local.quantize} weights are frozen: they train only with LoRA (apply_lora is false)",
+            "set apply_lora: true or remove local.quantize",
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        problem("local.quantize", "bitsandbytes is not installed", "pip install 'ftkit[qlora]'")
+    if (local.processes or 1) > 1:
+        problem("local.quantize", "4-bit weights train on one process only", "set local.processes: 1")
 
 
 def _model_dir_gaps(model_dir: Path) -> list[tuple[str, str]]:

@@ -199,6 +199,9 @@ class LocalSection:
             needs it).
         gpu_memory_gib: GPU memory to plan for (default: the card's), e.g. 22 for a 24 GB card.
         torch_compile: ``torch.compile`` each decoder layer on CUDA (pays off on runs of more than a few minutes).
+        quantize: ``4bit``: QLoRA, the frozen base model held in 4-bit NF4 (double quantization, bfloat16
+            compute) so that a 7-8B model trains on a 24 GB card; needs a CUDA GPU, LoRA and ``ftkit[qlora]``.
+            Default ``none``: the base in bfloat16.
     """
 
     home: str | None = None
@@ -212,6 +215,7 @@ class LocalSection:
     gradient_checkpointing: bool | None = None
     gpu_memory_gib: float | None = attrs.field(default=None, metadata=bounds(maximum=4_096, exclusive_minimum=0))
     torch_compile: bool | None = None
+    quantize: Literal["none", "4bit"] | None = None
 
     def target_modules(self) -> tuple[str, ...] | None:
         """``lora_target_modules`` as module names (``None``: every linear layer but the head)."""

@@ -105,6 +105,7 @@ TRAIN_CONFIG_TABLE: Mapping[str, tuple[str, Callable[[Any], Any]] | None] = {
     "local.gradient_checkpointing": ("gradient_checkpointing", _same),
     "local.gpu_memory_gib": ("gpu_memory_gib", _same),
     "local.torch_compile": ("torch_compile", _same),
+    "local.quantize": ("quantize", _same),
 }
 # Component inputs that have no meaning on one local device; they are recorded on the run, not used.
 IGNORED_PARAMETERS = frozenset(k.removeprefix("finetune.") for k, v in TRAIN_CONFIG_TABLE.items() if v is None)

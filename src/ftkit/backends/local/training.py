@@ -42,13 +42,14 @@ import attrs
 from ...exceptions import MissingDependencyError, Problem, ValidationError
 from ...home import ftkit_home
 from ...storage import storage_cause
-from . import attention
+from . import attention, qlora
 from .data import EncodedSet, PackedArrays, encode_file, pack_arrays
 from .distributed import SHARDINGS, Ranks
 from .loss import fused_kernel, label_cross_entropy
 
 __all__ = [
     "LR_SCHEDULERS",
+    "QUANTIZE_CHOICES",
     "StopRequested",
     "TrainConfig",
     "TrainResult",
@@ -59,6 +60,7 @@ __all__ = [
 
 LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup")
 EVAL_STRATEGIES = ("epoch", "steps", "disable")
+QUANTIZE_CHOICES = ("none", "4bit")
 Precision = Literal["auto", "32", "16"]
 Device = Literal["auto", "cpu", "cuda"]
 Progress = Literal["auto", "rich", "plain", "none"]
@@ -103,6 +105,7 @@ def _interruptible(ranks: Ranks) -> Iterator[None]:
 
 _CHECKPOINTS = "checkpoints"
 _FINAL = "model"
+_ADAPTER = "adapter"  # a QLoRA run's adapter, saved beside its merged model
 _SMALL_MODEL_PARAMS = 20_000_000
 
 
@@ -185,6 +188,10 @@ class TrainConfig:
             ``per_device_train_batch_size`` is per process. See :mod:`.distributed`.
         sharding: With several processes: ``ddp`` (weights replicated), ``zero2`` (FSDP2 sharding gradients
             and optimizer state) or ``zero3`` (weights too); from ``apply_deepspeed`` / ``deepspeed_stage``.
+        quantize: ``none``, or ``4bit``: QLoRA, the frozen base in 4-bit NF4 with double quantization and
+            bfloat16 compute (bitsandbytes, ``ftkit[qlora]``; CUDA and LoRA only). A merged model is then the
+            de-quantized base plus the adapter, checked against the adapter model before it is saved (see
+            :mod:`.qlora`).
     """
 
     model_dir: str
@@ -227,6 +234,7 @@ class TrainConfig:
     torch_compile: bool = False
     processes: int = attrs.field(default=1, validator=_positive)
     sharding: str = attrs.field(default="ddp", validator=_choice(SHARDINGS))
+    quantize: str = attrs.field(default="none", validator=_choice(QUANTIZE_CHOICES))
 
     def to_json(self) -> str:
         """Return the config as JSON (for a background job's worker)."""
@@ -429,12 +437,15 @@ def _plan(torch: Any, config: TrainConfig, model: Any, device: str, max_len: int
     params = list(model.parameters())
     weights = sum(p.numel() * p.element_size() for p in params)
     # float32 master, its gradient, two AdamW moments, and the model dtype's gradient
-    trainable = sum(p.numel() for p in params if p.requires_grad) * (16 + params[0].element_size())
+    # the compute dtype's size (a 4-bit model's parameters are partly packed uint8)
+    dtype_bytes = model.get_input_embeddings().weight.element_size()
+    trainable = sum(p.numel() for p in params if p.requires_grad) * (16 + dtype_bytes)
+    # 4-bit weights count at their packed size above; their layers also de-quantize a copy at a time
+    weights += qlora.scratch_bytes(model, dtype_bytes)
     head = model.get_output_embeddings()
     vocab = int(head.weight.shape[0]) if head is not None else 0
     loss_bytes = 0 if fused else 4096 * vocab * 10  # a chunk's float32 logits, their gradient, bf16 logits
     free = limit - weights - trainable - loss_bytes - _RESERVE_BYTES
-    dtype_bytes = params[0].element_size()
     plain = _activation_bytes_per_token(model.config, dtype_bytes, checkpointing=False)
     saved = _activation_bytes_per_token(model.config, dtype_bytes, checkpointing=True)
     if config.gradient_checkpointing is None:
@@ -731,9 +742,20 @@ def _build_model(config: TrainConfig, device: str, dtype: Any) -> Any:
     # optimizer steps float32 masters of the trainable ones (see _Trainables), as AdamW on bf16 weights would
     # round away updates under half a bf16 step (0.2-0.4% of a weight).
     bf16_trainables = bool(_TUNING["bf16_adapters"]) or not config.apply_lora
-    model = AutoModelForCausalLM.from_pretrained(config.model_dir, dtype=dtype, attn_implementation=implementation)
+    if config.quantize != "none":
+        # 4-bit layers are placed on the GPU as they load (a quantized model cannot be moved with .to()).
+        model = AutoModelForCausalLM.from_pretrained(
+            config.model_dir,
+            dtype=dtype,
+            attn_implementation=implementation,
+            quantization_config=qlora.quantization_config(_import_torch(), dtype),
+            device_map={"": _import_torch().cuda.current_device()},
+        )
+        qlora.freeze(model)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(config.model_dir, dtype=dtype, attn_implementation=implementation)
+        model.to(device)  # type: ignore[arg-type]  # transformers' stub types .to() narrowly
     model.config.use_cache = False
-    model.to(device)  # type: ignore[arg-type]  # transformers' stub types .to() narrowly
     if device == "cuda" and _TUNING["liger"]:
         _apply_liger(model)
     if not config.apply_lora:
@@ -755,13 +777,16 @@ def _build_model(config: TrainConfig, device: str, dtype: Any) -> Any:
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             # autocast_adapter_dtype=False: adapters in the base's dtype (bf16 on CUDA; float32 on a CPU), so
             # no layer casts between float32 adapters and a bf16 base (measured: 17.4% -> 23.1% MFU on an H100)
-            return peft.get_peft_model(model, lora, autocast_adapter_dtype=not bf16_trainables)
+            adapted = peft.get_peft_model(model, lora, autocast_adapter_dtype=not bf16_trainables)
     except ValueError as exc:  # e.g. target modules that the model does not have
         names = sorted({n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n})
         raise ValidationError(
             [Problem("lora_target_modules", str(exc).splitlines()[0], f"modules in this model: {', '.join(names)}")],
             "invalid LoRA settings",
         ) from None
+    if config.quantize != "none" and bf16_trainables:
+        qlora.cast_adapters(adapted, dtype)
+    return adapted
 
 
 def _prepare(model: Any, plan: _Plan) -> None:
@@ -775,9 +800,9 @@ def _prepare(model: Any, plan: _Plan) -> None:
                 layer.compile()
 
 
-def _save_final(config: TrainConfig, model: Any, tokenizer: Any) -> Path:
-    out = Path(config.output_dir) / _FINAL
-    tmp = Path(config.output_dir) / f".{_FINAL}.tmp"
+def _save_final(config: TrainConfig, model: Any, tokenizer: Any, *, name: str = _FINAL) -> Path:
+    out = Path(config.output_dir) / name
+    tmp = Path(config.output_dir) / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     if config.apply_lora and config.merge_lora_weights:
         model = model.merge_and_unload()
@@ -796,6 +821,52 @@ def _save_final(config: TrainConfig, model: Any, tokenizer: Any) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
+
+
+def _check_batches(encoded: EncodedSet, plan: _Plan, most: int = 16) -> list[PackedArrays]:
+    """Strictly private: the conversations a merge is checked on (the first ``most`` of the held-out set)."""
+    groups = _split(encoded.lengths, range(min(len(encoded), most)), plan.budget)
+    return [pack_arrays(encoded, g) for g in groups]
+
+
+def _save_merged(
+    torch: Any,
+    config: TrainConfig,
+    tokenizer: Any,
+    weights: tuple[Mapping[str, Any], Mapping[str, Any]],
+    check: Sequence[PackedArrays],
+    adapter: tuple[float, Path],
+    device: str,
+    plan: _Plan,
+) -> Path:
+    """Strictly private: merge a QLoRA run's adapter into its de-quantized base, check the merge, then save it.
+
+    ``weights`` are the de-quantized base weights and the trained adapters (see :func:`.qlora.load_merged`);
+    ``adapter`` the adapter model's loss on ``check`` and where the adapter was saved. The merged model is
+    built on the CPU in the compute dtype and checked on the GPU when it fits there (the 4-bit model is gone by
+    now), else on the CPU.
+    """
+    import gc
+
+    adapter_loss, adapter_dir = adapter
+    gc.collect()
+    dtype = _dtype(torch, device, config.precision)
+    plain = _build_model(attrs.evolve(config, quantize="none"), "cpu", dtype)
+    merged = qlora.load_merged(plain, *weights)
+    where = "cpu"
+    if device == "cuda":
+        torch.cuda.empty_cache()
+        size = sum(p.numel() * p.element_size() for p in merged.parameters())
+        if torch.cuda.mem_get_info()[0] > size + _RESERVE_BYTES + 2 * 2**30:
+            where = "cuda"
+    merged.to(where)
+    merged.eval()
+    mplan = plan if where == "cuda" else attrs.evolve(plan, fused_loss=False, compile_layers=False, checkpointing=False)
+    merged_loss = _evaluate(
+        torch, merged, lambda b: _forward_loss(torch, merged, b, where, mplan), check, where, Ranks()
+    )
+    qlora.check_merge(adapter_loss, merged_loss, saved_adapter=str(adapter_dir))
+    return _save_final(attrs.evolve(config, apply_lora=False), merged.cpu(), tokenizer)
 
 
 def train(
@@ -842,6 +913,14 @@ def train(
     started = time.perf_counter()
     device = _pick_device(torch, config.device)
     dtype = _dtype(torch, device, config.precision)
+    if config.quantize != "none":
+        qlora.require_device(device, config.apply_lora, config.quantize)
+        qlora.bitsandbytes()
+        if ranks.world > 1:
+            raise ValidationError(
+                [Problem("local.quantize", "4-bit weights train on one process only", "set local.processes: 1")],
+                "QLoRA cannot run here",
+            )
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -1045,8 +1124,20 @@ def train(
         torch.set_num_threads(threads)
 
     runtime = time.perf_counter() - started
-    final = None if stopped else ranks.final_model(model, named, lambda: _build_model(config, "cpu", dtype))
-    model_dir = None if final is None else _save_final(config, final, tokenizer)
+    if not stopped and config.quantize != "none" and config.merge_lora_weights:
+        # Inputs of the merge, then the 4-bit model is dropped so that the bf16 merged model fits where it ran.
+        merge_batches = _check_batches(eval_set if eval_set is not None else train_set, plan)
+        adapter_loss = _evaluate(torch, model, forward, merge_batches, device, ranks)
+        adapter_dir = _save_final(attrs.evolve(config, merge_lora_weights=False), model, tokenizer, name=_ADAPTER)
+        base_weights = qlora.dequantized_weights(model)
+        adapters = {k: v.detach().cpu() for k, v in named.items()}
+        del model, forward, trainables, named, decay, no_decay, optimizer, scheduler
+        model_dir: Path | None = _save_merged(
+            torch, config, tokenizer, (base_weights, adapters), merge_batches, (adapter_loss, adapter_dir), device, plan
+        )
+    else:
+        final = None if stopped else ranks.final_model(model, named, lambda: _build_model(config, "cpu", dtype))
+        model_dir = None if final is None else _save_final(config, final, tokenizer)
     if not stopped and ranks.main:
         sink.log_metrics({"train_runtime": runtime, "train_tokens_per_second": tokens_done / runtime}, step)
         sink.flush()
