@@ -863,7 +863,10 @@ async def _stream(
     head, _, tail = chunk({"content": "\x00"}, None).decode().partition(json.dumps("\x00"))
     # One timer for the whole answer, which posts its own event: a timeout scope around every wait would
     # schedule and cancel a timer per token, on the event loop that every stream shares.
-    timer = asyncio.get_running_loop().call_later(deployment.timeout_s, job.events.put_nowait, ("timeout", None))
+    # The deadline is the job's own (from its arrival), not this generator's start: an answer that was already
+    # generated when the response began streaming is still late if it ended past it.
+    late = max(0.0, job.deadline - time.monotonic())
+    timer = asyncio.get_running_loop().call_later(late, job.events.put_nowait, ("timeout", None))
     try:
         yield chunk({"role": "assistant", "content": ""}, None)
         while True:
@@ -882,6 +885,8 @@ async def _stream(
                 yield f"{head}{json.dumps(''.join(pieces))}{tail}".encode()
             if kind == "text":
                 continue
+            if kind not in ("timeout", "error") and time.monotonic() >= job.deadline:
+                kind = "timeout"  # finished, but past the deadline (its timer had not run yet): late all the same
             if kind == "timeout":
                 message = "the request took longer than the deployment's request_timeout_ms"
                 yield _sse({"error": {"message": message, "type": "timeout_error", "code": 408}})
