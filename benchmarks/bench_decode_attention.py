@@ -35,7 +35,7 @@ def main(argv: list[str]) -> int:
     import torch
     import torch.nn.functional as F
 
-    from ftkit.backends.local.serve import kernels
+    from ftkit.serve.engines.continuous import kernels
 
     if not torch.cuda.is_available():
         print("needs a CUDA GPU")

@@ -232,8 +232,8 @@ def engine_floor(model_dir: Path, args: argparse.Namespace, out: list[dict[str, 
     """Time ftkit's decode step and a prefill alone (no HTTP, no scheduler): the floor under the served figures."""
     import torch
 
-    from ftkit.backends.local.serve.generation import LoadedModel
-    from ftkit.backends.local.serve.slots import SlotDecoder
+    from ftkit.serve.engines.continuous.slots import SlotDecoder
+    from ftkit.serve.engines.generation import LoadedModel
 
     model = LoadedModel(model_dir, "cuda")
 
@@ -358,7 +358,7 @@ def main(argv: list[str]) -> int:
         print(f"built and saved the model in {time.perf_counter() - started:.1f}s", flush=True)
         from transformers import AutoTokenizer
 
-        from ftkit.backends.local.serve.prompts import lock_free_decoder
+        from ftkit.serve.contract.prompts import lock_free_decoder
 
         # The engine detokenizes every row at every step: say which path it takes (transformers' or the backend's).
         lock_free = lock_free_decoder(AutoTokenizer.from_pretrained(model_dir)) is not None

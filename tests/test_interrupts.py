@@ -26,7 +26,7 @@ pytest.importorskip("torch")
 pytest.importorskip("mlflow")
 psutil = pytest.importorskip("psutil")
 
-from ftkit.backends.local.serve.process import port_open  # noqa: E402
+from ftkit.backends.local.endpoint_process import port_open  # noqa: E402
 from ftkit.cli import main  # noqa: E402
 
 

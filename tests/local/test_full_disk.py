@@ -128,7 +128,7 @@ def test_deploy_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     from ftkit.backends.base import EndpointSpec
     from ftkit.backends.local.endpoints import LocalEndpoints
-    from ftkit.backends.local.serve import state
+    from ftkit.serve import files as state
 
     def refuse(self: Any, info: dict[str, Any]) -> None:
         raise full(self.server_path)

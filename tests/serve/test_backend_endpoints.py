@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ftkit.backends.base import Backend, DeploymentSpec, EndpointSpec, RegisteredModel
 from ftkit.backends.local import LocalBackend
-from ftkit.backends.local.serve.process import port_open
+from ftkit.backends.local.endpoint_process import port_open
 
 
 def test_local_backend_endpoint_flow(tmp_path: Path, tiny_model: RegisteredModel) -> None:

@@ -10,10 +10,10 @@ import sys
 from pathlib import Path
 
 from ftkit.backends.base import DeploymentSpec, EndpointSpec, RegisteredModel
+from ftkit.backends.local.endpoint_process import is_server_alive, port_open
 from ftkit.backends.local.endpoints import LocalEndpoints
-from ftkit.backends.local.serve.process import is_server_alive, port_open
-from ftkit.backends.local.serve.state import EndpointFiles
 from ftkit.cli.main import main
+from ftkit.serve.files import EndpointFiles
 
 
 def ftkit(*args: str) -> subprocess.CompletedProcess[str]:

@@ -11,8 +11,8 @@ pytest.importorskip("fastapi")
 
 from fastapi.testclient import TestClient
 
-from ftkit.backends.local.serve.app import ServerState, create_app
-from ftkit.backends.local.serve.state import EndpointFiles
+from ftkit.serve.files import EndpointFiles
+from ftkit.serve.http.app import ServerState, create_app
 
 
 @pytest.fixture

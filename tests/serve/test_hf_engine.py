@@ -103,8 +103,8 @@ def test_the_cpu_cache_is_bounded_by_the_deployment(served: tuple[Any, Any, Any]
     """On the CPU the manager's paged cache holds the deployment's slots, not 90% of the machine's RAM: the
     server stays small (it took 14 GiB of a 24 GiB machine before), whatever the machine."""
     psutil = pytest.importorskip("psutil")
-    from ftkit.backends.local.serve.hf_engine import cpu_cache_limits
-    from ftkit.backends.local.serve.state import EndpointFiles
+    from ftkit.serve.engines.transformers import cpu_cache_limits
+    from ftkit.serve.files import EndpointFiles
 
     endpoints, client, _ = served
     client.chat.completions.create(model="hf-cb", messages=QUESTION, max_tokens=4, temperature=0)

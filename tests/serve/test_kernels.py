@@ -17,9 +17,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from ftkit.backends.local.serve import kernels  # noqa: E402
-from ftkit.backends.local.serve.generation import LoadedModel  # noqa: E402
-from ftkit.backends.local.serve.slots import SlotDecoder  # noqa: E402
+from ftkit.serve.engines.continuous import kernels  # noqa: E402
+from ftkit.serve.engines.continuous.slots import SlotDecoder  # noqa: E402
+from ftkit.serve.engines.generation import LoadedModel  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 

@@ -13,10 +13,10 @@ import httpx
 import pytest
 
 from ftkit.backends.base import DeploymentSpec, EndpointSpec, RegisteredModel
+from ftkit.backends.local.endpoint_process import is_server_alive, port_open
 from ftkit.backends.local.endpoints import LocalEndpoints
-from ftkit.backends.local.serve.process import is_server_alive, port_open
-from ftkit.backends.local.serve.state import EndpointFiles
 from ftkit.exceptions import ConflictError, DeploymentError, NotFoundError, ValidationError
+from ftkit.serve.files import EndpointFiles
 
 BODY = {"input_data": {"input_string": [[{"role": "user", "content": "hello"}]], "parameters": {"max_new_tokens": 4}}}
 

@@ -6,8 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ftkit.backends.local.serve.logs import redact_query
-from ftkit.backends.local.serve.state import EndpointFiles
+from ftkit.serve.files import EndpointFiles
+from ftkit.serve.logs import redact_query
 
 
 def test_query_values_are_redacted() -> None:
@@ -23,7 +23,7 @@ def test_query_values_are_redacted() -> None:
 WRITER = """
 import logging, sys
 from pathlib import Path
-from ftkit.backends.local.serve.logs import setup_logging
+from ftkit.serve.logs import setup_logging
 path = Path(sys.argv[1])
 setup_logging(path, max_bytes=4096, backups=2)
 log = logging.getLogger("uvicorn.access")

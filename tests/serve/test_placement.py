@@ -148,7 +148,7 @@ PHI3_MINI_KV = 393_216  # bytes per position: 32 layers x 2 x 3072 x bfloat16
 
 
 def test_plan_takes_the_model_context_when_it_fits() -> None:
-    from ftkit.backends.local.serve.placement import plan_context
+    from ftkit.serve.placement import plan_context
 
     plan = {"device": "cuda:0", "free": 140 * GIB, "total": 141 * GIB, "weights": 7 * GIB, "reserve": 2 * GIB}
     assert plan_context(**plan, slots=16, per_token=PHI3_MINI_KV, model_context=4096) == 4096
@@ -160,7 +160,7 @@ def test_plan_takes_the_model_context_when_it_fits() -> None:
 
 
 def test_plan_that_does_not_fit_is_an_error_with_the_numbers() -> None:
-    from ftkit.backends.local.serve.placement import plan_context
+    from ftkit.serve.placement import plan_context
 
     with pytest.raises(ValueError, match=r"256 slots x 4096 tokens of KV cache take 384\.0 GiB") as caught:
         plan_context(

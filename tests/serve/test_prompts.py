@@ -8,15 +8,15 @@ from typing import Any
 
 import pytest
 
-from ftkit.backends.local.serve.prompts import check_fits, encode_conversation, lock_free_decoder
-from ftkit.backends.local.serve.requests import BadRequest
-from ftkit.backends.local.serve.stops import RowText, find_stop, stop_prefix_len
 from ftkit.backends.local.tiny import ASSISTANT_TOKEN, END_TOKEN, USER_TOKEN
+from ftkit.serve.contract.prompts import check_fits, encode_conversation, lock_free_decoder
+from ftkit.serve.contract.requests import BadRequest
+from ftkit.serve.contract.stops import RowText, find_stop, stop_prefix_len
 
 
 @pytest.fixture(scope="module")
 def model(tiny_model_dir: Path) -> Any:
-    from ftkit.backends.local.serve.generation import LoadedModel
+    from ftkit.serve.engines.generation import LoadedModel
 
     return LoadedModel(tiny_model_dir)
 

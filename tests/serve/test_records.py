@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from ftkit.backends.local.serve.records import DeploymentRecord, read_server_settings
 from ftkit.deployment_settings import DeploymentSettings, ServerSettings
 from ftkit.exceptions import ValidationError
+from ftkit.serve.records import DeploymentRecord, read_server_settings
 
 
 def test_deployment_record_round_trips_with_its_settings() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ftkit.backends.local.serve.requests import BadRequest, GenParams, parse_chat, parse_score
+from ftkit.serve.contract.requests import BadRequest, GenParams, parse_chat, parse_score
 
 MSG = {"role": "user", "content": "hi"}
 
@@ -192,7 +192,7 @@ class TestSampling:
         """Temperatures and top_p below float32's range (found by fuzzing) still pick a valid token."""
         import torch
 
-        from ftkit.backends.local.serve.generation import choose_tokens
+        from ftkit.serve.engines.generation import choose_tokens
 
         logits = torch.randn(3, 50)
         logits[2] = float("nan")

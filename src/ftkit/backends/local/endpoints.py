@@ -2,13 +2,13 @@
 
 :class:`LocalEndpoints` implements the endpoint half of :class:`~ftkit.backends.base.Backend` for the local
 backend. Creating an endpoint generates its keys and starts its server (``python -m
-ftkit.backends.local.serve``) on a free loopback port, which becomes the endpoint's for its whole life: a
+ftkit.serve``) on a free loopback port, which becomes the endpoint's for its whole life: a
 restart (``create_endpoint`` after a crash) listens on the same port, so clients' saved URLs keep working, and
 fails with :class:`~ftkit.exceptions.ConflictError` if another process took it meanwhile. Creating a
 deployment records it in the endpoint's ``endpoint.json`` and asks the server (over an admin route with a key
 of its own) to load the model, waiting until it serves or failed. Traffic and keys live in files the server
 re-reads when they change, so moving traffic or regenerating a key takes effect without a restart.
-Everything is persisted under ``{home}/endpoints/NAME/`` (see :mod:`.serve.state`), so another process
+Everything is persisted under ``{home}/endpoints/NAME/`` (see :mod:`ftkit.serve.files`), so another process
 (``ftkit endpoint list``, ``ftkit endpoint delete``, ``ftkit cleanup``) sees and manages the same endpoints;
 a server that died is reported with provisioning state ``Failed`` and its log tail.
 
@@ -41,10 +41,10 @@ from ...exceptions import (
 )
 from ...interrupts import deferred
 from ...retry import call as retry_call
+from ...serve.files import EndpointFiles, new_key
+from ...serve.records import DeploymentRecord
 from ..base import DeploymentInfo, DeploymentSpec, EndpointInfo, EndpointKeys, EndpointSpec
-from .serve.process import PORT_TAKEN, is_server_alive, port_open, start_server, stop_server, wait_listening
-from .serve.records import DeploymentRecord
-from .serve.state import EndpointFiles, new_key
+from .endpoint_process import PORT_TAKEN, is_server_alive, port_open, start_server, stop_server, wait_listening
 
 __all__ = ["LocalEndpoints"]
 

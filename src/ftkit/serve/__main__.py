@@ -1,8 +1,8 @@
-"""``python -m ftkit.backends.local.serve --state-dir DIR``: run one endpoint's server.
+"""``python -m ftkit.serve --state-dir DIR``: run one endpoint's server.
 
 The server binds its port itself: the endpoint's recorded port (``--port``, so that its URL never changes), or on
 first start a free loopback port (no race between choosing a port and listening on it). If the recorded port is
-taken it exits with status :data:`~.process.PORT_TAKEN` and says so, rather than moving. It then loads the
+taken it exits with status :data:`~.files.PORT_TAKEN` and says so, rather than moving. It then loads the
 endpoint's deployments and writes ``server.json`` (pid, port) for its clients. SIGTERM stops it gracefully.
 Everything it prints or logs goes to the endpoint's ``server.log``, which rotates (see :mod:`.logs`).
 """
@@ -18,16 +18,15 @@ import socket
 import sys
 from pathlib import Path
 
-from ....exceptions import ValidationError
+from ..exceptions import ValidationError
+from .files import PORT_TAKEN, EndpointFiles
 from .logs import setup_logging
-from .process import PORT_TAKEN
 from .records import read_server_settings
-from .state import EndpointFiles
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the server until it is stopped; return the exit status."""
-    parser = argparse.ArgumentParser(prog="python -m ftkit.backends.local.serve")
+    parser = argparse.ArgumentParser(prog="python -m ftkit.serve")
     parser.add_argument("--state-dir", type=Path, required=True, help="the endpoint's directory under the ftkit home")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (loopback by default)")
     parser.add_argument("--port", type=int, default=0, help="port to bind (0: a free one, on first start)")
@@ -67,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import uvicorn
 
-    from .app import ServerState, create_app
+    from .http.app import ServerState, create_app
 
     threads = settings.torch_threads
     # Leave a core to the event loop: with every core in torch's spinning thread pool, small models on a busy

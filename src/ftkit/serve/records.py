@@ -15,8 +15,8 @@ from typing import Any, ClassVar
 
 import attrs
 
-from ....deployment_settings import ENGINES, DeploymentSettings, Engine, ServerSettings, json_object
-from ....exceptions import Problem, ValidationError
+from ..deployment_settings import ENGINES, DeploymentSettings, Engine, ServerSettings, json_object
+from ..exceptions import Problem, ValidationError
 
 __all__ = ["DeploymentRecord", "read_server_settings"]
 

@@ -25,9 +25,9 @@ from collections.abc import Sequence
 
 import attrs
 
+from ..contract.requests import GenParams
+from ..contract.stops import RowText
 from .generation import LoadedModel
-from .requests import GenParams
-from .stops import RowText
 
 __all__ = ["Batcher", "Job", "JobQueue", "QueueFull", "Unsupported"]
 

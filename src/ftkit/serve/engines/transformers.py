@@ -28,9 +28,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .batching import Job, QueueFull, Unsupported
-from .engine import flush, settle, take_token
+from .continuous.engine import flush, settle, take_token
 from .generation import LoadedModel
+from .static import Job, QueueFull, Unsupported
 
 __all__ = ["TransformersBatcher", "cpu_cache_limits", "start_manager"]
 

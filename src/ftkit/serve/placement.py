@@ -23,13 +23,13 @@ from typing import Any
 import attrs
 import torch
 
-from ....deployment_settings import DEVICE_CHOICES, ServerSettings
-from .batching import Batcher
-from .engine import ContinuousBatcher
-from .generation import LoadedModel
-from .hf_engine import TransformersBatcher
+from ..deployment_settings import DEVICE_CHOICES, ServerSettings
+from .engines.continuous.engine import ContinuousBatcher
+from .engines.continuous.slots import SlotDecoder, kv_bytes_per_token, supports_config
+from .engines.generation import LoadedModel
+from .engines.static import Batcher
+from .engines.transformers import TransformersBatcher
 from .records import DeploymentRecord
-from .slots import SlotDecoder, kv_bytes_per_token, supports_config
 
 __all__ = ["Placement", "load_deployment", "plan_context", "resolve_device"]
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from .prompts import encode_conversation, lock_free_decoder, longest_token_chars, tokenizer_lock
-from .requests import GenParams
+from ..contract.prompts import encode_conversation, lock_free_decoder, longest_token_chars, tokenizer_lock
+from ..contract.requests import GenParams
 
 __all__ = ["LoadedModel", "choose_tokens", "seeded_generator"]
 

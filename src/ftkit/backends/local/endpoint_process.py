@@ -15,9 +15,9 @@ import socket
 import subprocess
 import time
 
-from ..pids import owned_process_alive
-from ..spawn import child_env, python_command
-from .state import EndpointFiles
+from ...serve.files import PORT_TAKEN, EndpointFiles
+from .pids import owned_process_alive
+from .spawn import child_env, python_command
 
 __all__ = [
     "PORT_TAKEN",
@@ -29,9 +29,7 @@ __all__ = [
     "wait_listening",
 ]
 
-SERVER_MODULE = "ftkit.backends.local.serve"
-PORT_TAKEN = 3
-"""The server's exit status when its recorded port is taken by another process."""
+SERVER_MODULE = "ftkit.serve"
 
 
 def start_server(files: EndpointFiles, port: int | None = None) -> subprocess.Popen[bytes]:

@@ -24,9 +24,13 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "PORT_TAKEN",
     "EndpointFiles",
     "new_key",
 ]
+
+PORT_TAKEN = 3
+"""The server's exit status when its recorded port is taken by another process."""
 
 # The server-wide settings are a typed record: ftkit.deployment_settings.ServerSettings (see .records).
 

@@ -39,8 +39,8 @@ from typing import Any
 import attrs
 import torch
 
-from .batching import Job, JobQueue
-from .generation import LoadedModel, choose_tokens, seeded_generator
+from ..generation import LoadedModel, choose_tokens, seeded_generator
+from ..static import Job, JobQueue
 from .slots import SlotDecoder
 
 __all__ = ["ContinuousBatcher", "flush", "settle", "take_token"]

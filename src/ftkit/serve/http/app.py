@@ -46,15 +46,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ....exceptions import ValidationError
-from .batching import Batcher, Job, QueueFull, Unsupported
-from .engine import ContinuousBatcher
-from .generation import LoadedModel
-from .hf_engine import TransformersBatcher
-from .placement import Placement, load_deployment
-from .prompts import check_fits
-from .records import DeploymentRecord, read_server_settings
-from .requests import (
+from ...exceptions import ValidationError
+from ..contract.prompts import check_fits
+from ..contract.requests import (
     MAX_STOP_CHARS,
     MAX_STOPS,
     SEED_RANGE,
@@ -65,8 +59,14 @@ from .requests import (
     parse_chat,
     parse_score,
 )
-from .state import EndpointFiles, stat_key
-from .stops import RowText
+from ..contract.stops import RowText
+from ..engines.continuous.engine import ContinuousBatcher
+from ..engines.generation import LoadedModel
+from ..engines.static import Batcher, Job, QueueFull, Unsupported
+from ..engines.transformers import TransformersBatcher
+from ..files import EndpointFiles, stat_key
+from ..placement import Placement, load_deployment
+from ..records import DeploymentRecord, read_server_settings
 
 __all__ = ["DEPLOYMENT_HEADER", "ServerState", "create_app"]
 

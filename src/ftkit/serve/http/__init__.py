@@ -1,0 +1,1 @@
+"""The endpoint server's HTTP application (FastAPI): routes, authentication, errors, OpenAPI."""
