@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeVar
 import attrs
 import yaml
 
+from .backends.traits import backend_traits
 from .convert import BAD, NAME, SEED_MAX, bounds, convert_value, describe_type
 from .deployment_settings import DeploymentSettings, ServerSettings
 from .display import html_table, set_fields, short
@@ -375,7 +376,7 @@ class JobFile:
     def __repr__(self) -> str:
         # The generated repr (every section, every default) runs to ~1,800 characters on one line.
         parts = [repr(self.name), f"backend={self.backend!r}", f"model={self.model.path or self.model.name!r}"]
-        if self.backend == "azureml":
+        if backend_traits(self.backend).trains_on_cluster:
             parts.append(f"compute={self.compute.cluster!r}")
         parts.append(f"data={self.data.train_file or self.data.source!r}")
         changed = set_fields(self.finetune)
