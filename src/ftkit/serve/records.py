@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from ..deployment_settings import ENGINES, DeploymentSettings, Engine, ServerSettings, json_object
+from ..deployment_settings import ENGINES, DeploymentSettings, EngineName, ServerSettings, json_object
 from ..exceptions import Problem, ValidationError
 
 __all__ = ["DeploymentRecord", "read_server_settings"]
@@ -45,7 +45,7 @@ class DeploymentRecord:
     model_version: str
     model_path: str
     settings: DeploymentSettings = attrs.field(factory=DeploymentSettings)
-    engine: Engine = "auto"
+    engine: EngineName = "auto"
     provisioning_state: str = "Creating"
     error: str | None = None
 

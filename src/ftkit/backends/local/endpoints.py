@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from ...deployment_settings import DEVICE_CHOICES, ENGINES, Engine, ServerSettings, valid_device
+from ...deployment_settings import DEVICE_CHOICES, ENGINES, EngineName, ServerSettings, valid_device
 from ...exceptions import (
     AuthError,
     ConflictError,
@@ -38,17 +38,16 @@ from ...exceptions import (
     ScoringError,
     TransientBackendError,
     ValidationError,
+    closest,
 )
 from ...interrupts import deferred
 from ...retry import call as retry_call
 from ...serve.files import EndpointFiles, new_key
-from ...serve.records import DeploymentRecord
+from ...serve.records import DeploymentRecord, read_server_settings
 from ..base import DeploymentInfo, DeploymentSpec, EndpointInfo, EndpointKeys, EndpointSpec
 from .endpoint_process import PORT_TAKEN, is_server_alive, port_open, start_server, stop_server, wait_listening
 
 __all__ = ["LocalEndpoints"]
-
-_DEFAULTS = ServerSettings()
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]$")
 DEPLOYMENT_HEADER = "azureml-model-deployment"
@@ -73,67 +72,40 @@ class LocalEndpoints:
 
     Args:
         home: The ftkit home; endpoints live under ``{home}/endpoints``.
-        max_batch_size: Most requests a deployment generates together (1 serves one request at a time).
-        batch_window_ms: How long a deployment waits for more requests once one arrives.
-        max_new_tokens_cap: The largest ``max_new_tokens``/``max_tokens`` a request may ask for.
-        max_body_bytes: The largest request body accepted.
-        torch_threads: torch's intra-op threads in the server (0: one fewer than the cores, at least one).
-        engine: What generates on a GPU: ``auto`` (continuous batching where the model supports it), ``static``
-            (the CPU's batcher, on the GPU), ``continuous`` or ``transformers`` (transformers' own continuous
-            batching, greedy only: for comparison and for models the slot cache does not cover). The CPU always
-            uses the static batcher under ``auto``.
-        max_context: GPU engine: positions per slot (0: the model's context, shrunk to what fits).
-        prefill_tokens: GPU engine: prompt tokens admitted per decode step.
-        gpu_memory_fraction_pct: GPU engine: the share of the GPU one deployment may plan for.
-        cuda_graphs: GPU engine: capture decode steps as CUDA graphs.
-        log_max_bytes: Size at which the server's ``server.log`` rotates.
-        log_backups: Rotated logs kept.
+        settings: The server settings of the endpoints this object creates (or restarts) when their
+            :class:`~ftkit.backends.base.EndpointSpec` brings none (a job's ``deploy.server:``), and the engine of
+            the deployments it creates. ``None``: the defaults, and each deployment takes the engine its endpoint
+            was created with.
         start_timeout_s: How long to wait for a server to start listening.
         load_timeout_s: How long to wait for a deployment's model to load.
-
-    These settings apply to endpoints created (or restarted) by this object.
     """
 
     def __init__(
         self,
         home: Path,
+        settings: ServerSettings | None = None,
         *,
-        max_batch_size: int = _DEFAULTS.max_batch_size,
-        batch_window_ms: int = _DEFAULTS.batch_window_ms,
-        max_new_tokens_cap: int = _DEFAULTS.max_new_tokens_cap,
-        max_body_bytes: int = _DEFAULTS.max_body_bytes,
-        torch_threads: int = _DEFAULTS.torch_threads,
-        engine: str = "auto",
-        max_context: int = _DEFAULTS.max_context,
-        prefill_tokens: int = _DEFAULTS.prefill_tokens,
-        gpu_memory_fraction_pct: int = _DEFAULTS.gpu_memory_fraction_pct,
-        cuda_graphs: bool = _DEFAULTS.cuda_graphs,
-        log_max_bytes: int = _DEFAULTS.log_max_bytes,
-        log_backups: int = _DEFAULTS.log_backups,
         start_timeout_s: float = 120.0,
         load_timeout_s: float = 600.0,
     ) -> None:
         self.home = Path(home)
         self.root = self.home / "endpoints"
-        if engine not in ENGINES:
+        self.settings = settings if settings is not None else ServerSettings()
+        if self.settings.engine not in ENGINES:  # built in Python, not converted: checked here as the job file is
+            near = closest(str(self.settings.engine), ENGINES)
+            hint = f"did you mean {near[0]}? " if near else ""
             raise ValidationError(
-                [Problem("engine", f"{engine!r} is not an engine", f"choose one of: {', '.join(ENGINES)}")],
+                [
+                    Problem(
+                        "engine",
+                        f"{self.settings.engine!r} is not an engine",
+                        f"{hint}choose one of: {', '.join(ENGINES)}",
+                    )
+                ],
                 "invalid local endpoint settings",
             )
-        self.engine: Engine = next(e for e in ENGINES if e == engine)
-        self.settings = ServerSettings(
-            max_batch_size=max_batch_size,
-            batch_window_ms=batch_window_ms,
-            max_new_tokens_cap=max_new_tokens_cap,
-            max_body_bytes=max_body_bytes,
-            torch_threads=torch_threads,
-            max_context=max_context,
-            prefill_tokens=prefill_tokens,
-            gpu_memory_fraction_pct=gpu_memory_fraction_pct,
-            cuda_graphs=cuda_graphs,
-            log_max_bytes=log_max_bytes,
-            log_backups=log_backups,
-        )
+        # Whose engine a new deployment takes: this object's when it was given settings, else its endpoint's.
+        self._engine: EngineName | None = settings.engine if settings is not None else None
         self.start_timeout_s = start_timeout_s
         self.load_timeout_s = load_timeout_s
         # Servers this object started: polled so that an exited child is reaped rather than left a zombie.
@@ -368,16 +340,16 @@ class LocalEndpoints:
                     )
                 ]
             )
-        record = DeploymentRecord(
-            model_id=spec.model.id,
-            model_name=spec.model.name,
-            model_version=spec.model.version,
-            model_path=str(Path(path).resolve()),
-            settings=spec.settings,
-            engine=self.engine,
-        ).to_dict()
         with files.locked():
             config = files.read_config()
+            record = DeploymentRecord(
+                model_id=spec.model.id,
+                model_name=spec.model.name,
+                model_version=spec.model.version,
+                model_path=str(Path(path).resolve()),
+                settings=spec.settings,
+                engine=self._engine or read_server_settings(config).engine,
+            ).to_dict()
             config.setdefault("deployments", {})[spec.name] = record
             files.write_config(config)
         port = self._ensure_server(files)

@@ -60,10 +60,8 @@ from ..contract.requests import (
     parse_score,
 )
 from ..contract.stops import RowText
-from ..engines.continuous.engine import ContinuousBatcher
+from ..engines.base import Engine, Job, QueueFull, Unsupported
 from ..engines.generation import LoadedModel
-from ..engines.static import Batcher, Job, QueueFull, Unsupported
-from ..engines.transformers import TransformersBatcher
 from ..files import EndpointFiles, stat_key
 from ..placement import Placement, load_deployment
 from ..records import DeploymentRecord, read_server_settings
@@ -147,7 +145,7 @@ class Deployment:
         name: str,
         record: DeploymentRecord,
         model: LoadedModel,
-        batcher: Batcher | ContinuousBatcher | TransformersBatcher,
+        batcher: Engine,
         placement: Placement,
     ) -> None:
         self.name = name
