@@ -32,8 +32,9 @@ class DeploymentRecord:
         model_path: Its local directory.
         settings: How it serves (request timeout, queue, batch size, device...).
         engine: What generates it on the server: ``auto`` (continuous batching on a GPU where the model
-            supports it, static batches otherwise), ``static``, ``continuous`` or ``transformers``; chosen by the
-            :class:`~ftkit.backends.local.endpoints.LocalEndpoints` that created it.
+            supports it, static batches otherwise), ``static``, ``continuous`` or ``transformers``: the
+            endpoint's ``deploy.server.engine``, or the settings of the
+            :class:`~ftkit.backends.local.endpoints.LocalEndpoints` that created it when it was given some.
         provisioning_state: ``Creating``, ``Succeeded`` or ``Failed``.
         error: Why it failed, when it did.
     """

@@ -12,8 +12,9 @@ Everything is persisted under ``{home}/endpoints/NAME/`` (see :mod:`ftkit.serve.
 (``ftkit endpoint list``, ``ftkit endpoint delete``, ``ftkit cleanup``) sees and manages the same endpoints;
 a server that died is reported with provisioning state ``Failed`` and its log tail.
 
-Importing this module is cheap: no torch, no FastAPI (those load in the server process); httpx loads on
-first use.
+The server process itself is started, probed and stopped by :mod:`.endpoint_process`; the HTTP calls to it
+(the admin reload, a scoring request) are :mod:`.endpoint_client`. Importing this module is cheap: no torch, no
+FastAPI (those load in the server process); httpx loads on first use.
 """
 
 from __future__ import annotations
@@ -29,14 +30,11 @@ from typing import Any, Literal
 
 from ...deployment_settings import DEVICE_CHOICES, ENGINES, EngineName, ServerSettings, valid_device
 from ...exceptions import (
-    AuthError,
     ConflictError,
     DeploymentError,
     NotFoundError,
     ProbeFailedError,
     Problem,
-    ScoringError,
-    TransientBackendError,
     ValidationError,
     closest,
 )
@@ -45,12 +43,12 @@ from ...retry import call as retry_call
 from ...serve.files import EndpointFiles, new_key
 from ...serve.records import DeploymentRecord, read_server_settings
 from ..base import DeploymentInfo, DeploymentSpec, EndpointInfo, EndpointKeys, EndpointSpec
+from .endpoint_client import DEPLOYMENT_HEADER, admin_reload, post_score
 from .endpoint_process import PORT_TAKEN, is_server_alive, port_open, start_server, stop_server, wait_listening
 
 __all__ = ["LocalEndpoints"]
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]$")
-DEPLOYMENT_HEADER = "azureml-model-deployment"
 
 
 def _check_name(kind: str, name: str) -> None:
@@ -237,34 +235,7 @@ class LocalEndpoints:
         )
 
     def _admin_reload(self, files: EndpointFiles, port: int) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
-        import httpx
-
-        admin = files.read_keys().get("admin", "")
-        try:
-            resp = httpx.post(
-                f"http://127.0.0.1:{port}/-/admin/reload",
-                headers={"Authorization": f"Bearer {admin}"},
-                timeout=self.load_timeout_s,
-            )
-        except httpx.HTTPError as exc:
-            raise DeploymentError(
-                f"endpoint {files.name}: the server did not answer while loading deployments ({type(exc).__name__})",
-                endpoint=files.name,
-                logs=files.log_tail(50),
-            ) from exc
-        if resp.status_code != 200:
-            raise DeploymentError(
-                f"endpoint {files.name}: the server refused to reload (HTTP {resp.status_code})",
-                endpoint=files.name,
-                logs=files.log_tail(50),
-            )
-        answer = resp.json()
-        result = answer.get("deployments", {})
-        placement = answer.get("placement", {})
-        return (
-            {str(k): str(v) for k, v in result.items()},
-            {str(k): dict(v) for k, v in placement.items() if isinstance(v, dict)},
-        )
+        return admin_reload(files, port, self.load_timeout_s)
 
     # -- the Backend protocol's endpoint operations --------------------------------------------------------
 
@@ -506,8 +477,6 @@ class LocalEndpoints:
             DeploymentError: Its server is not running (with its log).
             ScoringError: The endpoint answered with an error.
         """
-        import httpx
-
         files = self._existing(endpoint)
         headers = {"Authorization": f"Bearer {files.read_keys().get('primary', '')}"}
         if deployment is not None:
@@ -522,36 +491,7 @@ class LocalEndpoints:
                     deployment=deployment,
                     logs=files.log_tail(50),
                 )
-            try:
-                resp = httpx.post(f"http://127.0.0.1:{port}/score", json=dict(body), headers=headers, timeout=timeout_s)
-            except httpx.TimeoutException as exc:
-                raise TransientBackendError(
-                    f"endpoint {endpoint}: no answer within {timeout_s}s", operation="score"
-                ) from exc
-            except httpx.HTTPError as exc:
-                raise TransientBackendError(
-                    f"endpoint {endpoint}: connection failed ({type(exc).__name__})", operation="score"
-                ) from exc
-            answered_by = resp.headers.get(DEPLOYMENT_HEADER, deployment)
-            if resp.status_code == 200:
-                return resp.json()
-            message = _error_message(resp)
-            if resp.status_code in (408, 429, 503):
-                retry_after = resp.headers.get("retry-after")
-                raise TransientBackendError(
-                    f"endpoint {endpoint} answered {resp.status_code}: {message}",
-                    operation="score",
-                    status_code=resp.status_code,
-                    retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
-                )
-            if resp.status_code == 401:
-                raise AuthError(f"endpoint {endpoint} refused the key: {message}", operation="score", status_code=401)
-            raise ScoringError(
-                f"endpoint {endpoint} answered {resp.status_code}: {message}",
-                status_code=resp.status_code,
-                endpoint=endpoint,
-                deployment=answered_by,
-            )
+            return post_score(endpoint, port, body, headers, deployment=deployment, timeout_s=timeout_s)
 
         return retry_call(attempt)
 
@@ -620,14 +560,3 @@ def _recorded_port(files: EndpointFiles, config: Mapping[str, Any] | None = None
     """Strictly private: the endpoint's own port, recorded at its first start (``None`` before that)."""
     port = (config if config is not None else files.read_config()).get("port")
     return port if isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536 else None
-
-
-def _error_message(resp: Any) -> str:
-    """Strictly private: the ``error.message`` of an error answer, else the start of its text."""
-    try:
-        data = resp.json()
-    except ValueError:
-        return str(resp.text)[:300]
-    if isinstance(data, dict) and isinstance(data.get("error"), dict):
-        return str(data["error"].get("message", ""))[:1000]
-    return str(data)[:300]
