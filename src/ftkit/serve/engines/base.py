@@ -88,7 +88,7 @@ class Engine(Protocol):
         ...
 
     def describe(self) -> dict[str, Any]:
-        """What the engine holds, for logs and ``endpoint list`` (its name under ``engine``)."""
+        """What the engine holds, for the server's log (its name under ``engine``)."""
         ...
 
 

@@ -212,7 +212,8 @@ class ServerState:
         model, engine, placement = load_deployment(
             name, record, max_batch_size=self.max_batch_size, window_s=self.window_s, settings=self.settings
         )
-        log.info("deployment %s: ready in %.1fs on %s", name, time.monotonic() - started, placement.as_dict())
+        took = time.monotonic() - started
+        log.info("deployment %s: ready in %.1fs on %s, engine %s", name, took, placement.as_dict(), engine.describe())
         return Deployment(name, record, model, engine, placement)
 
     async def off_loop(self, fn: Callable[..., T], *args: Any) -> T:
