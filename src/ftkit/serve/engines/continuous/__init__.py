@@ -1,5 +1,5 @@
 """The ``continuous`` engine: in-flight batching, requests join and leave the decode batch at every step.
 
 :mod:`.engine` schedules over a slot KV cache (:mod:`.slots`); decode steps are captured as CUDA graphs, with
-Triton kernels for the fused decode step (:mod:`.kernels`).
+Triton kernels for the fused decode step (:mod:`.kernels`); :mod:`.start` builds both for a deployment.
 """
