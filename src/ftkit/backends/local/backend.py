@@ -35,9 +35,9 @@ from ..base import (
     RegisterRequest,
 )
 from . import jobs, registry, tracking
-from .distributed import describe, sharding_for
 from .spawn import child_env, python_command
 from .training import Device, Progress, TrainConfig
+from .training.ranks import describe, sharding_for
 
 if TYPE_CHECKING:
     from .endpoints import LocalEndpoints
