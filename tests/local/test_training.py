@@ -358,7 +358,7 @@ class TestCompactData:
         self, tokenizer: Any, chat_files: ChatFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A second encoding of the same file, tokenizer and length reads the cache; another length does not."""
-        from ftkit.backends.local import data as data_module
+        from ftkit.backends.local.data import token_sets as data_module
 
         first, report = encode_file(tokenizer, chat_files.train, 256, cache_dir=tmp_path)
         assert len(list(tmp_path.iterdir())) == 1
