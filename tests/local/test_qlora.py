@@ -62,7 +62,7 @@ class TestSetting:
         assert TrainConfig.from_json(config.to_json()).quantize == "4bit"
 
     def test_the_backend_maps_it_onto_the_train_config(self) -> None:
-        from ftkit.backends.local.backend import TRAIN_CONFIG_TABLE
+        from ftkit.backends.local.train_mapping import TRAIN_CONFIG_TABLE
 
         row = TRAIN_CONFIG_TABLE["local.quantize"]
         assert row is not None
