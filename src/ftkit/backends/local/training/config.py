@@ -113,7 +113,7 @@ class TrainConfig:
         torch_compile: ``torch.compile`` each decoder layer on CUDA (measured on an H200: +4% tokens/s once
             compiled, after about 35 s of compiling; worth it for runs of more than a few minutes).
         processes: Training processes on this host (torchrun ranks, one per GPU; gloo processes on a CPU);
-            ``per_device_train_batch_size`` is per process. See :mod:`.distributed`.
+            ``per_device_train_batch_size`` is per process. See :mod:`.ranks`.
         sharding: With several processes: ``ddp`` (weights replicated), ``zero2`` (FSDP2 sharding gradients
             and optimizer state) or ``zero3`` (weights too); from ``apply_deepspeed`` / ``deepspeed_stage``.
         quantize: ``none``, or ``4bit``: QLoRA, the frozen base in 4-bit NF4 with double quantization and

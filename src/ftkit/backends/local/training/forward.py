@@ -76,7 +76,7 @@ def evaluate(
     total = torch.zeros((), device=device)
     count = sum(b.num_labels for b in batches)
     with torch.no_grad():
-        for batch, weight in ranks.eval_share(batches):  # each rank its part (see .distributed)
+        for batch, weight in ranks.eval_share(batches):  # each rank its part (see .ranks)
             check()  # a stop request is honoured between batches, not after the whole evaluation
             loss = forward(batch)
             total += loss if weight == 1.0 else loss * weight
