@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import numpy as np
@@ -128,7 +128,10 @@ class StepShare:
     tokens: int
 
 
-Split = Callable[[Any, Sequence[int], int], list[list[int]]]
+Split = Callable[[np.ndarray, Sequence[int], int], list[list[int]]]
+"""Cuts a share of a step (example indices) into micro-batches of at most a token budget (``budget.split``)."""
+
+B = TypeVar("B")
 
 
 class Ranks:
@@ -171,7 +174,7 @@ class Ranks:
         pad = most - len(mine)
         return StepShare(mine + [filler] * pad, [1.0] * len(mine) + [0.0] * pad, labels, tokens)
 
-    def eval_share(self, batches: Sequence[Any]) -> list[tuple[Any, float]]:
+    def eval_share(self, batches: Sequence[B]) -> list[tuple[B, float]]:
         """This rank's evaluation batches, with weights (as many on every rank)."""
         if self.world == 1:
             return [(b, 1.0) for b in batches]
@@ -260,9 +263,9 @@ def _full_tree(value: Any) -> Any:
 class _SavedOptimizer:
     """Strictly private: stands for an optimizer in a checkpoint: its gathered ``state_dict``."""
 
-    state: Any
+    state: dict[str, Any]
 
-    def state_dict(self) -> Any:
+    def state_dict(self) -> dict[str, Any]:
         return self.state
 
 
