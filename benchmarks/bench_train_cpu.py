@@ -46,8 +46,7 @@ def _examples(model: str, data: str) -> list[Any]:
 
 
 def run_ftkit(args: argparse.Namespace) -> dict[str, Any]:
-    from ftkit.backends.local import training
-    from ftkit.backends.local.training import MetricsSink, TrainConfig, train
+    from ftkit.backends.local.training import MetricsSink, TrainConfig, hardware, train
 
     marks: list[float] = []
     losses: list[float] = []
@@ -82,7 +81,7 @@ def run_ftkit(args: argparse.Namespace) -> dict[str, Any]:
     )
     import torch
 
-    dtype = training._dtype(torch, "cpu", precision)
+    dtype = hardware.compute_dtype(torch, "cpu", precision)
     train(config, metrics=Clock(), progress="none")
     return {"variant": args.variant, "dtype": str(dtype).removeprefix("torch."), "marks": marks, "loss": losses}
 

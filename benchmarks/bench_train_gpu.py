@@ -57,7 +57,7 @@ LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
 TARGETS = {"phi3": LORA_TARGETS, "llama3-8b": LLAMA_TARGETS}
 WORDS = [f"w{i}" for i in range(600)]
 
-# What each row of the ablation table switches on, cumulatively (training._TUNING keys).
+# What each row of the ablation table switches on, cumulatively (budget.TUNING keys).
 ABLATIONS: list[tuple[str, dict[str, Any]]] = [
     (
         "ftkit loop, stock kernels (SDPA mask, fp32 adapters, full logits)",
@@ -183,11 +183,10 @@ def n_params(model_dir: Path) -> int:
 def run_ftkit(args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from ftkit.backends.local import training
-    from ftkit.backends.local.training import TrainConfig, train
+    from ftkit.backends.local.training import TrainConfig, budget, train
 
     tuning = json.loads(args.tuning)
-    training._TUNING.update(tuning)
+    budget.TUNING.update(tuning)
     extra: dict[str, Any] = {}
     if args.variant.endswith("22gib"):
         extra["gpu_memory_gib"] = 22.0
@@ -220,14 +219,14 @@ def run_ftkit(args: argparse.Namespace) -> dict[str, Any]:
         profiler.start()
     sink = Windows(profiler)
     plans: list[Any] = []
-    real_plan = training._plan
+    real_plan = budget.make_plan
 
     def spy(*a: Any, **k: Any) -> Any:
         plan = real_plan(*a, **k)
         plans.append(plan)
         return plan
 
-    training._plan = spy  # type: ignore[assignment]  # to report the budget and checkpointing chosen
+    budget.make_plan = spy  # type: ignore[assignment]  # to report the budget and checkpointing chosen
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -238,7 +237,7 @@ def run_ftkit(args: argparse.Namespace) -> dict[str, Any]:
     steady = sink.tokens_per_second[1:] or sink.tokens_per_second
     out: dict[str, Any] = {
         "variant": args.variant,
-        "tuning": {**training._TUNING},
+        "tuning": {**budget.TUNING},
         "budget": plans[0].budget if plans else None,
         "checkpointing": plans[0].checkpointing if plans else None,
         "steps": result.global_step,

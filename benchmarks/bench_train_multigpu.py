@@ -5,7 +5,7 @@ qkv/o/gate_up/down, ultrachat-like lengths); each rank trains ``--batch`` conver
 the global batch grows with the ranks, as ``per_device_train_batch_size`` does). The 1-GPU row is the plain
 one-process :func:`~ftkit.backends.local.training.train`; the others run it on N ranks through
 :class:`~ftkit.backends.local.distributed.TorchRanks` with the chosen sharding, started by ``torch.distributed.run``
-with NVLink multicast off (``distributed.NO_MULTICAST``). Scaling efficiency = tokens/s per GPU on N over
+with NVLink multicast off (``launcher.NO_MULTICAST``). Scaling efficiency = tokens/s per GPU on N over
 tokens/s on 1.
 
     python benchmarks/bench_train_multigpu.py --nproc 1,2,4 [--sharding ddp|zero2|zero3] [--steps 24]
@@ -38,8 +38,8 @@ def child(args: argparse.Namespace) -> int:
     """One rank (or the one process): train, and on rank 0 print the result."""
     import torch
 
-    from ftkit.backends.local.distributed import Ranks, TorchRanks
     from ftkit.backends.local.training import TrainConfig, train
+    from ftkit.backends.local.training.ranks import Ranks, TorchRanks
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -94,7 +94,7 @@ def child(args: argparse.Namespace) -> int:
 
 
 def spawn(n: int, args: argparse.Namespace, model: Path, data: Path, cache: Path) -> dict[str, Any]:
-    from ftkit.backends.local.distributed import NO_MULTICAST
+    from ftkit.backends.local.launcher import NO_MULTICAST
 
     script = [__file__, "--child", "--model", str(model), "--data", str(data), "--cache", str(cache)]
     script += ["--steps", str(args.steps), "--batch", str(args.batch), "--sharding", args.sharding]

@@ -30,7 +30,7 @@ def temporary_files(*roots: Path) -> list[Path]:
 def test_data_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """`ftkit run` whose data build hits a full disk: exit 1, one line naming the stage and the file, no
     traceback, no half-written split, run.json says failed at data."""
-    import ftkit.data.builder as builder
+    import ftkit.data.split_run as split_run
     from ftkit.demo import prepare_demo
 
     job = prepare_demo(tmp_path / "demo", seed=0, steps=2)
@@ -39,7 +39,7 @@ def test_data_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pyt
     def write(self: Any, data: memoryview) -> None:
         raise full(self._file.name)
 
-    monkeypatch.setattr(builder._FileWriter, "write", write)
+    monkeypatch.setattr(split_run.FileWriter, "write", write)
     capsys.readouterr()
     assert main(["run", str(job)]) == 1
     err = capsys.readouterr().err

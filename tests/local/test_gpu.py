@@ -13,10 +13,9 @@ import attrs
 import pytest
 import torch
 
-from ftkit.backends.local import training
 from ftkit.backends.local.data import Example, encode_conversation, pack
 from ftkit.backends.local.tiny import make_tiny_model, read_jsonl_texts, synthetic_conversations
-from ftkit.backends.local.training import TrainConfig, train
+from ftkit.backends.local.training import TrainConfig, budget, checkpoints, forward, model_setup, train
 
 from .conftest import ChatFiles, tiny_train_config
 
@@ -42,7 +41,7 @@ class Seen:
 def seen(monkeypatch: pytest.MonkeyPatch) -> Seen:
     """Wrap the loop's model building and checkpoint loading to record devices, dtypes and autocast state."""
     record = Seen()
-    build, load = training._build_model, training._load_checkpoint
+    build, load = model_setup.build_model, checkpoints.load_checkpoint
 
     def spy_build(config: TrainConfig, device: str, dtype: Any) -> Any:
         model = build(config, device, dtype)
@@ -67,8 +66,8 @@ def seen(monkeypatch: pytest.MonkeyPatch) -> Seen:
         }
         return step
 
-    monkeypatch.setattr(training, "_build_model", spy_build)
-    monkeypatch.setattr(training, "_load_checkpoint", spy_load)
+    monkeypatch.setattr(model_setup, "build_model", spy_build)
+    monkeypatch.setattr(checkpoints, "load_checkpoint", spy_load)
     return record
 
 
@@ -294,8 +293,8 @@ class TestCudaFastPath:
         ).to("cuda")
         batch = pack_arrays(EncodedSet.from_examples(examples), range(len(examples)))
         for fused in (False, True):
-            plan = training._Plan(16384, False, fused, True, False)
+            plan = budget.Plan(16384, False, fused, True, False)
             with torch.no_grad():
-                ours = float(training._forward_loss(torch, fast, batch, "cuda", plan))
+                ours = float(forward.forward_loss(torch, fast, batch, "cuda", plan))
             print(f"\nstock {stock:.4f} vs ftkit {ours:.4f} (fused={fused})")
             assert ours == pytest.approx(stock, rel=1e-2)

@@ -22,10 +22,11 @@ from .conftest import ChatFiles, tiny_train_config
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from ftkit.backends.local import qlora, training  # noqa: E402 - after the skips
+from ftkit.backends.local import qlora  # noqa: E402 - after the skips
 from ftkit.backends.local.data import encode_file  # noqa: E402
-from ftkit.backends.local.distributed import Ranks  # noqa: E402
-from ftkit.backends.local.training import TrainConfig, train  # noqa: E402
+from ftkit.backends.local.training import TrainConfig, budget, finish, model_setup, train  # noqa: E402
+from ftkit.backends.local.training.forward import evaluate, forward_loss  # noqa: E402
+from ftkit.backends.local.training.ranks import Ranks  # noqa: E402
 
 JOB = """\
 name: q
@@ -61,7 +62,7 @@ class TestSetting:
         assert TrainConfig.from_json(config.to_json()).quantize == "4bit"
 
     def test_the_backend_maps_it_onto_the_train_config(self) -> None:
-        from ftkit.backends.local.backend import TRAIN_CONFIG_TABLE
+        from ftkit.backends.local.train_mapping import TRAIN_CONFIG_TABLE
 
         row = TRAIN_CONFIG_TABLE["local.quantize"]
         assert row is not None
@@ -103,7 +104,7 @@ class TestErrors:
         def no_build(*_: Any) -> Any:
             raise AssertionError("the model was loaded")
 
-        monkeypatch.setattr(training, "_build_model", no_build)
+        monkeypatch.setattr(model_setup, "build_model", no_build)
         cfg = tiny_train_config(tiny_model_dir, chat_files, tmp_path / "out", device="cpu", quantize="4bit")
         with pytest.raises(ValidationError) as info:
             train(cfg)
@@ -170,9 +171,9 @@ def _fake_linears(model: _Weights) -> dict[str, Any]:
 class TestPlanner:
     def _plan(self, model: _Weights, monkeypatch: pytest.MonkeyPatch, gib: float) -> Any:
         monkeypatch.setattr(qlora, "quantized_linears", lambda m: _fake_linears(m) if m is model else {})
-        monkeypatch.setitem(training._TUNING, "liger", False)  # a chunked head: counted, not fused
+        monkeypatch.setitem(budget.TUNING, "liger", False)  # a chunked head: counted, not fused
         cfg = TrainConfig(model_dir="m", train_file="t", output_dir="o", gpu_memory_gib=gib, quantize="4bit")
-        return training._plan(torch, cfg, model, "cuda", 4096)
+        return budget.make_plan(torch, cfg, model, "cuda", 4096)
 
     def test_llama3_8b_in_4bit_fits_22_gib_at_4k_with_checkpointing(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """The planner counts packed 4-bit weights and their de-quantization scratch: 4k tokens fit 22 GiB."""
@@ -219,26 +220,24 @@ class TestMergeCheck:
         plain = attrs.evolve(cfg, quantize="none", merge_lora_weights=False)
         result = train(attrs.evolve(plain, output_dir=str(tmp_path / "lora")), progress="none")
         assert result.model_dir is not None
-        model = training._build_model(plain, "cpu", torch.float32)
+        model = model_setup.build_model(plain, "cpu", torch.float32)
         peft.set_peft_model_state_dict(model, load_file(result.model_dir / "adapter_model.safetensors"))
         tok = AutoTokenizer.from_pretrained(tiny_model_dir)
         encoded, _ = encode_file(tok, str(chat_files.test), 256)
-        plan = training._plan(torch, plain, model, "cpu", 256)
-        check = training._check_batches(encoded, plan)
+        plan = budget.make_plan(torch, plain, model, "cpu", 256)
+        check = finish.check_batches(encoded, plan)
 
         def forward(b: Any) -> Any:
-            return training._forward_loss(torch, model, b, "cpu", plan)
+            return forward_loss(torch, model, b, "cpu", plan)
 
-        loss = training._evaluate(torch, model, forward, check, "cpu", Ranks())
+        loss = evaluate(torch, model, forward, check, "cpu", Ranks())
         adapters = {k: v.detach().clone() for k, v in model.named_parameters() if v.requires_grad}
         return SimpleNamespace(cfg=cfg, model=model, tok=tok, check=check, plan=plan, loss=loss, adapters=adapters)
 
     def _merge(self, trained: Any, base: dict[str, Any], adapters: dict[str, Any], adapter_dir: Path) -> Path:
         weights = (base, adapters)
         adapter = (trained.loss, adapter_dir)
-        return training._save_merged(
-            torch, trained.cfg, trained.tok, weights, trained.check, adapter, "cpu", trained.plan
-        )
+        return finish.save_merged(torch, trained.cfg, trained.tok, weights, trained.check, adapter, "cpu", trained.plan)
 
     def test_a_right_merge_is_saved(self, trained: Any, tmp_path: Path) -> None:
         """The merged model (base + adapters, peft's merge) computes the adapter model's loss; it is saved plain."""

@@ -14,9 +14,9 @@ import attrs
 import pytest
 import torch
 
-from ftkit.backends.local import qlora, training
+from ftkit.backends.local import qlora
 from ftkit.backends.local.tiny import make_tiny_model, read_jsonl_texts
-from ftkit.backends.local.training import TrainConfig, train
+from ftkit.backends.local.training import TrainConfig, model_setup, train
 
 from .conftest import ChatFiles, tiny_train_config
 
@@ -59,7 +59,7 @@ class Built:
 @pytest.fixture
 def built(monkeypatch: pytest.MonkeyPatch) -> Built:
     record = Built()
-    build = training._build_model
+    build = model_setup.build_model
 
     def spy(config: TrainConfig, device: str, dtype: Any) -> Any:
         model = build(config, device, dtype)
@@ -68,7 +68,7 @@ def built(monkeypatch: pytest.MonkeyPatch) -> Built:
             record.trainable_dtypes |= {p.dtype for p in model.parameters() if p.requires_grad}
         return model
 
-    monkeypatch.setattr(training, "_build_model", spy)
+    monkeypatch.setattr(model_setup, "build_model", spy)
     return record
 
 

@@ -160,17 +160,18 @@ def test_a_stop_asked_during_a_checkpoint_write_stops_right_after_it(
 ) -> None:
     """The checkpoint being written is the one to resume from: no further step, no second checkpoint."""
     from ftkit.backends.local import training
+    from ftkit.backends.local.training import checkpoints
 
     from .conftest import tiny_train_config
 
     asked = {"stop": False}
-    real_save = training._save_checkpoint
+    real_save = checkpoints.save_checkpoint
 
     def save(*args: object, **kwargs: object) -> None:
         real_save(*args, **kwargs)  # type: ignore[arg-type]
         asked["stop"] = True  # arrives while the checkpoint is written
 
-    monkeypatch.setattr(training, "_save_checkpoint", save)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", save)
     config = tiny_train_config(
         tiny_model_dir, chat_files, tmp_path / "out", max_steps=6, save_steps=2, evaluation_strategy="disable"
     )
@@ -207,10 +208,11 @@ def test_sigterm_while_the_model_loads_cuts_the_load_short(
 ) -> None:
     """The worker's SIGTERM handler (stop_now) stops a model load at once: no step, no checkpoint, stopped."""
     from ftkit.backends.local import training
+    from ftkit.backends.local.training import model_setup
 
     from .conftest import tiny_train_config
 
-    real_build = training._build_model
+    real_build = model_setup.build_model
     loads = {"finished": 0}
 
     def build(*args: object, **kwargs: object) -> object:
@@ -222,7 +224,7 @@ def test_sigterm_while_the_model_loads_cuts_the_load_short(
     def on_term(_signum: int, _frame: object) -> None:
         training.stop_now()
 
-    monkeypatch.setattr(training, "_build_model", build)
+    monkeypatch.setattr(model_setup, "build_model", build)
     previous = signal.signal(signal.SIGTERM, on_term)
     try:
         config = tiny_train_config(tiny_model_dir, chat_files, tmp_path / "out", max_steps=4)

@@ -274,13 +274,13 @@ class TestCpuPrecision:
         """precision 16: bf16 on a CPU with native bf16, float32 on others; auto and 32: float32 on a CPU."""
         import torch
 
-        from ftkit.backends.local import training
+        from ftkit.backends.local.training import hardware
 
         for native in (True, False):
-            monkeypatch.setattr(training, "cpu_has_native_bf16", lambda native=native: native)
-            assert training._dtype(torch, "cpu", "16") is (torch.bfloat16 if native else torch.float32)
-            assert training._dtype(torch, "cpu", "auto") is torch.float32
-            assert training._dtype(torch, "cpu", "32") is torch.float32
+            monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda native=native: native)
+            assert hardware.compute_dtype(torch, "cpu", "16") is (torch.bfloat16 if native else torch.float32)
+            assert hardware.compute_dtype(torch, "cpu", "auto") is torch.float32
+            assert hardware.compute_dtype(torch, "cpu", "32") is torch.float32
 
     def test_bf16_training_follows_float32(self, tiny_model_dir: Path, chat_files: ChatFiles, tmp_path: Path) -> None:
         """On a CPU with native bf16, precision 16 (float32 masters) at a learning rate of 1e-3: the losses of 8
@@ -358,7 +358,7 @@ class TestCompactData:
         self, tokenizer: Any, chat_files: ChatFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """A second encoding of the same file, tokenizer and length reads the cache; another length does not."""
-        from ftkit.backends.local import data as data_module
+        from ftkit.backends.local.data import token_sets as data_module
 
         first, report = encode_file(tokenizer, chat_files.train, 256, cache_dir=tmp_path)
         assert len(list(tmp_path.iterdir())) == 1
@@ -381,7 +381,7 @@ def _stock_and_ours(tiny_model_dir: Path, examples: list[Any]) -> tuple[Any, Any
     import torch
     from transformers import AutoModelForCausalLM
 
-    from ftkit.backends.local import training
+    from ftkit.backends.local.training import budget, forward
 
     def fresh(implementation: str) -> Any:
         torch.manual_seed(0)
@@ -407,9 +407,9 @@ def _stock_and_ours(tiny_model_dir: Path, examples: list[Any]) -> tuple[Any, Any
     stock_grads = {n: p.grad.clone() for n, p in stock.named_parameters() if p.requires_grad}
 
     ours = fresh("ftkit_varlen")
-    plan = training._Plan(16384, False, False, True, False)
+    plan = budget.Plan(16384, False, False, True, False)
     batch = pack_arrays(EncodedSet.from_examples(examples), range(len(examples)))
-    loss = training._forward_loss(torch, ours, batch, "cpu", plan)
+    loss = forward.forward_loss(torch, ours, batch, "cpu", plan)
     loss.backward()
     our_grads = {n: p.grad.clone() for n, p in ours.named_parameters() if p.requires_grad}
     return total.detach(), loss.detach(), stock_grads, our_grads

@@ -14,7 +14,6 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,11 @@ import attrs
 
 from ...exceptions import StorageError
 from ...storage import storage_cause
-from . import distributed
+from . import launcher
+from .job_sink import JobProgressSink
 from .jobs import CANCEL_FILE, JobRecord, read_record, reserve_last_words, write_last_words, write_record
 from .tracking import MlflowStore, RunLogger
-from .training import MetricsSink, Progress, TrainConfig, TrainResult, stop_now, train
+from .training import Progress, TrainConfig, TrainResult, stop_now, train
 
 __all__ = ["main", "run_job"]
 
@@ -36,49 +36,13 @@ def _read(folder: Path) -> tuple[TrainConfig, JobRecord]:
     return config, record
 
 
-class _ProgressSink(MetricsSink):
-    """Strictly private: forwards metrics to the run's logger and keeps a progress line in ``job.json``.
-
-    The job's owner polls ``job.json`` (``LocalBackend.get_job``), so this is how a background worker's
-    progress reaches ``ftkit run``; it is written at the logging cadence only, so it costs nothing to speak of.
-    """
-
-    def __init__(self, folder: Path, record: JobRecord, logger: RunLogger | None) -> None:
-        self.folder = folder
-        self.record = record
-        self.logger = logger
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        if self.logger is not None:
-            self.logger.log_metrics(metrics, step)
-        if "loss" in metrics:
-            line = f"step {step}: loss {metrics['loss']:.4f}"
-            if "tokens_per_second" in metrics:
-                line += f", {metrics['tokens_per_second']:,.0f} tokens/s"
-        elif "eval_loss" in metrics:
-            line = f"step {step}: eval loss {metrics['eval_loss']:.4f}"
-        else:
-            return
-        self.record = attrs.evolve(self.record, progress=line)
-        write_record(self.folder, self.record)
-
-    def flush(self) -> None:
-        if self.logger is not None:
-            self.logger.flush()
-
-    def phase(self, message: str) -> None:
-        # Before the first step (loading, tokenising, the step-0 evaluation) this is the job's progress.
-        self.record = attrs.evolve(self.record, progress=message)
-        write_record(self.folder, self.record)
-
-
 def _train(
-    folder: Path, config: TrainConfig, store: MlflowStore, sink: _ProgressSink, progress: Progress, **kw: Any
+    folder: Path, config: TrainConfig, store: MlflowStore, sink: JobProgressSink, progress: Progress, **kw: Any
 ) -> TrainResult:
-    """Strictly private: train in this process, or on ``config.processes`` torchrun ranks (see :mod:`.distributed`)."""
+    """Strictly private: train in this process, or on ``config.processes`` torchrun ranks (see :mod:`.launcher`)."""
     if config.processes == 1:
         return train(config, metrics=sink, progress=progress, **kw)
-    result = distributed.launch(folder, config, store.tracking_uri, **kw)
+    result = launcher.launch(folder, config, store.tracking_uri, **kw)
     sink.record = attrs.evolve(sink.record, progress=read_record(folder.parent.parent, folder.name).progress)
     return result
 
@@ -117,7 +81,7 @@ def run_job(
             logger.reopen()
             params = {k: v for k, v in json.loads(config.to_json()).items() if k not in ("output_dir",)}
             logger.log_params(params)
-        sink = _ProgressSink(folder, record, logger)
+        sink = JobProgressSink(folder, record, logger)
         marker = folder / CANCEL_FILE
         result = _train(
             folder, config, store, sink, progress, should_stop=lambda: cancel["requested"] or marker.exists()

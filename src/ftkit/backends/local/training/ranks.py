@@ -1,9 +1,9 @@
-"""Training on several processes of one host: ``torchrun`` ranks with DDP or FSDP2, and their launcher.
+"""The rank hooks: where :func:`~ftkit.backends.local.training.train` on several processes differs from one.
 
 A job whose config asks for ``processes > 1`` is trained by that many ranks that ``torch.distributed.run``
-(torchrun) starts; the job's worker (:mod:`.worker`) calls :func:`launch`, which runs torchrun, passes a stop
-request on, and turns a failed rank into one clear error. Each rank runs :func:`main`, the same
-:func:`~ftkit.backends.local.training.train` as one process, with a :class:`TorchRanks` as its ``ranks`` hooks:
+(torchrun) starts (:mod:`ftkit.backends.local.launcher` on the parent side, :mod:`ftkit.backends.local.rank_worker`
+in each rank). Each rank runs the same :func:`~ftkit.backends.local.training.train` as one process, with a
+:class:`TorchRanks` as its ``ranks`` hooks (:class:`Ranks`, the base, is one process):
 
 - **Engine.** ``sharding="ddp"``: DistributedDataParallel (the weights replicated; for models whose weights fit
   one device). ``zero2`` and ``zero3``: FSDP2 (``torch.distributed.fsdp.fully_shard`` on each decoder layer and
@@ -23,72 +23,39 @@ request on, and turns a failed rank into one clear error. Each rank runs :func:`
   a run may resume with another process count) and the final model; a stop request is agreed by all ranks (a
   tiny all-reduce on a CPU group each step), so they stop after the same step.
 
-NCCL's NVLink multicast (and PyTorch's and NVSHMEM's) is switched off in every process the launcher starts
-(:data:`NO_MULTICAST`): on shared hosts a program using it can put the GPUs out of service.
+The sharding policy (:func:`sharding_for`, :func:`describe`) lives here too: the backend maps a job's
+``apply_deepspeed`` / ``deepspeed_stage`` through it.
 
 torch is imported inside the functions: importing this module stays light.
 """
 
 from __future__ import annotations
 
-import collections
-import contextlib
-import ctypes
-import json
-import os
-import re
-import shutil
-import signal
-import subprocess
-import sys
-import threading
-import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import attrs
 import numpy as np
 
-from ...exceptions import FtkitError, Problem, ValidationError
-from .spawn import child_env, python_command
+from ....exceptions import Problem, ValidationError
 
 if TYPE_CHECKING:
-    from .data import EncodedSet
-    from .training import TrainConfig, TrainResult
+    from ..data import EncodedSet
 
 __all__ = [
-    "NO_MULTICAST",
-    "RANK_MODULE",
     "SHARDINGS",
-    "RankFailure",
     "Ranks",
     "StepShare",
     "TorchRanks",
     "describe",
-    "launch",
-    "main",
+    "example_labels",
+    "partition",
     "sharding_for",
 ]
 
-RANK_MODULE = "ftkit.backends.local.distributed"
-"""The module each rank runs (``torchrun ... -m ftkit.backends.local.distributed JOB_DIR TRACKING_URI``)."""
-
 SHARDINGS = ("ddp", "zero2", "zero3")
 """``ddp``: weights replicated; ``zero2``: FSDP2 sharding gradients and optimizer state; ``zero3``: weights too."""
-
-NO_MULTICAST: Mapping[str, str] = {
-    "NCCL_NVLS_ENABLE": "0",
-    "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
-    "NVSHMEM_DISABLE_NVLS": "1",
-}
-"""Set in every process the launcher starts: NVLink multicast off in NCCL, PyTorch and NVSHMEM."""
-
-_STOP_FILE = "stop-ranks"  # in the job folder: the worker asks the ranks to checkpoint and stop
-_RANKS_DIR = "ranks"  # in the job folder: torchrun's per-rank logs and the ranks' error files
-_RESULT_FILE = ".rank0-result.json"  # in the output folder: rank 0's TrainResult for the worker
-_TAIL_LINES = 25
 
 
 def sharding_for(parameters: Mapping[str, object]) -> str:
@@ -161,7 +128,10 @@ class StepShare:
     tokens: int
 
 
-Split = Callable[[Any, Sequence[int], int], list[list[int]]]
+Split = Callable[[np.ndarray, Sequence[int], int], list[list[int]]]
+"""Cuts a share of a step (example indices) into micro-batches of at most a token budget (``budget.split``)."""
+
+B = TypeVar("B")
 
 
 class Ranks:
@@ -204,7 +174,7 @@ class Ranks:
         pad = most - len(mine)
         return StepShare(mine + [filler] * pad, [1.0] * len(mine) + [0.0] * pad, labels, tokens)
 
-    def eval_share(self, batches: Sequence[Any]) -> list[tuple[Any, float]]:
+    def eval_share(self, batches: Sequence[B]) -> list[tuple[B, float]]:
         """This rank's evaluation batches, with weights (as many on every rank)."""
         if self.world == 1:
             return [(b, 1.0) for b in batches]
@@ -293,9 +263,9 @@ def _full_tree(value: Any) -> Any:
 class _SavedOptimizer:
     """Strictly private: stands for an optimizer in a checkpoint: its gathered ``state_dict``."""
 
-    state: Any
+    state: dict[str, Any]
 
-    def state_dict(self) -> Any:
+    def state_dict(self) -> dict[str, Any]:
         return self.state
 
 
@@ -472,267 +442,3 @@ class TorchRanks(Ranks):
             for key, value in whole.items():
                 params[key].copy_(value.to(params[key].dtype))
         return fresh
-
-
-# -- the launcher (in the job's worker) --------------------------------------------------------------------
-
-
-class RankFailure(FtkitError):
-    """A rank of a multi-process job failed; the message names the rank and ends with its log's last lines."""
-
-
-def _cuda_count() -> int:
-    try:
-        import torch
-    except ImportError:
-        return 0
-    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
-
-
-def _check_devices(config: TrainConfig) -> None:
-    gpus = _cuda_count()
-    if config.device == "cuda" and config.processes > gpus:
-        raise ValidationError(
-            [
-                Problem(
-                    "local.processes",
-                    f"{config.processes} processes on CUDA need {config.processes} GPUs, torch sees {gpus}",
-                    f"ask for at most {gpus}, or use device: cpu to test with gloo processes",
-                )
-            ],
-            "not enough GPUs",
-        )
-    if config.device == "auto" and 0 < gpus < config.processes:
-        raise ValidationError(
-            [
-                Problem(
-                    "local.processes",
-                    f"{config.processes} processes need {config.processes} GPUs, this machine has {gpus}",
-                    f"ask for at most {gpus} (compute.gpus_per_node or local.processes)",
-                )
-            ],
-            "not enough GPUs",
-        )
-
-
-def _tail(path: Path, lines: int = _TAIL_LINES) -> str:
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def _failure(folder: Path, processes: int, launcher: str) -> RankFailure:
-    """Strictly private: the error for a failed launch: the first rank that failed, why, and its log's tail."""
-    root = launcher.rpartition("Root Cause (first observed failure):")[2]
-    found = re.search(r"rank\s*:\s*(\d+)", root)
-    if found is None:  # torchrun itself failed (e.g. the rendezvous): its own last lines say why
-        tail = "\n".join(launcher.rstrip().splitlines()[-_TAIL_LINES:])
-        return RankFailure(f"the launcher of {processes} processes failed; its last lines:\n{tail}")
-    rank = int(found.group(1))
-    code = re.search(r"exitcode\s*:\s*(-?\d+)", root)
-    exit_code = int(code.group(1)) if code else None
-    if exit_code is not None and exit_code < 0:
-        how = f"killed by {signal.Signals(-exit_code).name}" if -exit_code in signal.valid_signals() else "killed"
-    else:
-        how = f"exit code {exit_code}"
-    error = ""
-    error_file = folder / _RANKS_DIR / f"rank-{rank}.error.json"
-    with contextlib.suppress(OSError, ValueError):
-        data = json.loads(error_file.read_text(encoding="utf-8"))
-        error = f": {data['type']}: {data['message']}"
-    logs = sorted((folder / _RANKS_DIR).glob(f"*/attempt_*/{rank}/stderr.log"), key=lambda p: p.stat().st_mtime)
-    log = logs[-1] if logs else None
-    tail = _tail(log) if log is not None else ""
-    where = f"\nlast lines of its log ({log}):\n{tail}" if tail else ""
-    return RankFailure(f"rank {rank} of {processes} failed ({how}){error}{where}")
-
-
-def _pump(stream: Any, keep: collections.deque[str]) -> None:
-    """Strictly private: copy the launcher's output to this process's stderr line by line, keeping the last."""
-    for raw in iter(stream.readline, b""):
-        line = raw.decode("utf-8", errors="replace")
-        keep.append(line)
-        with contextlib.suppress(Exception):  # a closed or captured stderr must not stop the copying
-            sys.stderr.write(line)
-            sys.stderr.flush()
-
-
-def _terminate(proc: subprocess.Popen[bytes]) -> None:
-    """Strictly private: end the launcher and every rank (they share its process group), politely first."""
-    for sig, wait in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
-        if proc.poll() is not None:
-            break
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=wait)
-    with contextlib.suppress(ProcessLookupError):  # ranks outliving a launcher that exited on its own
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def launch(
-    folder: str | Path, config: TrainConfig, tracking_uri: str, *, should_stop: Callable[[], bool] | None = None
-) -> TrainResult:
-    """Train the job in ``folder`` on ``config.processes`` ranks of this host and return rank 0's result.
-
-    Runs ``python -m torch.distributed.run --standalone`` (in its own process group, so signals meant for the
-    worker do not reach the ranks), copies its output (rank 0's lines) to this process's stderr, and, while it
-    runs, asks the ranks to checkpoint and stop once ``should_stop()`` is true. Whatever happens, no rank is
-    left running when it returns.
-
-    Args:
-        folder: The job's folder (``config.json``, ``job.json``).
-        config: The job's config (``processes > 1``).
-        tracking_uri: The MLflow store rank 0 logs to.
-        should_stop: Polled a few times a second (cancellation).
-
-    Returns:
-        What rank 0's :func:`~ftkit.backends.local.training.train` returned.
-
-    Raises:
-        RankFailure: A rank failed (the message names it, says how, and ends with its log's last lines).
-        ValidationError: More processes than GPUs.
-    """
-    from .training import TrainResult
-
-    folder = Path(folder).absolute()
-    _check_devices(config)
-    stop = folder / _STOP_FILE
-    stop.unlink(missing_ok=True)
-    logs = folder / _RANKS_DIR
-    shutil.rmtree(logs, ignore_errors=True)
-    logs.mkdir(parents=True)
-    result_file = Path(config.output_dir) / _RESULT_FILE
-    result_file.unlink(missing_ok=True)
-    # PYTHONSAFEPATH (child_env) keeps the caller's directory off sys.path in torchrun and in every rank it starts.
-    env = child_env({**os.environ, **NO_MULTICAST, "PYTHONUNBUFFERED": "1", "FTKIT_WORKER_PID": str(os.getpid())})
-    command = [
-        *python_command("torch.distributed.run"),
-        "--standalone",
-        f"--nproc-per-node={config.processes}",
-        "--max-restarts=0",
-        f"--log-dir={logs}",
-        "--redirects=3",  # every rank's stdout and stderr into its own file under ranks/
-        "--tee=3",
-        "--local-ranks-filter=0",  # ... and rank 0's to the job's log too
-        "-m",
-        RANK_MODULE,
-        str(folder),
-        tracking_uri,
-    ]
-    print(f"launching {describe(config.sharding, config.processes)}", file=sys.stderr, flush=True)
-    proc = subprocess.Popen(
-        command,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    kept: collections.deque[str] = collections.deque(maxlen=400)
-    pump = threading.Thread(target=_pump, args=(proc.stdout, kept), daemon=True)
-    pump.start()
-    try:
-        while True:
-            try:
-                code = proc.wait(timeout=0.25)
-                break
-            except subprocess.TimeoutExpired:
-                if should_stop is not None and not stop.exists() and should_stop():
-                    stop.touch()
-    finally:
-        _terminate(proc)
-        pump.join(timeout=5)
-    if code != 0:
-        raise _failure(folder, config.processes, "".join(kept))
-    data = json.loads(result_file.read_text(encoding="utf-8"))
-    data["model_dir"] = Path(data["model_dir"]) if data.get("model_dir") else None
-    return TrainResult(**data)
-
-
-# -- one rank (torchrun runs this module) ------------------------------------------------------------------
-
-
-def _die_with_parent() -> None:
-    """Strictly private: on Linux, get SIGKILL when torchrun dies, so a killed launcher leaves no rank behind."""
-    if not sys.platform.startswith("linux"):
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent died before the call
-            os._exit(1)
-
-
-def _worker_gone(pid_text: str | None) -> Callable[[], bool]:
-    """Strictly private: whether the job's worker (who waits for the ranks) has died."""
-    from .pids import owned_process_alive
-
-    pid = int(pid_text) if pid_text and pid_text.isdigit() else None
-    if pid is None:
-        return lambda: False
-    return lambda: not owned_process_alive(pid, lambda _args: True)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """One rank: ``python -m torch.distributed.run ... -m ftkit.backends.local.distributed JOB_DIR TRACKING_URI``."""
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 2 or "RANK" not in os.environ:
-        print("usage: torchrun ... -m ftkit.backends.local.distributed JOB_DIR TRACKING_URI", file=sys.stderr)
-        return 2
-    _die_with_parent()
-    import torch
-    import torch.distributed as dist
-
-    from .jobs import JobRecord
-    from .tracking import MlflowStore, RunLogger
-    from .training import MetricsSink, TrainConfig, train
-    from .worker import _ProgressSink
-
-    folder, uri = Path(args[0]), args[1]
-    rank = int(os.environ["RANK"])
-    config = TrainConfig.from_json((folder / "config.json").read_text(encoding="utf-8"))
-    device: Literal["cpu", "cuda"] = "cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu"
-    try:
-        if device == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
-        sink: Any = MetricsSink()
-        on_engine = None
-        if rank == 0:
-            record = JobRecord(**json.loads((folder / "job.json").read_text(encoding="utf-8")))
-            logger = RunLogger(MlflowStore.at(folder.parent.parent, uri), record.run_id) if record.run_id else None
-            sink = _ProgressSink(folder, record, logger)
-            on_engine = logger.set_tags if logger is not None else None
-        ranks = TorchRanks(config.sharding, device, on_engine)
-        stop, gone = folder / _STOP_FILE, _worker_gone(os.environ.get("FTKIT_WORKER_PID"))
-        result = train(
-            attrs.evolve(config, device=device),
-            metrics=sink,
-            progress="plain" if rank == 0 else "none",
-            # A dead worker is a stop request too: the ranks checkpoint and exit instead of training unwatched.
-            should_stop=(lambda: stop.exists() or gone()) if rank == 0 else None,
-            ranks=ranks,
-        )
-        if rank == 0:
-            data = attrs.asdict(result)
-            data["model_dir"] = str(result.model_dir) if result.model_dir else None
-            out = Path(config.output_dir) / _RESULT_FILE
-            out.with_suffix(".tmp").write_text(json.dumps(data), encoding="utf-8")
-            out.with_suffix(".tmp").replace(out)
-    except BaseException as exc:
-        error = {"type": type(exc).__name__, "message": str(exc)[:1500], "time": time.time()}
-        with contextlib.suppress(OSError):
-            (folder / _RANKS_DIR / f"rank-{rank}.error.json").write_text(json.dumps(error), encoding="utf-8")
-        raise
-    finally:
-        if dist.is_initialized():
-            with contextlib.suppress(Exception):
-                dist.destroy_process_group()
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

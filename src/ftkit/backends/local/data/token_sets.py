@@ -1,22 +1,11 @@
-"""Chat rows to training tokens: assistant-only labels and packing without cross-example attention.
-
-:func:`encode_conversation` renders one conversation with the tokenizer's chat template and labels only the
-assistant spans (everything else is ``-100``), as the component's ``CustomCollatorForCompletionOnlyLM`` does.
-Templates with ``{% generation %}`` blocks give the spans directly
-(``apply_chat_template(..., return_assistant_tokens_mask=True)``); for others (Phi-3's own template has none)
-the spans are found by rendering growing prefixes of the conversation and mapping characters to tokens.
-
-:func:`pack` concatenates a batch's examples into one row with ``position_ids`` restarting at 0 for each
-example. Given ``position_ids`` and no attention mask, transformers builds a block-diagonal causal mask for
-SDPA/eager and uses variable-length kernels for flash-attention, so no token attends across examples and no
-compute goes to padding.
+"""A data file's tokens kept compactly, cached on disk, and packed straight from its arrays.
 
 :func:`encode_file` keeps a file's tokens compactly (:class:`EncodedSet`: one int32 array of tokens, one byte of
 assistant mask per token and the examples' offsets, about 5 bytes a token), tokenises in parallel on all cores
 for large files, and caches the result on disk keyed by the tokenizer, its chat template, the data file's hash
-and the maximum length, so a repeated or resumed run reads arrays instead of tokenising again.
-:func:`pack_arrays` packs chosen examples of a set straight from those arrays, with the document boundaries the
-variable-length attention path needs.
+and the maximum length (:func:`cache_key`), so a repeated or resumed run reads arrays instead of tokenising
+again. :func:`pack_arrays` packs chosen examples of a set straight from those arrays, with the document
+boundaries the variable-length attention path needs.
 """
 
 from __future__ import annotations
@@ -28,7 +17,7 @@ import os
 import shutil
 import sys
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, overload
@@ -36,215 +25,12 @@ from typing import Any, overload
 import attrs
 import numpy as np
 
-from ...exceptions import Problem, ValidationError
-from ...hashing import sha256_file
+from ....exceptions import Problem, ValidationError
+from ....hashing import sha256_file
+from .conversations import IGNORE_INDEX, EncodeReport, Example, encode_conversation, line_chunks, parse_line
 
-__all__ = [
-    "IGNORE_INDEX",
-    "EncodeReport",
-    "EncodedSet",
-    "Example",
-    "PackedArrays",
-    "PackedBatch",
-    "cache_key",
-    "encode_conversation",
-    "encode_file",
-    "pack",
-    "pack_arrays",
-]
+__all__ = ["EncodedSet", "PackedArrays", "cache_key", "encode_file", "pack_arrays"]
 
-IGNORE_INDEX = -100
-
-
-@attrs.frozen
-class Example:
-    """One tokenised conversation.
-
-    Attributes:
-        input_ids: Its tokens.
-        labels: The same tokens on assistant spans, ``-100`` elsewhere.
-    """
-
-    input_ids: tuple[int, ...]
-    labels: tuple[int, ...]
-
-    @property
-    def num_labels(self) -> int:
-        """Tokens that carry loss."""
-        return sum(1 for x in self.labels if x != IGNORE_INDEX)
-
-
-@attrs.frozen
-class EncodeReport:
-    """What :func:`encode_file` kept and dropped.
-
-    Attributes:
-        rows: Rows read.
-        kept: Examples produced.
-        unreadable: Lines that were not a JSON object with a ``messages`` list of 2+ messages.
-        no_assistant_tokens: Rows with no assistant token left (none, or all truncated away).
-        truncated: Kept rows cut at ``max_seq_length``.
-    """
-
-    rows: int = 0
-    kept: int = 0
-    unreadable: int = 0
-    no_assistant_tokens: int = 0
-    truncated: int = 0
-
-
-@attrs.frozen
-class PackedBatch:
-    """A batch of examples packed into rows (plain Python lists; the training loop makes tensors).
-
-    Attributes:
-        input_ids: One tuple of tokens per row.
-        labels: Labels per row, ``-100`` at each example's first token (never predicted from the example before).
-        position_ids: Positions per row, restarting at 0 at every example.
-        num_examples: Examples in the batch.
-    """
-
-    input_ids: tuple[tuple[int, ...], ...]
-    labels: tuple[tuple[int, ...], ...]
-    position_ids: tuple[tuple[int, ...], ...]
-    num_examples: int
-
-    @property
-    def num_tokens(self) -> int:
-        """Tokens in the batch (no padding is ever added)."""
-        return sum(len(r) for r in self.input_ids)
-
-    @property
-    def num_labels(self) -> int:
-        """Tokens that carry loss (each is predicted from the token before it)."""
-        return sum(1 for row in self.labels for x in row[1:] if x != IGNORE_INDEX)
-
-
-def _clean(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    # As the component does: keys whose value is None are removed before templating.
-    return [{k: v for k, v in m.items() if v is not None} for m in messages]
-
-
-def _uses_generation_blocks(tokenizer: Any) -> bool:
-    template = getattr(tokenizer, "chat_template", None)
-    return isinstance(template, str) and "{% generation %}" in template.replace("{%- generation %}", "{% generation %}")
-
-
-def _assistant_char_spans(tokenizer: Any, messages: list[dict[str, Any]], text: str) -> list[tuple[int, int]]:
-    """Strictly private: character spans of assistant turns in ``text`` (the whole rendered conversation).
-
-    A turn starts where the prompt for it (prefix + generation prompt) ends, and ends where the rendering of
-    the conversation up to and including it stops agreeing with ``text`` (so it includes the end-of-turn token).
-    """
-    spans: list[tuple[int, int]] = []
-    for i, message in enumerate(messages):
-        if message.get("role") != "assistant":
-            continue
-        prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True) if i else ""
-        upto = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
-        if prompt and text.startswith(prompt):
-            start = len(prompt)
-        else:  # a template whose prompts are not prefixes: find the answer itself
-            content = str(message.get("content", ""))
-            start = text.find(content, spans[-1][1] if spans else 0)
-            if start < 0:
-                continue
-        end = start
-        limit = min(len(upto), len(text))
-        while end < limit and upto[end] == text[end]:
-            end += 1
-        while end > start and text[end - 1].isspace():  # the newline after an end-of-turn token is the template's
-            end -= 1
-        if end > start:
-            spans.append((start, end))
-    return spans
-
-
-def encode_conversation(tokenizer: Any, messages: Sequence[Mapping[str, Any]], max_seq_length: int) -> Example | None:
-    """Tokenise one conversation with assistant-only labels, truncated from the right.
-
-    Args:
-        tokenizer: A Hugging Face tokenizer with a chat template (a fast one, for offsets).
-        messages: The conversation.
-        max_seq_length: Longest sequence kept.
-
-    Returns:
-        The example, or ``None`` when no assistant token survives truncation (the component drops those too).
-    """
-    msgs = _clean(messages)
-    if _uses_generation_blocks(tokenizer):
-        out = tokenizer.apply_chat_template(msgs, return_dict=True, return_assistant_tokens_mask=True)
-        ids = list(out["input_ids"])
-        mask = list(out["assistant_masks"])
-    else:
-        text = tokenizer.apply_chat_template(msgs, tokenize=False)
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = list(enc["input_ids"])
-        spans = _assistant_char_spans(tokenizer, msgs, text)
-        mask = [int(any(s <= a and b <= e and b > a for s, e in spans)) for a, b in enc["offset_mapping"]]
-    ids, mask = ids[:max_seq_length], mask[:max_seq_length]
-    labels = tuple(t if m else IGNORE_INDEX for t, m in zip(ids, mask, strict=True))
-    if all(x == IGNORE_INDEX for x in labels[1:]):
-        return None
-    return Example(tuple(ids), labels)
-
-
-def _parse_line(line: str) -> list[dict[str, Any]] | None:
-    """Strictly private: a line's ``messages``, or ``None`` if it is not a usable row (blank lines are not rows)."""
-    try:
-        row = json.loads(line)
-    except ValueError:
-        return None
-    messages = row.get("messages") if isinstance(row, dict) else None
-    if not isinstance(messages, list) or len(messages) < 2 or not all(isinstance(m, dict) for m in messages):
-        return None
-    return messages
-
-
-def read_rows(path: str | Path) -> tuple[list[list[dict[str, Any]]], int]:
-    """Read the ``messages`` of every usable row of a JSONL chat file.
-
-    Args:
-        path: The file.
-
-    Returns:
-        The conversations, and how many lines were unusable (not JSON, no ``messages`` list of 2+ entries).
-
-    Raises:
-        ValidationError: The file cannot be read.
-    """
-    rows: list[list[dict[str, Any]]] = []
-    bad = 0
-    for chunk in _line_chunks(path):
-        for line in chunk:
-            messages = _parse_line(line)
-            if messages is None:
-                bad += 1
-            else:
-                rows.append(messages)
-    return rows, bad
-
-
-def _line_chunks(path: str | Path, size: int = 512) -> Iterator[list[str]]:
-    """Strictly private: the file's non-blank lines, ``size`` at a time."""
-    try:
-        with Path(path).open(encoding="utf-8") as f:
-            chunk: list[str] = []
-            for line in f:
-                if line.strip():
-                    chunk.append(line)
-                    if len(chunk) == size:
-                        yield chunk
-                        chunk = []
-            if chunk:
-                yield chunk
-    except OSError as exc:
-        raise ValidationError(
-            [Problem("data", f"cannot read {path}: {exc.strerror or exc}", "check the path")], "unreadable data file"
-        ) from None
-
-
-# Bumped whenever encoding changes what it produces: older cache entries are then never read.
 _ENCODER_VERSION = 1
 # Below this many rows, tokenising in worker processes costs more than it saves.
 _PARALLEL_MIN_ROWS = 2048
@@ -414,7 +200,7 @@ def _encode_lines(tokenizer: Any, lines: Sequence[str], max_seq_length: int) -> 
     lengths: list[int] = []
     bad = empty = truncated = 0
     for line in lines:
-        messages = _parse_line(line)
+        messages = parse_line(line)
         if messages is None:
             bad += 1
             continue
@@ -482,7 +268,7 @@ def _parallel_parts(tokenizer: Any, chunks: Iterator[list[str]], max_seq_length:
 
 def _encode_all(tokenizer: Any, path: str | Path, max_seq_length: int, workers: int) -> tuple[EncodedSet, _Part]:
     """Strictly private: the file's encoding, and its totals (as a part without arrays)."""
-    chunks = _line_chunks(path, _CHUNK_ROWS)
+    chunks = line_chunks(path, _CHUNK_ROWS)
     first = list(itertools.islice(chunks, _PARALLEL_MIN_ROWS // _CHUNK_ROWS))
     rest = next(chunks, None)
     every = itertools.chain(first, [rest] if rest is not None else [], chunks)
@@ -614,24 +400,3 @@ def encode_file(
             "no training data",
         )
     return data, report
-
-
-def pack(examples: Iterable[Example]) -> PackedBatch:
-    """Pack a batch's examples into one row, with positions restarting at every example.
-
-    Args:
-        examples: The batch's examples.
-
-    Returns:
-        The packed batch (one row: no padding; the attention kernels see the example boundaries).
-    """
-    items = list(examples)
-    ids: list[int] = []
-    labels: list[int] = []
-    pos: list[int] = []
-    for ex in items:
-        ids.extend(ex.input_ids)
-        labels.append(IGNORE_INDEX)  # never predict an example's first token from the one before
-        labels.extend(ex.labels[1:])
-        pos.extend(range(len(ex.input_ids)))
-    return PackedBatch((tuple(ids),), (tuple(labels),), (tuple(pos),), len(items))

@@ -1,0 +1,135 @@
+"""How a run's steps are cut and computed: the micro-batch token budget, checkpointing, the fast paths.
+
+:func:`make_plan` resolves a :class:`Plan` once per run, from the config and the device (on CUDA, fitted to the
+GPU's memory); :func:`split` cuts a step's conversations into micro-batches of at most the budget's tokens.
+:data:`TUNING` holds what the fast path turns on (the GPU benchmark switches each part for its table).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from ....exceptions import Problem, ValidationError
+from .. import attention, qlora
+from ..loss import fused_kernel
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+
+__all__ = ["RESERVE_BYTES", "TUNING", "Plan", "make_plan", "split"]
+
+# What the fast path turns on, each switchable for the benchmark's table of what each part gained
+# (benchmarks/bench_train_gpu.py sets these in its own process); the defaults are what a run uses.
+TUNING: dict[str, Any] = {
+    "attention": attention.IMPLEMENTATION,  # or "sdpa": transformers' dense block-diagonal mask
+    "liger": True,  # liger-kernel's RMSNorm/SwiGLU/RoPE and fused loss on CUDA, when installed
+    "label_only_loss": True,  # the head only at label positions, chunked (else: whole-row logits)
+    "bf16_adapters": True,  # adapters in the compute dtype, float32 masters in the optimizer
+    "compile_layers": False,  # torch.compile each decoder layer
+}
+
+_CPU_BUDGET = 16384
+_MAX_BUDGET = 16384  # past this, longer micro-batches no longer raise a GPU's matmul efficiency
+RESERVE_BYTES = 1.5 * 2**30  # CUDA context, allocator fragmentation, temporaries
+
+
+@attrs.frozen
+class Plan:
+    """How this run's steps are cut and computed (resolved once, from config and device)."""
+
+    budget: int
+    checkpointing: bool
+    fused_loss: bool
+    label_only_loss: bool
+    compile_layers: bool
+
+
+def _activation_bytes_per_token(model_config: Any, dtype_bytes: int, checkpointing: bool) -> float:
+    """Strictly private: a conservative estimate of the activation memory one token of a micro-batch keeps.
+
+    A decoder layer keeps about 14 hidden-sized and 5 MLP-sized tensors per token for its backward pass (norms'
+    float32 copies, q/k/v and their rotated copies, attention output, the gated MLP's pieces). Measured on an
+    H200 with Phi-3-mini: 108-140 KB per token and layer against 168 KB estimated here. Checkpointed, each
+    layer keeps its input only and one layer at a time recomputes the rest.
+    """
+    hidden = int(getattr(model_config, "hidden_size", 0) or 0)
+    inter = int(getattr(model_config, "intermediate_size", 0) or 4 * hidden)
+    layers = int(getattr(model_config, "num_hidden_layers", 0) or 1)
+    per_layer = dtype_bytes * (14 * hidden + 5 * inter)
+    if checkpointing:
+        return layers * dtype_bytes * hidden + per_layer
+    return float(layers * per_layer)
+
+
+def make_plan(torch: Any, config: TrainConfig, model: Any, device: str, max_len: int) -> Plan:
+    """The token budget and whether to checkpoint, fitted to the GPU's memory."""
+    fused = device == "cuda" and bool(TUNING["liger"]) and fused_kernel() is not None
+    label_only = bool(TUNING["label_only_loss"])
+    compile_layers = device == "cuda" and (config.torch_compile or bool(TUNING["compile_layers"]))
+    wanted = config.max_tokens_per_micro_batch
+    if device != "cuda":
+        budget = wanted if wanted > 0 else max(max_len, _CPU_BUDGET)
+        return Plan(budget, bool(config.gradient_checkpointing), fused, label_only, compile_layers)
+    if config.gpu_memory_gib is not None:
+        limit = config.gpu_memory_gib * 2**30
+    else:
+        limit = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    params = list(model.parameters())
+    weights = sum(p.numel() * p.element_size() for p in params)
+    # float32 master, its gradient, two AdamW moments, and the model dtype's gradient
+    # the compute dtype's size (a 4-bit model's parameters are partly packed uint8)
+    dtype_bytes = model.get_input_embeddings().weight.element_size()
+    trainable = sum(p.numel() for p in params if p.requires_grad) * (16 + dtype_bytes)
+    # 4-bit weights count at their packed size above; their layers also de-quantize a copy at a time
+    weights += qlora.scratch_bytes(model, dtype_bytes)
+    head = model.get_output_embeddings()
+    vocab = int(head.weight.shape[0]) if head is not None else 0
+    loss_bytes = 0 if fused else 4096 * vocab * 10  # a chunk's float32 logits, their gradient, bf16 logits
+    free = limit - weights - trainable - loss_bytes - RESERVE_BYTES
+    plain = _activation_bytes_per_token(model.config, dtype_bytes, checkpointing=False)
+    saved = _activation_bytes_per_token(model.config, dtype_bytes, checkpointing=True)
+    if config.gradient_checkpointing is None:
+        checkpointing = free / plain < max(max_len, wanted)
+    else:
+        checkpointing = config.gradient_checkpointing
+    per_token = saved if checkpointing else plain
+    budget = wanted if wanted > 0 else min(_MAX_BUDGET, int(free / per_token))
+    if budget < max_len and wanted <= 0:
+        if free / saved < max_len:
+            gib = (weights + trainable + loss_bytes + RESERVE_BYTES + saved * max_len) / 2**30
+            raise ValidationError(
+                [
+                    Problem(
+                        "max_seq_length",
+                        f"a {max_len}-token conversation needs about {gib:.1f} GiB of GPU memory with this "
+                        f"model, {limit / 2**30:.1f} GiB are available",
+                        "lower max_seq_length, use a smaller model, or set gpu_memory_gib if the card has more",
+                    )
+                ],
+                "training does not fit the GPU",
+            )
+        budget = max_len
+    return Plan(max(budget, 1), checkpointing, fused, label_only, compile_layers)
+
+
+def split(lengths: Any, indices: Sequence[int], budget: int, most: int | None = None) -> list[list[int]]:
+    """Consecutive groups of ``indices`` of at most ``budget`` tokens (and ``most`` examples).
+
+    An example longer than the budget forms a group of its own.
+    """
+    groups: list[list[int]] = []
+    current: list[int] = []
+    tokens = 0
+    for i in indices:
+        n = int(lengths[i])
+        if current and (tokens + n > budget or (most is not None and len(current) >= most)):
+            groups.append(current)
+            current, tokens = [], 0
+        current.append(i)
+        tokens += n
+    if current:
+        groups.append(current)
+    return groups

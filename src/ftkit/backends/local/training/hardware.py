@@ -1,0 +1,81 @@
+"""The device and number format a run computes in, and the libraries it needs.
+
+torch and transformers are imported here, on first use, with a clear error when the ``local`` extra is missing.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+from ....exceptions import MissingDependencyError, Problem, ValidationError
+from .config import Device, Precision
+
+__all__ = ["compute_dtype", "cpu_has_native_bf16", "import_torch", "import_transformers", "pick_device"]
+
+
+def import_torch() -> Any:
+    """The ``torch`` module, or :class:`~ftkit.exceptions.MissingDependencyError` naming the extra."""
+    try:
+        import torch
+    except ImportError:
+        raise MissingDependencyError("torch", "local") from None
+    return torch
+
+
+def import_transformers() -> Any:
+    """The ``transformers`` module, or :class:`~ftkit.exceptions.MissingDependencyError` naming the extra."""
+    try:
+        import transformers
+    except ImportError:
+        raise MissingDependencyError("transformers", "local") from None
+    return transformers
+
+
+def pick_device(torch: Any, wanted: Device) -> str:
+    """``cuda`` or ``cpu``: what ``wanted`` resolves to here (a clear error when CUDA is asked for but absent)."""
+    if wanted == "cuda" and not torch.cuda.is_available():
+        raise ValidationError(
+            [Problem("local.device", "cuda was asked for but torch sees no CUDA GPU", "use device: auto or cpu")],
+            "no GPU",
+        )
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return wanted
+
+
+# /proc/cpuinfo flags of CPUs whose matrix units compute bfloat16 natively (AVX512-BF16's dot products, AMX's tiles).
+_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@functools.cache
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this CPU computes bfloat16 matrix products natively (AVX512-BF16 or AMX-BF16; Linux only).
+
+    Elsewhere bf16 arithmetic is emulated through float32 and slower than float32 itself, so training stays in
+    float32 there.
+    """
+    try:
+        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags") and _BF16_CPU_FLAGS & set(line.partition(":")[2].split()):
+            return True
+    return False
+
+
+def compute_dtype(torch: Any, device: str, precision: Precision) -> Any:
+    """The compute dtype: bfloat16 where the device has it natively and ``precision`` allows."""
+    if precision == "32":
+        return torch.float32
+    if device == "cuda":
+        # 16-bit means bfloat16: no loss scaling needed.
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    # A CPU: bf16 only when asked for (precision 16) and computed natively (emulated bf16 is slower than float32).
+    # Not by default: measured on SmolLM2-135M at lr 1e-4, 1.27x the float32 step rate, but the loss fell a
+    # quarter as far in 6 steps (a LoRA update far below a bf16 activation's rounding step is lost in the sum).
+    if precision == "16" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return torch.float32
