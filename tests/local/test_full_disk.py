@@ -12,6 +12,9 @@ import pytest
 from ftkit.backends.local import LocalBackend, registry
 from ftkit.backends.local.tracking import MlflowStore, RunLogger, client, using_store
 from ftkit.cli import main
+from ftkit.exceptions import JobFailedError, JobStorageError, StorageError
+from ftkit.storage import StorageFailure
+from ftkit.waiting import wait_for_job
 
 from .conftest import ChatFiles
 from .test_backend import _request
@@ -180,10 +183,18 @@ def test_a_full_disk_reported_by_torch_is_a_storage_error_naming_the_path(
     assert ".checkpoint-2.tmp" in message
     assert "free some space" in message
     assert temporary_files(backend.job_dir(handle.name)) == []
+    # What waiting for the job raises (the runner's wait): the StorageError itself, not only its text.
+    with pytest.raises(StorageError) as caught:
+        wait_for_job(backend, handle.name, poll_s=0.1)
+    assert isinstance(caught.value, JobFailedError)
+    assert (caught.value.stage, caught.value.errno) == ("finetune", errno.ENOSPC)
+    assert str(caught.value.path).endswith(".checkpoint-2.tmp")
+    assert str(caught.value).startswith(message)
     monkeypatch.setattr(torch, "save", real_save)
     again = backend.submit_finetune(_request(backend, chat_files, max_steps=4, save_steps=2))
     assert again.name == handle.name
     assert again.status == "Completed"
+    assert again.storage is None
 
 
 def test_storage_cause_is_found_in_any_library_s_wording(tmp_path: Path) -> None:
@@ -229,3 +240,38 @@ def test_a_worker_that_could_not_write_job_json_is_reported_by_its_last_words(
     assert handle.error is not None
     assert handle.error.startswith(words)
     assert "train.log could not be written" in handle.error
+    assert handle.storage is None  # plain words (an older worker's): a JobFailedError with that text
+    with pytest.raises(JobFailedError, match="No space left on device") as caught:
+        wait_for_job(backend, "ft-abcdef", poll_s=0.1)
+    assert not isinstance(caught.value, StorageError)
+
+
+def test_last_words_carry_the_storage_failure_to_the_waiting_process(tmp_path: Path) -> None:
+    """The worker's last words hold the failure as values too: waiting raises the StorageError (stage, path)."""
+    import subprocess
+    import sys
+
+    from ftkit.backends.local import jobs
+
+    backend = LocalBackend(tmp_path / "home", device="cpu", background=True, progress="none")
+    folder = backend.job_dir("ft-ghijkl")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    jobs.write_record(folder, jobs.JobRecord(name="ft-ghijkl", status="Running", pid=int(dead.stdout)))
+    jobs.reserve_last_words(folder)
+    failure = StorageFailure.of("finetune", full("/x/.checkpoint-2.tmp"))
+    message = str(StorageError("finetune", failure.error()))
+    assert jobs.write_last_words(folder, message, failure)
+    assert (folder / jobs.LAST_WORDS).stat().st_size == 4096  # overwritten in place, never grown
+    handle = backend.get_job("ft-ghijkl")
+    assert (handle.status, handle.error, handle.storage) == ("Failed", message, failure)
+    with pytest.raises(JobStorageError) as caught:
+        wait_for_job(backend, "ft-ghijkl", poll_s=0.1)
+    assert (caught.value.stage, caught.value.path, caught.value.job_name) == (
+        "finetune",
+        "/x/.checkpoint-2.tmp",
+        "ft-ghijkl",
+    )
+    assert str(caught.value).startswith(message)
+    assert "job ft-ghijkl ended Failed" in str(caught.value)
+    # job.json says so too (written by get_job's reconciliation): a later reader gets the same error.
+    assert StorageFailure.from_json(json.loads((folder / "job.json").read_text())["storage"]) == failure

@@ -19,6 +19,7 @@ from ..deployment_settings import DeploymentSettings, ServerSettings
 from ..jobfile import ComputeSection
 from ..model import FoundationModelRef
 from ..plan import RunPlan
+from ..storage import StorageFailure
 
 __all__ = [
     "FAILED_JOB_STATES",
@@ -76,6 +77,8 @@ class JobHandle:
         error: The failure message, when ``status`` is a failure.
         progress: What the job is doing now (``step 40: loss 0.4312, 12,900 tokens/s``), where the backend
             knows.
+        storage: Why it failed, when that was its file system (a full disk): waiting for it raises
+            :class:`~ftkit.exceptions.JobStorageError`, a ``StorageError`` naming the stage and path.
     """
 
     name: str
@@ -86,6 +89,7 @@ class JobHandle:
     backend: str = "local"
     error: str | None = None
     progress: str | None = None
+    storage: StorageFailure | None = None
 
     @property
     def is_terminal(self) -> bool:
