@@ -275,3 +275,70 @@ def test_last_words_carry_the_storage_failure_to_the_waiting_process(tmp_path: P
     assert "job ft-ghijkl ended Failed" in str(caught.value)
     # job.json says so too (written by get_job's reconciliation): a later reader gets the same error.
     assert StorageFailure.from_json(json.loads((folder / "job.json").read_text())["storage"]) == failure
+
+
+# Loaded by every Python process started with this directory on PYTHONPATH (ftkit's children keep PYTHONPATH):
+# the training worker's second checkpoint write then fails as torch reports a full disk.
+FULL_DISK_AT_CHECKPOINT_4 = """\
+import os
+if os.environ.get("FULL_DISK_TEST"):
+    import torch
+    real_save = torch.save
+    def save(obj, f, *args, **kwargs):
+        if ".checkpoint-4.tmp" in str(f):
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+        return real_save(obj, f, *args, **kwargs)
+    torch.save = save
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_full_disk_in_a_real_run_is_the_cli_s_storage_error(
+    tmp_path: Path, tiny_model_dir: Path, chat_files: ChatFiles
+) -> None:
+    """A real ``ftkit run`` whose worker fills the disk writing a checkpoint: exit 1 and one ``error:`` line in the
+    documented StorageError wording (stage, the checkpoint's path, what to do), run.json with the class and
+    stage; once there is room, the same command resumes the job from its last checkpoint."""
+    import os
+
+    from . import realrun
+
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(FULL_DISK_AT_CHECKPOINT_4, encoding="utf-8")
+    home = tmp_path / "home"
+    job = realrun.job_file(
+        tmp_path / "job.yaml",
+        name="full-disk",
+        model=tiny_model_dir,
+        train=chat_files.train,
+        test=chat_files.test,
+        home=home,
+        finetune="max_steps: 6\nper_device_train_batch_size: 4\nmax_seq_length: 128\nevaluation_strategy: disable",
+        local="save_steps: 2",
+    )
+    path = os.pathsep.join(p for p in (str(inject), os.environ.get("PYTHONPATH", "")) if p)
+    proc = realrun.start_run(job, home, {"FULL_DISK_TEST": "1", "PYTHONPATH": path})
+    out, _ = proc.communicate(timeout=realrun.LIMIT_S)
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out, out
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert line.startswith("error: finetune: No space left on device ("), line
+    assert ".checkpoint-4.tmp); free some space on that disk and run again" in line, line
+    assert "ended Failed" in line
+    (run_json,) = home.glob("runs/*/run.json")
+    record = json.loads(run_json.read_text())
+    assert (record["status"], record["error"]["type"], record["error"]["stage"]) == (
+        "failed",
+        "JobStorageError",
+        "finetune",
+    )
+    folder = next(home.glob("jobs/*"))
+    assert temporary_files(folder) == []
+    assert (folder / "output" / "checkpoints" / "checkpoint-2" / "state.json").is_file()
+
+    again = realrun.start_run(job, home)  # room again: the same job resumes from checkpoint 2
+    out, _ = again.communicate(timeout=realrun.LIMIT_S)
+    assert again.returncode == 0, out
+    assert "training from step 2 to 6" in (folder / "train.log").read_text()

@@ -24,7 +24,6 @@ torch, transformers and peft are imported inside the functions: importing this m
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
@@ -33,7 +32,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,10 +41,11 @@ import attrs
 from ...exceptions import MissingDependencyError, Problem, ValidationError
 from ...home import ftkit_home
 from ...storage import storage_cause
-from . import attention, qlora
+from . import attention, qlora, stops
 from .data import EncodedSet, PackedArrays, encode_file, pack_arrays
 from .distributed import SHARDINGS, Ranks
 from .loss import fused_kernel, label_cross_entropy
+from .stops import StopRequested, stop_now
 
 __all__ = [
     "LR_SCHEDULERS",
@@ -64,43 +64,6 @@ QUANTIZE_CHOICES = ("none", "4bit")
 Precision = Literal["auto", "32", "16"]
 Device = Literal["auto", "cpu", "cuda"]
 Progress = Literal["auto", "rich", "plain", "none"]
-
-
-class StopRequested(BaseException):
-    """A stop request that arrived while training was in a phase with nothing to checkpoint (see :func:`stop_now`).
-
-    A ``BaseException``, as ``KeyboardInterrupt`` is: raised from a signal handler inside library code, it must
-    not be swallowed by that code's ``except Exception``.
-    """
-
-
-_INTERRUPTIBLE = {"now": False}
-"""Whether :func:`train` is, in this process's main thread, in a phase a stop may cut short (loading the model,
-tokenising, evaluating): nothing of it needs to be kept, so it need not run to its end first."""
-
-
-def stop_now() -> None:
-    """Raise :class:`StopRequested` if :func:`train` is in a phase a stop may cut short (a SIGTERM handler's call).
-
-    Model loading and tokenisation are single library calls that can take minutes with a real model; polling a
-    flag between them would leave a cancel waiting that long. A signal handler runs between Python bytecodes, so
-    raising from it stops them within moments. Steps and checkpoint writes are never cut: they finish first.
-    """
-    if _INTERRUPTIBLE["now"]:
-        raise StopRequested
-
-
-@contextlib.contextmanager
-def _interruptible(ranks: Ranks) -> Iterator[None]:
-    """Strictly private: a phase :func:`stop_now` may cut short (one process only: ranks must stop together)."""
-    if ranks.world != 1:
-        yield
-        return
-    _INTERRUPTIBLE["now"] = True
-    try:
-        yield
-    finally:
-        _INTERRUPTIBLE["now"] = False
 
 
 _CHECKPOINTS = "checkpoints"
@@ -684,6 +647,7 @@ def _save_checkpoint(
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         torch.save(rng, tmp / "rng.pt")
+        stops.pause_for_tests("checkpoint")
         # state.json last: a checkpoint without it is incomplete and ignored.
         (tmp / "state.json").write_text(json.dumps({"global_step": step}), encoding="utf-8")
     except BaseException as exc:
@@ -927,12 +891,12 @@ def train(
     say = _announcer(sink, progress, ranks)
 
     def check() -> None:
-        """A stop request polled between phases and evaluation batches (one process: ranks stop together)."""
-        if ranks.world == 1 and should_stop is not None and should_stop():
+        """A stop request polled between the loading phases (ranks: each on its own, agreed at the end)."""
+        if stops.asked(should_stop):
             raise StopRequested
 
     try:
-        with _interruptible(ranks):  # loading and tokenising: nothing to keep, so a stop cuts them short
+        with stops.loading(ranks, should_stop):  # loading and tokenising: nothing to keep, a stop cuts them short
             check()
             tokenizer = AutoTokenizer.from_pretrained(config.model_dir)
             model_max = int(getattr(tokenizer, "model_max_length", 0) or 0)
@@ -958,12 +922,11 @@ def train(
             say(f"loading the model {Path(config.model_dir).name} on {device} ({str(dtype).removeprefix('torch.')})")
             began = time.perf_counter()
             model = _build_model(config, device, ranks.weights_dtype(dtype))
+            stops.pause_for_tests("load")
             say(f"loaded the model in {time.perf_counter() - began:.1f}s")
             model.train()
             plan = _plan(torch, config, model, device, max_len)
             _prepare(model, plan)
-            # The one forward of training and evaluation; through DDP or FSDP2 on several processes (.distributed).
-            forward = ranks.wrap(model, lambda m, b: _forward_loss(torch, m, b, device, plan), dtype)
             eval_batches: list[PackedArrays] = []
             if eval_set is not None:
                 eval_groups = _split(
@@ -975,6 +938,9 @@ def train(
         done = latest_checkpoint(out) if resume else None
         at = int(done.name.rsplit("-", 1)[-1]) if done is not None else 0
         return TrainResult(global_step=at, total_steps=0, model_dir=None, stopped=True)
+    # The one forward of training and evaluation; through DDP or FSDP2 on several processes (.distributed).
+    # After the loading phase: DDP and FSDP2 start with collectives, which every rank must reach.
+    forward = ranks.wrap(model, lambda m, b: _forward_loss(torch, m, b, device, plan), dtype)
     threads = torch.get_num_threads()
     if device == "cpu" and sum(p.numel() for p in model.parameters()) < _SMALL_MODEL_PARAMS:
         # Intra-op threads cost more than they save on tiny matrices (measured: 17x slower linear layers with
@@ -1020,8 +986,8 @@ def train(
     def evaluate_now() -> float:
         nonlocal last_eval_step, window_start
         began = time.perf_counter()
-        with _interruptible(ranks):  # an evaluation has nothing to keep either
-            value = _evaluate(torch, model, forward, eval_batches, device, ranks, check)
+        with stops.evaluating(ranks):  # an evaluation has nothing to keep either
+            value = _evaluate(torch, model, forward, eval_batches, device, ranks, stops.agreed(ranks, should_stop))
         window_start += time.perf_counter() - began  # tokens/s measures training, not evaluation
         sink.log_metrics({"eval_loss": value}, step)
         sink.flush()
@@ -1105,7 +1071,7 @@ def train(
                 saved, saved_optimizer = ranks.gathered(named, optimizer)
                 if ranks.main:
                     _save_checkpoint(torch, out, step, saved, saved_optimizer, scheduler, config.save_total_limit)
-                if not want_stop and ranks.world == 1 and should_stop is not None and should_stop():
+                if not want_stop and ranks.agree(stops.asked(should_stop)):
                     want_stop = True  # asked while the checkpoint was written: it is the one to resume from
             if want_stop and step < total_steps:
                 stopped = True
@@ -1113,9 +1079,9 @@ def train(
         if not stopped and eval_batches and last_eval_step != step:
             try:
                 final_eval = evaluate_now()
-            except StopRequested:
-                if ranks.main:  # every step is done: the resumed run only evaluates and saves
-                    saved, saved_optimizer = ranks.gathered(named, optimizer)
+            except StopRequested:  # every step is done: the resumed run only evaluates and saves
+                saved, saved_optimizer = ranks.gathered(named, optimizer)  # a collective: on every rank
+                if ranks.main:
                     _save_checkpoint(torch, out, step, saved, saved_optimizer, scheduler, config.save_total_limit)
                 stopped = True
     finally:
