@@ -3,7 +3,7 @@
 its model load, its step-0 evaluation and a checkpoint write; then, in-process, the same phases one by one.
 
 Each phase is made long deterministically: the evaluation by tens of thousands of evaluation rows (one per
-batch), the load and the checkpoint write by the test-only ``FTKIT_TEST_PAUSE`` hook (``ftkit.backends.local.stops``),
+batch), the load and the checkpoint write by the test-only ``FTKIT_TEST_PAUSE`` hook (``ftkit.backends.local.stop_requests``),
 which makes the phase last until a stop is asked, at most 600 s. A worker that honoured stops only between steps
 would still be in that phase long after the limits polled here; the tests poll states with generous limits and
 assert no deadline (the promise, a worker gone within about 10 s, is what the limits leave room for under load).
@@ -256,7 +256,7 @@ class _TwoRanks:
 
 def test_ranks_cut_short_in_a_load_agree_at_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
     """A rank cut short waits at the end of the load for the others; a rank not cut stops if its peer was."""
-    from ftkit.backends.local import stops
+    from ftkit.backends.local import stop_requests as stops
 
     monkeypatch.setitem(stops._STATE, "requested", False)
     cut = _TwoRanks(peer=False)
@@ -290,7 +290,7 @@ def test_a_rank_s_watch_cuts_its_main_thread_short(monkeypatch: pytest.MonkeyPat
     """The watch thread turns a stop file into stop_now() in the main thread: a load in a window ends at once."""
     import time
 
-    from ftkit.backends.local import stops
+    from ftkit.backends.local import stop_requests as stops
 
     monkeypatch.setitem(stops._STATE, "requested", False)
     previous = signal.getsignal(signal.SIGUSR1)

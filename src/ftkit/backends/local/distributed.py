@@ -22,7 +22,7 @@ request on, and turns a failed rank into one clear error. Each rank runs :func:`
 - **Rank 0** alone logs metrics and progress, writes checkpoints (gathered: the same files as one process, so
   a run may resume with another process count) and the final model; a stop request is agreed by all ranks (a
   tiny all-reduce on a CPU group each step, between evaluation batches, after a checkpoint write and at the end
-  of the model load, which each rank cuts short on its own: see :mod:`.stops`), so no rank waits for another.
+  of the model load, which each rank cuts short on its own: see :mod:`.stop_requests`), so no rank waits for another.
 
 NCCL's NVLink multicast (and PyTorch's and NVSHMEM's) is switched off in every process the launcher starts
 (:data:`NO_MULTICAST`): on shared hosts a program using it can put the GPUs out of service.
@@ -687,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.distributed as dist
 
-    from . import stops
+    from . import stop_requests as stops
     from .jobs import JobRecord
     from .tracking import MlflowStore, RunLogger
     from .training import MetricsSink, TrainConfig, train
@@ -715,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics=sink,
             progress="plain" if rank == 0 else "none",
             # A dead worker is a stop request too: the ranks checkpoint and exit instead of training unwatched.
-            # Every rank watches, so that each cuts its own model load short (see .stops; the ranks agree).
+            # Every rank watches, so that each cuts its own model load short (see .stop_requests; the ranks agree).
             should_stop=stops.watch(lambda: stop.exists() or gone()),
             ranks=ranks,
         )

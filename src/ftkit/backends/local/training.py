@@ -41,11 +41,12 @@ import attrs
 from ...exceptions import MissingDependencyError, Problem, ValidationError
 from ...home import ftkit_home
 from ...storage import storage_cause
-from . import attention, qlora, stops
+from . import attention, qlora
+from . import stop_requests as stops
 from .data import EncodedSet, PackedArrays, encode_file, pack_arrays
 from .distributed import SHARDINGS, Ranks
 from .loss import fused_kernel, label_cross_entropy
-from .stops import StopRequested, stop_now
+from .stop_requests import StopRequested, stop_now
 
 __all__ = [
     "LR_SCHEDULERS",
