@@ -853,10 +853,10 @@ def train(
             :class:`~ftkit.backends.local.tracking.RunLogger` or any :class:`MetricsSink`.
         progress: ``auto`` (a rich bar in a terminal, quiet otherwise), ``rich``, ``plain`` (lines) or ``none``.
         stop_after_steps: Stop (with a checkpoint) once this many steps are done in total: for tests and demos.
-        should_stop: Polled after every step, between evaluation batches and between the loading phases; when it
-            returns true the run checkpoints (if it trained since the last one) and stops (cancellation). With one
-            process, :func:`stop_now` (from a signal handler) also cuts model loading, tokenisation and evaluation
-            short.
+        should_stop: Polled after every step and checkpoint write, between evaluation batches and between the
+            loading phases; when it returns true the run checkpoints (if it trained since the last one) and stops
+            (cancellation). :func:`stop_now` (from a signal handler) also cuts model loading and tokenisation short,
+            and with one process evaluations too; several ranks agree on every stop (see :mod:`.stop_requests`).
         resume: Continue from the newest checkpoint in ``output_dir``, if there is one.
         ranks: This process's rank of a multi-process run (:class:`~.distributed.TorchRanks`); one process
             by default.
