@@ -21,7 +21,8 @@ SDK errors (azure-core, azure-ai-ml, mlflow, torch) are translated at the backen
     │   ├── ConflictError                     the named resource already exists / is in the wrong state
     │   └── QuotaError                        not enough quota (never retried)
     ├── JobFailedError                        a fine-tuning job ended Failed/Canceled (job name, status, URL)
-    │   └── JobTimeoutError                   waiting for a job ran past its deadline
+    │   ├── JobTimeoutError                   waiting for a job ran past its deadline
+    │   └── JobStorageError (StorageError)    the job failed on its file system (a full disk): stage and path
     ├── DeploymentError                       an endpoint or deployment failed (endpoint, deployment, logs)
     │   └── ProbeFailedError                  the container never became live/ready
     ├── ScoringError                          a scoring request was answered with an error
@@ -51,6 +52,7 @@ __all__ = [
     "FtkitError",
     "JobFailedError",
     "JobFileError",
+    "JobStorageError",
     "JobTimeoutError",
     "MissingDependencyError",
     "NotFoundError",
@@ -342,17 +344,47 @@ class StorageError(FtkitError):
     """
 
     def __init__(self, stage: str, error: OSError) -> None:
-        import errno
-
         self.stage = stage
         self.errno = error.errno
         self.path = error.filename
-        reason = error.strerror or str(error)
-        where = f" ({error.filename})" if error.filename else ""
-        hint = {
-            errno.ENOSPC: "free some space on that disk and run again",
-            errno.EDQUOT: "free some space within your quota and run again",
-            errno.EACCES: "check the permissions of that path",
-            errno.EROFS: "the file system is read-only; point FTKIT_HOME elsewhere",
-        }.get(error.errno or 0, "fix the file system problem and run again")
-        super().__init__(f"{stage}: {reason}{where}; {hint}")
+        super().__init__(_storage_message(stage, error))
+
+
+def _storage_message(stage: str, error: OSError) -> str:
+    """Strictly private: a :class:`StorageError`'s text: the stage, the system's reason, the path, what to do."""
+    import errno
+
+    reason = error.strerror or str(error)
+    where = f" ({error.filename})" if error.filename else ""
+    hint = {
+        errno.ENOSPC: "free some space on that disk and run again",
+        errno.EDQUOT: "free some space within your quota and run again",
+        errno.EACCES: "check the permissions of that path",
+        errno.EROFS: "the file system is read-only; point FTKIT_HOME elsewhere",
+    }.get(error.errno or 0, "fix the file system problem and run again")
+    return f"{stage}: {reason}{where}; {hint}"
+
+
+class JobStorageError(StorageError, JobFailedError):
+    """A fine-tuning job failed because its file system said no (a full disk while it wrote a checkpoint).
+
+    Both a :class:`StorageError` (``stage``, ``errno``, ``path``: what filled) and a :class:`JobFailedError`
+    (``job_name``, ``status``), so ``except StorageError`` and ``except JobFailedError`` both catch it. The job's
+    worker ran in another process; its record carried the failure here (see ``JobHandle.storage``).
+
+    Args:
+        job_name: The job's name.
+        status: Its final status (``Failed``).
+        stage: The stage that failed (``finetune``).
+        error: The operating system's error, with the path that filled.
+        studio_url: Where to read its logs, if known.
+    """
+
+    def __init__(self, job_name: str, status: str, stage: str, error: OSError, studio_url: str | None = None) -> None:
+        # Neither base's __init__: each would pass its own text up the MRO to the other's.
+        self.stage, self.errno, self.path = stage, error.errno, error.filename
+        self.job_name, self.status, self.studio_url = job_name, status, studio_url
+        FtkitError.__init__(
+            self,
+            f"{_storage_message(stage, error)} (job {job_name} ended {status}; it resumes from its last checkpoint)",
+        )

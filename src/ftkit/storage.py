@@ -6,6 +6,10 @@ A full disk does not always arrive as an ``OSError``: torch's checkpoint writer 
 :func:`storage_cause` finds the operating system's error in an exception, its causes and their messages, so that
 the caller can raise the documented :class:`~ftkit.exceptions.StorageError` naming the stage and the path that
 filled, instead of "the training process exited unexpectedly".
+
+A training job fails in its worker process; :class:`StorageFailure` is how its record (``job.json``, or the
+worker's last words) carries the failure to the process waiting for the job, which raises it again as
+:class:`~ftkit.exceptions.JobStorageError` (a ``StorageError``).
 """
 
 from __future__ import annotations
@@ -13,8 +17,12 @@ from __future__ import annotations
 import errno
 import os
 import re
+from collections.abc import Mapping
+from typing import Any
 
-__all__ = ["storage_cause"]
+import attrs
+
+__all__ = ["StorageFailure", "storage_cause"]
 
 _STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
 _MESSAGES: tuple[tuple[re.Pattern[str], int], ...] = (
@@ -50,3 +58,47 @@ def storage_cause(exc: BaseException, path: str | os.PathLike[str] | None = None
                 return OSError(number, os.strerror(number), None if path is None else os.fspath(path))
         current = current.__cause__ or current.__context__
     return None
+
+
+@attrs.frozen
+class StorageFailure:
+    """A storage failure as a job's record keeps it (plain values: it crosses processes as JSON).
+
+    Attributes:
+        stage: The stage that failed (``finetune``).
+        errno: The operating system's error number (``errno.ENOSPC``), if known.
+        path: The path that could not be written, if known.
+        reason: The system's wording (``No space left on device``).
+    """
+
+    stage: str
+    errno: int | None
+    path: str | None
+    reason: str
+
+    @classmethod
+    def of(cls, stage: str, error: OSError) -> StorageFailure:
+        """The failure of ``stage`` that ``error`` (from :func:`storage_cause`) describes."""
+        path = None if error.filename is None else os.fspath(error.filename)
+        return cls(stage, error.errno, path, error.strerror or str(error))
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any] | None) -> StorageFailure | None:
+        """Read one back from its JSON object; ``None`` for anything that is not one (a record of an older ftkit)."""
+        if not isinstance(data, Mapping):
+            return None
+        try:
+            number = data.get("errno")
+            path = data.get("path")
+            return cls(
+                str(data["stage"]),
+                int(number) if number is not None else None,
+                str(path) if path is not None else None,
+                str(data["reason"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def error(self) -> OSError:
+        """The ``OSError`` again (errno, reason, path)."""
+        return OSError(self.errno or 0, self.reason, self.path)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
-from .exceptions import JobFailedError, JobTimeoutError
+from .exceptions import JobFailedError, JobStorageError, JobTimeoutError
 
 __all__ = ["JobStatus", "JobStatusSource", "wait_for_job"]
 
@@ -98,6 +98,7 @@ def wait_for_job(
 
     Raises:
         JobFailedError: The job ended Failed, Canceled or NotResponding.
+        JobStorageError: It failed on its file system (a full disk): a ``JobFailedError`` and a ``StorageError``.
         JobTimeoutError: The deadline passed first.
     """
     start = clock()
@@ -109,10 +110,18 @@ def wait_for_job(
             if on_status is not None:
                 on_status(handle)
         if handle.is_failed:
-            raise JobFailedError(handle.name, handle.status, handle.studio_url, handle.error)
+            raise _failed(handle)
         if handle.is_terminal:
             return handle
         waited = clock() - start
         if waited >= timeout_s:
             raise JobTimeoutError(handle.name, handle.status, waited, handle.studio_url)
         sleep(min(poll_s, max(0.0, timeout_s - waited)))
+
+
+def _failed(handle: JobStatus) -> JobFailedError:
+    """Strictly private: the error of a failed job; its storage failure (a handle's ``storage``) as one."""
+    storage = getattr(handle, "storage", None)  # not part of JobStatus: a backend's handle may not know it
+    if storage is not None:
+        return JobStorageError(handle.name, handle.status, storage.stage, storage.error(), handle.studio_url)
+    return JobFailedError(handle.name, handle.status, handle.studio_url, handle.error)

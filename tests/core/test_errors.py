@@ -61,3 +61,19 @@ def test_backend_error_context_and_missing_dependency() -> None:
     missing = MissingDependencyError("torch", "local")
     assert isinstance(missing, ImportError)
     assert "pip install 'ftkit[local]'" in str(missing)
+
+
+def test_a_job_s_storage_error_is_both_a_storage_error_and_a_job_failure() -> None:
+    """JobStorageError: caught as StorageError (stage, errno, path) and as JobFailedError (job, status)."""
+    import errno
+
+    from ftkit.exceptions import JobStorageError, StorageError
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/h/jobs/ft-1/output/checkpoints/.checkpoint-4.tmp")
+    err = JobStorageError("ft-1", "Failed", "finetune", full)
+    assert isinstance(err, StorageError)
+    assert isinstance(err, JobFailedError)
+    assert (err.stage, err.errno, err.path) == ("finetune", errno.ENOSPC, full.filename)
+    assert (err.job_name, err.status, err.studio_url) == ("ft-1", "Failed", None)
+    assert str(err).startswith(str(StorageError("finetune", full)))
+    assert str(err).endswith("(job ft-1 ended Failed; it resumes from its last checkpoint)")

@@ -55,25 +55,21 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_run_with_planted_modules_in_the_working_directory(
-    tmp_path: Path, tiny_model_dir: Path, chat_files: ChatFiles
-) -> None:
-    """A real ``ftkit run`` (train, register, deploy, score, delete) from a directory full of module-named files:
-    it completes and none of them is ever imported, by the worker or by the endpoint server."""
+def _paths(tmp_path: Path, model: Path, files: ChatFiles) -> dict[str, Path]:
+    return {"model": model, "train": files.train, "test": files.test, "home": tmp_path / "home"}
+
+
+def _run_from_a_planted_directory(tmp_path: Path, job_text: str, *options: str) -> None:
+    """``ftkit run`` of ``job_text`` from a directory of planted modules: it succeeds, and none was imported."""
     cwd = tmp_path / "shared"
     cwd.mkdir()
     marker = tmp_path / "imported.txt"
     plant(cwd, marker)
     job = tmp_path / "job.yaml"
-    job.write_text(
-        JOB.format(model=tiny_model_dir, train=chat_files.train, test=chat_files.test, home=tmp_path / "home"),
-        encoding="utf-8",
-    )
+    job.write_text(job_text, encoding="utf-8")
     ftkit = Path(sys.executable).with_name("ftkit")
     done = subprocess.run(
-        [str(ftkit), "run", "--poll", "0.5", str(job)],
+        [str(ftkit), "run", *options, "--poll", "0.5", str(job)],
         cwd=cwd,
         env=cli_env(),
         capture_output=True,
@@ -83,6 +79,16 @@ def test_run_with_planted_modules_in_the_working_directory(
     )
     assert done.returncode == 0, done.stderr
     assert not marker.exists(), marker.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_run_with_planted_modules_in_the_working_directory(
+    tmp_path: Path, tiny_model_dir: Path, chat_files: ChatFiles
+) -> None:
+    """A real ``ftkit run`` (train, register, deploy, score, delete) from a directory full of module-named files:
+    it completes and none of them is ever imported, by the worker or by the endpoint server."""
+    _run_from_a_planted_directory(tmp_path, JOB.format(**_paths(tmp_path, tiny_model_dir, chat_files)))
     (run_json,) = (tmp_path / "home").glob("runs/*/run.json")
     record = json.loads(run_json.read_text())
     assert record["finetune_job"]["status"] == "Completed"
@@ -125,24 +131,7 @@ def test_torchrun_ranks_with_planted_modules_in_the_working_directory(
     tmp_path: Path, tiny_model_dir: Path, chat_files: ChatFiles
 ) -> None:
     """Two CPU ranks (torchrun, gloo) started from a directory of module-named files: none is imported."""
-    cwd = tmp_path / "shared"
-    cwd.mkdir()
-    marker = tmp_path / "imported.txt"
-    plant(cwd, marker)
-    job = tmp_path / "job.yaml"
-    text = JOB.format(model=tiny_model_dir, train=chat_files.train, test=chat_files.test, home=tmp_path / "home")
-    job.write_text(text.replace("device: cpu,", "device: cpu, processes: 2,"), encoding="utf-8")
-    ftkit = Path(sys.executable).with_name("ftkit")
-    done = subprocess.run(
-        [str(ftkit), "run", "--no-deploy", "--poll", "0.5", str(job)],
-        cwd=cwd,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=540,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    assert not marker.exists(), marker.read_text()
+    text = JOB.format(**_paths(tmp_path, tiny_model_dir, chat_files))
+    _run_from_a_planted_directory(tmp_path, text.replace("device: cpu,", "device: cpu, processes: 2,"), "--no-deploy")
     (log,) = (tmp_path / "home").glob("jobs/*/train.log")
     assert "on 2 processes" in log.read_text(), log.read_text()[-2000:]  # torchrun and its ranks did run

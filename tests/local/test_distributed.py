@@ -8,6 +8,7 @@ leaves no process, and the resubmitted job resumes to the same final step.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from collections.abc import Mapping
@@ -254,7 +255,9 @@ def test_cancel_stops_every_rank_with_a_checkpoint(backend: LocalBackend, chat_f
     handle = backend.submit_finetune(request)
     folder = backend.job_dir(handle.name)
     deadline = time.monotonic() + LIMIT_S
-    while backend.get_job(handle.name).progress is None:  # training has begun
+    # Training has begun: a step's loss is the progress (before it, the progress names the loading phases, and a
+    # cancel there stops the ranks with nothing to checkpoint).
+    while not re.match(r"step [1-9]", backend.get_job(handle.name).progress or ""):
         assert time.monotonic() < deadline, (folder / "train.log").read_text()
         assert not backend.get_job(handle.name).is_terminal, (folder / "train.log").read_text()
         time.sleep(0.1)
@@ -262,7 +265,7 @@ def test_cancel_stops_every_rank_with_a_checkpoint(backend: LocalBackend, chat_f
     done = _wait(backend, handle)
     assert done.status == "Canceled", done.error
     checkpoints = list((folder / "output" / "checkpoints").glob("checkpoint-*/state.json"))
-    assert checkpoints
+    assert checkpoints, (folder / "train.log").read_text()
     assert not (folder / "output" / "model").exists()
     assert int(json.loads(max(checkpoints).read_text())["global_step"]) < 3000
     _none_left(folder)

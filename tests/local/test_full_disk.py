@@ -12,6 +12,9 @@ import pytest
 from ftkit.backends.local import LocalBackend, registry
 from ftkit.backends.local.tracking import MlflowStore, RunLogger, client, using_store
 from ftkit.cli import main
+from ftkit.exceptions import JobFailedError, JobStorageError, StorageError
+from ftkit.storage import StorageFailure
+from ftkit.waiting import wait_for_job
 
 from .conftest import ChatFiles
 from .test_backend import _request
@@ -180,10 +183,18 @@ def test_a_full_disk_reported_by_torch_is_a_storage_error_naming_the_path(
     assert ".checkpoint-2.tmp" in message
     assert "free some space" in message
     assert temporary_files(backend.job_dir(handle.name)) == []
+    # What waiting for the job raises (the runner's wait): the StorageError itself, not only its text.
+    with pytest.raises(StorageError) as caught:
+        wait_for_job(backend, handle.name, poll_s=0.1)
+    assert isinstance(caught.value, JobFailedError)
+    assert (caught.value.stage, caught.value.errno) == ("finetune", errno.ENOSPC)
+    assert str(caught.value.path).endswith(".checkpoint-2.tmp")
+    assert str(caught.value).startswith(message)
     monkeypatch.setattr(torch, "save", real_save)
     again = backend.submit_finetune(_request(backend, chat_files, max_steps=4, save_steps=2))
     assert again.name == handle.name
     assert again.status == "Completed"
+    assert again.storage is None
 
 
 def test_storage_cause_is_found_in_any_library_s_wording(tmp_path: Path) -> None:
@@ -229,3 +240,105 @@ def test_a_worker_that_could_not_write_job_json_is_reported_by_its_last_words(
     assert handle.error is not None
     assert handle.error.startswith(words)
     assert "train.log could not be written" in handle.error
+    assert handle.storage is None  # plain words (an older worker's): a JobFailedError with that text
+    with pytest.raises(JobFailedError, match="No space left on device") as caught:
+        wait_for_job(backend, "ft-abcdef", poll_s=0.1)
+    assert not isinstance(caught.value, StorageError)
+
+
+def test_last_words_carry_the_storage_failure_to_the_waiting_process(tmp_path: Path) -> None:
+    """The worker's last words hold the failure as values too: waiting raises the StorageError (stage, path)."""
+    import subprocess
+    import sys
+
+    from ftkit.backends.local import jobs
+
+    backend = LocalBackend(tmp_path / "home", device="cpu", background=True, progress="none")
+    folder = backend.job_dir("ft-ghijkl")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    jobs.write_record(folder, jobs.JobRecord(name="ft-ghijkl", status="Running", pid=int(dead.stdout)))
+    jobs.reserve_last_words(folder)
+    failure = StorageFailure.of("finetune", full("/x/.checkpoint-2.tmp"))
+    message = str(StorageError("finetune", failure.error()))
+    assert jobs.write_last_words(folder, message, failure)
+    assert (folder / jobs.LAST_WORDS).stat().st_size == 4096  # overwritten in place, never grown
+    handle = backend.get_job("ft-ghijkl")
+    assert (handle.status, handle.error, handle.storage) == ("Failed", message, failure)
+    with pytest.raises(JobStorageError) as caught:
+        wait_for_job(backend, "ft-ghijkl", poll_s=0.1)
+    assert (caught.value.stage, caught.value.path, caught.value.job_name) == (
+        "finetune",
+        "/x/.checkpoint-2.tmp",
+        "ft-ghijkl",
+    )
+    assert str(caught.value).startswith(message)
+    assert "job ft-ghijkl ended Failed" in str(caught.value)
+    # job.json says so too (written by get_job's reconciliation): a later reader gets the same error.
+    assert StorageFailure.from_json(json.loads((folder / "job.json").read_text())["storage"]) == failure
+
+
+# Loaded by every Python process started with this directory on PYTHONPATH (ftkit's children keep PYTHONPATH):
+# the training worker's second checkpoint write then fails as torch reports a full disk.
+FULL_DISK_AT_CHECKPOINT_4 = """\
+import os
+if os.environ.get("FULL_DISK_TEST"):
+    import torch
+    real_save = torch.save
+    def save(obj, f, *args, **kwargs):
+        if ".checkpoint-4.tmp" in str(f):
+            raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+        return real_save(obj, f, *args, **kwargs)
+    torch.save = save
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_full_disk_in_a_real_run_is_the_cli_s_storage_error(
+    tmp_path: Path, tiny_model_dir: Path, chat_files: ChatFiles
+) -> None:
+    """A real ``ftkit run`` whose worker fills the disk writing a checkpoint: exit 1 and one ``error:`` line in the
+    documented StorageError wording (stage, the checkpoint's path, what to do), run.json with the class and
+    stage; once there is room, the same command resumes the job from its last checkpoint."""
+    import os
+
+    from . import realrun
+
+    inject = tmp_path / "inject"
+    inject.mkdir()
+    (inject / "sitecustomize.py").write_text(FULL_DISK_AT_CHECKPOINT_4, encoding="utf-8")
+    home = tmp_path / "home"
+    job = realrun.job_file(
+        tmp_path / "job.yaml",
+        name="full-disk",
+        model=tiny_model_dir,
+        train=chat_files.train,
+        test=chat_files.test,
+        home=home,
+        finetune="max_steps: 6\nper_device_train_batch_size: 4\nmax_seq_length: 128\nevaluation_strategy: disable",
+        local="save_steps: 2",
+    )
+    path = os.pathsep.join(p for p in (str(inject), os.environ.get("PYTHONPATH", "")) if p)
+    proc = realrun.start_run(job, home, {"FULL_DISK_TEST": "1", "PYTHONPATH": path})
+    out, _ = proc.communicate(timeout=realrun.LIMIT_S)
+    assert proc.returncode == 1, out
+    assert "Traceback" not in out, out
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("error:")]
+    assert line.startswith("error: finetune: No space left on device ("), line
+    assert ".checkpoint-4.tmp); free some space on that disk and run again" in line, line
+    assert "ended Failed" in line
+    (run_json,) = home.glob("runs/*/run.json")
+    record = json.loads(run_json.read_text())
+    assert (record["status"], record["error"]["type"], record["error"]["stage"]) == (
+        "failed",
+        "JobStorageError",
+        "finetune",
+    )
+    folder = next(p for p in home.glob("jobs/*") if p.is_dir())  # jobs/ also holds its .lock file
+    assert temporary_files(folder) == []
+    assert (folder / "output" / "checkpoints" / "checkpoint-2" / "state.json").is_file()
+
+    again = realrun.start_run(job, home)  # room again: the same job resumes from checkpoint 2
+    out, _ = again.communicate(timeout=realrun.LIMIT_S)
+    assert again.returncode == 0, out
+    assert "training from step 2 to 6" in (folder / "train.log").read_text()

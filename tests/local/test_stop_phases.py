@@ -1,129 +1,137 @@
-"""Stops honoured while the worker is busy with something other than a training step (here: a long step-0
-evaluation): SIGTERM to ``ftkit run`` and ``ftkit job cancel`` both end the worker with the usual record.
+"""Stops honoured while the worker is busy with something other than a training step: a real ``ftkit run``
+(one process, and two torchrun ranks on gloo) stopped by SIGTERM to the CLI or by ``ftkit job cancel`` during
+its model load, its step-0 evaluation and a checkpoint write; then, in-process, the same phases one by one.
 
-The evaluation is made long (tens of thousands of evaluation rows, one per batch) so that a worker that only
-checked for stops between training steps would still be evaluating long after the limits polled here; the tests
-poll for states with generous limits and assert no deadline.
+Each phase is made long deterministically: the evaluation by tens of thousands of evaluation rows (one per
+batch), the load and the checkpoint write by the test-only ``FTKIT_TEST_PAUSE`` hook (``ftkit.backends.local.training.stopping``),
+which makes the phase last until a stop is asked, at most 600 s. A worker that honoured stops only between steps
+would still be in that phase long after the limits polled here; the tests poll states with generous limits and
+assert no deadline (the promise, a worker gone within about 10 s, is what the limits leave room for under load).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
+from typing import Any
 
-import psutil
 import pytest
 
+from . import realrun
 from .conftest import ChatFiles
 
 pytest.importorskip("mlflow")
 
 EVAL_ROWS = 40_000
+# The stop must have been honoured in the phase: the pause alone would keep the worker for 600 s.
+GONE_S = 120.0
+
+LONG_EVALUATION = """\
+max_steps: 4
+per_device_train_batch_size: 4
+per_device_eval_batch_size: 1
+max_seq_length: 256
+evaluation_strategy: steps
+eval_steps: 2
+"""
+
+SHORT = """\
+max_steps: 4
+per_device_train_batch_size: 4
+max_seq_length: 128
+evaluation_strategy: disable
+"""
 
 
-def _job(tmp_path: Path, model: Path, files: ChatFiles, home: Path) -> Path:
-    rows = files.test.read_text(encoding="utf-8").splitlines()
-    long_eval = tmp_path / "long_eval.jsonl"
-    long_eval.write_text("".join(rows[i % len(rows)] + "\n" for i in range(EVAL_ROWS)), encoding="utf-8")
-    job = tmp_path / "job.yaml"
-    job.write_text(
-        f"name: stop-phases\nbackend: local\nmodel: {{name: tiny, path: {model}}}\n"
-        f"data: {{train_file: {files.train}, test_file: {long_eval}}}\n"
-        "finetune:\n  max_steps: 4\n  per_device_train_batch_size: 4\n  per_device_eval_batch_size: 1\n"
-        "  max_seq_length: 256\n  evaluation_strategy: steps\n  eval_steps: 2\n"
-        f"local: {{home: {home}, device: cpu}}\n",
-        encoding="utf-8",
+def _job(tmp_path: Path, model: Path, files: ChatFiles, *, finetune: str, processes: int = 1) -> Path:
+    test = files.test
+    if "eval_steps" in finetune:
+        rows = files.test.read_text(encoding="utf-8").splitlines()
+        test = tmp_path / "long_eval.jsonl"
+        test.write_text("".join(rows[i % len(rows)] + "\n" for i in range(EVAL_ROWS)), encoding="utf-8")
+    return realrun.job_file(
+        tmp_path / "job.yaml",
+        name="stop-phases",
+        model=model,
+        train=files.train,
+        test=test,
+        home=tmp_path / "home",
+        finetune=finetune,
+        local=f"save_steps: 2, processes: {processes}",
     )
-    return job
 
 
-def _start(job: Path, home: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "FTKIT_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "ftkit", "run", "--no-deploy", "--poll", "0.2", str(job)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-    )
-
-
-def _record(home: Path) -> dict[str, object] | None:
-    for path in home.glob("jobs/*/job.json"):
-        try:
-            return dict(json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError):
-            return None
-    return None
-
-
-def _wait_until_evaluating(home: Path, proc: subprocess.Popen[str], limit_s: float = 300.0) -> dict[str, object]:
-    """Poll until the worker runs, then leave it time to tokenise and load (seconds; the evaluation takes minutes).
-
-    Should the machine be so slow that it is still tokenising or loading, the stop is honoured there just the same:
-    the assertions hold for every phase before the first step.
-    """
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        record = _record(home)
-        if record is not None and record.get("status") == "Running":
-            time.sleep(10)
-            return record
-        time.sleep(0.2)
-    raise AssertionError(f"the worker did not start within {limit_s}s")
-
-
-def _wait_for_status(home: Path, wanted: str, limit_s: float = 240.0) -> dict[str, object]:
-    deadline = time.monotonic() + limit_s
-    record = _record(home)
-    while time.monotonic() < deadline:
-        record = _record(home)
-        if record is not None and record.get("status") == wanted:
-            return record
-        time.sleep(0.2)
-    raise AssertionError(f"job.json did not say {wanted} within {limit_s}s: {record}")
-
-
-def _assert_stopped_in_evaluation(home: Path, record: dict[str, object], pid: int) -> None:
-    assert "canceled at step 0" in str(record.get("error")), record
-    assert "eval loss" not in str(record.get("progress")), record  # the step-0 evaluation never finished
-    deadline = time.monotonic() + 60
-    while psutil.pid_exists(pid) and time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                break
-        except psutil.NoSuchProcess:
-            break
-        time.sleep(0.2)
-    else:
-        assert not psutil.pid_exists(pid), f"the worker {pid} is still running"
-    name = str(record["name"])
-    # Stopped before the evaluation finished: no step was trained, so there is nothing to checkpoint.
-    assert not list((home / "jobs" / name / "output").glob("checkpoints/checkpoint-*"))
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(900)
-def test_sigterm_during_the_step_0_evaluation(tmp_path: Path, tiny_model_dir: Path, chat_files: ChatFiles) -> None:
-    home = tmp_path / "home"
-    proc = _start(_job(tmp_path, tiny_model_dir, chat_files, home), home)
-    try:
-        running = _wait_until_evaluating(home, proc)
+def _stop(how: str, proc: subprocess.Popen[str], home: Path, running: dict[str, Any]) -> None:
+    """Stop the run as a user would: SIGTERM to ``ftkit run``, or ``ftkit job cancel`` from another shell."""
+    if how == "sigterm":
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 143, out
         assert "did not stop within" not in out, out
-        assert "Traceback" not in out, out
-        record = _wait_for_status(home, "Canceled")
-        _assert_stopped_in_evaluation(home, record, int(str(running["pid"])))
-        (run_json,) = home.glob("runs/*/run.json")
-        assert json.loads(run_json.read_text())["status"] == "interrupted"
+    else:
+        cancel = realrun.ftkit("job", "cancel", str(running["name"]), "--home", str(home), "--wait", "240", home=home)
+        assert cancel.returncode == 0, cancel.stdout + cancel.stderr
+        assert "Canceled" in cancel.stdout
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 1, out  # the run it belonged to says its job was canceled
+    assert "Traceback" not in out, out
+
+
+def _assert_stopped_at(home: Path, running: dict[str, Any], step: int) -> None:
+    """The usual record: Canceled at ``step`` with its checkpoint (none at step 0), no process of the job left."""
+    record = realrun.wait_for_status(home, "Canceled")
+    assert f"canceled at step {step};" in str(record.get("error")), record
+    assert record.get("pid") is None
+    assert realrun.gone(int(running["pid"]), GONE_S), f"the worker {running['pid']} is still running"
+    folder = home / "jobs" / str(record["name"])
+    realrun.none_left(folder, GONE_S)  # torchrun and its ranks too
+    checkpoints = sorted(p.name for p in (folder / "output").glob("checkpoints/*checkpoint-*"))
+    assert checkpoints == ([f"checkpoint-{step}"] if step else []), checkpoints
+    if step:
+        assert (folder / "output" / "checkpoints" / f"checkpoint-{step}" / "state.json").is_file()
+
+
+def _resume(job: Path, home: Path, running: dict[str, Any], step: int) -> None:
+    """The same job file again: the same job resumes from ``step`` and completes."""
+    proc = realrun.start_run(job, home)
+    out, _ = proc.communicate(timeout=realrun.LIMIT_S)
+    assert proc.returncode == 0, out
+    record = realrun.record(home)
+    assert record is not None
+    assert (record["name"], record["status"], record["attempts"]) == (running["name"], "Completed", 2)
+    log = (home / "jobs" / str(record["name"]) / "train.log").read_text()
+    assert (f"training from step {step} to 4" if step else "training 4 steps") in log, log[-3000:]
+
+
+def _run_and_stop(
+    tmp_path: Path, model: Path, files: ChatFiles, *, phase: str, how: str, processes: int = 1, resume: bool = True
+) -> None:
+    home = tmp_path / "home"
+    job = _job(
+        tmp_path, model, files, finetune=LONG_EVALUATION if phase == "evaluation" else SHORT, processes=processes
+    )
+    pause = {"FTKIT_TEST_PAUSE": phase} if phase in ("load", "checkpoint") else {}
+    proc = realrun.start_run(job, home, pause)
+    try:
+        if phase == "checkpoint":
+            running = realrun.wait_for_record(home, lambda r: r.get("status") == "Running", "running", proc=proc)
+            tmp = home / "jobs" / str(running["name"]) / "output" / "checkpoints" / ".checkpoint-2.tmp"
+            realrun.wait_for_path(tmp, proc)  # the write has begun; the pause holds it until the stop
+        else:
+            words = "loading the model" if phase == "load" else "evaluating the base model"
+            running = realrun.wait_for_record(home, realrun.in_phase(words), words, proc=proc)
+        _stop(how, proc, home, running)
+        step = 2 if phase == "checkpoint" else 0
+        _assert_stopped_at(home, running, step)
+        if phase == "evaluation":
+            assert "eval loss" not in str(realrun.record(home)), realrun.record(home)  # it never finished
+        if how == "sigterm":
+            (run_json,) = home.glob("runs/*/run.json")
+            assert '"status": "interrupted"' in run_json.read_text()
+        if resume:
+            _resume(job, home, running, step)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -131,28 +139,24 @@ def test_sigterm_during_the_step_0_evaluation(tmp_path: Path, tiny_model_dir: Pa
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_job_cancel_during_the_step_0_evaluation(tmp_path: Path, tiny_model_dir: Path, chat_files: ChatFiles) -> None:
-    home = tmp_path / "home"
-    proc = _start(_job(tmp_path, tiny_model_dir, chat_files, home), home)
-    try:
-        running = _wait_until_evaluating(home, proc)
-        ftkit = Path(sys.executable).with_name("ftkit")
-        cancel = subprocess.run(
-            [str(ftkit), "job", "cancel", str(running["name"]), "--home", str(home), "--wait", "240"],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        assert cancel.returncode == 0, cancel.stdout + cancel.stderr
-        assert "Canceled" in cancel.stdout
-        record = _wait_for_status(home, "Canceled")
-        _assert_stopped_in_evaluation(home, record, int(str(running["pid"])))
-        out, _ = proc.communicate(timeout=300)
-        assert "Traceback" not in out, out
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+@pytest.mark.parametrize("how", ["sigterm", "cancel"])
+@pytest.mark.parametrize("phase", ["load", "evaluation", "checkpoint"])
+def test_a_stop_in_every_phase_of_a_real_run(
+    tmp_path: Path, tiny_model_dir: Path, chat_files: ChatFiles, phase: str, how: str
+) -> None:
+    """One process: the worker is gone with the usual record, and the job resumes (after SIGTERM: once is enough)."""
+    resume = how == "sigterm" and phase != "evaluation"  # resumed, the long evaluation would start again
+    _run_and_stop(tmp_path, tiny_model_dir, chat_files, phase=phase, how=how, resume=resume)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize(("phase", "how"), [("load", "sigterm"), ("evaluation", "cancel"), ("checkpoint", "sigterm")])
+def test_two_ranks_stop_together_in_every_phase(
+    tmp_path: Path, tiny_model_dir: Path, chat_files: ChatFiles, phase: str, how: str
+) -> None:
+    """Two torchrun ranks (gloo): each is cut short or agrees with the other; none waits in a collective."""
+    _run_and_stop(tmp_path, tiny_model_dir, chat_files, phase=phase, how=how, processes=2, resume=phase == "checkpoint")
 
 
 def test_a_stop_asked_during_a_checkpoint_write_stops_right_after_it(
@@ -235,3 +239,78 @@ def test_sigterm_while_the_model_loads_cuts_the_load_short(
     assert result.global_step == 0
     assert loads["finished"] == 0
     training.stop_now()  # outside a phase it may cut short, it does nothing
+
+
+class _TwoRanks:
+    """One rank of two, whose peer votes ``peer`` in every agreement (what TorchRanks.agree's all-reduce returns)."""
+
+    world = 2
+    main = True
+
+    def __init__(self, peer: bool) -> None:
+        self.peer = peer
+        self.votes: list[bool] = []
+
+    def agree(self, flag: bool) -> bool:
+        self.votes.append(flag)
+        return flag or self.peer
+
+
+def test_ranks_cut_short_in_a_load_agree_at_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rank cut short waits at the end of the load for the others; a rank not cut stops if its peer was."""
+    from ftkit.backends.local.training import stopping as stops
+
+    monkeypatch.setitem(stops._STATE, "requested", False)
+    cut = _TwoRanks(peer=False)
+
+    def load() -> None:
+        with stops.loading(cut, None):  # type: ignore[arg-type]
+            stops.stop_now()  # the signal handler's call, inside the load
+            raise AssertionError("not cut short")
+
+    with pytest.raises(stops.StopRequested):
+        load()
+    assert cut.votes == [True]  # it voted before leaving: the peer's agreement is not left waiting
+
+    peer_cut = _TwoRanks(peer=True)
+    with pytest.raises(stops.StopRequested), stops.loading(peer_cut, None):  # type: ignore[arg-type]
+        pass
+    assert peer_cut.votes == [False]
+
+    nobody = _TwoRanks(peer=False)
+    with stops.loading(nobody, lambda: False):  # type: ignore[arg-type]
+        pass
+    assert nobody.votes == [False]
+    with stops.evaluating(nobody):  # type: ignore[arg-type]
+        stops.stop_now()  # ranks are never cut inside an evaluation (its passes are collectives) ...
+    with pytest.raises(stops.StopRequested):
+        stops.agreed(nobody, stops.requested)()  # type: ignore[arg-type]  # ... they agree between batches
+    assert nobody.votes == [False, True]
+
+
+def test_a_rank_s_watch_cuts_its_main_thread_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The watch thread turns a stop file into stop_now() in the main thread: a load in a window ends at once."""
+    import time
+
+    from ftkit.backends.local.training import stopping as stops
+
+    monkeypatch.setitem(stops._STATE, "requested", False)
+    previous = signal.getsignal(signal.SIGUSR1)
+    asked = {"now": False}
+    try:
+        should_stop = stops.watch(lambda: asked["now"], every_s=0.01)
+        assert not should_stop()
+
+        def load() -> None:
+            with stops.loading(_TwoRanks(peer=False), should_stop):  # type: ignore[arg-type]
+                asked["now"] = True
+                deadline = time.monotonic() + 60  # a load that would take a minute
+                while time.monotonic() < deadline:
+                    time.sleep(0.01)
+                raise AssertionError("the watch never cut the load short")
+
+        with pytest.raises(stops.StopRequested):
+            load()
+        assert should_stop()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)

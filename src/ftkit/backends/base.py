@@ -33,6 +33,7 @@ from ..deployment_settings import DeploymentSettings, ServerSettings
 from ..jobfile import ComputeSection
 from ..model import FoundationModelRef
 from ..plan import RunPlan
+from ..storage import StorageFailure
 from .traits import BackendTraits
 
 __all__ = [
@@ -91,6 +92,8 @@ class JobHandle:
         error: The failure message, when ``status`` is a failure.
         progress: What the job is doing now (``step 40: loss 0.4312, 12,900 tokens/s``), where the backend
             knows.
+        storage: Why it failed, when that was its file system (a full disk): waiting for it raises
+            :class:`~ftkit.exceptions.JobStorageError`, a ``StorageError`` naming the stage and path.
     """
 
     name: str
@@ -101,6 +104,7 @@ class JobHandle:
     backend: str = "local"
     error: str | None = None
     progress: str | None = None
+    storage: StorageFailure | None = None
 
     @property
     def is_terminal(self) -> bool:

@@ -27,6 +27,7 @@ from ...home import ftkit_home
 from ...interrupts import deferred
 from ...jobfile import ComputeSection
 from ...model import FoundationModelRef
+from ...storage import StorageFailure
 from ..base import (
     FinetuneRequest,
     JobHandle,
@@ -398,7 +399,7 @@ class LocalBackend:
 
             done = run_job(folder, self.store, progress=self.progress, handle_sigterm=False)
             return self._handle(done)
-        record = attrs.evolve(record, status="Queued", error=None)
+        record = attrs.evolve(record, status="Queued", error=None, storage=None)
         jobs.write_record(folder, record)
         log = (folder / "train.log").open("ab")
         # Held signals: the worker's pid must reach job.json, or nothing could stop it later.
@@ -441,12 +442,13 @@ class LocalBackend:
         if again.status not in ("Queued", "Running"):
             return again
         # A worker that failed on a full disk could not write job.json (nor, perhaps, train.log): its last words.
-        words = jobs.read_last_words(jobs.job_dir(self.home, record.name))
+        words, storage = jobs.read_last_words(jobs.job_dir(self.home, record.name)) or (None, None)
         failed = attrs.evolve(
             again,
             status="Failed",
             pid=None,
             error=words or "the training process exited unexpectedly; see train.log, and submit again to resume",
+            storage=attrs.asdict(storage) if storage is not None else None,
         )
         with contextlib.suppress(OSError):  # the record on disk is news only; the caller gets `failed`
             jobs.write_record(jobs.job_dir(self.home, record.name), failed)
@@ -466,6 +468,7 @@ class LocalBackend:
             backend="local",
             error=record.error,
             progress=record.progress,
+            storage=StorageFailure.from_json(record.storage),
         )
 
     def get_job(self, name: str) -> JobHandle:

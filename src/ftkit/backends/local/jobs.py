@@ -25,6 +25,7 @@ import attrs
 
 from ...exceptions import BackendError, NotFoundError, closest
 from ...names import random_suffix
+from ...storage import StorageFailure
 from .pids import owned_process_alive
 
 __all__ = [
@@ -75,6 +76,7 @@ class JobRecord:
         updated: When this record was written (Unix time).
         owner_pid: The process that started the background worker (``ftkit run``, a notebook), while one runs.
         owner_started: That process's start time, so a recycled pid is not taken for it.
+        storage: Why it failed, when that was its file system (a :class:`~ftkit.storage.StorageFailure` as JSON).
     """
 
     name: str
@@ -91,6 +93,7 @@ class JobRecord:
     updated: float = attrs.field(factory=time.time)
     owner_pid: int | None = None
     owner_started: float | None = None
+    storage: Mapping[str, Any] | None = None
 
 
 def job_dir(home: Path, name: str) -> Path:
@@ -149,24 +152,36 @@ def reserve_last_words(folder: Path) -> None:
         (folder / LAST_WORDS).write_bytes(b" " * _LAST_WORDS_BYTES)
 
 
-def write_last_words(folder: Path, message: str) -> bool:
-    """Overwrite the reserved :data:`LAST_WORDS` with ``message`` (cut to fit); whether it was written."""
-    data = message.encode("utf-8")[:_LAST_WORDS_BYTES].ljust(_LAST_WORDS_BYTES)
+def write_last_words(folder: Path, message: str, storage: StorageFailure | None = None) -> bool:
+    """Overwrite the reserved :data:`LAST_WORDS` with ``message`` (cut to fit); whether it was written.
+
+    A storage failure goes with it as JSON, so that the waiting process raises it as a ``StorageError``.
+    """
+    data = message.encode("utf-8")[:_LAST_WORDS_BYTES]
+    if storage is not None:
+        text = json.dumps({"error": message[: _LAST_WORDS_BYTES // 2], "storage": attrs.asdict(storage)})
+        if len(text.encode("utf-8")) <= _LAST_WORDS_BYTES:
+            data = text.encode("utf-8")
     try:
         with (folder / LAST_WORDS).open("r+b") as f:
-            f.write(data)
+            f.write(data.ljust(_LAST_WORDS_BYTES))
     except OSError:
         return False
     return True
 
 
-def read_last_words(folder: Path) -> str | None:
-    """What a worker that could not update ``job.json`` last said, if anything."""
+def read_last_words(folder: Path) -> tuple[str, StorageFailure | None] | None:
+    """What a worker that could not update ``job.json`` last said, if anything, and its storage failure."""
     try:
         text = (folder / LAST_WORDS).read_bytes().decode("utf-8", "replace").strip()
     except OSError:
         return None
-    return text or None
+    if text.startswith("{"):
+        with contextlib.suppress(ValueError):
+            data = json.loads(text)
+            if isinstance(data, dict) and isinstance(data.get("error"), str):
+                return data["error"], StorageFailure.from_json(data.get("storage"))
+    return (text, None) if text else None
 
 
 def read_record(home: Path, name: str) -> JobRecord:

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     from .job_sink import JobProgressSink
     from .jobs import JobRecord
     from .tracking import MlflowStore, RunLogger
-    from .training import MetricsSink, TrainConfig, train
+    from .training import MetricsSink, TrainConfig, stopping, train
     from .training.ranks import TorchRanks
 
     folder, uri = Path(args[0]), args[1]
@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             metrics=sink,
             progress="plain" if rank == 0 else "none",
             # A dead worker is a stop request too: the ranks checkpoint and exit instead of training unwatched.
-            should_stop=(lambda: stop.exists() or gone()) if rank == 0 else None,
+            # Every rank watches, so that each cuts its own model load short (see training.stopping; ranks agree).
+            should_stop=stopping.watch(lambda: stop.exists() or gone()),
             ranks=ranks,
         )
         if rank == 0:

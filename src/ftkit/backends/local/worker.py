@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 
 from ...exceptions import StorageError
-from ...storage import storage_cause
+from ...storage import StorageFailure, storage_cause
 from . import launcher
 from .job_sink import JobProgressSink
 from .jobs import CANCEL_FILE, JobRecord, read_record, reserve_last_words, write_last_words, write_record
@@ -72,7 +72,9 @@ def run_job(
         signal.signal(signal.SIGTERM, on_term)
     folder = Path(folder)
     config, record = _read(folder)
-    record = attrs.evolve(record, status="Running", pid=os.getpid(), error=None, attempts=record.attempts + 1)
+    record = attrs.evolve(
+        record, status="Running", pid=os.getpid(), error=None, storage=None, attempts=record.attempts + 1
+    )
     write_record(folder, record)
     reserve_last_words(folder)
     logger = RunLogger(store, record.run_id) if record.run_id else None
@@ -110,17 +112,20 @@ def run_job(
             record = attrs.evolve(record, status="Completed", pid=None)
     except BaseException as exc:
         cause = storage_cause(exc, config.output_dir)
+        storage = StorageFailure.of("finetune", cause) if cause is not None else None
         message = str(StorageError("finetune", cause)) if cause is not None else f"{type(exc).__name__}: {exc}"
         unlogged = _log_traceback()
         if unlogged is not None:
             message += f" (train.log could not be written: {unlogged})"
-        write_last_words(folder, message)
+        write_last_words(folder, message, storage)
         if logger is not None:
             try:
                 logger.finish("FAILED")
             except Exception:  # the store itself may be what failed; the record still says why
                 traceback.print_exc()
-        record = attrs.evolve(record, status="Failed", pid=None, error=message[:2000])
+        record = attrs.evolve(
+            record, status="Failed", pid=None, error=message[:2000], storage=attrs.asdict(storage) if storage else None
+        )
         with contextlib.suppress(OSError):  # a full disk: the last words say it instead
             write_record(folder, record)
         if not isinstance(exc, Exception):

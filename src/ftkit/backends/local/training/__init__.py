@@ -26,7 +26,7 @@ The modules, in the order a run meets them:
 - :mod:`.hardware`: the device and compute dtype; :mod:`.budget`: the token budget and fast paths;
 - :mod:`.loading`: tokenise, load the model (:mod:`.model_setup`), plan; :mod:`.optimizer`: AdamW and masters;
 - :mod:`.forward`: the forward pass and evaluation; :mod:`.checkpoints`: save, find, load;
-- :mod:`.progress`: what a run shows; :mod:`.stopping`: stops during loading and evaluation;
+- :mod:`.progress`: what a run shows; :mod:`.stopping`: stops in loading, evaluation and checkpoint writes;
 - :mod:`.finish`: the saved model (and a QLoRA merge, checked) and the result;
 - :mod:`.ranks`: the hooks where several processes differ from one (DDP, FSDP2), and the sharding policy.
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ....storage import storage_cause
+from . import stopping
 
 __all__ = ["latest_checkpoint", "load_checkpoint", "raise_storage", "save_checkpoint"]
 
@@ -55,6 +56,7 @@ def save_checkpoint(
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         torch.save(rng, tmp / "rng.pt")
+        stopping.pause_for_tests("checkpoint")
         # state.json last: a checkpoint without it is incomplete and ignored.
         (tmp / "state.json").write_text(json.dumps({"global_step": step}), encoding="utf-8")
     except BaseException as exc:

@@ -15,12 +15,12 @@ import attrs
 
 from ....home import ftkit_home
 from ..data import EncodedSet, PackedArrays, encode_file, pack_arrays
-from . import budget, model_setup
+from . import budget, model_setup, stopping
 from .config import TrainConfig
 from .forward import forward_loss
 from .ranks import Ranks
 
-__all__ = ["Loaded", "load"]
+__all__ = ["Loaded", "load", "wrap_forward"]
 
 
 @attrs.frozen
@@ -94,12 +94,13 @@ def load(
     say(f"loading the model {Path(config.model_dir).name} on {device} ({str(dtype).removeprefix('torch.')})")
     began = time.perf_counter()
     model = model_setup.build_model(config, device, ranks.weights_dtype(dtype))
+    stopping.pause_for_tests("load")
     say(f"loaded the model in {time.perf_counter() - began:.1f}s")
     model.train()
     plan = budget.make_plan(torch, config, model, device, max_len)
     model_setup.prepare(model, plan)
-    # The one forward of training and evaluation; through DDP or FSDP2 on several processes (.ranks).
-    forward = ranks.wrap(model, lambda m, b: forward_loss(torch, m, b, device, plan), dtype)
+    # One process's forward; :func:`wrap_forward` puts it through DDP or FSDP2 on several, after this phase.
+    forward = Ranks().wrap(model, lambda m, b: forward_loss(torch, m, b, device, plan), dtype)
     eval_batches: list[PackedArrays] = []
     if eval_set is not None:
         eval_groups = budget.split(
@@ -108,3 +109,17 @@ def load(
         eval_batches = [pack_arrays(eval_set, g) for g in eval_groups]
     check()
     return Loaded(tokenizer, train_set, eval_set, model, plan, forward, eval_batches)
+
+
+def wrap_forward(torch: Any, loaded: Loaded, device: str, dtype: Any, ranks: Ranks) -> Loaded:
+    """``loaded`` with the one forward of training and evaluation, through DDP or FSDP2 on several processes.
+
+    Called after the loading phase, not inside it: DDP and FSDP2 start with collectives, which every rank must
+    reach, and a rank cut short in its load would leave the others waiting in them (see :mod:`.stopping`).
+    """
+    if ranks.world == 1:
+        return loaded
+    plan = loaded.plan
+    return attrs.evolve(
+        loaded, forward=ranks.wrap(loaded.model, lambda m, b: forward_loss(torch, m, b, device, plan), dtype)
+    )

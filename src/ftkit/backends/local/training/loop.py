@@ -20,13 +20,14 @@ from ....exceptions import Problem, ValidationError
 from .. import qlora
 from ..data import pack_arrays
 from . import budget, checkpoints, finish, hardware, model_setup
+from . import stopping as stops
 from .config import MetricsSink, Progress, TrainConfig, TrainResult
 from .forward import evaluate
-from .loading import Loaded, load
+from .loading import Loaded, load, wrap_forward
 from .optimizer import make_optimizer
 from .progress import ProgressView, announcer
 from .ranks import Ranks
-from .stopping import StopRequested, interruptible
+from .stopping import StopRequested
 
 __all__ = ["train"]
 
@@ -57,7 +58,7 @@ class _Steps:
         loaded: Loaded,
         ranks: Ranks,
         sink: MetricsSink | Any,
-        check: Callable[[], None],
+        check: Callable[[], None],  # between evaluation batches: raises StopRequested (ranks agree)
     ) -> None:
         self.torch, self.config, self.device, self.loaded = torch, config, device, loaded
         self.ranks, self.sink, self.check = ranks, sink, check
@@ -106,7 +107,7 @@ class _Steps:
     def evaluate_now(self) -> float:
         """Evaluate, log ``eval_loss`` at this step; the time it takes does not count against tokens/s."""
         began = time.perf_counter()
-        with interruptible(self.ranks):  # an evaluation has nothing to keep either
+        with stops.evaluating(self.ranks):  # an evaluation has nothing to keep either
             loaded = self.loaded
             value = evaluate(
                 self.torch, loaded.model, loaded.forward, loaded.eval_batches, self.device, self.ranks, self.check
@@ -227,7 +228,7 @@ class _Steps:
             )
             if self.step < total and (self.step % config.save_steps == 0 or epoch_end or want_stop):
                 self.save()
-                if not want_stop and ranks.world == 1 and should_stop is not None and should_stop():
+                if not want_stop and ranks.agree(stops.asked(should_stop)):
                     want_stop = True  # asked while the checkpoint was written: it is the one to resume from
             if want_stop and self.step < total:
                 self.stopped = True
@@ -235,9 +236,8 @@ class _Steps:
         if not self.stopped and self.loaded.eval_batches and self.last_eval_step != self.step:
             try:
                 self.final_eval = self.evaluate_now()
-            except StopRequested:
-                if ranks.main:  # every step is done: the resumed run only evaluates and saves
-                    self.save()
+            except StopRequested:  # every step is done: the resumed run only evaluates and saves
+                self.save()  # gathered: a collective on every rank (rank 0 writes)
                 self.stopped = True
 
 
@@ -271,10 +271,10 @@ def train(
             :class:`~ftkit.backends.local.tracking.RunLogger` or any :class:`MetricsSink`.
         progress: ``auto`` (a rich bar in a terminal, quiet otherwise), ``rich``, ``plain`` (lines) or ``none``.
         stop_after_steps: Stop (with a checkpoint) once this many steps are done in total: for tests and demos.
-        should_stop: Polled after every step, between evaluation batches and between the loading phases; when it
-            returns true the run checkpoints (if it trained since the last one) and stops (cancellation). With one
-            process, :func:`stop_now` (from a signal handler) also cuts model loading, tokenisation and evaluation
-            short.
+        should_stop: Polled after every step and checkpoint write, between evaluation batches and between the
+            loading phases; when it returns true the run checkpoints (if it trained since the last one) and stops
+            (cancellation). :func:`stop_now` (from a signal handler) also cuts model loading and tokenisation short,
+            and with one process evaluations too; several ranks agree on every stop (see :mod:`.stopping`).
         resume: Continue from the newest checkpoint in ``output_dir``, if there is one.
         ranks: This process's rank of a multi-process run (:class:`~.ranks.TorchRanks`); one process
             by default.
@@ -300,12 +300,12 @@ def train(
     say = announcer(sink, progress, ranks)
 
     def check() -> None:
-        """A stop request polled between phases and evaluation batches (one process: ranks stop together)."""
-        if ranks.world == 1 and should_stop is not None and should_stop():
+        """A stop request polled between the loading phases (ranks: each on its own, agreed at the end)."""
+        if stops.asked(should_stop):
             raise StopRequested
 
     try:
-        with interruptible(ranks):  # loading and tokenising: nothing to keep, so a stop cuts them short
+        with stops.loading(ranks, should_stop):  # loading and tokenising: nothing to keep, a stop cuts them short
             loaded = load(torch, transformers, config, device, dtype, ranks, say, check)
     except StopRequested:
         done = checkpoints.latest_checkpoint(out) if resume else None
@@ -316,7 +316,8 @@ def train(
         # Intra-op threads cost more than they save on tiny matrices (measured: 17x slower linear layers with
         # 2 threads than with 1 on a 2-core machine), so small models train single-threaded.
         torch.set_num_threads(1)
-    steps = _Steps(torch, transformers, config, device, loaded, ranks, sink, check)
+    loaded = wrap_forward(torch, loaded, device, dtype, ranks)
+    steps = _Steps(torch, transformers, config, device, loaded, ranks, sink, stops.agreed(ranks, should_stop))
     if resume:
         steps.resume(out)
     view = ProgressView(progress, steps.total_steps, steps.step)

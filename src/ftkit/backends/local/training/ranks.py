@@ -21,7 +21,8 @@ in each rank). Each rank runs the same :func:`~ftkit.backends.local.training.tra
   collective.
 - **Rank 0** alone logs metrics and progress, writes checkpoints (gathered: the same files as one process, so
   a run may resume with another process count) and the final model; a stop request is agreed by all ranks (a
-  tiny all-reduce on a CPU group each step), so they stop after the same step.
+  tiny all-reduce on a CPU group each step, between evaluation batches, after a checkpoint write and at the end
+  of the model load, which each rank cuts short on its own: see :mod:`.stopping`), so no rank waits for another.
 
 The sharding policy (:func:`sharding_for`, :func:`describe`) lives here too: the backend maps a job's
 ``apply_deepspeed`` / ``deepspeed_stage`` through it.
