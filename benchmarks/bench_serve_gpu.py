@@ -380,7 +380,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="load time per level (requests then finish)")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--levels", default="16,64,256", help="concurrent streams")
-    parser.add_argument("--paths", default="continuous,static,transformers")
+    parser.add_argument(
+        "--paths", default="continuous,static,transformers", help="paths, each optionally @short or @chat"
+    )
     parser.add_argument("--cb-levels", default="256", help="transformers-inproc: requests per run")
     parser.add_argument("--slots", type=int, default=256, help="continuous engine: slots")
     parser.add_argument("--context", type=int, default=0, help="max_context (0: the model's, the default)")
@@ -417,7 +419,11 @@ def main(argv: list[str]) -> int:
         # The engine detokenizes every row at every step: say which path it takes (transformers' or the backend's).
         lock_free = lock_free_decoder(AutoTokenizer.from_pretrained(model_dir)) is not None
         print(f"lock-free detokenizer: {'yes' if lock_free else 'no'}", flush=True)
-        for path in args.paths.split(","):
+        for spec in args.paths.split(","):
+            # "continuous@short": a path with its own workload, so one call can measure both.
+            path, _, workload = spec.partition("@")
+            WORKLOAD = workload or args.workload
+            first_row = len(rows)
             try:
                 if path == "transformers-inproc":
                     transformers_inproc(model_dir, args, rows)
@@ -427,8 +433,10 @@ def main(argv: list[str]) -> int:
                 else:
                     serve_path(root / "home", model_dir, path, args, rows)
             except Exception:
-                failures.append(path)
+                failures.append(spec)
                 traceback.print_exc()
+            for row in rows[first_row:]:
+                row["workload"] = WORKLOAD
             if args.json:
                 args.json.write_text(json.dumps({"rows": rows}, indent=2))
     meta = {
@@ -449,11 +457,15 @@ def main(argv: list[str]) -> int:
         f"{'path':<16} {'streams':>7} {'reqs':>5} {'err':>4} {'out tok/s':>9} {'TTFT p50':>9} {'TTFT p95':>9} "
         f"{'ITL p95':>8}"
     )
+
+    def label(r: dict[str, Any]) -> str:
+        return f"{r['path'][:10]}@{r.get('workload', '')}"
+
     for r in rows:
         if "streams" not in r:
             continue
         print(
-            f"{r['path'][:16]:<16} {r['streams']:>7} {r['requests']:>5} {r['errors']:>4} {r['out_tok_s']:>9} "
+            f"{label(r):<16} {r['streams']:>7} {r['requests']:>5} {r['errors']:>4} {r['out_tok_s']:>9} "
             f"{r.get('ttft_p50_ms', '-'):>9} {r.get('ttft_p95_ms', '-'):>9} {r.get('itl_p95_ms', '-'):>8}"
         )
     print(json.dumps(meta))
