@@ -183,7 +183,7 @@ class SlotDecoder:
             return
         cells = torch.tensor(list(updates), dtype=torch.long)
         self._host_tables[cells[:, 0], cells[:, 1]] = cells[:, 2].to(torch.int32)
-        on_device = cells.to(self.device)
+        on_device = self._upload(cells)
         self.tables[on_device[:, 0], on_device[:, 1]] = on_device[:, 2].to(torch.int32)
 
     def clear(self, slots: Sequence[int]) -> None:
@@ -192,7 +192,18 @@ class SlotDecoder:
             return
         index = torch.tensor(list(slots), dtype=torch.long)
         self._host_tables[index] = self.trash
-        self.tables[index.to(self.device)] = self.trash
+        self.tables[self._upload(index)] = self.trash
+        self.positions[self._upload(index[index < self.positions.shape[0]])] = 0  # graph padding rows read nothing
+
+    def _upload(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` on the device without waiting for the GPU (a step may be in flight while tables change).
+
+        A copy from pageable memory would wait for the stream; from pinned memory it is queued, and torch's pinned
+        allocator keeps the buffer until the copy is done.
+        """
+        if self.device.type != "cuda":
+            return values.to(self.device)
+        return values.pin_memory().to(self.device, non_blocking=True)
 
     def table(self, slot: int) -> list[int]:
         """A slot's block table as the host sees it."""
