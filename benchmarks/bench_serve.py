@@ -37,7 +37,7 @@ import httpx
 from ftkit.backends.base import DeploymentSpec, EndpointSpec, RegisteredModel
 from ftkit.backends.local.endpoints import LocalEndpoints
 from ftkit.backends.local.tiny import make_tiny_model
-from ftkit.deployment_settings import DeploymentSettings
+from ftkit.deployment_settings import DeploymentSettings, ServerSettings
 
 CONCURRENCY = (1, 4, 16)
 
@@ -96,7 +96,7 @@ async def load(url: str, key: str, clients: int, seconds: float, max_requests: i
 
 
 def serve_and_measure(home: Path, model: RegisteredModel, batch: int, args: argparse.Namespace) -> list[dict[str, Any]]:
-    endpoints = LocalEndpoints(home, max_batch_size=batch)
+    endpoints = LocalEndpoints(home, ServerSettings(max_batch_size=batch))
     name = f"bench-b{batch}"
     endpoints.create_endpoint(EndpointSpec(name=name))
     try:

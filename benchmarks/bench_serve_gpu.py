@@ -231,17 +231,16 @@ def load(base_url: str, key: str, streams: int, seconds: float, max_tokens: int,
 def serve_path(home: Path, model_dir: Path, path: str, args: argparse.Namespace, out: list[dict[str, Any]]) -> None:
     from ftkit.backends.base import DeploymentSpec, EndpointSpec, RegisteredModel
     from ftkit.backends.local.endpoints import LocalEndpoints
-    from ftkit.deployment_settings import DeploymentSettings
+    from ftkit.deployment_settings import DeploymentSettings, ServerSettings
 
     static = path == "static"
-    endpoints = LocalEndpoints(
-        home,
+    settings = ServerSettings(
         engine=path,
         max_batch_size=args.static_batch if static else args.slots,
         max_context=args.context,
         max_new_tokens_cap=max(1024, args.max_tokens),
-        load_timeout_s=900,
     )
+    endpoints = LocalEndpoints(home, settings, load_timeout_s=900)
     name = f"bench-{path}"
     endpoints.create_endpoint(EndpointSpec(name=name))
     try:

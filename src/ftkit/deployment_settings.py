@@ -13,27 +13,35 @@ import json
 import re
 import typing
 from collections.abc import Mapping
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import attrs
 
 from .convert import BAD, bounds, convert_value
 from .exceptions import Problem, ValidationError
+from .serve.engines.registry import ENGINES as _REGISTERED
 
 __all__ = [
     "DEVICE_CHOICES",
     "DEVICE_PATTERN",
     "ENGINES",
     "DeploymentSettings",
-    "Engine",
+    "EngineName",
     "ServerSettings",
     "valid_device",
 ]
 
-Engine = Literal["auto", "static", "continuous", "transformers"]
-ENGINES: tuple[Engine, ...] = ("auto", "static", "continuous", "transformers")
+ENGINES: tuple[str, ...] = ("auto", *_REGISTERED)
 """What generates on the local server: ``auto`` is continuous batching on a GPU where the model supports it,
-static batches otherwise; ``transformers`` is transformers' own continuous batching (greedy only)."""
+static batches otherwise; then every engine of :data:`ftkit.serve.engines.registry.ENGINES` (``static``,
+``continuous``, ``transformers``: transformers' own continuous batching, greedy only)."""
+
+if TYPE_CHECKING:
+    EngineName = str
+else:
+    # A Literal built from the registry, so that registering an engine is one line: the job file's check (with its
+    # did-you-mean), its JSON schema and the records enumerate whatever is registered. mypy sees a str.
+    EngineName = Literal[ENGINES]
 
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N (N a GPU index)"
 DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
@@ -103,6 +111,9 @@ class ServerSettings:
         prefill_tokens: Prompt tokens the continuous engine admits per step (bounds the decode stall).
         gpu_memory_fraction_pct: The share of a GPU one deployment may plan for.
         cuda_graphs: Replay the continuous engine's decode step as CUDA graphs.
+        engine: What generates for the deployments created on this endpoint: ``auto`` (continuous batching
+            on a GPU where the model supports it, static batches otherwise), ``static``, ``continuous`` or
+            ``transformers`` (transformers' own continuous batching, greedy only).
         log_max_bytes: Size at which the server's ``server.log`` rotates.
         log_backups: Rotated logs kept (``server.log.1`` ...).
     """
@@ -118,6 +129,7 @@ class ServerSettings:
     prefill_tokens: int = attrs.field(default=8192, metadata=bounds(1))
     gpu_memory_fraction_pct: int = attrs.field(default=90, metadata=bounds(1, 100))
     cuda_graphs: bool = True
+    engine: EngineName = "auto"
     log_max_bytes: int = attrs.field(default=1_048_576, metadata=bounds(1024))
     log_backups: int = attrs.field(default=3, metadata=bounds(0))
 

@@ -22,6 +22,7 @@ import struct
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from .backends.traits import backend_traits
 from .evaluation.spec import EvaluateSection
 from .exceptions import Problem, ValidationError
 from .finetune import FinetunePipelineSpec
@@ -63,7 +64,7 @@ def file_problems(
     """Check what the job's sections point at on this machine (any section may be ``None``: it did not load).
 
     Args:
-        backend: The job's backend (a local model directory matters only there).
+        backend: The job's backend (a model directory and the ``local:`` section matter only where it runs here).
         model: The ``model`` section.
         data: The ``data`` section.
         finetune: The ``finetune`` parameters.
@@ -95,7 +96,8 @@ def file_problems(
             "set data.source (a local JSONL/parquet file or folder, or a cached dataset id) to build the files, "
             "or data.train_file and data.test_file to use built ones",
         )
-    if backend == "local" and local is not None and local.device == "cuda":
+    runs_here = backend_traits(backend).runs_here  # the `local:` section and a model directory matter only there
+    if runs_here and local is not None and local.device == "cuda":
         missing_cuda = _no_cuda()
         if missing_cuda:
             problem("local.device", f"is cuda, but {missing_cuda}", "use auto (the GPU when there is one) or cpu")
@@ -113,9 +115,9 @@ def file_problems(
                 problem(f"data.{key}", f"{resolve(value)} {what}", "build it first (ftkit data build JOB)")
     if evaluate is not None:
         _evaluate_problems(evaluate, data, resolve, problem)
-    if backend == "local" and local is not None:
+    if runs_here and local is not None:
         _quantize_problems(local, finetune, problem)
-    if backend != "local" or model is None or not model.path:
+    if not runs_here or model is None or not model.path:
         return problems
     model_dir = resolve(model.path)
     if not model_dir.is_dir():

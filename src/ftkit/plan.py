@@ -16,6 +16,7 @@ from pathlib import Path
 
 import attrs
 
+from .backends.traits import backend_traits
 from .component import ComponentSchema
 from .exceptions import JobFileError, ParameterError, Problem, ValidationError
 from .finetune import FinetunePipelineSpec, ParameterOverride
@@ -140,8 +141,10 @@ def plan_run(
             problems.extend(exc.problems)
     gpus = gpus_per_node if gpus_per_node is not None else job.compute.gpus_per_node
     if gpus is None:
-        gpus = 1 if job.backend == "local" else 0
-        if job.backend != "local":
+        # One device where there is no cluster; a cluster's GPUs come from its VM size, which only a live run reads.
+        on_cluster = backend_traits(job.backend).trains_on_cluster
+        gpus = 0 if on_cluster else 1
+        if on_cluster:
             problems.append(
                 Problem(
                     "compute.gpus_per_node",
@@ -202,7 +205,7 @@ def check_job(job: JobFile, schema: ComponentSchema | None = None) -> None:
             schema = job.finetune.schema()
         except ParameterError as exc:
             # Azure ML: the live registry schema decides at plan time. Locally the bundled one is all there is.
-            if job.backend == "local":
+            if not backend_traits(job.backend).live_schema:
                 problems.extend(exc.problems)
             schema = None
     if schema is not None:

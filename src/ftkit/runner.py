@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import re
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -30,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from .backends import get_backend
+from .backends import backend_for_job
 from .backends.base import (
     Backend,
     EndpointInfo,
@@ -40,97 +39,25 @@ from .backends.base import (
     RegisteredModel,
     RegisterRequest,
 )
-from .compute import ComputeCheck, ComputeValidator
+from .base_model import base_registered_model, resolve_base_model
+from .compute import ComputeValidator
 from .deploy import EndpointDeployer, answer_text
-from .exceptions import FtkitError, MissingDependencyError, Problem, StorageError, ValidationError
+from .exceptions import FtkitError, MissingDependencyError, StorageError, ValidationError
 from .hashing import sha256_file
 from .home import ftkit_home
 from .interrupts import Interrupted, deferred, handle_signals
 from .jobfile import JobFile
 from .model import FoundationModelRef
-from .names import random_suffix
+from .names import endpoint_name, random_suffix
 from .plan import RunPlan, check_job, data_files, plan_run
+from .run_evaluation import evaluate_stage, held_out_prompts
+from .run_result import STAGES, RunResult, StageEvent
 from .waiting import wait_for_job
 
 if TYPE_CHECKING:
     from .evaluation import EvaluationResult, HeldOutPrompt
 
-__all__ = ["JobRunner", "RunResult", "StageEvent", "answer_text", "run"]
-
-STAGES = ("model", "compute", "data", "finetune", "metrics", "register", "deploy", "score", "evaluate", "cleanup")
-
-
-@attrs.frozen
-class StageEvent:
-    """Progress of a run: a stage started, reported something, or finished.
-
-    Attributes:
-        stage: One of ``model``, ``compute``, ``data``, ``finetune``, ``metrics``, ``register``, ``deploy``,
-            ``score``, ``evaluate``, ``cleanup``.
-        message: A one-line, human-readable account.
-        done: Whether the stage has finished.
-    """
-
-    stage: str
-    message: str
-    done: bool = False
-
-
-@attrs.frozen(kw_only=True)
-class RunResult:
-    """What a run produced.
-
-    Attributes:
-        job_file: The job file.
-        plan: The checked plan of the run (its data as the job file names it; the request had the uploaded URIs).
-        compute: The compute check, where there is a cluster.
-        data_files: The data files used (``train``, ``test``, ``score`` when present).
-        job: The finished fine-tuning job.
-        metrics: Its metrics.
-        registered: The registered model.
-        endpoint: The endpoint it was deployed to (``None`` when not deployed).
-        score_request: The sample request sent to the endpoint.
-        score_response: The endpoint's answer.
-        run_dir: Where ``run.json`` and the loss curves are.
-        loss_curves: The loss-curve PNG, when one was drawn (matplotlib installed, a loss logged).
-        evaluation: The tuned-vs-base evaluation, when the job has an ``evaluate`` section.
-    """
-
-    job_file: JobFile
-    plan: RunPlan
-    compute: ComputeCheck | None
-    data_files: Mapping[str, str]
-    job: JobHandle
-    metrics: MetricsTable
-    registered: RegisteredModel
-    endpoint: EndpointInfo | None
-    score_request: Mapping[str, Any] | None
-    score_response: Any
-    run_dir: Path
-    loss_curves: Path | None = None
-    evaluation: EvaluationResult | None = None
-
-    @property
-    def answer(self) -> str | None:
-        """The endpoint's sample answer as text (see :func:`answer_text`), ``None`` when nothing was scored."""
-        return None if self.score_response is None else answer_text(self.score_response)
-
-
-def _model_id(job: JobFile, model: FoundationModelRef) -> str:
-    """Strictly private: how the run's backend names the base model (an Azure ML asset id only on Azure ML)."""
-    if job.backend != "local":
-        return model.asset_id
-    if job.model.path:
-        return str(job.resolve_path(job.model.path))
-    return f"models:/{model.name}/{model.version}" if model.version else f"models:/{model.name}"
-
-
-def _endpoint_name(job_name: str, suffix: str) -> str:
-    # Azure: 3-32 characters, letters, digits and hyphens, starting with a letter; unique in the region.
-    base = re.sub(r"[^a-z0-9-]+", "-", job_name.lower()).strip("-") or "ftkit"
-    if not base[0].isalpha():
-        base = f"ft-{base}"
-    return f"{base[: 31 - len(suffix)].rstrip('-')}-{suffix}"
+__all__ = ["STAGES", "JobRunner", "RunResult", "StageEvent", "answer_text", "base_registered_model", "run"]
 
 
 def _pick_conversation(path: Path, seed: int) -> list[dict[str, str]] | None:
@@ -165,8 +92,9 @@ class JobRunner:
         clock: Monotonic clock for waiting (injectable for tests).
         sleep: Sleep for waiting (injectable for tests).
         stop_job_on_interrupt: Whether SIGINT/SIGTERM during fine-tuning also stops the training job. The
-            default stops a local job (it checkpoints, and the next run resumes it) and leaves an Azure ML job
-            running (a cancelled pipeline cannot resume; the interruption report says how to cancel it).
+            default asks the backend (:attr:`BackendTraits.resumes_jobs <ftkit.backends.traits.BackendTraits>`):
+            a local job is stopped (it checkpoints, and the next run resumes it), an Azure ML job is left running
+            (a cancelled pipeline cannot resume; the interruption report says how to cancel it).
     """
 
     def __init__(
@@ -184,7 +112,7 @@ class JobRunner:
         stop_job_on_interrupt: bool | None = None,
     ) -> None:
         self.job = job
-        self.backend = backend if backend is not None else _default_backend(job)
+        self.backend = backend if backend is not None else backend_for_job(job)
         self.stamp = time.strftime("%Y%m%d%H%M%S")
         self.suffix = random_suffix()
         home = ftkit_home(job.local.home)
@@ -197,7 +125,7 @@ class JobRunner:
         self._clock = clock
         self._sleep = sleep
         self.stop_job_on_interrupt = (
-            stop_job_on_interrupt if stop_job_on_interrupt is not None else self.backend.name == "local"
+            stop_job_on_interrupt if stop_job_on_interrupt is not None else self.backend.traits.resumes_jobs
         )
         self._record: dict[str, Any] = {
             "job": job.name,
@@ -297,6 +225,7 @@ class JobRunner:
         """Clean up after SIGINT/SIGTERM (further signals are held meanwhile) and record what is left."""
         exc.stage = self._stage
         backend, cleaned, left = self.backend, exc.cleaned, exc.left
+        traits = backend.traits
         job = self._record.get("finetune_job", {}).get("name")
         if job and not self._job_done:
             if self.stop_job_on_interrupt:
@@ -305,12 +234,11 @@ class JobRunner:
                 except FtkitError as error:
                     left.append(f"job {job} may still be running ({error}); stop it with `ftkit job cancel {job}`")
             else:
-                extra = " --backend azureml" if backend.name == "azureml" else ""
-                left.append(f"job {job} is still running; stop it with `ftkit job cancel {job}{extra}`")
+                left.append(f"job {job} is still running; stop it with `{traits.command(f'ftkit job cancel {job}')}`")
         endpoint = self._record.get("endpoint")
         if endpoint:
             name = endpoint["name"]
-            cleanup = "ftkit cleanup --backend azureml" if backend.name == "azureml" else "ftkit cleanup"
+            cleanup = traits.command("ftkit cleanup")
             if endpoint.get("kept"):
                 left.append(f"endpoint {name} (deploy.keep); delete it with `ftkit endpoint delete {name}`")
             else:
@@ -342,7 +270,7 @@ class JobRunner:
             raise FtkitError(f"it did not stop within {timeout_s:.0f}s")
         if handle.status == "Completed":
             return f"job {name} had completed already"
-        again = " (a checkpoint is kept: running the job again resumes it)" if self.backend.name == "local" else ""
+        again = " (a checkpoint is kept: running the job again resumes it)" if self.backend.traits.resumes_jobs else ""
         return f"job {name} stopped ({handle.status}){again}"
 
     def _run(self) -> RunResult:
@@ -351,16 +279,15 @@ class JobRunner:
         # not after a cluster was created. The plan itself is made once, below, with what the stages resolved.
         check_job(job)
         self._emit("model", f"resolving {job.model.ref().asset_id if not job.model.path else job.model.path}")
-        if job.model.path:
-            # A local model directory needs no registry lookup: the backend reads it from the job file.
-            path = job.resolve_path(job.model.path)
-            model = job.model.ref().resolved("local", {"ftkit.path": str(path)})
-        else:
-            model = backend.resolve_model(job.model.ref())
-        self._record["model"] = {"name": model.name, "version": model.version, "id": _model_id(job, model)}
+        # A local model directory needs no registry lookup: the backend reads it from the job file.
+        model = resolve_base_model(job, backend)
+        path = job.resolve_path(job.model.path) if job.model.path else None
+        self._record["model"] = {"name": model.name, "version": model.version, "id": backend.model_id(model, path=path)}
         self._emit("model", f"{model.name} version {model.version}", done=True)
 
-        self._emit("compute", f"checking {job.compute.cluster}" if backend.name == "azureml" else "checking device")
+        self._emit(
+            "compute", f"checking {job.compute.cluster}" if backend.traits.trains_on_cluster else "checking device"
+        )
         validator = ComputeValidator(
             allow_list=model.finetune_compute_allow_list, expected_gpus_per_node=job.compute.gpus_per_node
         )
@@ -385,7 +312,7 @@ class JobRunner:
         files = self._data()
         if job.evaluate is not None and self.deploy:
             # Before anything is submitted or deployed: a split too small for the prompts asked for fails here.
-            self._prompts = self._held_out_prompts(files)
+            self._prompts = held_out_prompts(job, files, self._emit)
         uris = backend.upload_data({k: v for k, v in files.items() if k in ("train", "test")}, name_prefix=job.name)
         self._record["component"] = f"{plan.schema.name}:{plan.schema.version}"
         self._record["parameters"] = plan.parameters
@@ -517,7 +444,7 @@ class JobRunner:
         self, registered: RegisteredModel, model: FoundationModelRef, files: Mapping[str, str]
     ) -> tuple[EndpointInfo, Mapping[str, Any] | None, Any]:
         job = self.job
-        name = job.deploy.endpoint_name or _endpoint_name(job.name, self.suffix)
+        name = job.deploy.endpoint_name or endpoint_name(job.name, self.suffix)
         self._record["endpoint"] = {"name": name, "kept": job.deploy.keep}
         deployer = EndpointDeployer.from_job(self.backend, job, name=name, model_ref=model)
         self._emit("deploy", f"creating endpoint {name}")
@@ -541,142 +468,25 @@ class JobRunner:
                 answer = " ".join(answer_text(response).split())
                 self._emit("score", f"answer: {answer[:100]}{'…' if len(answer) > 100 else ''}", done=True)
             if job.evaluate is not None:
-                self._evaluate_stage(deployer, registered, model)
+                self._evaluation = evaluate_stage(
+                    job=job,
+                    backend=self.backend,
+                    deployer=deployer,
+                    registered=registered,
+                    model=model,
+                    prompts=self._prompts,
+                    eval_loss=self._metrics.last("eval_loss") if self._metrics is not None else None,
+                    finetune_job=self._job_handle,
+                    record=self._record,
+                    run_dir=self.run_dir,
+                    emit=self._emit,
+                )
             if not job.deploy.keep:
                 self._emit("cleanup", f"deleting endpoint {name}")
         self._emit(
             "cleanup", "endpoint kept (deploy.keep)" if job.deploy.keep else f"endpoint {name} deleted", done=True
         )
         return info, request_body, response
-
-    def _held_out_prompts(self, files: Mapping[str, str]) -> list[HeldOutPrompt]:
-        from .evaluation import load_prompts
-
-        settings = self.job.evaluate
-        assert settings is not None
-        if settings.split in ("test", "score"):
-            source = files.get(settings.split)
-            if source is None:
-                raise ValidationError(
-                    [Problem("evaluate.split", f"the run has no {settings.split} split", "use test, or a JSONL path")],
-                    "no held-out prompts",
-                )
-        else:
-            source = str(self.job.resolve_path(settings.split))
-        if not Path(source).is_file():
-            raise ValidationError(
-                [Problem("evaluate.split", f"{source} is not a local file", "evaluate on a local JSONL file")],
-                "no held-out prompts",
-            )
-        prompts = load_prompts(source, settings.prompts, seed=settings.seed)
-        self._emit("data", f"{len(prompts)} held-out prompts for the evaluation from {Path(source).name}")
-        return prompts
-
-    def _evaluate_stage(
-        self, deployer: EndpointDeployer, registered: RegisteredModel, model: FoundationModelRef
-    ) -> None:
-        """Tuned against base on the held-out prompts; the base deployment lives only for the evaluation."""
-        from .evaluation import Candidate, Evaluation
-
-        settings = self.job.evaluate
-        assert settings is not None
-        endpoints = self.backend.endpoints
-        tuned_deployment = deployer.primary_deployment()
-        tuned = Candidate(
-            label="tuned", endpoints=endpoints, endpoint=deployer.name, deployment=tuned_deployment, model=registered
-        )
-        record: dict[str, Any] = {"status": "running"}
-        self._record["evaluation"] = record
-        base_deployment: str | None = None
-        try:
-            if settings.deploys_base:
-                base_deployment = settings.base_deployment
-                base_model = base_registered_model(model)
-                self._emit(
-                    "evaluate",
-                    f"deploying the base model {model.name} as {deployer.name}/{base_deployment} (0% traffic)",
-                )
-                record["base_deployment"] = {"endpoint": deployer.name, "name": base_deployment, "deleted": False}
-                deployer.add_deployment(base_model, name=base_deployment)
-                base = Candidate(
-                    label="base",
-                    endpoints=endpoints,
-                    endpoint=deployer.name,
-                    deployment=base_deployment,
-                    model=base_model,
-                )
-            else:
-                endpoint, deployment = settings.base_target()
-                base = Candidate(label="base", endpoints=endpoints, endpoint=endpoint, deployment=deployment)
-            eval_loss = self._metrics.last("eval_loss") if self._metrics is not None else None
-            note = f"not measured on {self.backend.name}: its endpoints serve generations only" + (
-                f"; the fine-tuning job's own eval_loss was {eval_loss:.4g}" if eval_loss is not None else ""
-            )
-            evaluation = Evaluation(
-                settings,
-                tuned=tuned,
-                base=base,
-                prompts=self._prompts,
-                losses=self.backend.heldout_losses,
-                loss_note=note,
-                out_dir=self.run_dir,
-                on_progress=lambda message: self._emit("evaluate", message),
-                timeout_s=max(60.0, self.job.deploy.request_timeout_ms / 1000),
-            )
-            result = evaluation.run()
-            paths = result.write(self.run_dir)
-            self._evaluation = result
-            record.update(
-                status="passed" if result.passed else "failed requirements",
-                report=str(paths["markdown"]),
-                json=str(paths["json"]),
-                summary=result.summary(),
-            )
-            if self._job_handle is not None:
-                logged = self.backend.log_evaluation(
-                    self._job_handle, result.mlflow_metrics(), [paths["json"], paths["markdown"]]
-                )
-                record["logged_to_run"] = logged
-            for line in result.summary_lines():
-                self._emit("evaluate", line)
-            self._emit("evaluate", f"report: {paths['markdown']}", done=True)
-            if not result.passed and self.job.deploy.keep:
-                # The gate's promise: a tuned model that is not better is not left serving.
-                self._emit("cleanup", f"deleting endpoint {deployer.name}: the evaluation's requirements failed")
-                deployer.delete()
-                self._record["endpoint"]["deleted"] = True
-            result.gate()
-        except BaseException:  # an interruption too: run.json says where the partial results are
-            if record.get("status") == "running":
-                record["status"] = "failed"
-                partial = self.run_dir / "evaluation.partial.jsonl"
-                if partial.is_file():
-                    record["partial"] = str(partial)
-            raise
-        finally:
-            if base_deployment is not None and self.job.deploy.keep and deployer.deployments:
-                # The endpoint stays (deploy.keep); the base deployment was only for the evaluation.
-                self._emit("evaluate", f"deleting the base deployment {deployer.name}/{base_deployment}")
-                self.backend.endpoints.delete_deployment(deployer.name, base_deployment)
-                record["base_deployment"]["deleted"] = True
-
-
-def base_registered_model(model: FoundationModelRef) -> RegisteredModel:
-    """The foundation model as a deployment takes it: a registry asset on Azure ML, its directory locally."""
-    path = model.tags.get("ftkit.path")
-    return RegisteredModel(
-        name=model.name,
-        version=str(model.version),
-        id=model.asset_id,
-        tags={"ftkit.role": "base"},
-        path=Path(path) if path else None,
-    )
-
-
-def _default_backend(job: JobFile) -> Backend:
-    if job.backend == "local":
-        return get_backend("local", home=job.local.home, device=job.local.device)
-    return get_backend(job.backend)
 
 
 def run(

@@ -29,7 +29,7 @@ def job_path(tmp_path: Path, data_files: dict[str, Path]) -> Path:
 @pytest.fixture
 def on_fake(backend: AzureMLBackend, monkeypatch: pytest.MonkeyPatch) -> AzureMLBackend:
     """`ftkit run` builds its backend from the job file; here that backend talks to the fake."""
-    monkeypatch.setattr(ftkit.runner, "_default_backend", lambda job: backend)
+    monkeypatch.setattr(ftkit.runner, "backend_for_job", lambda job: backend)
     return backend
 
 

@@ -124,7 +124,7 @@ class TestJobInside:
         import ftkit.runner
 
         backend = AzureMLBackend(**fake.backend_settings())
-        monkeypatch.setattr(ftkit.runner, "get_backend", lambda *a, **k: backend)
+        monkeypatch.setattr(ftkit.runner, "backend_for_job", lambda *a, **k: backend)
         monkeypatch.setenv("FTKIT_HOME", str(tmp_path / "home"))
         fake.fail_job("torch.OutOfMemoryError: CUDA out of memory", step="chat_completion_finetune")
         job_path = tmp_path / "job.yaml"

@@ -121,6 +121,10 @@ def test_every_section_is_typed_when_loaded() -> None:
             "deploy: {server: {max_bodybytes: 1}}",
             "deploy.server.max_bodybytes: unknown key; did you mean max_body_bytes?",
         ),
+        (
+            "deploy: {server: {engine: continous}}",
+            ":3: deploy.server.engine: 'continous' is not allowed; did you mean continuous?",
+        ),
         ("finetune: {learning_rate: 5e-6x}", ":3: finetune.learning_rate: expected a number, got str '5e-6x'"),
         ("finetune: {model_defaults: both}", "finetune.model_defaults: 'both' is not allowed"),
         ("score: {top_p: 0}", ":3: score.top_p: 0 is out of range: must be above 0 and at most 1"),

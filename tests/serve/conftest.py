@@ -13,7 +13,7 @@ pytest.importorskip("torch")
 
 from ftkit.backends.base import DeploymentSpec, EndpointInfo, EndpointKeys, EndpointSpec, RegisteredModel
 from ftkit.backends.local.endpoints import LocalEndpoints
-from ftkit.deployment_settings import DeploymentSettings
+from ftkit.deployment_settings import DeploymentSettings, ServerSettings
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +53,7 @@ class LiveEndpoint:
 def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: RegisteredModel) -> Iterator[LiveEndpoint]:
     """An endpoint with deployments blue and green (blue 100%), plus a tight-queue and a fast-timeout one."""
     home = tmp_path_factory.mktemp("serve-home")
-    endpoints = LocalEndpoints(home, max_new_tokens_cap=1500)
+    endpoints = LocalEndpoints(home, ServerSettings(max_new_tokens_cap=1500))
     endpoints.create_endpoint(EndpointSpec(name="ep-test", description="tests", tags={"createdBy": "ftkit"}))
     for name, extra in (
         ("blue", {}),

@@ -19,10 +19,10 @@ torch = pytest.importorskip("torch")
 
 from ftkit.serve.contract.requests import GenParams  # noqa: E402
 from ftkit.serve.contract.stops import RowText  # noqa: E402
+from ftkit.serve.engines.base import Job  # noqa: E402
 from ftkit.serve.engines.continuous.engine import ContinuousBatcher  # noqa: E402
 from ftkit.serve.engines.continuous.slots import SlotDecoder  # noqa: E402
 from ftkit.serve.engines.generation import LoadedModel  # noqa: E402
-from ftkit.serve.engines.static import Job  # noqa: E402
 
 QUESTIONS = ("hello there", "What is 12 plus 30?", "a b c d e f g h i j k l m n o p", "x", "Tell me about rivers.")
 
@@ -188,7 +188,7 @@ def test_end_of_sequence_and_per_row_sampling(
 
 
 def test_queue_bound_and_close(model: LoadedModel, prompts: list[list[int]], overlap: bool) -> None:
-    from ftkit.serve.engines.static import QueueFull
+    from ftkit.serve.engines.base import QueueFull
 
     decoder = SlotDecoder(model.model, slots=1, context=512)
     worker = ContinuousBatcher("bounded", model, decoder, max_queue=1, overlap=overlap)

@@ -11,6 +11,7 @@ import pytest
 
 from ftkit.backends.base import DeploymentSpec, EndpointSpec, RegisteredModel
 from ftkit.backends.local.endpoints import LocalEndpoints
+from ftkit.deployment_settings import ServerSettings
 
 pytest.importorskip("schemathesis")
 
@@ -21,7 +22,7 @@ CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,re
 @pytest.fixture(scope="module")
 def fuzz_target(tmp_path_factory: pytest.TempPathFactory, tiny_model: RegisteredModel) -> Iterator[tuple[str, str]]:
     """A live endpoint with a small max_new_tokens cap, so that fuzzed requests stay quick."""
-    endpoints = LocalEndpoints(tmp_path_factory.mktemp("fuzz-home"), max_new_tokens_cap=8)
+    endpoints = LocalEndpoints(tmp_path_factory.mktemp("fuzz-home"), ServerSettings(max_new_tokens_cap=8))
     endpoints.create_endpoint(EndpointSpec(name="ep-fuzz"))
     try:
         endpoints.create_deployment(DeploymentSpec(name="blue", endpoint="ep-fuzz", model=tiny_model))

@@ -19,6 +19,7 @@ transformers = pytest.importorskip("transformers")
 
 from ftkit.backends.base import DeploymentSpec, EndpointSpec, RegisteredModel  # noqa: E402
 from ftkit.backends.local.endpoints import LocalEndpoints  # noqa: E402
+from ftkit.deployment_settings import ServerSettings  # noqa: E402
 
 if not hasattr(transformers.GenerationMixin, "init_continuous_batching"):
     pytest.skip("this transformers has no continuous batching", allow_module_level=True)
@@ -27,7 +28,7 @@ QUESTION = [{"role": "user", "content": "What is 12 plus 30?"}]
 
 
 def _serve(home: Path, engine: str, name: str, model: RegisteredModel) -> tuple[LocalEndpoints, Any]:
-    endpoints = LocalEndpoints(home, engine=engine, max_batch_size=4)
+    endpoints = LocalEndpoints(home, ServerSettings(engine=engine, max_batch_size=4))
     endpoints.create_endpoint(EndpointSpec(name=name))
     endpoints.create_deployment(DeploymentSpec(name="hf-cb", endpoint=name, model=model))
     info = endpoints.set_traffic(name, {"hf-cb": 100})

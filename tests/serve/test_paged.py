@@ -21,11 +21,11 @@ torch = pytest.importorskip("torch")
 
 from ftkit.serve.contract.requests import GenParams  # noqa: E402
 from ftkit.serve.contract.stops import RowText  # noqa: E402
+from ftkit.serve.engines.base import Job, Unsupported  # noqa: E402
 from ftkit.serve.engines.continuous import kernels  # noqa: E402
 from ftkit.serve.engines.continuous.engine import ContinuousBatcher  # noqa: E402
 from ftkit.serve.engines.continuous.slots import SlotDecoder  # noqa: E402
 from ftkit.serve.engines.generation import LoadedModel  # noqa: E402
-from ftkit.serve.engines.static import Job, Unsupported  # noqa: E402
 
 QUESTIONS = ("hello there", "What is 12 plus 30?", "a b c d e f g h i j k l m n o p", "x", "Tell me about rivers.")
 

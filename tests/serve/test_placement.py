@@ -14,7 +14,7 @@ import pytest
 
 from ftkit.backends.base import DeploymentSpec, EndpointSpec, RegisteredModel
 from ftkit.backends.local.endpoints import LocalEndpoints
-from ftkit.deployment_settings import DeploymentSettings
+from ftkit.deployment_settings import DeploymentSettings, ServerSettings
 from ftkit.exceptions import DeploymentError, ValidationError
 
 openai = pytest.importorskip("openai")
@@ -26,9 +26,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_model: RegisteredModel
     """One endpoint, two deployments of one model: ``fixed`` (static batcher) and ``flow`` (continuous)."""
     home = tmp_path_factory.mktemp("placement-home")
     # Settings (slots, context) are the endpoint's, fixed when it is created; the engine is each deployment's.
-    continuous = LocalEndpoints(home, engine="continuous", max_batch_size=4, max_context=512)
+    continuous = LocalEndpoints(home, ServerSettings(engine="continuous", max_batch_size=4, max_context=512))
     continuous.create_endpoint(EndpointSpec(name="ep-place"))
-    static = LocalEndpoints(home, engine="static")
+    static = LocalEndpoints(home, ServerSettings(engine="static"))
     static.create_deployment(
         DeploymentSpec(name="fixed", endpoint="ep-place", model=tiny_model, settings=DeploymentSettings(device="cpu"))
     )
@@ -120,9 +120,23 @@ def test_a_prompt_longer_than_a_slot_is_a_400(served: LocalEndpoints) -> None:
     assert "context of 512 tokens" in str(caught.value)
 
 
+def test_a_deployment_takes_its_endpoints_engine(served: LocalEndpoints, tiny_model: RegisteredModel) -> None:
+    """Created by an object given no settings (the job runner's), a deployment serves with ``deploy.server.engine``."""
+    runner = LocalEndpoints(served.home)
+    runner.create_deployment(
+        DeploymentSpec(name="inherit", endpoint="ep-place", model=tiny_model, settings=DeploymentSettings(device="cpu"))
+    )
+    try:
+        assert runner.placements("ep-place")["inherit"]["engine"] == "continuous"
+    finally:
+        runner.delete_deployment("ep-place", "inherit")
+
+
 def test_bad_device_and_engine_are_named(tmp_path: Path, tiny_model: RegisteredModel) -> None:
     with pytest.raises(ValidationError, match="engine"):
-        LocalEndpoints(tmp_path, engine="turbo")
+        LocalEndpoints(tmp_path, ServerSettings(engine="turbo"))
+    with pytest.raises(ValidationError, match="did you mean static"):
+        LocalEndpoints(tmp_path, ServerSettings(engine="statik"))
     with pytest.raises(ValidationError) as caught:
         DeploymentSettings.from_dict({"device": "tpu"}, where="deploy")
     assert caught.value.problems[0].where == "deploy.device"

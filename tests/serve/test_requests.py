@@ -205,3 +205,31 @@ class TestSampling:
         assert picked.shape == (3,)
         assert bool(((picked >= 0) & (picked < 50)).all())
         assert int(picked[1]) == int(logits[1].argmax())  # top_p ~0 keeps only the most likely token
+
+
+def test_the_openapi_schemas_state_the_parsers_fields_and_bounds() -> None:
+    """The document's request schemas come from the parser's definitions: same fields, same bounds."""
+    from ftkit.serve.contract.openapi import body_schemas
+    from ftkit.serve.contract.requests import CHAT_FIELDS, SCORE_PARAMETERS
+
+    schemas = body_schemas(50)
+    chat = schemas["ChatCompletionRequest"]["properties"]
+    params = schemas["ScoreRequest"]["properties"]["input_data"]["properties"]["parameters"]["properties"]
+    assert list(chat) == list(CHAT_FIELDS)
+    assert list(params) == list(SCORE_PARAMETERS)
+    messages = [{"role": "user", "content": "hi"}]
+    for name in ("temperature", "top_p", "max_tokens", "max_completion_tokens"):
+        high = chat[name]["maximum"]
+        parse_chat({"messages": messages, name: high}, max_new_tokens_cap=50)
+        with pytest.raises(BadRequest, match=name):
+            parse_chat({"messages": messages, name: high + 1}, max_new_tokens_cap=50)
+    for name in ("temperature", "top_p", "max_new_tokens", "max_gen_len"):
+        high = params[name]["maximum"]
+        parse_score({"input_data": {"input_string": [messages], "parameters": {name: high}}}, max_new_tokens_cap=50)
+        with pytest.raises(BadRequest, match=name):
+            parse_score(
+                {"input_data": {"input_string": [messages], "parameters": {name: high + 1}}}, max_new_tokens_cap=50
+            )
+    assert chat["top_p"]["exclusiveMinimum"] == params["top_p"]["exclusiveMinimum"] == 0
+    with pytest.raises(BadRequest, match="top_p"):
+        parse_chat({"messages": messages, "top_p": 0}, max_new_tokens_cap=50)

@@ -3,6 +3,20 @@
 A backend offers a few coarse, typed operations. It takes and returns ftkit values (never SDK entities),
 raises only ftkit errors, and owns its retries (see :mod:`ftkit.retry`). Operations are idempotent where
 the service allows it: deleting something that is gone is not an error.
+
+Backends are asked, never named. Where the flow differs by backend (whether an interrupted run stops its job,
+how a cleanup command is spelled, whether compute is a cluster, what a dry run shows), the runner, the plan,
+the checks and the CLI ask, in one of two places:
+
+* the backend object, for what needs it: its operations, :meth:`Backend.get_model`, :meth:`Backend.model_id`;
+* its :class:`~ftkit.backends.traits.BackendTraits` (:attr:`Backend.traits`, or
+  :func:`~ftkit.backends.traits.backend_traits` by name), for what must be known before one exists, without
+  credentials: ``ftkit validate``, ``ftkit run --dry-run``, the job file's checks. A frozen value, one per
+  backend, so the answers cannot drift between the object and the name.
+
+A test (``tests/core/test_backend_names.py``) reads every module outside ``ftkit/backends/`` and fails on any
+comparison with a backend's name. Adding a backend means implementing :class:`Backend` and registering its
+factory (``BACKENDS``) and its traits (``TRAITS``); nothing above the backends changes.
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ from ..deployment_settings import DeploymentSettings, ServerSettings
 from ..jobfile import ComputeSection
 from ..model import FoundationModelRef
 from ..plan import RunPlan
+from .traits import BackendTraits
 
 __all__ = [
     "FAILED_JOB_STATES",
@@ -363,6 +378,11 @@ class Backend(Protocol):
     name: str
 
     @property
+    def traits(self) -> BackendTraits:
+        """What differs about this backend (the same value :func:`~ftkit.backends.traits.backend_traits` gives)."""
+        ...
+
+    @property
     def endpoints(self) -> Endpoints:
         """The backend's online endpoints and deployments."""
         ...
@@ -373,6 +393,15 @@ class Backend(Protocol):
 
     def resolve_model(self, ref: FoundationModelRef) -> FoundationModelRef:
         """Pin ``ref`` to a concrete version and read its tags (:class:`~ftkit.exceptions.NotFoundError` if absent)."""
+        ...
+
+    def model_id(self, model: FoundationModelRef, *, path: Path | None = None) -> str:
+        """Return how this backend names the base model (``run.json``'s ``model.id``).
+
+        Args:
+            model: The resolved base model.
+            path: Its directory, where the job gives one (``model.path``).
+        """
         ...
 
     def ensure_compute(self, section: ComputeSection, validator: ComputeValidator) -> ComputeCheck | None:
@@ -401,6 +430,14 @@ class Backend(Protocol):
 
     def register_model(self, request: RegisterRequest) -> RegisteredModel:
         """Register the job's trained model with lineage tags."""
+        ...
+
+    def get_model(self, name: str, version: str | None = None) -> RegisteredModel:
+        """Return a model of the backend's registry (the latest version when ``version`` is ``None``).
+
+        Raises:
+            NotFoundError: No such model or version.
+        """
         ...
 
     def log_evaluation(self, job: JobHandle, metrics: Mapping[str, float], files: Sequence[Path]) -> bool:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..backends.traits import backend_traits
 from ..exceptions import JobFileError, ValidationError
 from ..job_checks import job_file_problems
 from ..jobfile import JobFile
@@ -65,8 +66,7 @@ def dry_run(job: JobFile, *, as_json: bool, deploy: bool, run_dir: Path | None) 
         for gate in evaluation["require"]:
             print(f"  require        {gate}", file=out)
     print(f"  then           {record['then']}", file=out)
-    label = "pipeline job body (PUT .../jobs/{name})" if job.backend == "azureml" else "local training request"
-    print(f"{label}:", file=out)
+    print(f"{backend_traits(job.backend).request_label}:", file=out)
     print(json.dumps(record["body"], indent=2, default=str), file=out)
     return 0
 
@@ -98,29 +98,8 @@ def dry_run_record(plan: RunPlan, *, deploy: bool, run_dir: Path | None = None) 
     }
     if deploy and job.evaluate is not None:
         record["evaluation"] = evaluation_plan(plan)
-    if job.backend == "azureml":
-        from .jobs import pipeline_body
-
-        record["body"] = pipeline_body(plan)
-    else:
-        # What the local training loop is given: the spec in Python form plus the job's `local:` settings.
-        record["body"] = {
-            "model_dir": record["model"] if job.model.path else None,
-            "model": None if job.model.path else plan.model.asset_id,
-            "train_file": plan.train_data,
-            "eval_file": plan.test_data,
-            "device": job.local.device,
-            "parameters": plan.spec.parameters(),
-            "local": {
-                k: v
-                for k, v in (
-                    ("save_steps", job.local.save_steps),
-                    ("lora_target_modules", job.local.lora_target_modules),
-                    ("max_eval_examples", job.local.max_eval_examples),
-                )
-                if v is not None
-            },
-        }
+    # What would be submitted, as the backend would submit it (built offline: no credential, no request).
+    record["body"] = backend_traits(job.backend).request(plan)
     return record
 
 
@@ -144,7 +123,7 @@ def evaluation_plan(plan: RunPlan) -> dict[str, Any]:
             f"for the evaluation only, then deleted: {deploy.instance_count} more {deploy.instance_type} "
             f"instance(s) while {2 * settings.prompts} answers are generated"
         )
-        if job.backend == "local":
+        if backend_traits(job.backend).runs_here:
             cost = (
                 f"the base model {job.model.path} loaded beside the tuned one in the local endpoint server "
                 f"({base}, 0% traffic) for the evaluation only: its memory again, no charge"

@@ -21,6 +21,7 @@ from ..home import ftkit_home
 
 if TYPE_CHECKING:
     from ..backends.azureml import AzureMLBackend
+    from ..backends.base import EndpointInfo
     from ..backends.local.endpoints import LocalEndpoints
 
 
@@ -63,7 +64,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     cleanup.add_argument(
         "--backend",
-        choices=("local", "azureml"),
+        choices=tuple(_CLEANUP),
         default="local",
         help="local: the endpoint servers under the ftkit home (default); azureml: the workspace's "
         "ftkit-tagged managed online endpoints",
@@ -103,17 +104,7 @@ def _list(args: argparse.Namespace) -> int:
     infos = endpoints.list_endpoints()
     if args.json:
         for info in infos:
-            record = {
-                "name": info.name,
-                "provisioning_state": info.provisioning_state,
-                "scoring_uri": info.scoring_uri,
-                "openai_uri": info.openai_uri,
-                "deployments": list(info.deployments),
-                "traffic": dict(info.traffic),
-                "tags": dict(info.tags),
-                "placement": endpoints.placements(info.name),
-            }
-            print(json.dumps(record, sort_keys=True))
+            print(json.dumps(_record(info, endpoints.placements(info.name)), sort_keys=True))
         return 0
     if not infos:
         print(f"no local endpoints under {endpoints.root}")
@@ -143,16 +134,7 @@ def _show(args: argparse.Namespace) -> int:
     placements = endpoints.placements(info.name)
     problem = endpoints.server_error(info.name) if info.provisioning_state != "Succeeded" else None
     if args.json:
-        record: dict[str, object] = {
-            "name": info.name,
-            "provisioning_state": info.provisioning_state,
-            "scoring_uri": info.scoring_uri,
-            "openai_uri": info.openai_uri,
-            "deployments": list(info.deployments),
-            "traffic": dict(info.traffic),
-            "tags": dict(info.tags),
-            "placement": placements,
-        }
+        record = _record(info, placements)
         if problem:
             record["problem"] = problem
         if keys is not None:
@@ -177,6 +159,20 @@ def _show(args: argparse.Namespace) -> int:
     else:
         print("keys         (--show-keys prints them)", file=out)
     return 0
+
+
+def _record(info: EndpointInfo, placements: dict[str, dict[str, object]]) -> dict[str, object]:
+    """Strictly private: one endpoint as ``--json`` prints it (``list`` and ``show`` alike)."""
+    return {
+        "name": info.name,
+        "provisioning_state": info.provisioning_state,
+        "scoring_uri": info.scoring_uri,
+        "openai_uri": info.openai_uri,
+        "deployments": list(info.deployments),
+        "traffic": dict(info.traffic),
+        "tags": dict(info.tags),
+        "placement": placements,
+    }
 
 
 def _describe_placement(where: dict[str, object]) -> str:
@@ -216,14 +212,23 @@ def _cleanup(args: argparse.Namespace) -> int:
     --dry-run first to see the list. Exits 1 if some endpoint could not be deleted (each failure is
     reported; the others are still deleted).
     """
-    if args.backend == "azureml":
-        if args.home is not None:
-            print("error: --home applies to local endpoints only", file=sys.stderr)
-            return 2
-        backend = _azureml_backend(args)
-        where = f"workspace {backend.connection.workspace.workspace_name}"
-        names = [e.name for e in backend.endpoints.list_endpoints()]
-        return _delete_all(names, backend.endpoints.delete_endpoint, where, dry_run=args.dry_run)
+    # `--backend` chooses among the handlers its choices name (argument parsing; see _CLEANUP).
+    return _CLEANUP[args.backend](args)
+
+
+def _cleanup_workspace(args: argparse.Namespace) -> int:
+    """Strictly private: ``ftkit cleanup --backend azureml``: the workspace's ftkit-tagged endpoints."""
+    if args.home is not None:
+        print("error: --home applies to local endpoints only", file=sys.stderr)
+        return 2
+    backend = _azureml_backend(args)
+    where = f"workspace {backend.connection.workspace.workspace_name}"
+    names = [e.name for e in backend.endpoints.list_endpoints()]
+    return _delete_all(names, backend.endpoints.delete_endpoint, where, dry_run=args.dry_run)
+
+
+def _cleanup_home(args: argparse.Namespace) -> int:
+    """Strictly private: ``ftkit cleanup``: the endpoint servers, orphaned workers and staging copies of a home."""
     if args.config is not None:
         print("error: --config applies to --backend azureml only", file=sys.stderr)
         return 2
@@ -236,6 +241,11 @@ def _cleanup(args: argparse.Namespace) -> int:
         return 1 if failed else 0
     code = _delete_all(names, endpoints.delete_endpoint, str(endpoints.root), dry_run=args.dry_run)
     return 1 if code or failed else 0
+
+
+# `ftkit cleanup --backend NAME` -> what it cleans: the option's choices are these keys, so the command line, not
+# a comparison of names, picks the handler (each has options of its own: --home, --config).
+_CLEANUP: dict[str, Callable[[argparse.Namespace], int]] = {"local": _cleanup_home, "azureml": _cleanup_workspace}
 
 
 def _local_leftovers(home: Path, *, dry_run: bool) -> tuple[int, bool]:

@@ -84,22 +84,19 @@ def _settings(args: argparse.Namespace, job: Any) -> EvaluateSection:
 
 
 def _backend(name: str | None, job: Any) -> Backend:
-    from ..backends import get_backend
+    from ..backends import backend_for_job, get_backend
 
     if job is not None and (name is None or name == job.backend):
-        from ..runner import _default_backend
-
-        return _default_backend(job)
+        return backend_for_job(job)
     return get_backend(name or "local")
 
 
 def _eval_run(args: argparse.Namespace, progress: Any) -> tuple[EvaluationResult, Path]:
-    from ..backends.base import RegisteredModel
+    from ..base_model import base_registered_model, resolve_base_model
     from ..deploy import EndpointDeployer
     from ..evaluation import Candidate, Evaluation, load_prompts
     from ..jobfile import JobFile
-    from ..names import random_suffix
-    from ..runner import _endpoint_name
+    from ..names import endpoint_name, random_suffix
 
     record_path = args.run / "run.json" if args.run.is_dir() else args.run
     try:
@@ -124,22 +121,11 @@ def _eval_run(args: argparse.Namespace, progress: Any) -> tuple[EvaluationResult
     backend = _backend(args.backend, job)
     test = args.data or Path(record.get("data", {}).get("files", {}).get("test", ""))
     prompts = load_prompts(test, settings.prompts, seed=settings.seed)
-    path = registered_record.get("path")
-    tuned_model = RegisteredModel(
-        name=registered_record["name"],
-        version=str(registered_record["version"]),
-        id=registered_record["id"],
-        path=Path(path) if path else None,
-    )
-    model_record = record.get("model") or {}
-    base_path = job.resolve_path(job.model.path) if job.model.path else None
-    base_model = RegisteredModel(
-        name=str(model_record.get("name", job.model.name)),
-        version=str(model_record.get("version", "")),
-        id=str(model_record.get("id", "")),
-        path=base_path,
-    )
-    name = _endpoint_name(f"{job.name}-eval", random_suffix())
+    # The models as the backend's registry has them now (a deleted one fails here, before any deployment).
+    tuned_model = backend.get_model(str(registered_record["name"]), str(registered_record["version"]))
+    recorded = (record.get("model") or {}).get("version")
+    base_model = base_registered_model(resolve_base_model(job, backend, version=str(recorded) if recorded else None))
+    name = endpoint_name(f"{job.name}-eval", random_suffix())
     deployer = EndpointDeployer.from_job(backend, job, name=name, on_event=lambda m: progress("evaluate", m))
     with deployer.session(keep=False):
         deployer.deploy(tuned_model)

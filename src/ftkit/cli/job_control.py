@@ -10,9 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..backends.traits import backend_traits
 from ..home import ftkit_home
 
 if TYPE_CHECKING:
@@ -60,7 +62,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--backend", choices=("local", "azureml"), default="local", help="whose jobs: local (default) or azureml"
+        "--backend", choices=tuple(_OPEN), default="local", help="whose jobs: local (default) or azureml"
     )
     parser.add_argument("--home", type=Path, metavar="DIR", help="local: the ftkit home (default: $FTKIT_HOME)")
     parser.add_argument(
@@ -81,6 +83,13 @@ def _azureml_backend(args: argparse.Namespace) -> AzureMLBackend:
     return AzureMLBackend(config_path=args.config)
 
 
+# `--backend NAME` -> how the command opens that backend: the option's choices are these keys, so the command line,
+# not a comparison of names, picks it. Looked up when called, so that tests can replace the workspace's backend.
+_OPEN: dict[str, Callable[[argparse.Namespace], LocalBackend | AzureMLBackend]] = {
+    "local": lambda args: _local(args),
+    "azureml": lambda args: _azureml_backend(args),
+}
+
 _COLUMNS = ("NAME", "STATUS", "SUBMITTED", "DURATION", "DISPLAY NAME", "PROGRESS")
 
 
@@ -93,12 +102,16 @@ def _duration(seconds: float) -> str:
 
 def _rows(args: argparse.Namespace) -> tuple[list[tuple[str, ...]], str]:
     """Strictly private: one row per job (the table's columns) and where the jobs were looked for."""
-    if args.backend == "azureml":
+    if not backend_traits(args.backend).runs_here:  # the service's jobs: what their handles say
         return [
             (h.name, h.status, "-", "-", h.display_name or "-", (h.progress or "") if not h.is_terminal else "")
-            for h in _azureml_backend(args).list_jobs()
+            for h in _OPEN[args.backend](args).list_jobs()
         ], "the workspace"
-    backend = _local(args)
+    return _local_rows(_local(args))
+
+
+def _local_rows(backend: LocalBackend) -> tuple[list[tuple[str, ...]], str]:
+    """Strictly private: the jobs under the ftkit home, with their records' times."""
     rows: list[tuple[str, ...]] = []
     now = time.time()
     for handle in backend.list_jobs():
@@ -129,7 +142,7 @@ def _list(args: argparse.Namespace) -> int:
     """
     rows, where = _rows(args)
     if not rows:
-        home = "" if args.backend == "azureml" else " (another ftkit home? --home DIR, or FTKIT_HOME)"
+        home = " (another ftkit home? --home DIR, or FTKIT_HOME)" if backend_traits(args.backend).runs_here else ""
         print(f"no jobs in {where}{home}")
         return 0
     widths = [max(len(r[i]) for r in [_COLUMNS, *rows]) for i in range(len(_COLUMNS) - 1)]
@@ -142,8 +155,8 @@ def _list(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     """Show a job's status, progress, error and, for a local job, its process, MLflow run and files."""
     out = sys.stdout
-    if args.backend == "azureml":
-        handle = _azureml_backend(args).get_job(args.name)
+    if not backend_traits(args.backend).runs_here:  # the service's job: its handle is all there is to show
+        handle = _OPEN[args.backend](args).get_job(args.name)
         fields: list[tuple[str, object]] = [
             ("name", handle.name),
             ("status", handle.status),
@@ -156,9 +169,9 @@ def _show(args: argparse.Namespace) -> int:
             if value:
                 print(f"{key:<13}{value}", file=out)
         return 0
-    backend = _local(args)
-    record = backend.job_record(args.name)
-    folder = backend.job_dir(args.name)
+    local = _local(args)
+    record = local.job_record(args.name)
+    folder = local.job_dir(args.name)
     checkpoints = sorted(p.name for p in (folder / "output" / "checkpoints").glob("checkpoint-*"))
     details: list[tuple[str, object]] = [
         ("name", record.name),
@@ -182,8 +195,9 @@ def _show(args: argparse.Namespace) -> int:
 
 def _logs(args: argparse.Namespace) -> int:
     """Print a local job's training log; with --follow, keep printing until the job finishes."""
-    if args.backend == "azureml":
-        print("error: logs of an Azure ML job are in the studio (see `ftkit job show NAME --backend azureml`)")
+    traits = backend_traits(args.backend)
+    if not traits.runs_here:
+        print(f"error: logs of {traits.name} jobs are in its studio (see `{traits.command('ftkit job show NAME')}`)")
         return 2
     backend = _local(args)
     backend.job_record(args.name)  # NotFoundError names the jobs there are
@@ -210,7 +224,7 @@ def _cancel(args: argparse.Namespace) -> int:
     A local job stops at its next step with a checkpoint, and `ftkit run` of the same job resumes it; an Azure
     ML job is cancelled (begin_cancel).
     """
-    backend: LocalBackend | AzureMLBackend = _azureml_backend(args) if args.backend == "azureml" else _local(args)
+    backend = _OPEN[args.backend](args)
     before = backend.get_job(args.name)
     if before.is_terminal:
         print(f"job {args.name} has already ended ({before.status})")

@@ -109,13 +109,6 @@ def _schema(args: argparse.Namespace) -> int:
 
 def pipeline_body(plan: RunPlan) -> dict[str, Any]:
     """Return the azure-ai-ml REST body of ``plan``'s pipeline job, built offline (no credentials, no network)."""
-    from ..backends.azureml.pipeline import build_pipeline_job, component_from_schema, rest_body
+    from ..backends.azureml.pipeline import offline_body
 
-    component = component_from_schema(plan.schema)
-    job = build_pipeline_job(plan, component=component, cluster=plan.job.compute.cluster)
-    return {
-        "name": None,
-        "experiment_name": plan.experiment_name,
-        "component": plan.schema.registry_asset_id,
-        **dict(rest_body(job)),
-    }
+    return offline_body(plan)

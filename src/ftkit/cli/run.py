@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from ..backends import backend_for_job, backend_traits
 from ..backends.base import Backend
 from ..exceptions import FtkitError
 from ..home import ftkit_home
@@ -181,12 +182,7 @@ def _execute(job: JobFile, backend: Backend | None = None, *, as_json: bool = Fa
         print(f"endpoint         {result.endpoint.name} ({'kept' if job.deploy.keep else 'deleted'})", file=out)
         if job.deploy.keep:
             print(f"  scoring        {result.endpoint.scoring_uri}", file=out)
-            keys = f"ftkit endpoint show {result.endpoint.name} --show-keys"
-            if job.backend == "local" and job.local.home:
-                keys += f" --home {job.resolve_path(job.local.home)}"
-            elif job.backend == "local" and os.environ.get("FTKIT_HOME"):
-                keys += f" --home {os.environ['FTKIT_HOME']}"
-            print(f"  keys           {keys if job.backend == 'local' else 'in the workspace (Studio)'}", file=out)
+            print(f"  keys           {_where_keys_are(job, result.endpoint.name)}", file=out)
     if result.score_request is not None:
         question = result.score_request["input_data"]["input_string"][0][-1]["content"]
         print(f"sample question  {_indented(question)}", file=out)
@@ -201,6 +197,18 @@ def _execute(job: JobFile, backend: Backend | None = None, *, as_json: bool = Fa
             print(f"  {line}", file=out)
     print(f"run record       {result.run_dir / 'run.json'}", file=out)
     return result
+
+
+def _where_keys_are(job: JobFile, endpoint: str) -> str:
+    """Strictly private: the command that prints a kept endpoint's keys, where they are on this machine."""
+    if not backend_traits(job.backend).runs_here:
+        return "in the workspace (Studio)"
+    keys = f"ftkit endpoint show {endpoint} --show-keys"
+    if job.local.home:
+        keys += f" --home {job.resolve_path(job.local.home)}"
+    elif os.environ.get("FTKIT_HOME"):
+        keys += f" --home {os.environ['FTKIT_HOME']}"
+    return keys
 
 
 def _print_record(run_dir: Path) -> None:
@@ -240,10 +248,9 @@ def _run(args: argparse.Namespace) -> int:
         "poll_s": args.poll,
         "run_dir": args.output.resolve() if args.output is not None else None,
     }
-    if args.new_job and job.backend == "local":
-        from ..backends import get_backend
-
-        options["backend"] = get_backend("local", home=job.local.home, device=job.local.device, new_job=True)
+    if args.new_job and backend_traits(job.backend).resumes_jobs:
+        # Only a backend that resumes jobs has anything to start anew.
+        options["backend"] = backend_for_job(job, new_job=True)
     _execute(job, **options)
     return 0
 

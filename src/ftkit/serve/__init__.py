@@ -5,10 +5,15 @@ its lifecycle (:mod:`ftkit.backends.local.endpoints`, :mod:`ftkit.backends.local
 that process runs lives here, in three layers that only import downwards:
 
 * :mod:`.contract` — what a client may send and gets back, with no torch and no HTTP: request parsing and
-  checking (:mod:`.contract.requests`, 400s that name the field), stop strings (:mod:`.contract.stops`), prompt
-  rendering (:mod:`.contract.prompts`);
-* :mod:`.http` — the FastAPI application (``/score``, ``/v1/chat/completions``, probes, OpenAPI);
-* :mod:`.engines` — what turns queued requests into tokens: ``static`` (:mod:`.engines.static`, batches of
+  checking (:mod:`.contract.requests`, 400s that name the field), the OpenAPI schemas generated from the same
+  field definitions (:mod:`.contract.openapi`), stop strings (:mod:`.contract.stops`), prompt rendering
+  (:mod:`.contract.prompts`);
+* :mod:`.http` — the FastAPI application (:mod:`.http.app`), by route group: ``/score`` (:mod:`.http.score`),
+  ``/v1/chat/completions`` and the models (:mod:`.http.chat`), probes (:mod:`.http.probes`), with the error
+  shapes (:mod:`.http.errors`), the server's state (:mod:`.http.state`) and the request plumbing
+  (:mod:`.http.jobs`);
+* :mod:`.engines` — what turns queued requests into tokens, behind one :class:`~.engines.base.Engine` Protocol
+  and registered by name (:mod:`.engines.registry`): ``static`` (:mod:`.engines.static`, batches of
   requests that arrive together), ``continuous`` (:mod:`.engines.continuous`, in-flight batching over a KV
   cache of its own with CUDA-graph decode steps and Triton kernels), ``transformers``
   (:mod:`.engines.transformers`, transformers' own continuous batching);

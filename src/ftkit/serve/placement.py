@@ -2,9 +2,11 @@
 
 ``device`` (a deployment's ``deploy.device``): ``auto`` takes the CUDA GPU with the most free memory when
 there is one, else the CPU; ``cpu``; ``cuda`` (GPU 0) or ``cuda:N``. On the CPU a deployment runs exactly
-as before: float32, the static batcher (:class:`.batching.Batcher`). On a GPU it runs in bfloat16 and, for
-the Llama-family models :mod:`.slots` implements, on the continuous batcher (:class:`.engine.ContinuousBatcher`)
-with ``max_batch_size`` rows decoding together over a paged KV cache (:mod:`.blocks`).
+as before: float32, the static batcher (:mod:`.engines.static`). On a GPU it runs in bfloat16 and, for
+the Llama-family models :mod:`.engines.continuous.slots` implements, on the continuous batcher
+(:mod:`.engines.continuous`) with ``max_batch_size`` rows decoding together over a paged KV cache
+(:mod:`.engines.continuous.blocks`). Engine ``auto`` is this choice; any other registered engine
+(:mod:`.engines.registry`) is started by name, through the :class:`~.engines.base.Engine` seam.
 
 Memory is planned before anything is allocated: weights (counted on the meta device), the KV cache and a
 working reserve must fit in the GPU's free memory, or the deployment fails at create time with the numbers,
@@ -18,7 +20,6 @@ when their plans fit together.
 from __future__ import annotations
 
 import gc
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,10 @@ import attrs
 import torch
 
 from ..deployment_settings import DEVICE_CHOICES, ServerSettings
+from .engines.base import Engine, EngineOptions, engine_start
 from .engines.continuous.blocks import blocks_for
-from .engines.continuous.engine import ContinuousBatcher
-from .engines.continuous.slots import BLOCK_SIZE, SlotDecoder, kv_bytes_per_token, supports_config
+from .engines.continuous.slots import BLOCK_SIZE, kv_bytes_per_token, supports_config
 from .engines.generation import LoadedModel
-from .engines.static import Batcher
-from .engines.transformers import TransformersBatcher
 from .records import DeploymentRecord
 
 __all__ = ["KVPlan", "Placement", "load_deployment", "plan_kv", "resolve_device"]
@@ -199,12 +198,12 @@ def plan_kv(
 
 def load_deployment(
     name: str, record: DeploymentRecord, *, max_batch_size: int, window_s: float, settings: ServerSettings
-) -> tuple[LoadedModel, Batcher | ContinuousBatcher | TransformersBatcher, Placement]:
-    """Load a deployment's model where its record says and start the worker that serves it.
+) -> tuple[LoadedModel, Engine, Placement]:
+    """Load a deployment's model where its record says and start the engine that serves it.
 
     Args:
         name: The deployment's name.
-        record: Its record in ``endpoint.json`` (model path and :class:`~ftkit.DeploymentSettings`).
+        record: Its record in ``endpoint.json`` (model path, engine and :class:`~ftkit.DeploymentSettings`).
         max_batch_size: The endpoint's batch size (slots on the continuous engine) unless the deployment sets one.
         window_s: The static batcher's gathering window.
         settings: The endpoint's server settings (``max_context``, ``prefill_tokens``,
@@ -216,17 +215,17 @@ def load_deployment(
     path = Path(record.model_path)
     device = resolve_device(record.settings.device)
     engine = record.engine
-    slots = max(1, record.settings.max_batch_size or max_batch_size)
-    max_queue = record.settings.max_queue
-    if engine == "transformers":
-        return _transformers(name, path, device, slots, max_queue, settings)
+    options = EngineOptions(
+        slots=max(1, record.settings.max_batch_size or max_batch_size),
+        max_queue=record.settings.max_queue,
+        window_s=window_s,
+        settings=settings,
+    )
+    if engine not in ("auto", "static", "continuous"):
+        # An engine that plans its memory itself (transformers' manager): the model where asked, nothing planned.
+        return _start(name, engine, LoadedModel(path, device), options)
     if device.type == "cpu":
-        if engine == "continuous":
-            model = LoadedModel(path, device)
-            return _continuous(name, model, device, slots, max_queue, settings, None)
-        model = LoadedModel(path, device)
-        batcher = Batcher(name, model, max_batch_size=slots, window_s=window_s, max_queue=max_queue)
-        return model, batcher, _static_placement(model, slots, None)
+        return _start(name, "continuous" if engine == "continuous" else "static", LoadedModel(path, device), options)
 
     from transformers import AutoConfig
 
@@ -247,35 +246,39 @@ def load_deployment(
     if why is not None:
         if engine == "continuous":
             raise ValueError(f"engine: continuous cannot serve this model: {why}")
-        model = LoadedModel(path, device, dtype)
-        batcher = Batcher(name, model, max_batch_size=slots, window_s=window_s, max_queue=max_queue)
-        return model, batcher, _static_placement(model, slots, why)
+        return _start(name, "static", LoadedModel(path, device, dtype), options, why_static=why)
     # The whole plan is checked before the weights are loaded: a deployment that does not fit allocates nothing.
     plan = plan_kv(
         device=str(device),
         free=free,
         total=total,
         weights=weights,
-        reserve=_reserve_bytes(config, slots, settings.prefill_tokens, dtype),
-        slots=slots,
+        reserve=_reserve_bytes(config, options.slots, settings.prefill_tokens, dtype),
+        slots=options.slots,
         per_token=kv_bytes_per_token(config, dtype),
         model_context=_model_context(config),
         asked=settings.max_context,
         fraction=settings.gpu_memory_fraction_pct / 100,
     )
     model = LoadedModel(path, device, dtype)
-    return _continuous(name, model, device, slots, max_queue, settings, plan)
+    return _start(name, "continuous", model, attrs.evolve(options, context=plan.context, kv_blocks=plan.blocks))
 
 
-def _transformers(
-    name: str, path: Path, device: torch.device, slots: int, max_queue: int, settings: ServerSettings
-) -> tuple[LoadedModel, TransformersBatcher, Placement]:
-    model = LoadedModel(path, device)
-    if settings.max_context > 0:
-        model.max_length = min(model.max_length, settings.max_context)
-    worker = TransformersBatcher(name, model, slots=slots, max_queue=max_queue)
-    # No KV cache of ftkit's: the manager sizes its paged cache itself, from the memory it finds free.
-    return model, worker, _placement(model, "transformers", slots, model.max_length)
+def _start(
+    name: str, engine: str, model: LoadedModel, options: EngineOptions, *, why_static: str | None = None
+) -> tuple[LoadedModel, Engine, Placement]:
+    """Start a registered engine over a loaded model; its placement reads what the engine holds."""
+    worker = engine_start(engine)(name, model, options)
+    # The engine may have shortened the context (an asked max_context).
+    placement = _placement(
+        model, engine, options.slots, model.max_length, kv_bytes=worker.cache_bytes, why_static=why_static
+    )
+    # A paged KV cache (the continuous engine's) reports its blocks in what the engine describes.
+    held = worker.describe()
+    blocks, size = int(held.get("kv_blocks", 0)), int(held.get("block_size", 0))
+    if blocks:
+        placement = attrs.evolve(placement, kv_blocks=blocks, block_size=size, kv_tokens=blocks * size)
+    return model, worker, placement
 
 
 def _model_context(config: Any) -> int:
@@ -296,44 +299,4 @@ def _placement(
         slots=slots,
         context=context,
         why_static=why_static,
-    )
-
-
-def _static_placement(model: LoadedModel, slots: int, why: str | None) -> Placement:
-    return _placement(model, "static", slots, model.max_length, why_static=why)
-
-
-def _continuous(
-    name: str,
-    model: LoadedModel,
-    device: torch.device,
-    slots: int,
-    max_queue: int,
-    settings: ServerSettings,
-    plan: KVPlan | None,
-) -> tuple[LoadedModel, ContinuousBatcher, Placement]:
-    prefill_tokens = settings.prefill_tokens
-    if plan is None:  # the CPU: no plan, the asked context or the model's, every row able to hold a whole one
-        asked = settings.max_context
-        context = min(model.max_length, asked) if asked > 0 else model.max_length
-        plan = KVPlan(context=context, blocks=slots * blocks_for(context, BLOCK_SIZE), block_size=BLOCK_SIZE)
-    model.max_length = plan.context  # prompts that cannot fit the context get a 400 at encode time
-    decoder = SlotDecoder(
-        model.model,
-        slots=slots,
-        context=plan.context,
-        blocks=plan.blocks,
-        block_size=plan.block_size,
-        cuda_graphs=settings.cuda_graphs,
-    )
-    worker = ContinuousBatcher(name, model, decoder, max_queue=max_queue, prefill_tokens=prefill_tokens)
-    if device.type == "cuda":
-        # The engine thread wakes from each step's GPU wait wanting the GIL while the event loop streams the
-        # last step's tokens; with the default 5 ms switch interval that wait alone can exceed a decode step.
-        sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
-    placement = _placement(model, "continuous", slots, plan.context, kv_bytes=decoder.cache_bytes)
-    return (
-        model,
-        worker,
-        attrs.evolve(placement, kv_blocks=plan.blocks, block_size=plan.block_size, kv_tokens=plan.tokens),
     )

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import attrs
 
-from ..deployment_settings import ENGINES, DeploymentSettings, Engine, ServerSettings, json_object
+from ..deployment_settings import ENGINES, DeploymentSettings, EngineName, ServerSettings, json_object
 from ..exceptions import Problem, ValidationError
 
 __all__ = ["DeploymentRecord", "read_server_settings"]
@@ -32,8 +32,9 @@ class DeploymentRecord:
         model_path: Its local directory.
         settings: How it serves (request timeout, queue, batch size, device...).
         engine: What generates it on the server: ``auto`` (continuous batching on a GPU where the model
-            supports it, static batches otherwise), ``static``, ``continuous`` or ``transformers``; chosen by the
-            :class:`~ftkit.backends.local.endpoints.LocalEndpoints` that created it.
+            supports it, static batches otherwise), ``static``, ``continuous`` or ``transformers``: the
+            endpoint's ``deploy.server.engine``, or the settings of the
+            :class:`~ftkit.backends.local.endpoints.LocalEndpoints` that created it when it was given some.
         provisioning_state: ``Creating``, ``Succeeded`` or ``Failed``.
         error: Why it failed, when it did.
     """
@@ -45,7 +46,7 @@ class DeploymentRecord:
     model_version: str
     model_path: str
     settings: DeploymentSettings = attrs.field(factory=DeploymentSettings)
-    engine: Engine = "auto"
+    engine: EngineName = "auto"
     provisioning_state: str = "Creating"
     error: str | None = None
 

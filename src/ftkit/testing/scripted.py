@@ -36,6 +36,7 @@ from ..backends.base import (
     RegisteredModel,
     RegisterRequest,
 )
+from ..backends.traits import backend_traits
 from ..component import ComponentSchema
 from ..compute import ClusterInfo, ComputeCheck, ComputeValidator, VmSize
 from ..exceptions import ConflictError, FtkitError, NotFoundError, Problem, ValidationError
@@ -235,7 +236,8 @@ class ScriptedBackend:
     """The :class:`~ftkit.backends.base.Backend` protocol in memory, for tests of code above the backends.
 
     Args:
-        name: The backend's name (``azureml`` makes the runner check a cluster; ``local`` does not).
+        name: The backend it stands in for: its :attr:`traits` are that backend's (``azureml``: a cluster is
+            checked and an interrupted run leaves its job running; ``local``: no cluster, the job is stopped).
         models: Foundation models by name, with their tags (``model_specific_defaults``, allow-lists); any
             other name resolves to version ``1`` with no tags.
         job_statuses: The states a submitted job goes through, one per :meth:`get_job`.
@@ -265,6 +267,7 @@ class ScriptedBackend:
         | None = None,
     ) -> None:
         self.name = name
+        self.traits = backend_traits(name)
         self.losses = losses
         self._script = _Script()
         self.models = dict(models or {})
@@ -319,10 +322,18 @@ class ScriptedBackend:
             return ref.resolved(ref.version or "1", {})
         return ref.resolved(known.version or "1", known.tags)
 
+    def model_id(self, model: FoundationModelRef, *, path: Path | None = None) -> str:
+        """The directory where one is given, a ``models:/`` URI on this machine, else the registry asset id."""
+        if not self.traits.runs_here:
+            return model.asset_id
+        if path is not None:
+            return str(path)
+        return f"models:/{model.name}/{model.version}" if model.version else f"models:/{model.name}"
+
     def ensure_compute(self, section: ComputeSection, validator: ComputeValidator) -> ComputeCheck | None:
-        """Check a scripted cluster of ``section.size`` with :attr:`gpus_per_node` (``None`` when ``local``)."""
+        """Check a scripted cluster of ``section.size`` with :attr:`gpus_per_node` (``None`` without a cluster)."""
         self._script.enter("ensure_compute", section)
-        if self.name == "local":
+        if not self.traits.trains_on_cluster:
             return None
         size = section.size or "Standard_ND40rs_v2"
         cluster = ClusterInfo(name=section.cluster, size=size, max_instances=section.max_instances)
@@ -390,6 +401,17 @@ class ScriptedBackend:
         )
         self.registered[key] = model
         return model
+
+    def get_model(self, name: str, version: str | None = None) -> RegisteredModel:
+        """Return a model :meth:`register_model` registered (the highest version without ``version``)."""
+        self._script.enter("get_model", (name, version))
+        found = [m for (n, v), m in self.registered.items() if n == name and version in (None, v)]
+        if not found:
+            have = ", ".join(f"{n}:{v}" for n, v in self.registered) or "none"
+            raise NotFoundError(
+                f"model {name}:{version or 'latest'} not found; registered: {have}", operation="get_model"
+            )
+        return max(found, key=lambda m: m.version)
 
     def log_evaluation(self, job: JobHandle, metrics: Mapping[str, float], files: Sequence[Path]) -> bool:
         """Record the call (see :meth:`requests`); nothing is stored."""

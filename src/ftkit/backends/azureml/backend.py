@@ -35,6 +35,7 @@ from ..base import (
     RegisteredModel,
     RegisterRequest,
 )
+from ..traits import TRAITS
 from . import jobs as _jobs
 from . import metrics as _metrics
 from .connection import AzureMLConnection, WorkspaceRef
@@ -141,6 +142,7 @@ class AzureMLBackend:
     """
 
     name = "azureml"
+    traits = TRAITS["azureml"]
 
     def __init__(
         self,
@@ -202,6 +204,24 @@ class AzureMLBackend:
         else:
             model = self._call("resolve_model", lambda: registry.models.get(ref.name, label=ref.label), resource=where)
         return ref.resolved(str(model.version), {str(k): str(v) for k, v in (model.tags or {}).items()})
+
+    def model_id(self, model: FoundationModelRef, *, path: Path | None = None) -> str:  # noqa: ARG002 - the protocol's
+        """The registry asset id (``azureml://registries/.../models/NAME/versions/V``); jobs give no directory."""
+        return model.asset_id
+
+    def get_model(self, name: str, version: str | None = None) -> RegisteredModel:
+        """Return a model of the workspace's registry (``ml_client.models.get``; the ``latest`` label without version).
+
+        Raises:
+            NotFoundError: The workspace has no such model or version.
+        """
+        ml = self.ml_client
+        where = f"model {name}:{version or 'latest'}"
+        if version is not None:
+            model = self._call("get_model", lambda: ml.models.get(name, version=version), resource=where)
+        else:
+            model = self._call("get_model", lambda: ml.models.get(name, label="latest"), resource=where)
+        return _registered(model)
 
     # ------------------------------------------------------------------ compute
 

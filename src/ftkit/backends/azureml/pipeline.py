@@ -125,3 +125,18 @@ def wire_body(rest: Any) -> dict[str, Any]:
     serialize = getattr(rest, "serialize", None)
     body: dict[str, Any] = serialize() if callable(serialize) else rest.as_dict()
     return body
+
+
+def offline_body(plan: RunPlan) -> dict[str, Any]:
+    """Return the azure-ai-ml REST body of ``plan``'s pipeline job, built offline (no credentials, no network).
+
+    What ``ftkit render`` and ``ftkit run --dry-run`` show (the job's name is the service's to give).
+    """
+    component = component_from_schema(plan.schema)
+    job = build_pipeline_job(plan, component=component, cluster=plan.job.compute.cluster)
+    return {
+        "name": None,
+        "experiment_name": plan.experiment_name,
+        "component": plan.schema.registry_asset_id,
+        **dict(rest_body(job)),
+    }

@@ -34,6 +34,7 @@ from ..base import (
     RegisteredModel,
     RegisterRequest,
 )
+from ..traits import TRAITS
 from . import jobs, registry, tracking
 from .distributed import describe, sharding_for
 from .spawn import child_env, python_command
@@ -138,6 +139,7 @@ class LocalBackend:
     """
 
     name = "local"
+    traits = TRAITS["local"]
 
     def __init__(
         self,
@@ -190,9 +192,23 @@ class LocalBackend:
         """Register a Hugging Face model directory (by reference) in the local registry; see :mod:`.registry`."""
         return registry.register_model_dir(self.store, name, path, tags)
 
-    def get_model(self, ref: str) -> RegisteredModel:
-        """Look up ``name``, ``name:version`` or ``models:/name/version`` in the local registry."""
-        return registry.get_registered(self.store, ref)
+    def get_model(self, name: str, version: str | None = None) -> RegisteredModel:
+        """Look up a model in the local registry.
+
+        Args:
+            name: Its name; without ``version`` also ``name:version`` or ``models:/name/version``.
+            version: Its version, or the version its registration asked for (the ``ftkit.version`` tag).
+
+        Raises:
+            NotFoundError: No such model or version (naming close names or the versions there are).
+        """
+        return registry.get_registered(self.store, name if version is None else f"{name}:{version}")
+
+    def model_id(self, model: FoundationModelRef, *, path: Path | None = None) -> str:
+        """The base model's directory when the job gives one, else its registry URI (``models:/name/version``)."""
+        if path is not None:
+            return str(path)
+        return f"models:/{model.name}/{model.version}" if model.version else f"models:/{model.name}"
 
     # -- compute and data ---------------------------------------------------------------------------------
 

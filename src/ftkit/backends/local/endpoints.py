@@ -12,8 +12,9 @@ Everything is persisted under ``{home}/endpoints/NAME/`` (see :mod:`ftkit.serve.
 (``ftkit endpoint list``, ``ftkit endpoint delete``, ``ftkit cleanup``) sees and manages the same endpoints;
 a server that died is reported with provisioning state ``Failed`` and its log tail.
 
-Importing this module is cheap: no torch, no FastAPI (those load in the server process); httpx loads on
-first use.
+The server process itself is started, probed and stopped by :mod:`.endpoint_process`; the HTTP calls to it
+(the admin reload, a scoring request) are :mod:`.endpoint_client`. Importing this module is cheap: no torch, no
+FastAPI (those load in the server process); httpx loads on first use.
 """
 
 from __future__ import annotations
@@ -27,31 +28,27 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from ...deployment_settings import DEVICE_CHOICES, ENGINES, Engine, ServerSettings, valid_device
+from ...deployment_settings import DEVICE_CHOICES, ENGINES, EngineName, ServerSettings, valid_device
 from ...exceptions import (
-    AuthError,
     ConflictError,
     DeploymentError,
     NotFoundError,
     ProbeFailedError,
     Problem,
-    ScoringError,
-    TransientBackendError,
     ValidationError,
+    closest,
 )
 from ...interrupts import deferred
 from ...retry import call as retry_call
 from ...serve.files import EndpointFiles, new_key
-from ...serve.records import DeploymentRecord
+from ...serve.records import DeploymentRecord, read_server_settings
 from ..base import DeploymentInfo, DeploymentSpec, EndpointInfo, EndpointKeys, EndpointSpec
+from .endpoint_client import DEPLOYMENT_HEADER, admin_reload, post_score
 from .endpoint_process import PORT_TAKEN, is_server_alive, port_open, start_server, stop_server, wait_listening
 
 __all__ = ["LocalEndpoints"]
 
-_DEFAULTS = ServerSettings()
-
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{1,30}[A-Za-z0-9]$")
-DEPLOYMENT_HEADER = "azureml-model-deployment"
 
 
 def _check_name(kind: str, name: str) -> None:
@@ -73,67 +70,40 @@ class LocalEndpoints:
 
     Args:
         home: The ftkit home; endpoints live under ``{home}/endpoints``.
-        max_batch_size: Most requests a deployment generates together (1 serves one request at a time).
-        batch_window_ms: How long a deployment waits for more requests once one arrives.
-        max_new_tokens_cap: The largest ``max_new_tokens``/``max_tokens`` a request may ask for.
-        max_body_bytes: The largest request body accepted.
-        torch_threads: torch's intra-op threads in the server (0: one fewer than the cores, at least one).
-        engine: What generates on a GPU: ``auto`` (continuous batching where the model supports it), ``static``
-            (the CPU's batcher, on the GPU), ``continuous`` or ``transformers`` (transformers' own continuous
-            batching, greedy only: for comparison and for models the slot cache does not cover). The CPU always
-            uses the static batcher under ``auto``.
-        max_context: GPU engine: positions per slot (0: the model's context, shrunk to what fits).
-        prefill_tokens: GPU engine: prompt tokens admitted per decode step.
-        gpu_memory_fraction_pct: GPU engine: the share of the GPU one deployment may plan for.
-        cuda_graphs: GPU engine: capture decode steps as CUDA graphs.
-        log_max_bytes: Size at which the server's ``server.log`` rotates.
-        log_backups: Rotated logs kept.
+        settings: The server settings of the endpoints this object creates (or restarts) when their
+            :class:`~ftkit.backends.base.EndpointSpec` brings none (a job's ``deploy.server:``), and the engine of
+            the deployments it creates. ``None``: the defaults, and each deployment takes the engine its endpoint
+            was created with.
         start_timeout_s: How long to wait for a server to start listening.
         load_timeout_s: How long to wait for a deployment's model to load.
-
-    These settings apply to endpoints created (or restarted) by this object.
     """
 
     def __init__(
         self,
         home: Path,
+        settings: ServerSettings | None = None,
         *,
-        max_batch_size: int = _DEFAULTS.max_batch_size,
-        batch_window_ms: int = _DEFAULTS.batch_window_ms,
-        max_new_tokens_cap: int = _DEFAULTS.max_new_tokens_cap,
-        max_body_bytes: int = _DEFAULTS.max_body_bytes,
-        torch_threads: int = _DEFAULTS.torch_threads,
-        engine: str = "auto",
-        max_context: int = _DEFAULTS.max_context,
-        prefill_tokens: int = _DEFAULTS.prefill_tokens,
-        gpu_memory_fraction_pct: int = _DEFAULTS.gpu_memory_fraction_pct,
-        cuda_graphs: bool = _DEFAULTS.cuda_graphs,
-        log_max_bytes: int = _DEFAULTS.log_max_bytes,
-        log_backups: int = _DEFAULTS.log_backups,
         start_timeout_s: float = 120.0,
         load_timeout_s: float = 600.0,
     ) -> None:
         self.home = Path(home)
         self.root = self.home / "endpoints"
-        if engine not in ENGINES:
+        self.settings = settings if settings is not None else ServerSettings()
+        if self.settings.engine not in ENGINES:  # built in Python, not converted: checked here as the job file is
+            near = closest(str(self.settings.engine), ENGINES)
+            hint = f"did you mean {near[0]}? " if near else ""
             raise ValidationError(
-                [Problem("engine", f"{engine!r} is not an engine", f"choose one of: {', '.join(ENGINES)}")],
+                [
+                    Problem(
+                        "engine",
+                        f"{self.settings.engine!r} is not an engine",
+                        f"{hint}choose one of: {', '.join(ENGINES)}",
+                    )
+                ],
                 "invalid local endpoint settings",
             )
-        self.engine: Engine = next(e for e in ENGINES if e == engine)
-        self.settings = ServerSettings(
-            max_batch_size=max_batch_size,
-            batch_window_ms=batch_window_ms,
-            max_new_tokens_cap=max_new_tokens_cap,
-            max_body_bytes=max_body_bytes,
-            torch_threads=torch_threads,
-            max_context=max_context,
-            prefill_tokens=prefill_tokens,
-            gpu_memory_fraction_pct=gpu_memory_fraction_pct,
-            cuda_graphs=cuda_graphs,
-            log_max_bytes=log_max_bytes,
-            log_backups=log_backups,
-        )
+        # Whose engine a new deployment takes: this object's when it was given settings, else its endpoint's.
+        self._engine: EngineName | None = settings.engine if settings is not None else None
         self.start_timeout_s = start_timeout_s
         self.load_timeout_s = load_timeout_s
         # Servers this object started: polled so that an exited child is reaped rather than left a zombie.
@@ -265,34 +235,7 @@ class LocalEndpoints:
         )
 
     def _admin_reload(self, files: EndpointFiles, port: int) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
-        import httpx
-
-        admin = files.read_keys().get("admin", "")
-        try:
-            resp = httpx.post(
-                f"http://127.0.0.1:{port}/-/admin/reload",
-                headers={"Authorization": f"Bearer {admin}"},
-                timeout=self.load_timeout_s,
-            )
-        except httpx.HTTPError as exc:
-            raise DeploymentError(
-                f"endpoint {files.name}: the server did not answer while loading deployments ({type(exc).__name__})",
-                endpoint=files.name,
-                logs=files.log_tail(50),
-            ) from exc
-        if resp.status_code != 200:
-            raise DeploymentError(
-                f"endpoint {files.name}: the server refused to reload (HTTP {resp.status_code})",
-                endpoint=files.name,
-                logs=files.log_tail(50),
-            )
-        answer = resp.json()
-        result = answer.get("deployments", {})
-        placement = answer.get("placement", {})
-        return (
-            {str(k): str(v) for k, v in result.items()},
-            {str(k): dict(v) for k, v in placement.items() if isinstance(v, dict)},
-        )
+        return admin_reload(files, port, self.load_timeout_s)
 
     # -- the Backend protocol's endpoint operations --------------------------------------------------------
 
@@ -368,16 +311,16 @@ class LocalEndpoints:
                     )
                 ]
             )
-        record = DeploymentRecord(
-            model_id=spec.model.id,
-            model_name=spec.model.name,
-            model_version=spec.model.version,
-            model_path=str(Path(path).resolve()),
-            settings=spec.settings,
-            engine=self.engine,
-        ).to_dict()
         with files.locked():
             config = files.read_config()
+            record = DeploymentRecord(
+                model_id=spec.model.id,
+                model_name=spec.model.name,
+                model_version=spec.model.version,
+                model_path=str(Path(path).resolve()),
+                settings=spec.settings,
+                engine=self._engine or read_server_settings(config).engine,
+            ).to_dict()
             config.setdefault("deployments", {})[spec.name] = record
             files.write_config(config)
         port = self._ensure_server(files)
@@ -534,8 +477,6 @@ class LocalEndpoints:
             DeploymentError: Its server is not running (with its log).
             ScoringError: The endpoint answered with an error.
         """
-        import httpx
-
         files = self._existing(endpoint)
         headers = {"Authorization": f"Bearer {files.read_keys().get('primary', '')}"}
         if deployment is not None:
@@ -550,36 +491,7 @@ class LocalEndpoints:
                     deployment=deployment,
                     logs=files.log_tail(50),
                 )
-            try:
-                resp = httpx.post(f"http://127.0.0.1:{port}/score", json=dict(body), headers=headers, timeout=timeout_s)
-            except httpx.TimeoutException as exc:
-                raise TransientBackendError(
-                    f"endpoint {endpoint}: no answer within {timeout_s}s", operation="score"
-                ) from exc
-            except httpx.HTTPError as exc:
-                raise TransientBackendError(
-                    f"endpoint {endpoint}: connection failed ({type(exc).__name__})", operation="score"
-                ) from exc
-            answered_by = resp.headers.get(DEPLOYMENT_HEADER, deployment)
-            if resp.status_code == 200:
-                return resp.json()
-            message = _error_message(resp)
-            if resp.status_code in (408, 429, 503):
-                retry_after = resp.headers.get("retry-after")
-                raise TransientBackendError(
-                    f"endpoint {endpoint} answered {resp.status_code}: {message}",
-                    operation="score",
-                    status_code=resp.status_code,
-                    retry_after=float(retry_after) if retry_after and retry_after.isdigit() else None,
-                )
-            if resp.status_code == 401:
-                raise AuthError(f"endpoint {endpoint} refused the key: {message}", operation="score", status_code=401)
-            raise ScoringError(
-                f"endpoint {endpoint} answered {resp.status_code}: {message}",
-                status_code=resp.status_code,
-                endpoint=endpoint,
-                deployment=answered_by,
-            )
+            return post_score(endpoint, port, body, headers, deployment=deployment, timeout_s=timeout_s)
 
         return retry_call(attempt)
 
@@ -648,14 +560,3 @@ def _recorded_port(files: EndpointFiles, config: Mapping[str, Any] | None = None
     """Strictly private: the endpoint's own port, recorded at its first start (``None`` before that)."""
     port = (config if config is not None else files.read_config()).get("port")
     return port if isinstance(port, int) and not isinstance(port, bool) and 0 < port < 65536 else None
-
-
-def _error_message(resp: Any) -> str:
-    """Strictly private: the ``error.message`` of an error answer, else the start of its text."""
-    try:
-        data = resp.json()
-    except ValueError:
-        return str(resp.text)[:300]
-    if isinstance(data, dict) and isinstance(data.get("error"), dict):
-        return str(data["error"].get("message", ""))[:1000]
-    return str(data)[:300]

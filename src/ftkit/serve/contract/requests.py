@@ -18,16 +18,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
 __all__ = [
+    "CHAT_DEFAULT_ONLY",
     "CHAT_FIELDS",
+    "CHAT_HONOURED",
+    "MAX_CONVERSATIONS",
+    "MAX_STOPS",
+    "MAX_STOP_CHARS",
     "ROLES",
+    "SCORE_DEFAULT_ONLY",
+    "SCORE_HONOURED",
+    "SCORE_NULLABLE",
     "SCORE_PARAMETERS",
+    "SEED_RANGE",
     "BadRequest",
     "ChatRequest",
+    "Field",
     "GenParams",
     "ScoreRequest",
     "Stops",
@@ -46,23 +56,50 @@ SEED_RANGE = (-(2**63), 2**63 - 1)
 
 Stops = tuple[str, ...]
 
+
+@attrs.frozen
+class Field:
+    """One field a body may carry, honoured: its JSON kind and bounds.
+
+    The one definition both the parser (:func:`parse_score`, :func:`parse_chat`) and the OpenAPI document
+    (:mod:`.openapi`) read, so the schema a client sees is the check the server makes.
+
+    Attributes:
+        kind: ``number`` (in ``[low, high]``, or ``(low, high]`` with ``low_open``), ``tokens`` (an integer in
+            ``[1, the endpoint's cap]``), ``boolean``, ``string``, ``stop`` (a string or up to
+            :data:`MAX_STOPS` strings), ``seed`` (a 64-bit integer), ``one`` (the integer 1: ``n``),
+            ``messages`` (a conversation) or ``object`` (of the honoured fields in ``fields``).
+        low: A number's lowest value.
+        high: A number's highest value.
+        low_open: Whether ``low`` itself is out of range.
+        fields: An object's own fields.
+    """
+
+    kind: Literal["number", "tokens", "boolean", "string", "stop", "seed", "one", "messages", "object"]
+    low: float = 0.0
+    high: float = 0.0
+    low_open: bool = False
+    fields: Mapping[str, Field] = attrs.field(factory=dict)
+
+
 # /v1/chat/completions: what each OpenAI field does here. Honoured fields are parsed below; these are accepted
 # only with their default value (the behaviour this endpoint has), anything else is a 400 naming the field.
-_CHAT_HONOURED = (
-    "messages",
-    "model",
-    "temperature",
-    "top_p",
-    "max_tokens",
-    "max_completion_tokens",
-    "n",
-    "stream",
-    "stream_options",
-    "stop",
-    "seed",
-    "user",  # an end-user id for the caller's own records: it does not change the answer (nor does it at OpenAI)
-)
-_CHAT_DEFAULT_ONLY: dict[str, object] = {
+CHAT_HONOURED: Mapping[str, Field] = {
+    "messages": Field("messages"),
+    "model": Field("string"),
+    "temperature": Field("number", 0, 2),
+    "top_p": Field("number", 0, 1, low_open=True),
+    "max_tokens": Field("tokens"),
+    "max_completion_tokens": Field("tokens"),
+    "n": Field("one"),
+    "stream": Field("boolean"),
+    "stream_options": Field("object", fields={"include_usage": Field("boolean")}),
+    "stop": Field("stop"),
+    "seed": Field("seed"),
+    "user": Field("string"),  # an end-user id for the caller's records: it does not change the answer (nor at OpenAI)
+}
+"""The chat completion fields this endpoint honours (every OpenAI field may also be ``null``: the default)."""
+CHAT_DEFAULT_ONLY: Mapping[str, object] = {
     "presence_penalty": 0,
     "frequency_penalty": 0,
     "logprobs": False,
@@ -73,13 +110,26 @@ _CHAT_DEFAULT_ONLY: dict[str, object] = {
     "modalities": ["text"],
     "store": False,
 }
+"""Chat completion fields accepted only with their default value (what this endpoint does)."""
 # /score: input_data.parameters keys (Hugging Face generation names, as Azure's chat-completion models take them).
-_SCORE_HONOURED = ("max_new_tokens", "max_gen_len", "do_sample", "temperature", "top_p", "stop", "seed")
-_SCORE_DEFAULT_ONLY: dict[str, object] = {"return_full_text": False, "num_return_sequences": 1}
+SCORE_HONOURED: Mapping[str, Field] = {
+    "max_new_tokens": Field("tokens"),
+    "max_gen_len": Field("tokens"),
+    "do_sample": Field("boolean"),
+    "temperature": Field("number", 0, 100),
+    "top_p": Field("number", 0, 1, low_open=True),
+    "stop": Field("stop"),
+    "seed": Field("seed"),
+}
+"""The ``input_data.parameters`` keys this endpoint honours (``null`` only for ``stop`` and ``seed``)."""
+SCORE_DEFAULT_ONLY: Mapping[str, object] = {"return_full_text": False, "num_return_sequences": 1}
+"""``input_data.parameters`` keys accepted only with their default value."""
+SCORE_NULLABLE = ("stop", "seed")
+"""The ``input_data.parameters`` keys that may be ``null`` (meaning: none)."""
 
-CHAT_FIELDS = (*_CHAT_HONOURED, *_CHAT_DEFAULT_ONLY)
+CHAT_FIELDS = (*CHAT_HONOURED, *CHAT_DEFAULT_ONLY)
 """Every field a chat completion body may carry."""
-SCORE_PARAMETERS = (*_SCORE_HONOURED, *_SCORE_DEFAULT_ONLY)
+SCORE_PARAMETERS = (*SCORE_HONOURED, *SCORE_DEFAULT_ONLY)
 """Every key ``input_data.parameters`` may carry."""
 
 
@@ -188,6 +238,13 @@ def _number(
         lo = "(" if low_open else "["
         raise BadRequest(field, f"{value} is out of range {lo}{low:g}, {high:g}]")
     return float(value)
+
+
+def _bounded(specs: Mapping[str, Field], given: Mapping[str, Any], key: str, prefix: str) -> float:
+    """A number field of ``given`` checked against its :class:`Field` bounds (``prefix``: its parent's path)."""
+    spec = specs[key]
+    where = f"{prefix}.{key}" if prefix else key
+    return _number(given[key], where, low=spec.low, high=spec.high, low_open=spec.low_open)
 
 
 def _bool(value: object, field: str) -> bool:
@@ -374,15 +431,15 @@ def parse_score(body: object, *, max_new_tokens_cap: int) -> ScoreRequest:
 def _score_params(value: object, cap: int) -> GenParams:
     field = "input_data.parameters"
     p = _object(value, field)
-    _check_fields(p, f"{field}.", _SCORE_HONOURED, _SCORE_DEFAULT_ONLY)
+    _check_fields(p, f"{field}.", tuple(SCORE_HONOURED), SCORE_DEFAULT_ONLY)
     max_new = DEFAULT_MAX_NEW_TOKENS
     # max_gen_len is Azure's deprecated spelling of max_new_tokens; max_new_tokens wins when both are given.
     for key in ("max_gen_len", "max_new_tokens"):
         if key in p:
             max_new = _max_tokens(p[key], f"{field}.{key}", cap)
     do_sample = _bool(p["do_sample"], f"{field}.do_sample") if "do_sample" in p else False
-    temperature = _number(p["temperature"], f"{field}.temperature", low=0, high=100) if "temperature" in p else 1.0
-    top_p = _number(p["top_p"], f"{field}.top_p", low=0, high=1, low_open=True) if "top_p" in p else 1.0
+    temperature = _bounded(SCORE_HONOURED, p, "temperature", field) if "temperature" in p else 1.0
+    top_p = _bounded(SCORE_HONOURED, p, "top_p", field) if "top_p" in p else 1.0
     stop = _stops(p["stop"], f"{field}.stop") if p.get("stop") is not None else ()
     seed = _seed(p["seed"], f"{field}.seed") if p.get("seed") is not None else None
     return GenParams(
@@ -412,7 +469,7 @@ def parse_chat(body: object, *, max_new_tokens_cap: int) -> ChatRequest:
         BadRequest: Naming the first offending field.
     """
     top = _object(body, "body")
-    _check_fields(top, "", _CHAT_HONOURED, _CHAT_DEFAULT_ONLY)
+    _check_fields(top, "", tuple(CHAT_HONOURED), CHAT_DEFAULT_ONLY)
     if "messages" not in top:
         raise BadRequest("messages", "is required (a list of {role, content} messages)")
     messages = _conversation(top["messages"], "messages")
@@ -427,15 +484,15 @@ def parse_chat(body: object, *, max_new_tokens_cap: int) -> ChatRequest:
             max_new = _max_tokens(top[key], key, max_new_tokens_cap)
     temperature = 1.0
     if top.get("temperature") is not None:
-        temperature = _number(top["temperature"], "temperature", low=0, high=2)
+        temperature = _bounded(CHAT_HONOURED, top, "temperature", "")
     top_p = 1.0
     if top.get("top_p") is not None:
-        top_p = _number(top["top_p"], "top_p", low=0, high=1, low_open=True)
+        top_p = _bounded(CHAT_HONOURED, top, "top_p", "")
     stream = _bool(top["stream"], "stream") if top.get("stream") is not None else False
     include_usage = False
     if top.get("stream_options") is not None:
         opts = _object(top["stream_options"], "stream_options")
-        _check_fields(opts, "stream_options.", ("include_usage",), {})
+        _check_fields(opts, "stream_options.", tuple(CHAT_HONOURED["stream_options"].fields), {})
         if opts.get("include_usage") is not None:
             include_usage = _bool(opts["include_usage"], "stream_options.include_usage")
     if top.get("user") is not None and not isinstance(top["user"], str):

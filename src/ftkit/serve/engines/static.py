@@ -1,10 +1,10 @@
 """Dynamic batching: one queue and one worker thread per deployment.
 
-Requests are queued as :class:`Job` values (one per conversation). The worker takes whatever is waiting, up
+Requests are queued as :class:`~.base.Job` values (one per conversation). The worker takes whatever is waiting, up
 to ``max_batch_size``, after a short window that lets requests arriving together meet, and generates them
 as one left-padded batch; so throughput grows with concurrency instead of each request waiting for the one
 before it. The queue is bounded: past ``max_queue`` waiting jobs, :meth:`Batcher.submit` raises
-:class:`QueueFull` and the server answers 503 with ``Retry-After``.
+:class:`~.base.QueueFull` and the server answers 503 with ``Retry-After``.
 
 The worker talks to the asyncio side only through ``loop.call_soon_threadsafe``: text for streaming jobs,
 one ``done`` (or ``error``) event for every job. Each job's :class:`~.stops.RowText` turns its tokens into text
@@ -15,127 +15,17 @@ worker carries on.
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from typing import Any
 
-import attrs
-
-from ..contract.requests import GenParams
-from ..contract.stops import RowText
+from .base import EngineOptions, EngineStart, Job, JobQueue
 from .generation import LoadedModel
 
-__all__ = ["Batcher", "Job", "JobQueue", "QueueFull", "Unsupported"]
+__all__ = ["Batcher", "start"]
 
 log = logging.getLogger("ftkit.serve")
-
-
-class QueueFull(Exception):
-    """The deployment's queue is full."""
-
-
-class Unsupported(ValueError):
-    """A request asks for something the deployment's engine cannot do (answered with a 400).
-
-    Args:
-        param: The request field at fault.
-        message: What is wrong and what to do instead.
-    """
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-@attrs.define(eq=False)
-class Job:
-    """One conversation to answer, between a request handler and the worker.
-
-    Attributes:
-        prompt: The prompt's token ids.
-        params: Generation parameters.
-        loop: The handler's event loop.
-        events: Where the worker posts ``("text", piece)`` (streaming only), ``("done", reason)`` or
-            ``("error", msg)``.
-        deadline: ``time.monotonic()`` after which the job is dropped.
-        text: The answer's text (final once ``done`` is posted); made by the handler with the model's decoder.
-        stream: Whether to post text as it is generated.
-        tokens: The generated token ids (complete once ``done`` is posted).
-        cancelled: Set by the handler when nobody waits for the answer any more.
-        arrived: ``time.monotonic()`` when the job was made (the continuous engine's gathering reads it).
-    """
-
-    prompt: Sequence[int]
-    params: GenParams
-    loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue[tuple[str, object]]
-    deadline: float
-    text: RowText
-    stream: bool = False
-    tokens: list[int] = attrs.field(factory=list)
-    cancelled: bool = False
-    arrived: float = attrs.field(factory=time.monotonic)
-
-    def post(self, kind: str, value: object) -> None:
-        """Post an event to the handler (thread-safe; a closed loop is ignored)."""
-        # A closed loop (RuntimeError) means the server is shutting down: nobody is waiting any more.
-        with contextlib.suppress(RuntimeError):
-            self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
-
-    @property
-    def alive(self) -> bool:
-        """Whether someone still waits for this job."""
-        return not self.cancelled and time.monotonic() < self.deadline
-
-
-class JobQueue:
-    """The bounded queue in front of a deployment's worker thread (the engines' shared request side).
-
-    Args:
-        name: The deployment's name (for the log and :class:`QueueFull`).
-        max_queue: Most jobs waiting before :class:`QueueFull`.
-    """
-
-    def __init__(self, name: str, max_queue: int) -> None:
-        self.name = name
-        self.max_queue = max(0, max_queue)
-        self._pending: collections.deque[Job] = collections.deque()
-        self._cond = threading.Condition()
-        self._closed = False
-
-    def submit(self, jobs: Sequence[Job]) -> None:
-        """Queue jobs (all or none).
-
-        Raises:
-            QueueFull: Queuing them would pass ``max_queue`` (or the deployment is being removed).
-        """
-        with self._cond:
-            if self._closed or len(self._pending) + len(jobs) > self.max_queue:
-                raise QueueFull(self.name)
-            self._pending.extend(jobs)
-            self._cond.notify()
-
-    @property
-    def queued(self) -> int:
-        """Jobs waiting now."""
-        return len(self._pending)
-
-    def close(self) -> None:
-        """Stop taking jobs and fail those waiting; the worker exits after its current batch or step.
-
-        The continuous engine also fails the rows it was decoding.
-        """
-        with self._cond:
-            self._closed = True
-            waiting = list(self._pending)
-            self._pending.clear()
-            self._cond.notify_all()
-        for job in waiting:
-            job.post("error", "the deployment was removed")
 
 
 class Batcher(JobQueue):
@@ -146,7 +36,7 @@ class Batcher(JobQueue):
         model: The loaded model.
         max_batch_size: Most jobs generated together (1: one request at a time).
         window_s: How long the worker waits for more jobs once one arrives.
-        max_queue: Most jobs waiting (beyond the batch being generated) before :class:`QueueFull`.
+        max_queue: Most jobs waiting (beyond the batch being generated) before :class:`~.base.QueueFull`.
     """
 
     def __init__(self, name: str, model: LoadedModel, *, max_batch_size: int, window_s: float, max_queue: int) -> None:
@@ -221,3 +111,21 @@ class Batcher(JobQueue):
             sum(len(j.tokens) for j in batch),
             time.monotonic() - started,
         )
+
+    @property
+    def cache_bytes(self) -> int:
+        """None held: each batch's KV cache lives only while it is generated."""
+        return 0
+
+    def describe(self) -> dict[str, Any]:
+        """What the engine holds, for logs and ``endpoint list``."""
+        return {"engine": "static", "slots": self.max_batch_size, "window_s": self.window_s}
+
+
+def start(name: str, model: LoadedModel, options: EngineOptions) -> Batcher:
+    """Start the static batcher of a deployment (the ``static`` entry of :mod:`.registry`)."""
+    return Batcher(name, model, max_batch_size=options.slots, window_s=options.window_s, max_queue=options.max_queue)
+
+
+# Checked by mypy: the engine meets the Engine Protocol through its start function.
+_checked: EngineStart = start

@@ -1,12 +1,12 @@
-"""transformers' own continuous batching behind the server's :class:`~.batching.Job` interface.
+"""transformers' own continuous batching behind the server's :class:`~.base.Engine` interface.
 
 transformers ships a continuous batcher of its own (``model.init_continuous_batching()``, a
 ``ContinuousBatchingManager`` over a paged KV cache, with a generation thread). This engine serves a
 deployment through it, so that it can be measured through the same HTTP server, clients and settings as ftkit's
 own engines (``benchmarks/bench_serve.py --gpu``), and used where a model runs under it but not on ftkit's slot
 cache. What stays ftkit's: the queue bound and 503, deadlines and cancellation (a request nobody waits for is
-cancelled in the manager), stop strings and streamed text (each job's :class:`~.stops.RowText`), and the
-end-of-row rules of the other engines (:func:`.engine.take_token`).
+cancelled in the manager), stop strings and streamed text (each job's :class:`~ftkit.serve.contract.stops.RowText`),
+and the end-of-row rules of the other engines (:func:`.base.take_token`).
 
 Its limits, which are the manager's: one generation config for every request, so it answers greedily and refuses
 a request that asks to sample (``temperature`` > 0 with ``top_p``/``seed``) with a 400 naming the engine; and
@@ -28,11 +28,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .continuous.engine import flush, settle, take_token
+from .base import EngineOptions, EngineStart, Job, QueueFull, Unsupported, flush, settle, take_token
 from .generation import LoadedModel
-from .static import Job, QueueFull, Unsupported
 
-__all__ = ["TransformersBatcher", "cpu_cache_limits", "start_manager"]
+__all__ = ["TransformersBatcher", "cpu_cache_limits", "start", "start_manager"]
 
 log = logging.getLogger("ftkit.serve")
 
@@ -102,7 +101,7 @@ class TransformersBatcher:
         name: The deployment's name (for the log and request ids).
         model: The loaded model.
         slots: Requests the manager may hold at once (beyond them, requests wait in ``max_queue``).
-        max_queue: Requests waiting beyond ``slots`` before :class:`.batching.QueueFull`.
+        max_queue: Requests waiting beyond ``slots`` before :class:`.base.QueueFull`.
     """
 
     def __init__(self, name: str, model: LoadedModel, *, slots: int, max_queue: int) -> None:
@@ -174,6 +173,11 @@ class TransformersBatcher:
         for job in jobs:
             job.post("error", "the deployment was removed")
 
+    @property
+    def cache_bytes(self) -> int:
+        """None of ftkit's: the manager sizes its paged cache itself, from the memory it finds free."""
+        return 0
+
     def join(self, timeout: float | None = None) -> None:
         """Wait for the reader thread (after :meth:`close`)."""
         self._thread.join(timeout)
@@ -238,3 +242,17 @@ class TransformersBatcher:
     def describe(self) -> dict[str, Any]:
         """What the engine holds, for logs and ``endpoint list``."""
         return {"engine": "transformers", "slots": self.max_batch_size, "transformers": self.version}
+
+
+def start(name: str, model: LoadedModel, options: EngineOptions) -> TransformersBatcher:
+    """Start transformers' continuous batching (the ``transformers`` entry of :mod:`.registry`).
+
+    An asked ``max_context`` bounds the answers' context (the manager plans no slots of ftkit's).
+    """
+    if options.settings.max_context > 0:
+        model.max_length = min(model.max_length, options.settings.max_context)
+    return TransformersBatcher(name, model, slots=options.slots, max_queue=options.max_queue)
+
+
+# Checked by mypy: the engine meets the Engine Protocol through its start function.
+_checked: EngineStart = start

@@ -26,6 +26,8 @@ from .tasks import chat_text
 __all__ = ["ServerlessRoutes"]
 
 SERVERLESS_HOST_SUFFIX = ".models.ai.azure.com"
+# Registries whose models have a publisher other than the name after `azureml-` (Azure ML's own registry).
+_SYSTEM_PUBLISHERS = {"azureml": "microsoft"}
 
 
 class ServerlessRoutes(FakeBase):
@@ -44,7 +46,8 @@ class ServerlessRoutes(FakeBase):
         if m is None or not self._children(self._reg_key(m[1], f"models/{m[2]}/versions")):
             # The subscription names a registry model (without a version); the wording is the fake's.
             return 404, ErrorBody("UserError", f"Model {model_id} was not found in the model catalog."), {}
-        publisher = m[1].removeprefix("azureml-") if m[1] != "azureml" else "microsoft"
+        # Azure's own registry (named like the backend) publishes as microsoft; `azureml-meta` as meta.
+        publisher = _SYSTEM_PUBLISHERS.get(m[1], m[1].removeprefix("azureml-"))
         props.update(
             {
                 "marketplacePlan": {"publisherId": publisher, "offerId": m[2].lower(), "planId": "standard"},

@@ -1,6 +1,6 @@
 """In-flight (continuous) batching: requests join and leave the running decode batch at every step.
 
-:class:`ContinuousBatcher` is a drop-in for :class:`.batching.Batcher` (same :class:`.batching.Job` values,
+:class:`ContinuousBatcher` is a drop-in for :class:`..static.Batcher` (same :class:`..base.Job` values,
 ``submit``/``close``/``queued``, the same bounded queue and 503): one worker thread per deployment runs a loop
 of steps over a :class:`.slots.SlotDecoder`. Each step
 
@@ -34,8 +34,6 @@ generator, held by its slot, so its answer does not depend on the other rows.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import heapq
 import logging
 import threading
@@ -46,12 +44,12 @@ from typing import Any
 import attrs
 import torch
 
+from ..base import Job, JobQueue, Unsupported, flush, settle, take_token
 from ..generation import LoadedModel, choose_tokens, seeded_generator
-from ..static import Job, JobQueue, Unsupported
 from .blocks import BlockPool
 from .slots import SlotDecoder
 
-__all__ = ["ContinuousBatcher", "flush", "settle", "take_token"]
+__all__ = ["ContinuousBatcher"]
 
 log = logging.getLogger("ftkit.serve")
 
@@ -77,57 +75,6 @@ class _Launch:
     done: Any  # a CUDA event after the ids' copy to the host, or None on the CPU
 
 
-def _deliver(events: list[tuple[Job, str, object]]) -> None:
-    """Strictly private: runs on the event loop; hands a step's events to their handlers."""
-    for job, kind, value in events:
-        job.events.put_nowait((kind, value))
-
-
-def flush(events: list[tuple[Job, str, object]]) -> None:
-    """Hand a step's events to their handlers' event loops: one wake-up per loop, not one per token."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[Job, str, object]]] = {}
-    for event in events:
-        by_loop.setdefault(event[0].loop, []).append(event)
-    for loop, batch in by_loop.items():
-        # A closed loop (RuntimeError) means the server is shutting down: nobody is waiting any more.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_deliver, batch)
-
-
-def take_token(job: Job, token: int, eos_ids: frozenset[int], events: list[tuple[Job, str, object]]) -> str | None:
-    """Take a job's new token by the static path's rules (:meth:`.LoadedModel.generate`); say why it ends, if it does.
-
-    An end-of-sequence token ends it (``stop``, not emitted), so does a stop string (``stop``, the text cut
-    before it), its ``max_new_tokens`` (``length``) or nobody waiting any more (``cancelled``). Streamed text is
-    appended to ``events``.
-    """
-    if token in eos_ids:
-        return "stop"
-    job.tokens.append(token)
-    if not job.text.update(job.tokens):
-        return "stop"  # a stop string: the text is cut before it
-    if job.stream and (piece := job.text.delta()):
-        events.append((job, "text", piece))
-    if not job.alive:
-        return "cancelled"
-    if len(job.tokens) >= job.params.max_new_tokens:
-        return "length"
-    return None
-
-
-def settle(name: str, job: Job, reason: str, events: list[tuple[Job, str, object]]) -> None:
-    """Settle an ended job's text: send what streaming held back, then ``done`` (or the detokenizer's error)."""
-    try:
-        rest = job.text.finish(job.tokens)
-    except Exception as exc:  # a detokenizer failure fails this job, not the worker
-        log.exception("deployment %s: decoding failed", name)
-        events.append((job, "error", f"decoding failed: {type(exc).__name__}"))
-        return
-    if job.stream and rest:
-        events.append((job, "text", rest))
-    events.append((job, "done", "stop" if job.text.stopped else reason))
-
-
 class ContinuousBatcher(JobQueue):
     """The slot scheduler and worker thread of one deployment.
 
@@ -135,7 +82,7 @@ class ContinuousBatcher(JobQueue):
         name: The deployment's name (for the log).
         model: The loaded model (its tokenizer, end-of-sequence ids and device).
         decoder: The model on a slot cache; its slot count is the most rows decoding together.
-        max_queue: Most jobs waiting for a slot before :class:`.batching.QueueFull`.
+        max_queue: Most jobs waiting for a slot before :class:`..base.QueueFull`.
         prefill_tokens: Prompt tokens admitted per step (at least one prompt is, however long).
         gather_s: How long a waiting job may wait for others to share its prefill when every slot is decoding;
             with fewer rows decoding the wait is shorter, in proportion (none when no row is).
@@ -222,6 +169,11 @@ class ContinuousBatcher(JobQueue):
         """The most blocks a job can hold: its prompt and answer, and the position a last step writes past them."""
         positions = min(len(job.prompt) + job.params.max_new_tokens + 1, self.decoder.context)
         return self.pool.needed(positions)
+
+    @property
+    def cache_bytes(self) -> int:
+        """Bytes of the paged KV cache (every block of every layer)."""
+        return int(self.decoder.cache_bytes)
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the worker thread to exit (after :meth:`close`)."""

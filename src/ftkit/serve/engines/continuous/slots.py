@@ -88,7 +88,7 @@ def _bucket(n: int, smallest: int, cap: int) -> int:
 
 
 class SlotDecoder:
-    """A loaded causal LM with a slot KV cache.
+    """A loaded causal LM with a paged KV cache, decoding up to ``slots`` rows together.
 
     Args:
         model: A transformers causal LM of a supported type (:func:`supports`), on its device, in eval mode.
