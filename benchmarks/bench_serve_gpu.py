@@ -387,6 +387,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--context", type=int, default=0, help="max_context (0: the model's, the default)")
     parser.add_argument("--workload", choices=("short", "chat"), default="short", help="prompt lengths")
     parser.add_argument("--shape", choices=("phi3", "llama3-8b"), default="phi3", help="model shape")
+    parser.add_argument("--short-max-tokens", type=int, default=128, help="answer length of a path@short")
+    parser.add_argument("--short-levels", default="256", help="streams of a path@short (beside another workload)")
     parser.add_argument("--static-batch", type=int, default=64, help="static batcher: batch size")
     parser.add_argument("--procs", type=int, default=8, help="client processes")
     parser.add_argument("--layers", type=int, default=32)
@@ -395,6 +397,7 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     args.levels = [int(x) for x in args.levels.split(",")]
     args.cb_levels = [int(x) for x in args.cb_levels.split(",")]
+    args.short_levels = [int(x) for x in args.short_levels.split(",")]
     global WORKLOAD
     WORKLOAD = args.workload
 
@@ -422,20 +425,26 @@ def main(argv: list[str]) -> int:
             # "continuous@short": a path with its own workload, so one call can measure both.
             path, _, workload = spec.partition("@")
             WORKLOAD = workload or args.workload
+            run = args
+            if WORKLOAD == "short" and args.workload != "short":
+                # The short-prompt regression check beside a chat run: its own answer length and levels.
+                run = argparse.Namespace(**{**vars(args), "max_tokens": args.short_max_tokens})
+                run.levels = run.cb_levels = args.short_levels
             first_row = len(rows)
             try:
                 if path == "transformers-inproc":
-                    transformers_inproc(model_dir, args, rows)
+                    transformers_inproc(model_dir, run, rows)
                 elif path == "engine-floor":
-                    engine_floor(model_dir, args, rows)
+                    engine_floor(model_dir, run, rows)
                     torch.cuda.empty_cache()  # its model and cache are gone with the call
                 else:
-                    serve_path(root / "home", model_dir, path, args, rows)
+                    serve_path(root / "home", model_dir, path, run, rows)
             except Exception:
                 failures.append(spec)
                 traceback.print_exc()
             for row in rows[first_row:]:
                 row["workload"] = WORKLOAD
+                row["max_tokens"] = run.max_tokens
             if args.json:
                 args.json.write_text(json.dumps({"rows": rows}, indent=2))
     meta = {
