@@ -1,9 +1,12 @@
 """GPU mode of ``bench_serve.py``: the local endpoint on one GPU, Phi-3-mini shape, streamed through ftkit's server.
 
-The model has Phi-3-mini's shape (3.8B parameters, 32 layers, hidden 3072, vocabulary 32064) with random
-bfloat16 weights, built from a config (nothing is downloaded), and a word-level tokenizer of the same vocabulary
-(every generated id is one word, so every token is one streamed chunk). Prompts are 150-250 random words,
-answers ``--max-tokens`` tokens, greedy. Each path is a real endpoint (its own server process) and is loaded by
+The model has Phi-3-mini's shape (3.8B parameters, 32 layers, hidden 3072, vocabulary 32064; ``--shape
+llama3-8b``: Llama-3-8B's, 8 KV heads of 32, vocabulary 128256, context 8192) with random bfloat16 weights, built
+from a config (nothing is downloaded), and a word-level tokenizer (every generated id is one word, so every token
+is one streamed chunk). Prompts are 150-250 random words (``--workload short``) or chat-shaped (``--workload
+chat``: log-normal lengths, median 700 words, capped at 3,000), answers ``--max-tokens`` tokens, greedy. Every
+stream draws its prompts from its own seeded generator, so ``transformers-inproc`` runs on the very prompts the
+served streams send first. Each path is a real endpoint (its own server process) and is loaded by
 the official ``openai`` async client, spread over several client processes so that the client's own parsing is
 not what limits the rate:
 
@@ -26,6 +29,7 @@ import argparse
 import asyncio
 import functools
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -44,14 +48,14 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_model(out: Path, layers: int, *, tiny: bool = False) -> Path:
-    """Save a random bfloat16 Phi-3-mini-shaped model and a word-level tokenizer of its vocabulary.
+def build_model(out: Path, layers: int, *, tiny: bool = False, shape: str = "phi3") -> Path:
+    """Save a random bfloat16 model of the shape and a word-level tokenizer.
 
     ``tiny`` (a dry run of the benchmark on a machine without a GPU): hidden size 128, float32, on the CPU.
     """
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import Phi3Config, Phi3ForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM, Phi3Config, Phi3ForCausalLM, PreTrainedTokenizerFast
 
     vocab = {f"w{i}": i for i in range(WORDS)}
     for n, special in enumerate(SPECIALS):
@@ -65,6 +69,30 @@ def build_model(out: Path, layers: int, *, tiny: bool = False) -> Path:
     hf_tok.chat_template = CHAT_TEMPLATE
     hf_tok.save_pretrained(out)
     heads = 4 if tiny else 32
+    if shape == "llama3-8b":
+        llama = LlamaConfig(
+            hidden_size=128 if tiny else 4096,
+            intermediate_size=256 if tiny else 14336,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=2 if tiny else 8,
+            vocab_size=128256,
+            max_position_embeddings=8192,
+            rope_theta=500000.0,
+            rms_norm_eps=1e-5,
+            pad_token_id=WORDS + 1,
+            eos_token_id=WORDS + 4,
+            bos_token_id=WORDS + 1,
+            tie_word_embeddings=False,
+        )
+        torch.manual_seed(0)
+        with torch.device("cpu" if tiny else "cuda"):
+            llama_model = LlamaForCausalLM(llama).to(torch.float32 if tiny else torch.bfloat16)
+        llama_model.generation_config.eos_token_id = WORDS + 4
+        llama_model.save_pretrained(out)
+        del llama_model
+        torch.cuda.empty_cache()
+        return out
     config = Phi3Config(
         hidden_size=128 if tiny else 3072,
         intermediate_size=256 if tiny else 8192,
@@ -90,11 +118,25 @@ def build_model(out: Path, layers: int, *, tiny: bool = False) -> Path:
     return out
 
 
+WORKLOAD = "short"  # set by main: "short" (150-250 words) or "chat" (log-normal, median 700, at most 3000)
+
+
 def prompt_text(rng: random.Random) -> str:
-    return " ".join(f"w{rng.randrange(10, WORDS)}" for _ in range(rng.randrange(150, 250)))
+    if WORKLOAD == "chat":  # ultrachat-like: a median near 700 tokens and a long tail to the context
+        words = min(3000, max(8, int(rng.lognormvariate(math.log(700), 0.75))))
+    else:
+        words = rng.randrange(150, 250)
+    return " ".join(f"w{rng.randrange(10, WORDS)}" for _ in range(words))
 
 
-async def _streams(base_url: str, key: str, streams: int, seconds: float, max_tokens: int, seed: int, start_at: float):
+def stream_rng(level: int, stream: int) -> random.Random:
+    """The prompts of one stream of a level (the served clients and transformers-inproc draw the same)."""
+    return random.Random(level * 100_003 + stream)
+
+
+async def _streams(
+    base_url: str, key: str, streams: int, seconds: float, max_tokens: int, level: int, offset: int, start_at: float
+):
     from openai import AsyncOpenAI
 
     client = AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0, timeout=600)
@@ -108,7 +150,7 @@ async def _streams(base_url: str, key: str, streams: int, seconds: float, max_to
 
     async def one(stream_id: int) -> None:
         nonlocal tokens
-        rng = random.Random(seed * 100_003 + stream_id)
+        rng = stream_rng(level, offset + stream_id)
         first = True
         while first or time.time() < deadline:
             first = False
@@ -144,8 +186,10 @@ async def _streams(base_url: str, key: str, streams: int, seconds: float, max_to
     return {"ttft": ttft, "itl": itl, "tokens": tokens, "errors": errors, "start": started, "end": max(ends)}
 
 
-def _client_process(args: tuple[str, str, int, float, int, int, float]) -> dict[str, Any]:
-    return asyncio.run(_streams(*args))
+def _client_process(args: tuple[str, str, int, float, int, int, int, float, str]) -> dict[str, Any]:
+    global WORKLOAD
+    WORKLOAD = args[-1]  # a spawned process starts from the module's default
+    return asyncio.run(_streams(*args[:-1]))
 
 
 def load(base_url: str, key: str, streams: int, seconds: float, max_tokens: int, *, procs: int) -> dict[str, Any]:
@@ -153,7 +197,11 @@ def load(base_url: str, key: str, streams: int, seconds: float, max_tokens: int,
     procs = max(1, min(procs, streams))
     share = [streams // procs + (1 if i < streams % procs else 0) for i in range(procs)]
     start_at = time.time() + 3.0  # every process starts at once, after its imports
-    jobs = [(base_url, key, n, seconds, max_tokens, 1000 * streams + i, start_at) for i, n in enumerate(share)]
+    firsts = [sum(share[:i]) for i in range(procs)]
+    jobs = [
+        (base_url, key, n, seconds, max_tokens, streams, first, start_at, WORKLOAD)
+        for n, first in zip(share, firsts, strict=True)
+    ]
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(procs) as pool:
         parts = pool.map(_client_process, jobs)
@@ -196,7 +244,7 @@ def serve_path(home: Path, model_dir: Path, path: str, args: argparse.Namespace,
     name = f"bench-{path}"
     endpoints.create_endpoint(EndpointSpec(name=name))
     try:
-        model = RegisteredModel(name="phi3-mini-shape", version="1", id="models:/phi3-mini-shape/1", path=model_dir)
+        model = RegisteredModel(name="bench-shape", version="1", id="models:/bench-shape/1", path=model_dir)
         started = time.perf_counter()
         endpoints.create_deployment(
             DeploymentSpec(
@@ -253,7 +301,7 @@ def engine_floor(model_dir: Path, args: argparse.Namespace, out: list[dict[str, 
 
     # The fused step (the default on a GPU) and transformers' modules with masked SDPA, one after the other.
     for fused in (True, False):
-        decoder = SlotDecoder(model.model, slots=args.slots, context=args.context, fused=fused)
+        decoder = SlotDecoder(model.model, slots=args.slots, context=args.context or 512, fused=fused)
         kind = "fused" if decoder.fused else "modules"
         for rows in args.levels:
             rows = min(rows, args.slots)
@@ -288,10 +336,11 @@ def transformers_inproc(model_dir: Path, args: argparse.Namespace, out: list[dic
     )
     gc.pad_token_id = tok.pad_token_id
     for n in args.cb_levels:
-        rng = random.Random(n)
         prompts = [
-            tok.apply_chat_template([{"role": "user", "content": prompt_text(rng)}], add_generation_prompt=True)
-            for _ in range(n)
+            tok.apply_chat_template(
+                [{"role": "user", "content": prompt_text(stream_rng(n, i))}], add_generation_prompt=True
+            )
+            for i in range(n)
         ]
         prompts = [list(p["input_ids"]) if isinstance(p, dict) or hasattr(p, "keys") else list(p) for p in prompts]
         torch.cuda.synchronize()
@@ -313,6 +362,7 @@ def transformers_inproc(model_dir: Path, args: argparse.Namespace, out: list[dic
         produced = sum(len(r.generated_tokens) for r in result.values())
         row = {
             "path": "transformers-inproc (no HTTP, includes its warm-up)",
+            "prompt_tokens": sum(len(p) for p in prompts),
             "streams": n,
             "requests": n,
             "errors": 0,
@@ -329,10 +379,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=20.0, help="load time per level (requests then finish)")
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--levels", default="16,64,256", help="concurrent streams")
-    parser.add_argument("--paths", default="continuous,static,transformers")
+    parser.add_argument(
+        "--paths", default="continuous,static,transformers", help="paths, each optionally @short or @chat"
+    )
     parser.add_argument("--cb-levels", default="256", help="transformers-inproc: requests per run")
     parser.add_argument("--slots", type=int, default=256, help="continuous engine: slots")
-    parser.add_argument("--context", type=int, default=512, help="continuous engine: positions per slot")
+    parser.add_argument("--context", type=int, default=0, help="max_context (0: the model's, the default)")
+    parser.add_argument("--workload", choices=("short", "chat"), default="short", help="prompt lengths")
+    parser.add_argument("--shape", choices=("phi3", "llama3-8b"), default="phi3", help="model shape")
+    parser.add_argument("--short-max-tokens", type=int, default=128, help="answer length of a path@short")
+    parser.add_argument("--short-levels", default="256", help="streams of a path@short (beside another workload)")
     parser.add_argument("--static-batch", type=int, default=64, help="static batcher: batch size")
     parser.add_argument("--procs", type=int, default=8, help="client processes")
     parser.add_argument("--layers", type=int, default=32)
@@ -341,6 +397,9 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     args.levels = [int(x) for x in args.levels.split(",")]
     args.cb_levels = [int(x) for x in args.cb_levels.split(",")]
+    args.short_levels = [int(x) for x in args.short_levels.split(",")]
+    global WORKLOAD
+    WORKLOAD = args.workload
 
     import torch
     import transformers
@@ -353,7 +412,7 @@ def main(argv: list[str]) -> int:
     with tempfile.TemporaryDirectory(prefix="ftkit-bench-gpu-") as tmp:
         root = Path(tmp)
         started = time.perf_counter()
-        model_dir = build_model(root / "model", args.layers, tiny=args.tiny)
+        model_dir = build_model(root / "model", args.layers, tiny=args.tiny, shape=args.shape)
         print(f"built and saved the model in {time.perf_counter() - started:.1f}s", flush=True)
         from transformers import AutoTokenizer
 
@@ -362,18 +421,30 @@ def main(argv: list[str]) -> int:
         # The engine detokenizes every row at every step: say which path it takes (transformers' or the backend's).
         lock_free = lock_free_decoder(AutoTokenizer.from_pretrained(model_dir)) is not None
         print(f"lock-free detokenizer: {'yes' if lock_free else 'no'}", flush=True)
-        for path in args.paths.split(","):
+        for spec in args.paths.split(","):
+            # "continuous@short": a path with its own workload, so one call can measure both.
+            path, _, workload = spec.partition("@")
+            WORKLOAD = workload or args.workload
+            run = args
+            if WORKLOAD == "short" and args.workload != "short":
+                # The short-prompt regression check beside a chat run: its own answer length and levels.
+                run = argparse.Namespace(**{**vars(args), "max_tokens": args.short_max_tokens})
+                run.levels = run.cb_levels = args.short_levels
+            first_row = len(rows)
             try:
                 if path == "transformers-inproc":
-                    transformers_inproc(model_dir, args, rows)
+                    transformers_inproc(model_dir, run, rows)
                 elif path == "engine-floor":
-                    engine_floor(model_dir, args, rows)
+                    engine_floor(model_dir, run, rows)
                     torch.cuda.empty_cache()  # its model and cache are gone with the call
                 else:
-                    serve_path(root / "home", model_dir, path, args, rows)
+                    serve_path(root / "home", model_dir, path, run, rows)
             except Exception:
-                failures.append(path)
+                failures.append(spec)
                 traceback.print_exc()
+            for row in rows[first_row:]:
+                row["workload"] = WORKLOAD
+                row["max_tokens"] = run.max_tokens
             if args.json:
                 args.json.write_text(json.dumps({"rows": rows}, indent=2))
     meta = {
@@ -383,7 +454,9 @@ def main(argv: list[str]) -> int:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
-        "model": "tiny dry run" if args.tiny else f"Phi-3-mini shape, {args.layers} layers, random bf16 weights",
+        "model": "tiny dry run" if args.tiny else f"{args.shape} shape, {args.layers} layers, random bf16 weights",
+        "workload": args.workload,
+        "max_context": args.context or "the model's",
         "max_tokens": args.max_tokens,
         "seconds_per_level": args.seconds,
         "client_processes": args.procs,
@@ -392,11 +465,15 @@ def main(argv: list[str]) -> int:
         f"{'path':<16} {'streams':>7} {'reqs':>5} {'err':>4} {'out tok/s':>9} {'TTFT p50':>9} {'TTFT p95':>9} "
         f"{'ITL p95':>8}"
     )
+
+    def label(r: dict[str, Any]) -> str:
+        return f"{r['path'][:10]}@{r.get('workload', '')}"
+
     for r in rows:
         if "streams" not in r:
             continue
         print(
-            f"{r['path'][:16]:<16} {r['streams']:>7} {r['requests']:>5} {r['errors']:>4} {r['out_tok_s']:>9} "
+            f"{label(r):<16} {r['streams']:>7} {r['requests']:>5} {r['errors']:>4} {r['out_tok_s']:>9} "
             f"{r.get('ttft_p50_ms', '-'):>9} {r.get('ttft_p95_ms', '-'):>9} {r.get('itl_p95_ms', '-'):>8}"
         )
     print(json.dumps(meta))

@@ -107,7 +107,7 @@ class ServerSettings:
         max_body_bytes: The largest request body accepted (413 beyond).
         max_new_tokens_cap: The largest ``max_new_tokens``/``max_tokens`` a request may ask for (400 beyond).
         torch_threads: torch's intra-op threads in the server (0: one fewer than the cores, at least one).
-        max_context: Positions per slot on the continuous engine (0: the model's, shrunk to fit the GPU).
+        max_context: Most positions of one request (prompt plus answer) on the continuous engine (0: the model's).
         prefill_tokens: Prompt tokens the continuous engine admits per step (bounds the decode stall).
         gpu_memory_fraction_pct: The share of a GPU one deployment may plan for.
         cuda_graphs: Replay the continuous engine's decode step as CUDA graphs.

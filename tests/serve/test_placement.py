@@ -62,6 +62,12 @@ def test_placement_is_recorded(served: LocalEndpoints) -> None:
         assert (flow["device"], flow["dtype"]) == ("cpu", "float32")
     assert (flow["engine"], flow["slots"], flow["context"]) == ("continuous", 4, 512)
     assert flow["kv_cache_gib"] > 0
+    # The paged cache: on the CPU, blocks for every row at a whole context (4 x 512 / 32).
+    assert (flow["kv_blocks"], flow["block_size"], flow["kv_tokens"]) == (64, 32, 2048)
+    from ftkit.cli.endpoint import _describe_placement
+
+    line = _describe_placement(flow)
+    assert "GiB KV cache (64 blocks x 32 = 2048 tokens; 4 rows, up to 512 tokens each)" in line
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="compares two CPU float32 deployments")
@@ -161,39 +167,41 @@ GIB = 2**30
 PHI3_MINI_KV = 393_216  # bytes per position: 32 layers x 2 x 3072 x bfloat16
 
 
-def test_plan_takes_the_model_context_when_it_fits() -> None:
-    from ftkit.serve.placement import plan_context
+def test_the_plan_gives_every_request_the_whole_context_and_shares_blocks() -> None:
+    from ftkit.serve.placement import plan_kv
 
     plan = {"device": "cuda:0", "free": 140 * GIB, "total": 141 * GIB, "weights": 7 * GIB, "reserve": 2 * GIB}
-    assert plan_context(**plan, slots=16, per_token=PHI3_MINI_KV, model_context=4096) == 4096
-    # 256 slots of 4096 positions (384 GiB) do not fit: the context shrinks to a multiple of 256 that does.
-    shrunk = plan_context(**plan, slots=256, per_token=PHI3_MINI_KV, model_context=4096)
-    assert shrunk % 256 == 0
-    assert 1024 <= shrunk < 4096
-    assert 256 * shrunk * PHI3_MINI_KV + 9 * GIB <= int(141 * GIB * 0.9)
+    # 16 rows of 4096 positions fit: the pool holds exactly that (more would never be used).
+    small = plan_kv(**plan, slots=16, per_token=PHI3_MINI_KV, model_context=4096)
+    assert (small.context, small.blocks, small.block_size) == (4096, 16 * 4096 // 32, 32)
+    # 256 rows do not all fit at 4096 (384 GiB): each still may use the whole context, and the pool takes what
+    # is left of 90% of the GPU, about 318k tokens, shared by the rows in flight.
+    big = plan_kv(**plan, slots=256, per_token=PHI3_MINI_KV, model_context=4096)
+    assert big.context == 4096
+    assert big.tokens == big.blocks * 32
+    assert 300_000 < big.tokens < 256 * 4096
+    allowed = int(141 * GIB * 0.9) - GIB  # 90% of the GPU, less the 1 GiB others hold
+    assert big.blocks * 32 * PHI3_MINI_KV + 9 * GIB <= allowed
+    assert (big.blocks + 1) * 32 * PHI3_MINI_KV + 9 * GIB > allowed  # and no less than fits
+    # An 80 GB H100 serves the whole context at 256 rows too (the fixed slots refused it).
+    h100 = plan_kv(
+        **{**plan, "free": 79 * GIB, "total": 80 * GIB}, slots=256, per_token=PHI3_MINI_KV, model_context=4096
+    )
+    assert h100.context == 4096
+    assert h100.tokens > 100_000
+    assert plan_kv(**plan, slots=16, per_token=PHI3_MINI_KV, model_context=4096, asked=1000).context == 1000
 
 
 def test_plan_that_does_not_fit_is_an_error_with_the_numbers() -> None:
-    from ftkit.serve.placement import plan_context
+    from ftkit.serve.placement import plan_kv
 
-    with pytest.raises(ValueError, match=r"256 slots x 4096 tokens of KV cache take 384\.0 GiB") as caught:
-        plan_context(
+    # A second deployment on a GPU that another already fills: not even one whole context fits.
+    with pytest.raises(
+        ValueError, match="does not fit on cuda:1: one request of 4096 tokens needs 128 KV blocks"
+    ) as caught:
+        plan_kv(
             device="cuda:1",
-            free=140 * GIB,
-            total=141 * GIB,
-            weights=7 * GIB,
-            reserve=2 * GIB,
-            slots=256,
-            per_token=PHI3_MINI_KV,
-            model_context=4096,
-            asked=4096,
-        )
-    assert "lower max_batch_size or max_context, or choose another GPU" in str(caught.value)
-    # A second deployment on a GPU that another already fills does not fit, even when shrinking.
-    with pytest.raises(ValueError, match="does not fit on cuda:0"):
-        plan_context(
-            device="cuda:0",
-            free=20 * GIB,
+            free=12 * GIB,
             total=141 * GIB,
             weights=7 * GIB,
             reserve=2 * GIB,
@@ -201,3 +209,4 @@ def test_plan_that_does_not_fit_is_an_error_with_the_numbers() -> None:
             per_token=PHI3_MINI_KV,
             model_context=4096,
         )
+    assert "lower max_context, or choose another GPU" in str(caught.value)

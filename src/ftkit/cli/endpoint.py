@@ -181,7 +181,14 @@ def _describe_placement(where: dict[str, object]) -> str:
         return "not loaded"
     memory = f"{where.get('weights_gib')} GiB weights"
     if where.get("engine") == "continuous":
-        memory += f" + {where.get('kv_cache_gib')} GiB KV cache ({where.get('slots')} slots x {where.get('context')})"
+        memory += f" + {where.get('kv_cache_gib')} GiB KV cache"
+        if where.get("kv_blocks"):  # a paged cache: blocks shared by the rows in flight
+            memory += (
+                f" ({where.get('kv_blocks')} blocks x {where.get('block_size')} = {where.get('kv_tokens')} tokens;"
+                f" {where.get('slots')} rows, up to {where.get('context')} tokens each)"
+            )
+        else:
+            memory += f" ({where.get('slots')} slots x {where.get('context')})"
     return f"{where.get('device')} {where.get('dtype')}, {where.get('engine')} batching, {memory}"
 
 

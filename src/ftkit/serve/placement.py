@@ -4,15 +4,17 @@
 there is one, else the CPU; ``cpu``; ``cuda`` (GPU 0) or ``cuda:N``. On the CPU a deployment runs exactly
 as before: float32, the static batcher (:mod:`.engines.static`). On a GPU it runs in bfloat16 and, for
 the Llama-family models :mod:`.engines.continuous.slots` implements, on the continuous batcher
-(:mod:`.engines.continuous`) with ``max_batch_size`` slots of ``max_context`` positions each. Engine ``auto``
-is this choice; any other registered engine (:mod:`.engines.registry`) is started by name, through the
-:class:`~.engines.base.Engine` seam.
+(:mod:`.engines.continuous`) with ``max_batch_size`` rows decoding together over a paged KV cache
+(:mod:`.engines.continuous.blocks`). Engine ``auto`` is this choice; any other registered engine
+(:mod:`.engines.registry`) is started by name, through the :class:`~.engines.base.Engine` seam.
 
 Memory is planned before anything is allocated: weights (counted on the meta device), the KV cache and a
 working reserve must fit in the GPU's free memory, or the deployment fails at create time with the numbers,
-rather than running out of memory under load. Without an explicit ``max_context`` the context per slot is the
-model's own, shrunk (in steps of 256) to what fits in ``gpu_memory_fraction`` of the GPU; several deployments
-share a GPU when their plans fit together.
+rather than running out of memory under load. Each request may use the model's whole context (or an explicit
+``max_context``); the KV cache is a pool of blocks of :data:`.slots.BLOCK_SIZE` positions that takes what is left
+of ``gpu_memory_fraction`` of the GPU (never more than every row at a whole context needs), so the rows in
+flight share it by their real lengths; it must hold at least one whole context. Several deployments share a GPU
+when their plans fit together.
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ import torch
 
 from ..deployment_settings import DEVICE_CHOICES, ServerSettings
 from .engines.base import Engine, EngineOptions, engine_start
-from .engines.continuous.slots import kv_bytes_per_token, supports_config
+from .engines.continuous.blocks import blocks_for
+from .engines.continuous.slots import BLOCK_SIZE, kv_bytes_per_token, supports_config
 from .engines.generation import LoadedModel
 from .records import DeploymentRecord
 
-__all__ = ["Placement", "load_deployment", "plan_context", "resolve_device"]
+__all__ = ["KVPlan", "Placement", "load_deployment", "plan_kv", "resolve_device"]
 
 DEVICES = DEVICE_CHOICES
 
@@ -48,8 +51,11 @@ class Placement:
         weights_gib: The weights.
         kv_cache_gib: The KV cache (continuous engine; 0 for static, whose cache grows per batch).
         slots: Rows decoding together.
-        context: Positions per row (prompt plus answer).
+        context: Most positions of one request (prompt plus answer).
         why_static: Why a GPU deployment fell back to the static batcher (``None`` otherwise).
+        kv_blocks: Blocks of the continuous engine's paged KV cache (0 for the other engines).
+        block_size: Positions per block.
+        kv_tokens: Positions the whole KV cache holds (``kv_blocks x block_size``), shared by the rows in flight.
     """
 
     device: str
@@ -60,6 +66,9 @@ class Placement:
     slots: int
     context: int
     why_static: str | None = None
+    kv_blocks: int = 0
+    block_size: int = 0
+    kv_tokens: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready fields."""
@@ -114,7 +123,27 @@ def _reserve_bytes(config: Any, slots: int, prefill_tokens: int, dtype: torch.dt
     return GIB + prefill + logits
 
 
-def plan_context(
+@attrs.frozen
+class KVPlan:
+    """The continuous engine's KV cache on a GPU.
+
+    Attributes:
+        context: Most positions of one request (prompt plus answer).
+        blocks: Blocks in the pool.
+        block_size: Positions per block.
+    """
+
+    context: int
+    blocks: int
+    block_size: int
+
+    @property
+    def tokens(self) -> int:
+        """Positions the pool holds, shared by the rows in flight."""
+        return self.blocks * self.block_size
+
+
+def plan_kv(
     *,
     device: str,
     free: int,
@@ -126,8 +155,9 @@ def plan_context(
     model_context: int,
     asked: int = 0,
     fraction: float = 0.9,
-) -> int:
-    """Positions per slot for a continuous deployment on a GPU, or a clear error when it does not fit.
+    block_size: int = BLOCK_SIZE,
+) -> KVPlan:
+    """The paged KV cache of a continuous deployment on a GPU, or a clear error when it does not fit.
 
     Args:
         device: The GPU (for the message).
@@ -135,34 +165,34 @@ def plan_context(
         total: Its size in bytes.
         weights: Bytes of the weights.
         reserve: Bytes of working memory.
-        slots: Rows of the KV cache.
+        slots: Rows decoding together.
         per_token: Bytes of KV cache per position.
         model_context: The model's own context.
         asked: An explicit ``max_context`` (0: none).
         fraction: The share of the whole GPU this deployment may plan for (less what others hold).
+        block_size: Positions per block.
 
     Returns:
-        ``asked`` or the model's context, or without ``asked`` the largest multiple of 256 below it that fits
-        (never under 1024, or the model's context when shorter).
+        The context (``asked`` or the model's) and as many blocks as fit, at most enough for every row to hold a
+        whole context.
 
     Raises:
-        ValueError: It does not fit, with the numbers and what to change.
+        ValueError: Not even one whole context fits, with the numbers and what to change.
     """
     context = min(model_context, asked) if asked > 0 else model_context
     # What this deployment may take: the free memory it found, at most its share of the whole GPU.
     allowed = min(free, int(total * fraction) - (total - free))
     room = allowed - weights - reserve
-    fits = max(0, room // (slots * per_token)) // 256 * 256
-    if fits >= context:
-        return context
-    if asked <= 0 and fits >= min(context, 1024):
-        return int(fits)
-    cache = slots * context * per_token
+    per_block = per_token * block_size
+    one = blocks_for(context, block_size)
+    fits = max(0, room) // per_block
+    if fits >= one:
+        return KVPlan(context=context, blocks=int(min(fits, slots * one)), block_size=block_size)
     raise ValueError(
-        f"the deployment does not fit on {device}: {slots} slots x {context} tokens of KV cache take "
-        f"{cache / GIB:.1f} GiB, plus {weights / GIB:.1f} GiB of weights and {reserve / GIB:.1f} GiB of working "
-        f"memory, and {max(0, allowed) / GIB:.1f} GiB may be used ({free / GIB:.1f} GiB free of "
-        f"{total / GIB:.1f}); lower max_batch_size or max_context, or choose another GPU"
+        f"the deployment does not fit on {device}: one request of {context} tokens needs {one} KV blocks of "
+        f"{block_size} tokens ({one * per_block / GIB:.2f} GiB), and after {weights / GIB:.1f} GiB of weights and "
+        f"{reserve / GIB:.1f} GiB of working memory there is room for {fits} ({max(0, allowed) / GIB:.1f} GiB may be "
+        f"used: {free / GIB:.1f} GiB free of {total / GIB:.1f}); lower max_context, or choose another GPU"
     )
 
 
@@ -218,7 +248,7 @@ def load_deployment(
             raise ValueError(f"engine: continuous cannot serve this model: {why}")
         return _start(name, "static", LoadedModel(path, device, dtype), options, why_static=why)
     # The whole plan is checked before the weights are loaded: a deployment that does not fit allocates nothing.
-    context = plan_context(
+    plan = plan_kv(
         device=str(device),
         free=free,
         total=total,
@@ -231,7 +261,7 @@ def load_deployment(
         fraction=settings.gpu_memory_fraction_pct / 100,
     )
     model = LoadedModel(path, device, dtype)
-    return _start(name, "continuous", model, attrs.evolve(options, context=context))
+    return _start(name, "continuous", model, attrs.evolve(options, context=plan.context, kv_blocks=plan.blocks))
 
 
 def _start(
@@ -239,10 +269,15 @@ def _start(
 ) -> tuple[LoadedModel, Engine, Placement]:
     """Start a registered engine over a loaded model; its placement reads what the engine holds."""
     worker = engine_start(engine)(name, model, options)
-    # The engine may have shortened the context (a slot's positions, an asked max_context).
+    # The engine may have shortened the context (an asked max_context).
     placement = _placement(
         model, engine, options.slots, model.max_length, kv_bytes=worker.cache_bytes, why_static=why_static
     )
+    # A paged KV cache (the continuous engine's) reports its blocks in what the engine describes.
+    held = worker.describe()
+    blocks, size = int(held.get("kv_blocks", 0)), int(held.get("block_size", 0))
+    if blocks:
+        placement = attrs.evolve(placement, kv_blocks=blocks, block_size=size, kv_tokens=blocks * size)
     return model, worker, placement
 
 

@@ -101,7 +101,9 @@ class EngineOptions:
         max_queue: Jobs waiting beyond those before :class:`QueueFull`.
         window_s: How long a batching engine waits for more jobs once one arrives.
         settings: The endpoint's server settings (``prefill_tokens``, ``cuda_graphs``, ``max_context``...).
-        context: Positions per slot planned for the GPU (``None``: no plan, the engine's own default).
+        context: Most positions of one request, planned for the GPU (``None``: no plan, the engine's own default).
+        kv_blocks: Blocks of a paged KV cache planned for the GPU (``None``: no plan; the continuous engine then
+            gives every slot room for a whole context).
     """
 
     slots: int
@@ -109,6 +111,7 @@ class EngineOptions:
     window_s: float
     settings: ServerSettings
     context: int | None = None
+    kv_blocks: int | None = None
 
 
 class EngineStart(Protocol):

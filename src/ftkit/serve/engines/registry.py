@@ -14,7 +14,7 @@ __all__ = ["ENGINES"]
 
 ENGINES: dict[str, str] = {
     "static": "ftkit.serve.engines.static",  # batches of the requests that arrive together (any model, CPU or GPU)
-    "continuous": "ftkit.serve.engines.continuous.start",  # in-flight batching over ftkit's slot KV cache
+    "continuous": "ftkit.serve.engines.continuous.start",  # in-flight batching over ftkit's paged KV cache
     "transformers": "ftkit.serve.engines.transformers",  # transformers' own continuous batching (greedy only)
 }
 """Engine name to the module that starts it (its ``start`` function)."""

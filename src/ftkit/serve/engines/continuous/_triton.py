@@ -46,6 +46,7 @@ def _rope_store_kernel(
     cos_ptr,
     sin_ptr,
     pos_ptr,
+    tab_ptr,
     kc_ptr,
     vc_ptr,
     sq_r,
@@ -57,10 +58,12 @@ def _rope_store_kernel(
     sqo_r,
     sqo_h,
     s_cos,
-    skc_s,
+    s_tab,
+    skc_b,
     skc_h,
     skc_p,
     heads,
+    BS: tl.constexpr,
     ROT: tl.constexpr,
     D: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -88,7 +91,8 @@ def _rope_store_kernel(
         x = tl.load(src + d, mask=dmask, other=0.0).to(tl.float32)
         xp = tl.load(src + partner, mask=rot, other=0.0).to(tl.float32)
         y = tl.where(rot, x * c + sign * xp * s, x)
-        dst = row * skc_s + kv * skc_h + pos * skc_p + d
+        block = tl.load(tab_ptr + row * s_tab + pos // BS).to(tl.int64)
+        dst = block * skc_b + kv * skc_h + (pos % BS) * skc_p + d
         tl.store(kc_ptr + dst, y.to(kc_ptr.dtype.element_ty), mask=dmask)
         value = tl.load(v_ptr + row * sv_r + kv * sv_h + d, mask=dmask, other=0.0)
         tl.store(vc_ptr + dst, value.to(vc_ptr.dtype.element_ty), mask=dmask)
@@ -99,7 +103,9 @@ def _attend(
     q,
     kc_ptr,
     vc_ptr,
-    base,
+    tab_row,
+    head_base,
+    skc_b,
     skc_p,
     n0,
     end,
@@ -109,13 +115,19 @@ def _attend(
     scale,
     d,
     dmask,
+    BS: tl.constexpr,
     BLOCK_N: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """One block of keys into the running softmax (``m``: max, ``total``: sum, ``acc``: weighted values)."""
+    """One run of keys into the running softmax (``m``: max, ``total``: sum, ``acc``: weighted values).
+
+    Each key is found through the row's block table (``tab_row``): block ``tab_row[n // BS]``, offset ``n % BS``.
+    """
     n = n0 + tl.arange(0, BLOCK_N)
     nmask = n < end
-    offs = base + n[:, None].to(tl.int64) * skc_p + d[None, :]
+    block = tl.load(tab_row + n // BS, mask=nmask, other=0).to(tl.int64)
+    cell = block * skc_b + head_base + (n % BS).to(tl.int64) * skc_p
+    offs = cell[:, None] + d[None, :]
     k = tl.load(kc_ptr + offs, mask=nmask[:, None] & dmask[None, :], other=0.0)
     scores = tl.dot(q, tl.trans(k), input_precision=PRECISION)
     scores = tl.where(nmask[None, :], scores * scale, float("-inf"))
@@ -134,12 +146,14 @@ def _attention_kernel(
     kc_ptr,
     vc_ptr,
     pos_ptr,
+    tab_ptr,
     out_ptr,
     part_ptr,
     stat_ptr,
     sq_r,
     sq_h,
-    skc_s,
+    s_tab,
+    skc_b,
     skc_h,
     skc_p,
     so_r,
@@ -147,6 +161,7 @@ def _attention_kernel(
     scale,
     heads,
     CHUNK: tl.constexpr,
+    BS: tl.constexpr,
     G: tl.constexpr,
     BLOCK_G: tl.constexpr,
     D: tl.constexpr,
@@ -169,7 +184,8 @@ def _attention_kernel(
     dmask = d < D
     head = kv * G + g
     q = tl.load(q_ptr + row * sq_r + head[:, None] * sq_h + d[None, :], mask=gmask[:, None] & dmask[None, :], other=0.0)
-    base = row * skc_s + kv * skc_h
+    tab_row = tab_ptr + row * s_tab
+    head_base = kv.to(tl.int64) * skc_h
     m = tl.full([BLOCK_G], float("-inf"), tl.float32)
     total = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
@@ -181,7 +197,9 @@ def _attention_kernel(
                     q,
                     kc_ptr,
                     vc_ptr,
-                    base,
+                    tab_row,
+                    head_base,
+                    skc_b,
                     skc_p,
                     start + step,
                     end,
@@ -191,13 +209,31 @@ def _attention_kernel(
                     scale,
                     d,
                     dmask,
+                    BS,
                     BLOCK_N,
                     PRECISION,
                 )
     else:
         for n0 in tl.range(start, end, BLOCK_N, num_stages=STAGES):
             m, total, acc = _attend(
-                q, kc_ptr, vc_ptr, base, skc_p, n0, end, m, total, acc, scale, d, dmask, BLOCK_N, PRECISION
+                q,
+                kc_ptr,
+                vc_ptr,
+                tab_row,
+                head_base,
+                skc_b,
+                skc_p,
+                n0,
+                end,
+                m,
+                total,
+                acc,
+                scale,
+                d,
+                dmask,
+                BS,
+                BLOCK_N,
+                PRECISION,
             )
     if SPLITS == 1:
         out = acc / total[:, None]

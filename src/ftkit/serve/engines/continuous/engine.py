@@ -4,12 +4,19 @@
 ``submit``/``close``/``queued``, the same bounded queue and 503): one worker thread per deployment runs a loop
 of steps over a :class:`.slots.SlotDecoder`. Each step
 
-1. drops finished, cancelled (client gone) and expired jobs and frees their slots at once;
-2. admits waiting jobs into free slots, at most ``prefill_tokens`` prompt tokens per step (always one), and
-   prefills them, which yields their first token; so a burst of long prompts delays the running rows' next
-   token by one bounded prefill, not by the whole burst;
-3. decodes one token for every running row (a CUDA graph replay on the GPU), picks each row's next token by
+1. drops finished, cancelled (client gone) and expired jobs and frees their slots and KV blocks at once;
+2. admits waiting jobs into free slots while the pool has KV blocks for their prompts (and one growing block
+   for each running row), at most ``prefill_tokens`` prompt tokens per step (always one), and prefills them,
+   which yields their first token; so a burst of long prompts delays the running rows' next token by one
+   bounded prefill, not by the whole burst;
+3. gives each running row the block its next position needs; when the pool is empty, the newest running
+   request is *preempted*: its blocks are freed and it goes back to the head of the queue, to be prefilled again
+   later from its prompt and the tokens it already has (queued, never failed; the others are untouched);
+4. decodes one token for every running row (a CUDA graph replay on the GPU), picks each row's next token by
    its own sampling parameters, and reads the chosen ids back: the one host round trip per step.
+
+A request whose prompt + ``max_tokens`` could never fit the whole pool is refused at :meth:`submit` with the
+numbers (a 400), rather than queued forever.
 
 On a GPU the steps overlap: as soon as step *N*'s ids are on the host, step *N + 1* is launched (its input ids
 are already on the device), and the host turns step *N*'s ids into text, events and finished rows while the GPU
@@ -37,8 +44,9 @@ from typing import Any
 import attrs
 import torch
 
-from ..base import Job, JobQueue, flush, settle, take_token
+from ..base import Job, JobQueue, Unsupported, flush, settle, take_token
 from ..generation import LoadedModel, choose_tokens, seeded_generator
+from .blocks import BlockPool
 from .slots import SlotDecoder
 
 __all__ = ["ContinuousBatcher"]
@@ -53,6 +61,8 @@ class _Row:
     job: Job
     slot: int
     length: int  # positions of the slot's cache written or being written by launched steps
+    blocks: list[int]  # its block table: position p lives in blocks[p // block_size]
+    order: int  # when it was admitted: the newest is preempted first
 
 
 @attrs.define(eq=False)
@@ -106,8 +116,14 @@ class ContinuousBatcher(JobQueue):
         self._free = list(range(decoder.slots))  # a heap: the lowest slot first keeps the decoded rows few
         self._rows: dict[int, _Row] = {}
         self._generators: list[torch.Generator | None] = [None] * decoder.slots
+        # The engine owns the blocks: every slot starts empty (its writes land in the trash block).
+        self.pool = BlockPool(decoder.blocks, decoder.block_size)
+        decoder.clear(range(decoder.slots))
+        self._resumed: dict[Job, torch.Generator | None] = {}  # preempted jobs' samplers, kept for their return
+        self._admitted = 0
         self.steps = 0
         self.generated = 0
+        self.preempted = 0
         device = decoder.device
         self._pinned = device.type == "cuda"
         self._temps = torch.ones(decoder.slots, dtype=torch.float32, device=device)
@@ -130,9 +146,33 @@ class ContinuousBatcher(JobQueue):
         """Jobs holding a slot now."""
         return len(self._rows)
 
+    def submit(self, jobs: Sequence[Job]) -> None:
+        """Queue jobs (all or none), refusing at once any that the KV pool could never hold.
+
+        Raises:
+            Unsupported: A job's prompt + ``max_tokens`` needs more blocks than the whole pool has.
+            QueueFull: Queuing them would pass ``max_queue``.
+        """
+        for job in jobs:
+            need = self._blocks_at_most(job)
+            if need > self.pool.blocks:
+                raise Unsupported(
+                    "messages",
+                    f"messages: the prompt ({len(job.prompt)} tokens) + max_tokens ({job.params.max_new_tokens}) "
+                    f"need {need} KV blocks of {self.pool.block_size} tokens, and this deployment's whole KV cache "
+                    f"holds {self.pool.blocks} blocks ({self.pool.tokens} tokens); shorten the conversation or "
+                    "lower max_tokens",
+                )
+        super().submit(jobs)
+
+    def _blocks_at_most(self, job: Job) -> int:
+        """The most blocks a job can hold: its prompt and answer, and the position a last step writes past them."""
+        positions = min(len(job.prompt) + job.params.max_new_tokens + 1, self.decoder.context)
+        return self.pool.needed(positions)
+
     @property
     def cache_bytes(self) -> int:
-        """Bytes of the slot KV cache."""
+        """Bytes of the paged KV cache (every block of every layer)."""
         return int(self.decoder.cache_bytes)
 
     def join(self, timeout: float | None = None) -> None:
@@ -171,16 +211,25 @@ class ContinuousBatcher(JobQueue):
                 wait = self.gather_s * len(self._rows) / self.decoder.slots
                 if room < self._gather and time.monotonic() - self._pending[0].arrived < wait:
                     return taken
-            budget = self.prefill_tokens
+            free = self.pool.free
+            longest = 0
             while self._pending and len(taken) < len(self._free):
                 job = self._pending[0]
                 if not job.alive:
                     self._pending.popleft()
+                    self._resumed.pop(job, None)
                     job.post("done", "cancelled")
                     continue
-                if taken and len(job.prompt) > budget:
+                length = len(job.prompt) + len(job.tokens)  # a preempted job resumes from what it has
+                # Prompts are padded to the longest of their prefill: the budget bounds the padded batch.
+                if taken and (len(taken) + 1) * max(longest, length) > self.prefill_tokens:
                     break
-                budget -= len(job.prompt)
+                # Its prompt and first decoded position, and room for every running row to grow by a block.
+                need = self.pool.needed(length + 1)
+                if need + len(self._rows) + len(taken) > free and (self._rows or taken):
+                    break
+                longest = max(longest, length)
+                free -= need
                 taken.append(self._pending.popleft())
             return taken
 
@@ -209,15 +258,52 @@ class ContinuousBatcher(JobQueue):
                 self._accept_step(done, tokens, events)
         elif self._rows:
             launch = self._launch()
-            self._accept_step(launch, self._collect(launch), events)
+            if launch is not None:
+                self._accept_step(launch, self._collect(launch), events)
         flush(events)
         self.steps += 1
         return True
 
     def _release(self, slot: int) -> None:
-        del self._rows[slot]
+        row = self._rows.pop(slot)
+        self.pool.give_back(row.blocks)
+        row.blocks = []
+        self.decoder.clear([slot])  # after any launched step in stream order: its writes now land in the trash
         self._generators[slot] = None
         heapq.heappush(self._free, slot)
+
+    def _preempt(self, row: _Row) -> None:
+        """Free the newest row's blocks and put its job back at the head of the queue, to resume later."""
+        self._resumed[row.job] = self._generators[row.slot]
+        self._release(row.slot)
+        self.preempted += 1
+        with self._cond:
+            self._pending.appendleft(row.job)
+        log.info(
+            "deployment %s: KV cache full, request preempted after %d tokens (queued to resume)",
+            self.name,
+            len(row.job.tokens),
+        )
+
+    def _grow(self) -> None:
+        """Give every running row the block its next position needs, preempting the newest rows when none is left."""
+        size, last = self.pool.block_size, self.decoder.context - 1
+        while True:
+            short = [row for row in self._rows.values() if min(row.length, last) // size >= len(row.blocks)]
+            if len(short) <= self.pool.free or not self._rows:
+                break
+            self._preempt(max(self._rows.values(), key=lambda r: r.order))
+        updates: list[tuple[int, int, int]] = []
+        for row in short:
+            if self._rows.get(row.slot) is not row:
+                continue  # preempted above
+            taken = self.pool.take(1)
+            if taken is None:  # counted free above; only this thread takes blocks
+                raise RuntimeError("the KV pool has fewer free blocks than the step counted")
+            block = taken[0]
+            updates.append((row.slot, len(row.blocks), block))
+            row.blocks.append(block)
+        self.decoder.set_blocks(updates)
 
     def _set_params(self, slots: Sequence[int], jobs: Sequence[Job]) -> None:
         index = torch.tensor(list(slots), dtype=torch.long)
@@ -230,31 +316,53 @@ class ContinuousBatcher(JobQueue):
         self._top_ps[index] = top_ps.to(device)
         self._sample[index] = sample.to(device)
         for slot, job in zip(slots, jobs, strict=True):
-            self._generators[slot] = seeded_generator(job.params, device)
+            if job in self._resumed:  # a preempted job samples on from where it was
+                self._generators[slot] = self._resumed.pop(job)
+            else:
+                self._generators[slot] = seeded_generator(job.params, device)
 
     def _prefill(self, jobs: list[Job], events: list[tuple[Job, str, object]]) -> None:
         slots = [heapq.heappop(self._free) for _ in jobs]
+        prompts = [[*j.prompt, *j.tokens] for j in jobs]  # a preempted job is prefilled with its answer so far
+        tables: list[list[int]] = []
         try:
+            for prompt in prompts:
+                # _admit counted these blocks free; nothing took any since (only this thread takes blocks).
+                taken = self.pool.take(self.pool.needed(len(prompt)))
+                if taken is None:
+                    raise RuntimeError("the KV pool has fewer free blocks than admission counted")
+                tables.append(taken)
+            self.decoder.set_blocks(
+                [(slot, i, block) for slot, table in zip(slots, tables, strict=False) for i, block in enumerate(table)]
+            )
             self._set_params(slots, jobs)
-            logits = self.decoder.prefill(slots, [j.prompt for j in jobs])
+            logits = self.decoder.prefill(slots, prompts)
         except Exception as exc:
-            # Give their slots back and fail these prompts alone: the running rows carry on.
+            # Give their slots and blocks back and fail these prompts alone: the running rows carry on.
             log.exception("deployment %s: prefill of %d prompts failed", self.name, len(jobs))
+            for table in tables:
+                self.pool.give_back(table)
+            self.decoder.clear(slots)
             for slot, job in zip(slots, jobs, strict=True):
                 self._generators[slot] = None
+                self._resumed.pop(job, None)
                 heapq.heappush(self._free, slot)
                 events.append((job, "error", f"generation failed: {type(exc).__name__}"))
             return
         index = torch.tensor(slots, dtype=torch.long, device=self.decoder.device)
         chosen = self._choose(logits, index, [j.params.do_sample for j in jobs], [self._generators[s] for s in slots])
         self.decoder.tokens[index] = chosen
-        for slot, job, token in zip(slots, jobs, self._read(chosen), strict=True):
-            row = _Row(job=job, slot=slot, length=len(job.prompt))
+        for slot, job, prompt, table, token in zip(slots, jobs, prompts, tables, self._read(chosen), strict=True):
+            self._admitted += 1
+            row = _Row(job=job, slot=slot, length=len(prompt), blocks=table, order=self._admitted)
             self._rows[slot] = row
             self._accept(row, token, events)
 
-    def _launch(self) -> _Launch:
+    def _launch(self) -> _Launch | None:
         """Queue one decode step of every running row, with the copy of its chosen ids to the host."""
+        self._grow()
+        if not self._rows:
+            return None
         rows = max(self._rows) + 1
         lengths = [0] * rows
         sampling = [False] * rows
@@ -331,6 +439,9 @@ class ContinuousBatcher(JobQueue):
             "engine": "continuous",
             "slots": self.decoder.slots,
             "context": self.decoder.context,
+            "kv_blocks": self.pool.blocks,
+            "block_size": self.pool.block_size,
+            "kv_tokens": self.pool.tokens,
             "kv_cache_gib": round(self.decoder.cache_bytes / 2**30, 2),
             "cuda_graphs": self.decoder.cuda_graphs,
         }

@@ -1,4 +1,4 @@
-"""Triton kernels of the GPU decode step: the fusions that the slot cache's own layout makes possible.
+"""Triton kernels of the GPU decode step over the paged KV cache, and the paged attention's PyTorch reference.
 
 A decode step of a 3.8B model at 16 rows reads its weights in under 2 ms, yet transformers' modules spend it in
 about a thousand small kernels: RMSNorm is six of them, the rotary embedding slices and concatenates, and
@@ -10,9 +10,9 @@ wider passes:
 * :func:`rms_norm`: one pass, optionally adding a residual first (``x += y`` then the norm of ``x``), rounded as
   transformers rounds (the sum in the model's type, the norm in float32, the weight applied in the model's type);
 * :func:`rope_and_store`: rotates each row's query and key at its own position and writes key and value into
-  the row's slot of the layer's cache;
-* :func:`decode_attention`: one query per row over that row's own cached positions only (split over the
-  sequence when the batch is too small to fill the GPU, then combined);
+  the block of the layer's cache that the row's block table names for that position;
+* :func:`decode_attention`: one query per row over that row's own cached positions only, read through its
+  block table (split over the sequence when the batch is too small to fill the GPU, then combined);
 * :func:`silu_mul`: ``silu(gate) * up`` in one pass.
 
 Nothing here allocates outside the caller's tensors but the attention's split scratch, so a decode step built
@@ -29,7 +29,17 @@ import os
 import attrs
 import torch
 
-__all__ = ["TUNING", "AttentionTuning", "available", "decode_attention", "rms_norm", "rope_and_store", "silu_mul"]
+__all__ = [
+    "TUNING",
+    "AttentionTuning",
+    "available",
+    "decode_attention",
+    "gather_blocks",
+    "paged_attention_reference",
+    "rms_norm",
+    "rope_and_store",
+    "silu_mul",
+]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -98,8 +108,9 @@ def rope_and_store(
     positions: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
+    tables: torch.Tensor,
 ) -> torch.Tensor:
-    """Rotate each row's query and key at its position; write key and value into the row's slot of the cache.
+    """Rotate each row's query and key at its position; write key and value into the row's block of the cache.
 
     Args:
         q: ``[rows, heads, head_dim]`` (any strides with a unit last one: views of a fused projection do).
@@ -107,9 +118,10 @@ def rope_and_store(
         v: ``[rows, kv_heads, head_dim]``.
         cos: ``[context, rotary_dim]`` (rotary_dim may be smaller than head_dim: the rest passes through).
         sin: Like ``cos``.
-        positions: ``[rows]``: where each row's new token sits; row ``i`` is slot ``i`` of the cache.
-        k_cache: ``[slots, kv_heads, context, head_dim]``, contiguous.
+        positions: ``[rows]``: where each row's new token sits.
+        k_cache: ``[blocks, kv_heads, block_size, head_dim]``, contiguous; ``block_size`` a power of two.
         v_cache: Like ``k_cache``.
+        tables: ``[rows, width]`` int32: row ``i``'s position ``p`` lives in block ``tables[i, p // block_size]``.
 
     Returns:
         The rotated query, ``[rows, heads, head_dim]``, contiguous.
@@ -125,6 +137,7 @@ def rope_and_store(
         cos,
         sin,
         positions,
+        tables,
         k_cache,
         v_cache,
         q.stride(0),
@@ -136,10 +149,12 @@ def rope_and_store(
         out.stride(0),
         out.stride(1),
         cos.stride(0),
+        tables.stride(0),
         k_cache.stride(0),
         k_cache.stride(1),
         k_cache.stride(2),
         heads,
+        BS=k_cache.shape[2],
         ROT=cos.shape[-1],
         D=dim,
         BLOCK_D=_pow2(dim),
@@ -188,18 +203,20 @@ def decode_attention(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     positions: torch.Tensor,
+    tables: torch.Tensor,
     scale: float,
     *,
     splits: int | None = None,
     tuning: AttentionTuning = TUNING,
 ) -> torch.Tensor:
-    """One query per row against that row's own cached positions ``0..positions[i]`` (slot ``i``).
+    """One query per row against that row's own cached positions ``0..positions[i]``, read through its table.
 
     Args:
         q: ``[rows, heads, head_dim]``, contiguous.
-        k_cache: ``[slots, kv_heads, context, head_dim]``, contiguous (grouped queries share a kv head).
+        k_cache: ``[blocks, kv_heads, block_size, head_dim]``, contiguous (grouped queries share a kv head).
         v_cache: Like ``k_cache``.
         positions: ``[rows]``: each row's last written position.
+        tables: ``[rows, width]`` int32 block tables (see :func:`rope_and_store`).
         scale: The softmax scale.
         splits: Pieces per sequence, a power of two (by default enough to fill the GPU: :func:`attention_splits`).
         tuning: Block sizes and pipelining.
@@ -208,7 +225,8 @@ def decode_attention(
         ``[rows, heads, head_dim]`` in ``q``'s type.
     """
     rows, heads, dim = q.shape
-    kv_heads, context = k_cache.shape[1], k_cache.shape[2]
+    kv_heads, block_size = k_cache.shape[1], k_cache.shape[2]
+    context = tables.shape[1] * block_size
     group = heads // kv_heads
     n_splits = splits or attention_splits(rows, kv_heads, context, q.device, waves=tuning.waves)
     if n_splits & (n_splits - 1):
@@ -230,11 +248,13 @@ def decode_attention(
         k_cache,
         v_cache,
         positions,
+        tables,
         out,
         part,
         stat,
         q.stride(0),
         q.stride(1),
+        tables.stride(0),
         k_cache.stride(0),
         k_cache.stride(1),
         k_cache.stride(2),
@@ -243,6 +263,7 @@ def decode_attention(
         scale,
         heads,
         CHUNK=chunk,
+        BS=block_size,
         G=group,
         BLOCK_G=block_g,
         D=dim,
@@ -270,4 +291,41 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     _k._silu_mul_kernel[(g.shape[0], triton.cdiv(n, block))](
         g, u, out, g.stride(0), u.stride(0), n, n, BLOCK=block, num_warps=4
     )
+    return out
+
+
+def gather_blocks(cache: torch.Tensor, tables: torch.Tensor, width: int) -> torch.Tensor:
+    """Each row's first ``width`` positions of a paged cache, in order: ``[rows, kv_heads, width, head_dim]``.
+
+    Args:
+        cache: ``[blocks, kv_heads, block_size, head_dim]``.
+        tables: ``[rows, table_width]`` block tables.
+        width: Positions to gather (at most ``table_width * block_size``).
+    """
+    rows = tables.shape[0]
+    kv_heads, block_size, dim = cache.shape[1:]
+    used = -(-width // block_size)
+    pages = cache[tables[:, :used].long()]  # [rows, used, kv_heads, block_size, dim]
+    flat = pages.permute(0, 2, 1, 3, 4).reshape(rows, kv_heads, used * block_size, dim)
+    return flat[:, :, :width]
+
+
+def paged_attention_reference(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    positions: torch.Tensor,
+    tables: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """:func:`decode_attention` in plain PyTorch (float32 softmax), row by row: what the kernel must compute."""
+    rows, heads, _ = q.shape
+    group = heads // k_cache.shape[1]
+    out = torch.empty_like(q)
+    for i in range(rows):
+        seen = int(positions[i]) + 1
+        keys = gather_blocks(k_cache, tables[i : i + 1], seen)[0].float().repeat_interleave(group, 0)
+        values = gather_blocks(v_cache, tables[i : i + 1], seen)[0].float().repeat_interleave(group, 0)
+        weights = torch.softmax((q[i].float()[:, None] * keys).sum(-1) * scale, -1)
+        out[i] = (weights[..., None] * values).sum(1).to(q.dtype)
     return out

@@ -1,12 +1,17 @@
-"""A decoder-only model over a pre-allocated slot KV cache: prefill some slots, decode all of them in one step.
+"""A decoder-only model over a paged KV cache: prefill some rows, decode all of them in one step.
 
-The continuous batcher (:mod:`.engine`) gives each running request a *slot*: a fixed row of a KV cache that is
-allocated once, ``[slots, kv_heads, context, head_dim]`` per layer. Prefill writes a prompt's keys and values
-into its slot; each decode step feeds one token per slot and writes one position per slot, so requests of
-different lengths, started at different times, decode together, and a finished request's slot is reused at
-once. Nothing is allocated per token, which is what lets a decode step be captured as a CUDA graph and
+The continuous batcher (:mod:`.engine`) gives each running request a *slot*: a row of the decode batch, with a
+*block table* that says where its positions live in a pool of fixed-size KV blocks allocated once,
+``[blocks + 1, kv_heads, block_size, head_dim]`` per layer (:mod:`.blocks`; the last block is the trash block
+that idle rows and padding write into). Prefill writes a prompt's keys and values through its table; each decode
+step feeds one token per slot and writes one position per slot, so requests of different lengths, started at
+different times, decode together, and the memory they hold follows their real lengths. Nothing is allocated per
+token and the tables are fixed device tensors, which is what lets a decode step be captured as a CUDA graph and
 replayed (one graph per bucket of batch rows, and of attended context on the unfused path: see
 :meth:`SlotDecoder.decode`).
+
+Without a pool size the decoder has ``slots x ceil(context / block_size)`` blocks and each slot owns its own
+run of them (the tables start so): every slot can hold a whole context, as a fixed slot cache would.
 
 Only the attention is computed here; embeddings, projections and the LM head are the loaded transformers
 model's own modules, so the weights (and a LoRA merged into them) are exactly those ``generate`` would use. The
@@ -15,9 +20,10 @@ pattern fits the pre-norm Llama family that transformers implements alike: ``lla
 
 On CUDA (with Triton) the decode step is *fused* (:mod:`.kernels`): each layer's norms (with the residual add
 folded in), the rotary embedding with the cache write, the SiLU gate and the attention are one kernel each, and
-the attention reads each row's own positions only, so one captured graph per batch-size bucket serves every
-length. Elsewhere, and for a model whose norms or activation the kernels do not cover, the step is the plain
-composition of transformers' modules with masked ``scaled_dot_product_attention``.
+the attention reads each row's own positions only, through its block table, so one captured graph per batch-size
+bucket serves every length. Elsewhere, and for a model whose norms or activation the kernels do not cover, the
+step is the plain composition of transformers' modules with masked ``scaled_dot_product_attention`` over the
+row's blocks gathered in order (:func:`.kernels.gather_blocks`).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from . import kernels
+from .blocks import blocks_for
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "SlotDecoder", "kv_bytes_per_token", "supports", "supports_config"]
 
@@ -65,6 +72,9 @@ def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
     return 2 * int(config.num_hidden_layers) * kv_heads * head_dim * size
 
 
+BLOCK_SIZE = 32
+"""Positions per KV block by default: small enough that a request wastes little of its last block."""
+
 _GRAPHED_PREFILL_ROWS = 16
 """Prefills of at most this many prompts replay CUDA graphs (see :meth:`SlotDecoder.prefill`)."""
 
@@ -78,17 +88,31 @@ def _bucket(n: int, smallest: int, cap: int) -> int:
 
 
 class SlotDecoder:
-    """A loaded causal LM with a slot KV cache.
+    """A loaded causal LM with a paged KV cache, decoding up to ``slots`` rows together.
 
     Args:
         model: A transformers causal LM of a supported type (:func:`supports`), on its device, in eval mode.
-        slots: Rows of the cache (most requests decoding at once).
-        context: Positions per slot (prompt plus answer).
+        slots: Rows of the decode batch (most requests decoding at once).
+        context: Most positions of one request (prompt plus answer).
+        blocks: KV blocks in the pool (default: a whole context for every slot, each slot owning its own).
+        block_size: Positions per block (a power of two).
         cuda_graphs: Capture decode steps as CUDA graphs (CUDA only).
         fused: Use the fused kernels where they can run (:func:`.kernels.available`) and cover the model.
     """
 
-    def __init__(self, model: Any, *, slots: int, context: int, cuda_graphs: bool = True, fused: bool = True) -> None:
+    def __init__(
+        self,
+        model: Any,
+        *,
+        slots: int,
+        context: int,
+        blocks: int | None = None,
+        block_size: int = BLOCK_SIZE,
+        cuda_graphs: bool = True,
+        fused: bool = True,
+    ) -> None:
+        if block_size < 1 or block_size & (block_size - 1):
+            raise ValueError(f"block_size must be a power of two, not {block_size}")
         reason = supports(model)
         if reason is not None:
             raise ValueError(f"the model cannot run on the slot cache: {reason}")
@@ -108,8 +132,12 @@ class SlotDecoder:
         self.device = param.device
         self.dtype = param.dtype
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
-        # Graphed prefills pad their batch to a bucket; the padding rows write into one spare slot past the last.
-        shape = (slots + int(self.cuda_graphs), self.kv_heads, context, self.head_dim)
+        self.block_size = block_size
+        self.table_width = blocks_for(context, block_size)  # blocks of one whole context
+        owned = slots * self.table_width
+        self.blocks = owned if blocks is None else max(1, blocks)
+        self.trash = self.blocks  # the block past the pool's last: idle rows and padding write there
+        shape = (self.blocks + 1, self.kv_heads, block_size, self.head_dim)
         self.k_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         self.v_cache = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in self.layers]
         positions = torch.arange(context, device=self.device)[None]
@@ -120,11 +148,18 @@ class SlotDecoder:
         # Decode inputs live in fixed buffers so that a captured graph reads this step's values.
         self.tokens = torch.zeros(slots, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(slots, dtype=torch.long, device=self.device)
+        # Block tables: the host's copy (read by prefill) and the device's (read by the decode step's kernels).
+        self._host_tables = torch.full((slots, self.table_width), self.trash, dtype=torch.int32)
+        if self.blocks >= owned:  # each slot owns its run of blocks until someone assigns others
+            self._host_tables.copy_(torch.arange(owned, dtype=torch.int32).view(slots, self.table_width))
+        self.tables = self._host_tables.to(self.device)
         self._graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self._prefill_graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        # A graphed prefill reads its prompts, slots and last positions from these (see prefill).
+        # A graphed prefill reads its prompts, the cache blocks and offsets of their positions, and their last
+        # positions from these (see prefill).
         self._pf_ids = torch.zeros((_GRAPHED_PREFILL_ROWS, context), dtype=torch.long, device=self.device)
-        self._pf_slots = torch.full((_GRAPHED_PREFILL_ROWS,), slots, dtype=torch.long, device=self.device)
+        self._pf_blocks = torch.full((_GRAPHED_PREFILL_ROWS, context), self.trash, dtype=torch.long, device=self.device)
+        self._pf_offsets = torch.zeros((_GRAPHED_PREFILL_ROWS, context), dtype=torch.long, device=self.device)
         self._pf_last = torch.zeros(_GRAPHED_PREFILL_ROWS, dtype=torch.long, device=self.device)
         self._pool: Any = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self.fused = fused and kernels.available(self.device) and _fusable(model)
@@ -136,6 +171,43 @@ class SlotDecoder:
     def cache_bytes(self) -> int:
         """Bytes the KV cache holds."""
         return sum(t.numel() * t.element_size() for t in (*self.k_cache, *self.v_cache))
+
+    # -- block tables ------------------------------------------------------------------------------------------
+
+    def set_blocks(self, updates: Sequence[tuple[int, int, int]]) -> None:
+        """Point table entries at blocks: ``(slot, index in its table, block)`` each.
+
+        The device's copy changes in stream order: a step already launched still reads the old entries.
+        """
+        if not updates:
+            return
+        cells = torch.tensor(list(updates), dtype=torch.long)
+        self._host_tables[cells[:, 0], cells[:, 1]] = cells[:, 2].to(torch.int32)
+        on_device = self._upload(cells)
+        self.tables[on_device[:, 0], on_device[:, 1]] = on_device[:, 2].to(torch.int32)
+
+    def clear(self, slots: Sequence[int]) -> None:
+        """Point these slots' tables at the trash block (they hold no request: their writes must land nowhere)."""
+        if not slots:
+            return
+        index = torch.tensor(list(slots), dtype=torch.long)
+        self._host_tables[index] = self.trash
+        self.tables[self._upload(index)] = self.trash
+        self.positions[self._upload(index[index < self.positions.shape[0]])] = 0  # graph padding rows read nothing
+
+    def _upload(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` on the device without waiting for the GPU (a step may be in flight while tables change).
+
+        A copy from pageable memory would wait for the stream; from pinned memory it is queued, and torch's pinned
+        allocator keeps the buffer until the copy is done.
+        """
+        if self.device.type != "cuda":
+            return values.to(self.device)
+        return values.pin_memory().to(self.device, non_blocking=True)
+
+    def table(self, slot: int) -> list[int]:
+        """A slot's block table as the host sees it."""
+        return [int(b) for b in self._host_tables[slot].tolist()]
 
     # -- the pieces of a layer ---------------------------------------------------------------------------------
 
@@ -187,14 +259,14 @@ class SlotDecoder:
 
     def _fused_step(self, rows: int) -> torch.Tensor:
         """The fused decode step of the first ``rows`` slots (each attends its own positions only)."""
-        tokens, positions = self.tokens[:rows], self.positions[:rows]
+        tokens, positions, tables = self.tokens[:rows], self.positions[:rows], self.tables[:rows]
         x = self.embed(tokens)  # the residual stream, updated in place by the norms that follow an add
         h = self._norm(self.layers[0].input_layernorm, x)
         for n, layer in enumerate(self.layers):
             attn = layer.self_attn
             q, k, v = self._qkv(attn, h)
-            q = kernels.rope_and_store(q, k, v, self.cos, self.sin, positions, self.k_cache[n], self.v_cache[n])
-            out = kernels.decode_attention(q, self.k_cache[n], self.v_cache[n], positions, attn.scaling)
+            q = kernels.rope_and_store(q, k, v, self.cos, self.sin, positions, self.k_cache[n], self.v_cache[n], tables)
+            out = kernels.decode_attention(q, self.k_cache[n], self.v_cache[n], positions, tables, attn.scaling)
             h = self._norm(layer.post_attention_layernorm, attn.o_proj(out.reshape(rows, -1)), x)
             after = self.layers[n + 1].input_layernorm if n + 1 < len(self.layers) else self.norm
             h = self._norm(after, self._mlp(layer.mlp, h), x)
@@ -204,15 +276,16 @@ class SlotDecoder:
 
     @torch.inference_mode()
     def prefill(self, slots: Sequence[int], prompts: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Run prompts into their slots; return the logits of each prompt's last position (``[rows, vocab]``).
+        """Run prompts into their slots' blocks; return the logits of each prompt's last position (``[rows, vocab]``).
 
-        Prompts are right-padded to the longest: with causal attention no real position sees the padding, and
-        the padding's keys land past the prompt, where decode overwrites them before they are ever attended.
+        Each slot's table must already hold blocks for its prompt (:meth:`set_blocks`). Prompts are right-padded
+        to the longest: with causal attention no real position sees the padding, and the padding's keys are
+        written into the trash block, which nobody reads.
 
         With CUDA graphs, a prefill of a few prompts (at most 16, the steady state of a busy endpoint, where
         requests arrive a few at a time) replays a graph captured for its bucket of rows and width: eager, its
-        thousand small launches cost more host time than its GPU work. Padding rows go to the spare slot.
-        Larger prefills run eager, where the GPU work dwarfs the launches.
+        thousand small launches cost more host time than its GPU work. Larger prefills run eager, where the GPU
+        work dwarfs the launches.
         """
         rows = len(prompts)
         width = max(len(p) for p in prompts)
@@ -220,19 +293,32 @@ class SlotDecoder:
         for i, p in enumerate(prompts):
             ids[i, : len(p)] = torch.tensor(list(p), dtype=torch.long)
         last = torch.tensor([len(p) - 1 for p in prompts], dtype=torch.long)
+        blocks, offsets = self._placement(slots, [len(p) for p in prompts], width)
         if self.cuda_graphs and rows <= _GRAPHED_PREFILL_ROWS:
-            return self._graphed_prefill(list(slots), ids, last)
-        index = torch.tensor(list(slots), dtype=torch.long, device=self.device)
-        return self._prefill_forward(ids.to(self.device), index, last.to(self.device))
+            return self._graphed_prefill(ids, blocks, offsets, last)
+        device = self.device
+        return self._prefill_forward(ids.to(device), blocks.to(device), offsets.to(device), last.to(device))
 
-    def _graphed_prefill(self, slots: list[int], ids: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    def _placement(self, slots: Sequence[int], lengths: Sequence[int], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The cache block and offset of each prompt position (``[rows, width]`` each); padding goes to the trash."""
+        span = torch.arange(width)
+        offsets = (span % self.block_size).expand(len(slots), width).contiguous()
+        column = (span // self.block_size).clamp(max=self.table_width - 1)
+        blocks = self._host_tables[torch.tensor(list(slots), dtype=torch.long)][:, column].long()
+        real = span[None] < torch.tensor(list(lengths))[:, None]
+        return torch.where(real, blocks, self.trash), offsets
+
+    def _graphed_prefill(
+        self, ids: torch.Tensor, blocks: torch.Tensor, offsets: torch.Tensor, last: torch.Tensor
+    ) -> torch.Tensor:
         rows, width = ids.shape
         bucket_rows = _bucket(rows, 1, _GRAPHED_PREFILL_ROWS)
         bucket_width = min(self.context, _bucket(width, 64, 1 << 30) if width > 512 else -(-width // 64) * 64)
         self._pf_ids[:bucket_rows, :bucket_width].zero_()
         self._pf_ids[:rows, :width].copy_(ids)
-        self._pf_slots[:bucket_rows].fill_(self.slots)  # the spare slot
-        self._pf_slots[:rows].copy_(torch.tensor(slots, dtype=torch.long))
+        self._pf_blocks[:bucket_rows, :bucket_width].fill_(self.trash)  # padding rows and columns: the trash
+        self._pf_blocks[:rows, :width].copy_(blocks)
+        self._pf_offsets[:rows, :width].copy_(offsets)
         self._pf_last[:bucket_rows].zero_()
         self._pf_last[:rows].copy_(last)
         key = (bucket_rows, bucket_width)
@@ -240,7 +326,10 @@ class SlotDecoder:
         if entry is None:
             entry = self._capture(
                 lambda: self._prefill_forward(
-                    self._pf_ids[:bucket_rows, :bucket_width], self._pf_slots[:bucket_rows], self._pf_last[:bucket_rows]
+                    self._pf_ids[:bucket_rows, :bucket_width],
+                    self._pf_blocks[:bucket_rows, :bucket_width],
+                    self._pf_offsets[:bucket_rows, :bucket_width],
+                    self._pf_last[:bucket_rows],
                 )
             )
             self._prefill_graphs[key] = entry
@@ -248,8 +337,13 @@ class SlotDecoder:
         graph.replay()
         return logits[:rows]
 
-    def _prefill_forward(self, ids: torch.Tensor, index: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-        """The prefill itself: prompts ``ids`` (``[rows, width]``) into slots ``index``; logits at ``last``."""
+    def _prefill_forward(
+        self, ids: torch.Tensor, blocks: torch.Tensor, offsets: torch.Tensor, last: torch.Tensor
+    ) -> torch.Tensor:
+        """The prefill itself: prompts ``ids`` (``[rows, width]``); logits at ``last``.
+
+        Each position's keys and values are written to cache block ``blocks`` at offset ``offsets``.
+        """
         rows, width = ids.shape
         cos, sin = self.cos[:width][None], self.sin[:width][None]
         x = self.embed(ids)
@@ -258,9 +352,9 @@ class SlotDecoder:
             h = self._norm(layer.input_layernorm, x) if self.fused else layer.input_layernorm(x)
             q, k, v = self._qkv(attn, h)  # [rows, width, heads, dim]
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+            self.k_cache[n][blocks, :, offsets] = k  # [rows, width] cells of [kv_heads, dim] each
+            self.v_cache[n][blocks, :, offsets] = v
             q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            self.k_cache[n][index, :, :width] = k
-            self.v_cache[n][index, :, :width] = v
             out = F.scaled_dot_product_attention(
                 q, k, v, is_causal=True, scale=attn.scaling, enable_gqa=self.kv_heads != self.heads
             )
@@ -277,8 +371,10 @@ class SlotDecoder:
 
     def _decode_step(self, rows: int, width: int) -> torch.Tensor:
         """One token for each of the first ``rows`` slots, attending to their first ``width`` positions."""
-        tokens, positions = self.tokens[:rows], self.positions[:rows]
+        tokens, positions, tables = self.tokens[:rows], self.positions[:rows], self.tables[:rows]
         index = torch.arange(rows, device=self.device)
+        blocks = tables[index, positions // self.block_size].long()
+        offsets = positions % self.block_size
         cos, sin = self.cos[positions], self.sin[positions]  # [rows, rotary_dim]
         # Each row sees its positions up to and including the one written now.
         mask = (torch.arange(width, device=self.device)[None] <= positions[:, None])[:, None, None]
@@ -287,12 +383,12 @@ class SlotDecoder:
             attn = layer.self_attn
             q, k, v = self._qkv(attn, layer.input_layernorm(x))  # [rows, heads, dim]
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-            self.k_cache[n][index, :, positions] = k
-            self.v_cache[n][index, :, positions] = v
+            self.k_cache[n][blocks, :, offsets] = k
+            self.v_cache[n][blocks, :, offsets] = v
             out = F.scaled_dot_product_attention(
                 q[:, :, None],
-                self.k_cache[n][:rows, :, :width],
-                self.v_cache[n][:rows, :, :width],
+                kernels.gather_blocks(self.k_cache[n], tables, width),
+                kernels.gather_blocks(self.v_cache[n], tables, width),
                 attn_mask=mask,
                 scale=attn.scaling,
                 enable_gqa=self.kv_heads != self.heads,
