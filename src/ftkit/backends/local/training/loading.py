@@ -91,7 +91,8 @@ def load(
     # Seed before building the model: LoRA's initial weights come from the global RNG.
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    bf16_base = hardware.bf16_base_matmuls(device, config.precision, config.apply_lora)
+    # Not under FSDP2: a whole bf16 copy on every rank would undo the sharding of the weights.
+    bf16_base = hardware.bf16_base_matmuls(device, config.precision, config.apply_lora) and not ranks.fsdp
     numbers = str(dtype).removeprefix("torch.") + (", the frozen base's products in bfloat16" if bf16_base else "")
     say(f"loading the model {Path(config.model_dir).name} on {device} ({numbers})")
     began = time.perf_counter()
