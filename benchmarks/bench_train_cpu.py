@@ -8,14 +8,17 @@ with the same tokens and labels (ftkit's encoding: loss on assistant tokens only
 comparable step by step:
 
 - ``stock``: transformers ``Trainer`` + PEFT defaults on the CPU (float32), the batch padded to its longest row;
-- ``ftkit``: :func:`ftkit.backends.local.training.train` with every default (float32 on a CPU);
+- ``ftkit``: :func:`ftkit.backends.local.training.train` with every default: float32, and on a CPU with native
+  bfloat16 (AVX512-BF16 or AMX) the frozen base projections' matrix products in bfloat16 (``fp32+bf16mm``);
+- ``ftkit-fp32``: the same with ``precision: 32``: float32 throughout;
 - ``ftkit-bf16``: the same with ``precision: 16``: bfloat16 with float32 master weights on a CPU with native
   bfloat16 (AVX512-BF16 or AMX), float32 elsewhere.
 
 Throughput counts real tokens (no padding) per second over the steps after ``--warm``. Each path runs in its own
 process, one after the other.
 
-    python benchmarks/bench_train_cpu.py [--steps 20] [--rows 8] [--only stock,ftkit,ftkit-bf16] [--json out.json]
+    python benchmarks/bench_train_cpu.py [--steps 20] [--rows 8] [--only stock,ftkit,ftkit-fp32,ftkit-bf16]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def run_ftkit(args: argparse.Namespace) -> dict[str, Any]:
                 marks.append(time.perf_counter())
                 losses.append(float(metrics["loss"]))
 
-    precision = "16" if args.variant == "ftkit-bf16" else "auto"
+    precision = {"ftkit-bf16": "16", "ftkit-fp32": "32"}.get(args.variant, "auto")
     config = TrainConfig(
         model_dir=args.model,
         train_file=args.data,
@@ -81,9 +84,11 @@ def run_ftkit(args: argparse.Namespace) -> dict[str, Any]:
     )
     import torch
 
-    dtype = hardware.compute_dtype(torch, "cpu", precision)
+    dtype = str(hardware.compute_dtype(torch, "cpu", precision)).removeprefix("torch.")
+    if hardware.bf16_base_matmuls("cpu", precision, apply_lora=True):
+        dtype = "fp32+bf16mm"  # float32, the frozen base's products in bfloat16
     train(config, metrics=Clock(), progress="none")
-    return {"variant": args.variant, "dtype": str(dtype).removeprefix("torch."), "marks": marks, "loss": losses}
+    return {"variant": args.variant, "dtype": dtype, "marks": marks, "loss": losses}
 
 
 def run_stock(args: argparse.Namespace) -> dict[str, Any]:
@@ -188,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rows", type=int, default=8, help="conversations, all of them in every step")
     parser.add_argument("--warm", type=int, default=2, help="steps not timed")
-    parser.add_argument("--only", default="stock,ftkit,ftkit-bf16")
+    parser.add_argument("--only", default="stock,ftkit,ftkit-fp32,ftkit-bf16")
     parser.add_argument("--timeout", type=float, default=1200)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", dest="variant", help=argparse.SUPPRESS)
@@ -236,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(report, indent=2), file=sys.stderr)
     stock = next((r for r in results if r.get("variant") == "stock" and "error" not in r), None)
     print(f"{report['cpu']}, {report['cores']} cores, native bf16: {report['native_bf16']}, torch {torch.__version__}")
-    print(f"{'path':12} {'dtype':9} {'s/step':>7} {'tokens/s':>9} {'x stock':>8} {'loss first':>11} {'loss last':>10}")
+    print(f"{'path':12} {'dtype':11} {'s/step':>7} {'tokens/s':>9} {'x stock':>8} {'loss first':>11} {'loss last':>10}")
     for r in results:
         if "error" in r:
             print(f"{r['variant']:12} failed: {r['error'][-120:]!r}")
@@ -244,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         ratio = r["tokens_per_second"] / stock["tokens_per_second"] if stock else float("nan")
         loss = r.get("loss") or [float("nan")]
         print(
-            f"{r['variant']:12} {r['dtype']:9} {r['s_per_step']:7.2f} {r['tokens_per_second']:9.1f} {ratio:8.2f} "
+            f"{r['variant']:12} {r['dtype']:11} {r['s_per_step']:7.2f} {r['tokens_per_second']:9.1f} {ratio:8.2f} "
             f"{loss[0]:11.4f} {loss[-1]:10.4f}"
         )
     return 0

@@ -60,6 +60,7 @@ def one_process(
         chat_files,
         tmp_path_factory.mktemp("one"),
         **{**COMMON, "per_device_train_batch_size": 8},
+        precision="32",  # float32 throughout, as the ranks (see _request)
         token_cache_dir="",
     )
     result = train(config, metrics=sink, progress="none")
@@ -88,7 +89,12 @@ def _request(
         }
     )
     job = attrs.evolve(
-        job, finetune=FinetunePipelineSpec.from_mapping({**COMMON, "per_device_train_batch_size": 4, **finetune})
+        job,
+        finetune=FinetunePipelineSpec.from_mapping(
+            # precision 32: no bf16 base products on a CPU with native bf16 (FSDP2 ranks have none), so both sides
+            # compute in float32 and differ only in the order of the sums
+            {**COMMON, "per_device_train_batch_size": 4, "precision": 32, **finetune}
+        ),
     )
     model = backend.resolve_model(job.model.ref())
     plan = attrs.evolve(plan_run(job, model=model), display_name=name, experiment_name="ftkit-tests")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+from collections.abc import Iterable
 from typing import Any
 
 __all__ = ["IMPLEMENTATION", "register", "varlen_kernel"]
@@ -70,11 +71,19 @@ def _per_example(
     sdpa = torch.nn.functional.scaled_dot_product_attention
     key = _repeat_kv(key, query.shape[1] // key.shape[1])
     value = _repeat_kv(value, query.shape[1] // value.shape[1])
+    sizes = [b - a for a, b in itertools.pairwise(bounds)]
+    parts: Iterable[tuple[Any, Any, Any]]
+    if bounds[0] == 0 and bounds[-1] == query.shape[2]:
+        # split, not slices: its backward is one concatenation, where each slice's backward fills a zero tensor
+        # of the whole row and adds them up (measured on a CPU: 6% of a step in zero fills alone)
+        parts = zip(query.split(sizes, dim=2), key.split(sizes, dim=2), value.split(sizes, dim=2), strict=True)
+    else:
+        parts = ((query[:, :, a:b], key[:, :, a:b], value[:, :, a:b]) for a, b in itertools.pairwise(bounds))
     outs = []
-    for a, b in itertools.pairwise(bounds):
-        q, k, v = query[:, :, a:b], key[:, :, a:b], value[:, :, a:b]
-        if window is not None and b - a > window:
-            i = torch.arange(b - a, device=query.device)
+    for q, k, v in parts:
+        n = q.shape[2]
+        if window is not None and n > window:
+            i = torch.arange(n, device=query.device)
             # causal, and at most `window` tokens back (the key itself included), as transformers' own mask
             allowed = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - window)
             outs.append(sdpa(q, k, v, attn_mask=allowed, dropout_p=dropout, scale=scaling))

@@ -13,7 +13,8 @@ schedule. Nothing inside a step waits for the GPU: loss and gradient norm stay o
 
 When the budget needs it (or when asked) the decoder layers are checkpointed; the budget itself comes from the
 GPU's memory (or ``gpu_memory_gib``) when not given. With liger-kernel installed (``ftkit[gpu]``), its RMSNorm,
-SwiGLU and RoPE kernels replace transformers' on CUDA. On a CPU the same loop runs in float32.
+SwiGLU and RoPE kernels replace transformers' on CUDA. On a CPU the same loop runs in float32; where the CPU
+computes bfloat16 natively, the frozen base projections' matrix products run in bf16 (:mod:`.cpu_bf16`).
 
 It checkpoints the trainable weights, optimizer, scheduler and RNG state atomically, and a restarted run
 continues from the last checkpoint: the data order depends only on the seed and the epoch, so it reaches the
@@ -24,6 +25,7 @@ The modules, in the order a run meets them:
 - :mod:`.config`: :class:`TrainConfig`, :class:`TrainResult`, :class:`MetricsSink` (plain values);
 - :mod:`.loop`: :func:`train` itself: setup, the steps, finish;
 - :mod:`.hardware`: the device and compute dtype; :mod:`.budget`: the token budget and fast paths;
+- :mod:`.cpu_bf16`: a CPU's frozen base products in bfloat16, all else float32;
 - :mod:`.loading`: tokenise, load the model (:mod:`.model_setup`), plan; :mod:`.optimizer`: AdamW and masters;
 - :mod:`.forward`: the forward pass and evaluation; :mod:`.checkpoints`: save, find, load;
 - :mod:`.progress`: what a run shows; :mod:`.stopping`: stops in loading, evaluation and checkpoint writes;

@@ -92,9 +92,11 @@ class TrainConfig:
         lora_target_modules: Modules to adapt; ``None``: every linear layer but the output head.
         merge_lora_weights: Save merged weights (else the adapter).
         precision: ``32`` (float32), ``16`` (bfloat16 where the device computes it natively: CUDA, or a CPU
-            with AVX512-BF16/AMX; float32 elsewhere) or ``auto`` (bf16 on CUDA, float32 on a CPU: there a
-            small LoRA update is rounded away in bf16 activations, and the loss lagged float32's, see
-            docs/benchmarks.md). In bfloat16 the optimizer steps float32 masters.
+            with AVX512-BF16/AMX; float32 elsewhere) or ``auto``: bf16 on CUDA; on a CPU a float32 model, whose
+            frozen base projections compute their matrix products in bf16 where the CPU has native bf16 and LoRA
+            is trained (:mod:`.cpu_bf16`: the loss follows float32's, where a whole bf16 model's lagged as small
+            LoRA updates were rounded away in bf16 activations; see docs/benchmarks.md). ``32`` opts out. In a
+            bfloat16 model the optimizer steps float32 masters.
         seed: Seed of the weights' adapters, the data order and dropout.
         logging_steps: Steps between metric logs.
         evaluation_strategy: ``epoch``, ``steps`` or ``disable``.

@@ -12,7 +12,14 @@ from typing import Any
 from ....exceptions import MissingDependencyError, Problem, ValidationError
 from .config import Device, Precision
 
-__all__ = ["compute_dtype", "cpu_has_native_bf16", "import_torch", "import_transformers", "pick_device"]
+__all__ = [
+    "bf16_base_matmuls",
+    "compute_dtype",
+    "cpu_has_native_bf16",
+    "import_torch",
+    "import_transformers",
+    "pick_device",
+]
 
 
 def import_torch() -> Any:
@@ -73,9 +80,19 @@ def compute_dtype(torch: Any, device: str, precision: Precision) -> Any:
     if device == "cuda":
         # 16-bit means bfloat16: no loss scaling needed.
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    # A CPU: bf16 only when asked for (precision 16) and computed natively (emulated bf16 is slower than float32).
-    # Not by default: measured on SmolLM2-135M at lr 1e-4, 1.27x the float32 step rate, but the loss fell a
-    # quarter as far in 6 steps (a LoRA update far below a bf16 activation's rounding step is lost in the sum).
+    # A CPU: a bf16 model only when asked for (precision 16) and computed natively (emulated bf16 is slower than
+    # float32). Not by default: measured on SmolLM2-135M at lr 1e-4, 1.31x the float32 step rate, but the loss
+    # lagged (a LoRA update far below a bf16 activation's rounding step is lost in the sum); by default a CPU
+    # with native bf16 computes only the frozen base's products in bf16 instead (see bf16_base_matmuls).
     if precision == "16" and cpu_has_native_bf16():
         return torch.bfloat16
     return torch.float32
+
+
+def bf16_base_matmuls(device: str, precision: Precision, apply_lora: bool) -> bool:
+    """Whether a float32 LoRA run computes its frozen base projections in bf16 (see :mod:`.cpu_bf16`).
+
+    The default (``precision: auto``) on a CPU with native bf16; ``precision: 32`` opts out. The GPU path
+    trains a bf16 model instead, and a full fine-tune has no frozen projections.
+    """
+    return device == "cpu" and precision == "auto" and apply_lora and cpu_has_native_bf16()

@@ -15,7 +15,7 @@ import attrs
 
 from ....home import ftkit_home
 from ..data import EncodedSet, PackedArrays, encode_file, pack_arrays
-from . import budget, model_setup, stopping
+from . import budget, cpu_bf16, hardware, model_setup, stopping
 from .config import TrainConfig
 from .forward import forward_loss
 from .ranks import Ranks
@@ -91,9 +91,14 @@ def load(
     # Seed before building the model: LoRA's initial weights come from the global RNG.
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    say(f"loading the model {Path(config.model_dir).name} on {device} ({str(dtype).removeprefix('torch.')})")
+    # Not under FSDP2: a whole bf16 copy on every rank would undo the sharding of the weights.
+    bf16_base = hardware.bf16_base_matmuls(device, config.precision, config.apply_lora) and not ranks.fsdp
+    numbers = str(dtype).removeprefix("torch.") + (", the frozen base's products in bfloat16" if bf16_base else "")
+    say(f"loading the model {Path(config.model_dir).name} on {device} ({numbers})")
     began = time.perf_counter()
     model = model_setup.build_model(config, device, ranks.weights_dtype(dtype))
+    if bf16_base:
+        cpu_bf16.enable(torch, model)
     stopping.pause_for_tests("load")
     say(f"loaded the model in {time.perf_counter() - began:.1f}s")
     model.train()

@@ -19,7 +19,7 @@ from typing import Any
 from ....exceptions import Problem, ValidationError
 from .. import qlora
 from ..data import pack_arrays
-from . import budget, checkpoints, finish, hardware, model_setup
+from . import budget, checkpoints, cpu_bf16, finish, hardware, model_setup
 from . import stopping as stops
 from .config import MetricsSink, Progress, TrainConfig, TrainResult
 from .forward import evaluate
@@ -340,6 +340,7 @@ def train(
             torch, config, merge.tokenizer, merge.weights, merge.batches, merge.adapter, device, merge.plan
         )
     elif not outcome.stopped:
+        cpu_bf16.disable(torch, loaded.model)  # merge and save from the float32 weights
         model_dir = finish.final_model(
             config, loaded, steps.named, ranks, lambda: model_setup.build_model(config, "cpu", dtype)
         )

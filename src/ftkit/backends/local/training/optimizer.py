@@ -89,7 +89,10 @@ def make_optimizer(
         lr=config.learning_rate,
         betas=(config.adam_beta1, config.adam_beta2),
         eps=config.adam_epsilon,
-        **({"fused": True} if device == "cuda" else {}),  # one kernel for all parameters instead of a few each
+        # One kernel a parameter instead of a dozen; on a CPU too (measured on 2 shared cores, the 420 LoRA
+        # matrices of SmolLM2-135M: 4 ms a step fused, 16 ms unfused with one thread, and far worse with two),
+        # but not for FSDP2's sharded weights on a CPU (gloo), which keep the per-op path.
+        fused=device == "cuda" or not ranks.fsdp,
     )
     per_step = config.gradient_accumulation_steps * config.per_device_train_batch_size * ranks.world
     steps_per_epoch = math.ceil(examples / per_step)

@@ -146,6 +146,8 @@ class Ranks:
     main = True
     separate_gradients = False
     """Whether gradients must move out of the model after every backward pass (DDP reduces what is there)."""
+    fsdp = False
+    """Whether FSDP2 shards the weights (then no rank holds a whole bf16 copy of them, see :mod:`.cpu_bf16`)."""
 
     def __init__(self) -> None:
         self._labels: np.ndarray | None = None
