@@ -257,6 +257,38 @@ class TestTrain:
             train(_config(tiny_model_dir, chat_files, tmp_path, lora_target_modules=("q_proj",), max_steps=1))
 
 
+def _losses_by_precision(
+    model: Path, chat_files: ChatFiles, tmp_path: Path, precisions: tuple[str, ...], **settings: Any
+) -> tuple[dict[str, dict[int, float]], dict[str, Any]]:
+    """Train 8 logged steps of the tiny model at each precision: the loss at each step, and each run's result."""
+    from ftkit.backends.local.training import MetricsSink
+
+    losses: dict[str, dict[int, float]] = {}
+    runs: dict[str, Any] = {}
+    for precision in precisions:
+        seen: dict[int, float] = {}
+
+        class Sink(MetricsSink):
+            def log_metrics(self, metrics: Any, step: int, seen: dict[int, float] = seen) -> None:
+                if "loss" in metrics:
+                    seen[step] = metrics["loss"]
+
+        config = tiny_train_config(
+            model,
+            chat_files,
+            tmp_path / precision,
+            precision=precision,
+            max_steps=8,
+            logging_steps=1,
+            evaluation_strategy="disable",
+            token_cache_dir="",
+            **settings,
+        )
+        runs[precision] = train(config, metrics=Sink(), progress="none")
+        losses[precision] = seen
+    return losses, runs
+
+
 class TestCpuPrecision:
     def test_native_bf16_is_read_from_the_cpu_flags(self, tmp_path: Path) -> None:
         from ftkit.backends.local.training import cpu_has_native_bf16
@@ -336,33 +368,12 @@ class TestCpuPrecision:
         bf16 products are exact on any CPU (emulated where not native), so this runs everywhere."""
         import safetensors.torch
 
-        from ftkit.backends.local.training import MetricsSink, hardware
+        from ftkit.backends.local.training import hardware
 
         monkeypatch.setattr(hardware, "cpu_has_native_bf16", lambda: True)
-        losses: dict[str, dict[int, float]] = {}
-        runs: dict[str, Any] = {}
-        for precision in ("32", "auto"):
-            seen: dict[int, float] = {}
-
-            class Sink(MetricsSink):
-                def log_metrics(self, metrics: Any, step: int, seen: dict[int, float] = seen) -> None:
-                    if "loss" in metrics:
-                        seen[step] = metrics["loss"]
-
-            config = tiny_train_config(
-                tiny_model_dir,
-                chat_files,
-                tmp_path / precision,
-                precision=precision,
-                max_steps=8,
-                logging_steps=1,
-                learning_rate=1e-4,
-                warmup_steps=0,
-                evaluation_strategy="disable",
-                token_cache_dir="",
-            )
-            runs[precision] = train(config, metrics=Sink(), progress="none")
-            losses[precision] = seen
+        losses, runs = _losses_by_precision(
+            tiny_model_dir, chat_files, tmp_path, ("32", "auto"), learning_rate=1e-4, warmup_steps=0
+        )
         assert sorted(losses["auto"]) == sorted(losses["32"]) == list(range(1, 9))
         assert losses["auto"] != losses["32"]  # the bf16 products were in use
         worst = max(abs(losses["auto"][s] - losses["32"][s]) / losses["32"][s] for s in losses["32"])
@@ -378,32 +389,11 @@ class TestCpuPrecision:
     def test_bf16_training_follows_float32(self, tiny_model_dir: Path, chat_files: ChatFiles, tmp_path: Path) -> None:
         """On a CPU with native bf16, precision 16 (float32 masters) at a learning rate of 1e-3: the losses of 8
         steps follow float32's within 2% (at 1e-4 on SmolLM2 they lagged: see docs/benchmarks.md)."""
-        from ftkit.backends.local.training import MetricsSink, cpu_has_native_bf16
+        from ftkit.backends.local.training import cpu_has_native_bf16
 
         if not cpu_has_native_bf16():
             pytest.skip("this CPU has no native bfloat16 (AVX512-BF16 or AMX)")
-        losses: dict[str, dict[int, float]] = {}
-        for precision in ("32", "16"):
-            seen: dict[int, float] = {}
-
-            class Sink(MetricsSink):
-                def log_metrics(self, metrics: Any, step: int, seen: dict[int, float] = seen) -> None:
-                    if "loss" in metrics:
-                        seen[step] = metrics["loss"]
-
-            config = tiny_train_config(
-                tiny_model_dir,
-                chat_files,
-                tmp_path / precision,
-                precision=precision,
-                max_steps=8,
-                logging_steps=1,
-                learning_rate=1e-3,
-                evaluation_strategy="disable",
-                token_cache_dir="",
-            )
-            train(config, metrics=Sink(), progress="none")
-            losses[precision] = seen
+        losses, _ = _losses_by_precision(tiny_model_dir, chat_files, tmp_path, ("32", "16"), learning_rate=1e-3)
         assert sorted(losses["16"]) == sorted(losses["32"]) == list(range(1, 9))
         worst = max(abs(losses["16"][s] - losses["32"][s]) / losses["32"][s] for s in losses["32"])
         assert worst < 0.02, losses
