@@ -239,6 +239,7 @@ def serve_path(home: Path, model_dir: Path, path: str, args: argparse.Namespace,
         max_batch_size=args.static_batch if static else args.slots,
         max_context=args.context,
         max_new_tokens_cap=max(1024, args.max_tokens),
+        prefill_tokens=args.prefill_tokens,
     )
     endpoints = LocalEndpoints(home, settings, load_timeout_s=900)
     name = f"bench-{path}"
@@ -385,6 +386,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cb-levels", default="256", help="transformers-inproc: requests per run")
     parser.add_argument("--slots", type=int, default=256, help="continuous engine: slots")
     parser.add_argument("--context", type=int, default=0, help="max_context (0: the model's, the default)")
+    parser.add_argument(
+        "--prefill-tokens", type=int, default=8192, help="continuous engine: prompt tokens per step (the default)"
+    )
     parser.add_argument("--workload", choices=("short", "chat"), default="short", help="prompt lengths")
     parser.add_argument("--shape", choices=("phi3", "llama3-8b"), default="phi3", help="model shape")
     parser.add_argument("--short-max-tokens", type=int, default=128, help="answer length of a path@short")
