@@ -8,6 +8,7 @@ import pytest
 
 from ftkit.backends import BACKENDS, TRAITS, backend_for_job, backend_traits, get_backend
 from ftkit.backends.base import JobHandle, RegisterRequest
+from ftkit.cli.dry_run import submission_body
 from ftkit.compute import ComputeValidator
 from ftkit.exceptions import NotFoundError, ValidationError
 from ftkit.jobfile import ComputeSection, JobFile
@@ -40,8 +41,8 @@ def test_the_dry_run_request_is_the_backends_own() -> None:
     text += "data: {train_file: a.jsonl, test_file: b.jsonl}\n"
     local = plan_run(JobFile.from_yaml(text + "backend: local\n"))
     azure = plan_run(JobFile.from_yaml(text + "backend: azureml\n"))
-    assert backend_traits("local").request(local)["train_file"].endswith("a.jsonl")
-    body = backend_traits("azureml").request(azure)
+    assert submission_body("local", local)["train_file"].endswith("a.jsonl")
+    body = submission_body("azureml", azure)
     assert body["component"].startswith("azureml://registries/azureml/components/")
 
 

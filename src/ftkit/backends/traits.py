@@ -13,15 +13,9 @@ may read it without pulling in a backend.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
 import attrs
 
 from ..exceptions import Problem, ValidationError
-
-if TYPE_CHECKING:
-    from ..plan import RunPlan
 
 __all__ = ["TRAITS", "BackendTraits", "backend_traits"]
 
@@ -44,7 +38,8 @@ class BackendTraits:
             cancel it).
         cli_default: ``ftkit job`` and ``ftkit cleanup`` use this backend when ``--backend`` is not given.
         request_label: What a dry run calls the job's body (``ftkit run --dry-run``).
-        request_body: ``module:function`` that builds that body from a :class:`~ftkit.plan.RunPlan`, offline.
+        request_body: ``module:function`` that builds that body from a :class:`~ftkit.plan.RunPlan`, offline
+            (called by :func:`ftkit.cli.dry_run.submission_body`; named, not imported, so no backend loads here).
     """
 
     name: str
@@ -66,20 +61,6 @@ class BackendTraits:
             The command to show the user.
         """
         return command if self.cli_default else f"{command} --backend {self.name}"
-
-    def request(self, plan: RunPlan) -> dict[str, Any]:
-        """Return the body the job would be submitted with, built offline (what ``ftkit run --dry-run`` prints).
-
-        Args:
-            plan: The checked plan.
-
-        Returns:
-            A JSON-ready mapping.
-        """
-        module_name, _, attr = self.request_body.partition(":")
-        build = getattr(importlib.import_module(module_name), attr)
-        body: dict[str, Any] = build(plan)
-        return body
 
 
 # Backend name -> its traits. A new backend adds its entry here and its factory to ``BACKENDS`` (``__init__``).

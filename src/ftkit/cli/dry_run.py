@@ -5,6 +5,7 @@ Nothing here creates a backend: no credential is read, no request is sent, no pr
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -99,8 +100,24 @@ def dry_run_record(plan: RunPlan, *, deploy: bool, run_dir: Path | None = None) 
     if deploy and job.evaluate is not None:
         record["evaluation"] = evaluation_plan(plan)
     # What would be submitted, as the backend would submit it (built offline: no credential, no request).
-    record["body"] = backend_traits(job.backend).request(plan)
+    record["body"] = submission_body(job.backend, plan)
     return record
+
+
+def submission_body(backend: str, plan: RunPlan) -> dict[str, Any]:
+    """Return the body ``backend`` would submit the job with, built offline (what ``ftkit run --dry-run`` prints).
+
+    Args:
+        backend: The backend's name.
+        plan: The checked plan.
+
+    Returns:
+        A JSON-ready mapping, from the builder the backend's traits name (``request_body``).
+    """
+    module_name, _, attr = backend_traits(backend).request_body.partition(":")
+    build = getattr(importlib.import_module(module_name), attr)
+    body: dict[str, Any] = build(plan)
+    return body
 
 
 def evaluation_plan(plan: RunPlan) -> dict[str, Any]:

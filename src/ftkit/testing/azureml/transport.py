@@ -5,18 +5,21 @@ Strictly private; use ``FakeAzureML().transport``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .base import FakeBase
+from typing import Any, Protocol
 
 __all__ = ["transport_class"]
+
+
+class _Handler(Protocol):
+    """Strictly private: what the transport hands a request to (the fake: ``FakeBase``, which builds it)."""
+
+    def _handle(self, request: Any) -> Any: ...
 
 
 class _Transport:
     """Strictly private: the azure-core transport that hands requests to the fake."""
 
-    def __init__(self, fake: FakeBase) -> None:
+    def __init__(self, fake: _Handler) -> None:
         self._fake = fake
 
     def send(self, request: Any, **kwargs: Any) -> Any:
