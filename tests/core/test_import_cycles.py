@@ -17,9 +17,9 @@ How names resolve:
 - ``importlib.import_module`` with a computed name (``ftkit.__getattr__``'s lazy public names) is no edge: it
   names no module the parser can see, and it runs only on attribute access, after ``ftkit`` is loaded.
 
-Excluded: only the body of ``if TYPE_CHECKING:``, which never runs (``typing.TYPE_CHECKING`` is false at run
-time), so an import there only lets a type checker see a name; annotations are strings under
-``from __future__ import annotations``.
+Imports under ``if TYPE_CHECKING:`` count too: they never run, but a module that names another's types in its
+signatures depends on it as much as one that calls it, and a cycle through them is still two modules that cannot be
+read, moved or tested apart. Break such a cycle with a Protocol, or by moving the function to the caller's side.
 """
 
 from __future__ import annotations
@@ -43,20 +43,11 @@ def _modules() -> dict[str, Path]:
     return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def _is_type_checking(test: ast.expr) -> bool:
-    if isinstance(test, ast.Name):
-        return test.id == "TYPE_CHECKING"
-    return isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-
-
 def _imports(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
-    """Every import statement, at any depth, except those under ``if TYPE_CHECKING:`` (its ``else`` counts)."""
+    """Every import statement, at any depth (in functions, ``try`` and ``if TYPE_CHECKING:`` blocks alike)."""
     stack: list[ast.AST] = [tree]
     while stack:
         node = stack.pop()
-        if isinstance(node, ast.If) and _is_type_checking(node.test):
-            stack.extend(node.orelse)
-            continue
         if isinstance(node, ast.Import | ast.ImportFrom):
             yield node
         stack.extend(ast.iter_child_nodes(node))
@@ -185,12 +176,12 @@ def test_resolution_of_relative_imports() -> None:
     assert _targets("ftkit.p", init, stmt, modules) == {"ftkit.p.x"}
 
 
-def test_type_checking_blocks_are_skipped() -> None:
-    """Imports under ``if TYPE_CHECKING:`` never run; those in functions and in its ``else`` do."""
+def test_type_checking_blocks_count() -> None:
+    """Imports under ``if TYPE_CHECKING:``, in its ``else`` and in functions are all edges."""
     tree = ast.parse(
         "from typing import TYPE_CHECKING\n"
         "if TYPE_CHECKING:\n    import ftkit.a\nelse:\n    import ftkit.b\n"
         "def f():\n    import ftkit.c\n"
     )
     names = sorted(a.name for n in _imports(tree) if isinstance(n, ast.Import) for a in n.names)
-    assert names == ["ftkit.b", "ftkit.c"]
+    assert names == ["ftkit.a", "ftkit.b", "ftkit.c"]
