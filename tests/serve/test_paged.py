@@ -139,15 +139,17 @@ def reference(model: LoadedModel, prompt: Sequence[int], params: GenParams) -> l
     return tokens
 
 
-@pytest.mark.parametrize("overlap", [False, True], ids=["serial", "overlapped"])
+@pytest.mark.parametrize(
+    ("overlap", "packed"), [(False, False), (True, False), (True, True)], ids=["serial", "overlapped", "packed"]
+)
 def test_running_out_of_blocks_preempts_and_never_corrupts(
-    model: LoadedModel, prompts: list[list[int]], overlap: bool
+    model: LoadedModel, prompts: list[list[int]], overlap: bool, packed: bool
 ) -> None:
     """A pool far smaller than the rows' needs: rows are preempted and resumed, every answer is still exact."""
     params = GenParams(max_new_tokens=40)
     longest = max(len(p) for p in prompts) + 40 + 1
     blocks = blocks_for(longest, 8) + 3  # one whole request and a little: five at once cannot all fit
-    decoder = SlotDecoder(model.model, slots=5, context=256, blocks=blocks, block_size=8)
+    decoder = SlotDecoder(model.model, slots=5, context=256, blocks=blocks, block_size=8, packed=packed)
     worker = ContinuousBatcher("tight", model, decoder, max_queue=16, overlap=overlap)
     expected = [reference(model, p, params) for p in prompts]
 
@@ -230,3 +232,118 @@ def test_bfloat16_paged_logits_match_the_transformers_forward(tiny_model_dir: Pa
         step = decoder.decode(4, max(len(s) for s in sequences))
         logits = step[torch.tensor(slots, device="cuda")]
         check(step, slots)
+
+
+def _tiny_llama_gqa(device: str) -> torch.nn.Module:
+    """A tiny random Llama with grouped-query attention (8 query heads, 2 KV heads), no tokenizer needed."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(11)
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
+    return LlamaForCausalLM(config).to(device).eval()
+
+
+@pytest.mark.parametrize("kind", ["phi3", "llama-gqa"])
+def test_packed_prefill_equals_the_padded_one(model: LoadedModel, prompts: list[list[int]], kind: str) -> None:
+    """Prompts packed end to end (no padding) give the padded prefill's logits and leave the same KV cache: the
+    decode steps after them agree too. Prompts of very different lengths, in scattered blocks."""
+    device = str(model.device)
+    net = model.model if kind == "phi3" else _tiny_llama_gqa(device)
+    chosen = [prompts[2], prompts[3], [*prompts[4], *prompts[0], *prompts[2]]]  # 1 to ~100 tokens
+    if kind != "phi3":  # the Llama's own vocabulary
+        chosen = [[t % 300 for t in p] for p in chosen]
+    decoders = [
+        SlotDecoder(net, slots=4, context=256, blocks=80, block_size=8, cuda_graphs=False, packed=packed)
+        for packed in (False, True)
+    ]
+    assert [d.packed for d in decoders] == [False, True]
+    order = torch.randperm(80, generator=torch.Generator().manual_seed(9)).tolist()
+    slots = [3, 0, 2]
+    for decoder in decoders:
+        decoder.set_blocks([(slot, i, order[slot * 20 + i]) for slot in slots for i in range(20)])
+    first = [d.prefill(slots, chosen) for d in decoders]
+    torch.testing.assert_close(first[0], first[1])
+    with torch.inference_mode():  # and both are the model's own forward pass over each prompt
+        for row, prompt in enumerate(chosen):
+            ref = net(input_ids=torch.tensor([prompt], device=device)).logits[0, -1]
+            torch.testing.assert_close(first[1][row], ref, rtol=1e-4, atol=1e-4)
+    tokens = first[0].argmax(-1)
+    lengths = [len(p) for p in chosen]
+    index = torch.tensor(slots, device=device)
+    for _ in range(10):  # decode steps read the prefilled cache, crossing block boundaries
+        steps = []
+        for decoder in decoders:
+            decoder.positions.zero_()
+            decoder.tokens[index] = tokens
+            decoder.positions[index] = torch.tensor(lengths, device=device)
+            steps.append(decoder.decode(4, max(lengths) + 1)[index].clone())
+        torch.testing.assert_close(steps[0], steps[1])
+        tokens = steps[0].argmax(-1)
+        lengths = [n + 1 for n in lengths]
+
+
+def test_a_packing_engine_budgets_real_tokens_and_answers_exactly(model: LoadedModel, prompts: list[list[int]]) -> None:
+    """With packed prefills the engine admits by the prompts' own tokens (not padded to the longest), and every
+    answer is the request's answer alone."""
+    params = GenParams(max_new_tokens=24)
+    decoder = SlotDecoder(model.model, slots=5, context=256, block_size=8, cuda_graphs=False, packed=True)
+    # The longest and the shortest prompt first, with a budget of exactly their tokens: padded to the longest
+    # they would be twice the budget, so only packing admits them together (and nothing else with them).
+    ordered = sorted(prompts, key=len)
+    ordered = [ordered[-1], ordered[0], *ordered[1:-1]]
+    budget = len(ordered[0]) + len(ordered[1])
+    worker = ContinuousBatcher("packed", model, decoder, max_queue=16, prefill_tokens=budget)
+    calls: list[list[int]] = []
+    prefill = decoder.prefill
+
+    def spy(slots: Sequence[int], batch: Sequence[Sequence[int]]) -> torch.Tensor:
+        calls.append([len(p) for p in batch])
+        return prefill(slots, batch)
+
+    decoder.prefill = spy  # type: ignore[method-assign]
+    expected = [reference(model, p, params) for p in ordered]
+
+    async def run() -> list[list[int]]:
+        jobs = [make_job(model, p, params) for p in ordered]
+        worker.submit(jobs)
+        assert [await finish(j) for j in jobs] == ["length"] * len(jobs)
+        return [j.tokens for j in jobs]
+
+    try:
+        assert asyncio.run(run()) == expected
+        assert calls[0] == [len(ordered[0]), len(ordered[1])], calls
+        assert all(sum(c) <= budget for c in calls), calls
+        assert worker.pool.free == worker.pool.blocks
+    finally:
+        worker.close()
+        worker.join(10)
+
+
+@pytest.mark.gpu
+def test_bfloat16_packed_flash_prefill_matches_the_transformers_forward(tiny_model_dir: Path) -> None:
+    """On CUDA in bfloat16 the packed prefill is flash attention over the prompts' boundaries (the default there):
+    its logits stay within 2% of the transformers forward pass over each prompt, on Phi-3 and on a GQA Llama."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from ftkit.serve.engines.continuous import packing
+
+    model = LoadedModel(tiny_model_dir, "cuda")
+    assert packing.flash_available(model.device, torch.bfloat16)
+    prompts = [model.encode([{"role": "user", "content": q}], "messages", 64) for q in QUESTIONS]
+    for net in (model.model, _tiny_llama_gqa("cuda").to(torch.bfloat16)):
+        chosen = prompts if net is model.model else [[t % 300 for t in p] for p in prompts]
+        decoder = SlotDecoder(net, slots=8, context=256, blocks=200, block_size=16, cuda_graphs=False)
+        assert decoder.packed
+        logits = decoder.prefill([6, 1, 0, 4, 2], chosen)
+        for row, prompt in enumerate(chosen):
+            with torch.inference_mode():
+                ref = net(input_ids=torch.tensor([prompt], device="cuda")).logits[0, -1].float()
+            assert (logits[row].float() - ref).norm() / ref.norm() < 2e-2

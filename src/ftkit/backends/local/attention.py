@@ -5,52 +5,28 @@ example boundaries come in through the forward call's keyword arguments (transfo
 attention layer): ``cu_seq_lens_q`` (a device tensor of boundaries), ``max_length_q`` (the longest example, a
 host int, so no kernel launch has to wait for the device) and ``ftkit_bounds`` (the same boundaries as a tuple).
 
-On CUDA the kernel is PyTorch's own ``torch.nn.attention.varlen.varlen_attn`` (flash attention over
-``cu_seqlens``): no block-diagonal mask, no compute on pairs of tokens from different examples. Elsewhere, or
-where that kernel cannot do what the layer asks (attention dropout, a sliding window shorter than an example, an
-older torch), each example runs through ``scaled_dot_product_attention`` on its own slice: the same function,
-slower. Without boundaries (a plain forward call: generation, a test) the row is one causal sequence.
+On CUDA the kernel is PyTorch's own ``torch.nn.attention.varlen.varlen_attn`` (:mod:`ftkit.flash_varlen`:
+flash attention over ``cu_seqlens``): no block-diagonal mask, no compute on pairs of tokens from different
+examples. Elsewhere, or where that kernel cannot do what the layer asks (attention dropout, a sliding window
+shorter than an example, an older torch), each example runs through ``scaled_dot_product_attention`` on its own
+slice: the same function, slower. Without boundaries (a plain forward call: generation, a test) the row is one
+causal sequence.
 
 torch is imported inside the functions: importing this module stays light.
 """
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import math
 from collections.abc import Iterable
 from typing import Any
 
+from ...flash_varlen import varlen_kernel
+
 __all__ = ["IMPLEMENTATION", "register", "varlen_kernel"]
 
 IMPLEMENTATION = "ftkit_varlen"
-
-_KERNEL: Any = None  # torch's varlen_attn and how to ask it for causal attention, once looked up
-
-
-def varlen_kernel() -> tuple[Any, dict[str, Any], bool, bool] | None:
-    """Return torch's ``varlen_attn`` and how to call it, or ``None`` where this torch has none.
-
-    Returns:
-        The function, the keyword arguments that make it causal (torch 2.9/2.10 spell it ``is_causal=True``,
-        later versions ``window_size=(-1, 0)``), whether it takes ``scale`` and whether it takes ``enable_gqa``.
-    """
-    global _KERNEL  # looked up once per process
-    if _KERNEL is None:
-        try:
-            from torch.nn.attention.varlen import varlen_attn
-        except ImportError:
-            _KERNEL = False
-        else:
-            params = inspect.signature(varlen_attn).parameters
-            if "window_size" in params:
-                _KERNEL = (varlen_attn, {"window_size": (-1, 0)}, "scale" in params, "enable_gqa" in params)
-            elif "is_causal" in params:
-                _KERNEL = (varlen_attn, {"is_causal": True}, "scale" in params, "enable_gqa" in params)
-            else:
-                _KERNEL = False
-    return None if _KERNEL is False else _KERNEL
 
 
 def _repeat_kv(x: Any, times: int) -> Any:

@@ -212,7 +212,7 @@ class ContinuousBatcher(JobQueue):
                 if room < self._gather and time.monotonic() - self._pending[0].arrived < wait:
                     return taken
             free = self.pool.free
-            longest = 0
+            longest = total = 0
             while self._pending and len(taken) < len(self._free):
                 job = self._pending[0]
                 if not job.alive:
@@ -221,14 +221,20 @@ class ContinuousBatcher(JobQueue):
                     job.post("done", "cancelled")
                     continue
                 length = len(job.prompt) + len(job.tokens)  # a preempted job resumes from what it has
-                # Prompts are padded to the longest of their prefill: the budget bounds the padded batch.
-                if taken and (len(taken) + 1) * max(longest, length) > self.prefill_tokens:
+                # The budget bounds the positions the prefill computes: the prompts' own where the decoder packs
+                # them end to end, else the batch padded to its longest prompt.
+                if self.decoder.packed:
+                    cost = total + length
+                else:
+                    cost = (len(taken) + 1) * max(longest, length)
+                if taken and cost > self.prefill_tokens:
                     break
                 # Its prompt and first decoded position, and room for every running row to grow by a block.
                 need = self.pool.needed(length + 1)
                 if need + len(self._rows) + len(taken) > free and (self._rows or taken):
                     break
                 longest = max(longest, length)
+                total += length
                 free -= need
                 taken.append(self._pending.popleft())
             return taken

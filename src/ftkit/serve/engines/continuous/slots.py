@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import kernels
+from . import kernels, packing
 from .blocks import blocks_for
 
 __all__ = ["SUPPORTED_MODEL_TYPES", "SlotDecoder", "kv_bytes_per_token", "supports", "supports_config"]
@@ -78,6 +78,9 @@ BLOCK_SIZE = 32
 _GRAPHED_PREFILL_ROWS = 16
 """Prefills of at most this many prompts replay CUDA graphs (see :meth:`SlotDecoder.prefill`)."""
 
+_GRAPHED_PREFILL_POSITIONS = 4096
+"""Where prompts can be packed, a graph serves a prefill only up to this many padded positions (see prefill)."""
+
 
 def _bucket(n: int, smallest: int, cap: int) -> int:
     """The smallest power-of-two multiple of ``smallest`` that holds ``n``, at most ``cap``."""
@@ -98,6 +101,8 @@ class SlotDecoder:
         block_size: Positions per block (a power of two).
         cuda_graphs: Capture decode steps as CUDA graphs (CUDA only).
         fused: Use the fused kernels where they can run (:func:`.kernels.available`) and cover the model.
+        packed: Prefill several prompts packed into one row (:mod:`.packing`) rather than padded to the longest
+            (default: where flash attention over packed prompts runs, i.e. CUDA in half precision).
     """
 
     def __init__(
@@ -110,6 +115,7 @@ class SlotDecoder:
         block_size: int = BLOCK_SIZE,
         cuda_graphs: bool = True,
         fused: bool = True,
+        packed: bool | None = None,
     ) -> None:
         if block_size < 1 or block_size & (block_size - 1):
             raise ValueError(f"block_size must be a power of two, not {block_size}")
@@ -163,6 +169,7 @@ class SlotDecoder:
         self._pf_last = torch.zeros(_GRAPHED_PREFILL_ROWS, dtype=torch.long, device=self.device)
         self._pool: Any = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self.fused = fused and kernels.available(self.device) and _fusable(model)
+        self.packed = packing.flash_available(self.device, self.dtype) if packed is None else packed
         # Graph buckets are coarse (few graphs to capture); eager steps can follow the batch closely.
         self._row_step = 8 if self.cuda_graphs else 1
         self._ctx_step = 128 if self.cuda_graphs else 64
@@ -278,26 +285,46 @@ class SlotDecoder:
     def prefill(self, slots: Sequence[int], prompts: Sequence[Sequence[int]]) -> torch.Tensor:
         """Run prompts into their slots' blocks; return the logits of each prompt's last position (``[rows, vocab]``).
 
-        Each slot's table must already hold blocks for its prompt (:meth:`set_blocks`). Prompts are right-padded
-        to the longest: with causal attention no real position sees the padding, and the padding's keys are
-        written into the trash block, which nobody reads.
+        Each slot's table must already hold blocks for its prompt (:meth:`set_blocks`).
 
-        With CUDA graphs, a prefill of a few prompts (at most 16, the steady state of a busy endpoint, where
+        With CUDA graphs, a prefill of a few short prompts (at most 16, the steady state of a busy endpoint, where
         requests arrive a few at a time) replays a graph captured for its bucket of rows and width: eager, its
-        thousand small launches cost more host time than its GPU work. Larger prefills run eager, where the GPU
-        work dwarfs the launches.
+        thousand small launches cost more host time than its GPU work. Its prompts are right-padded to the bucket:
+        with causal attention no real position sees the padding, and the padding's keys are written into the trash
+        block, which nobody reads. Larger prefills run eager, where the GPU work dwarfs the launches, packed end to
+        end where :attr:`packed` (no padding: at chat lengths most of a padded batch is padding, :mod:`.packing`),
+        else padded to the longest prompt.
         """
         rows = len(prompts)
         width = max(len(p) for p in prompts)
+        graphed = self.cuda_graphs and rows <= _GRAPHED_PREFILL_ROWS
+        if graphed and self.packed:
+            graphed = _bucket(rows, 1, _GRAPHED_PREFILL_ROWS) * self._bucket_width(width) <= _GRAPHED_PREFILL_POSITIONS
+        if self.packed and not graphed:
+            table = self._host_tables[torch.tensor(list(slots), dtype=torch.long)]
+            layout = packing.pack(prompts, table, self.block_size, self.device)
+            return self._prefill_forward(
+                layout.ids,
+                layout.blocks,
+                layout.offsets,
+                (layout.last,),
+                self.cos[layout.positions],
+                self.sin[layout.positions],
+                lambda q, k, v, scale: packing.attend(q, k, v, layout, scale),
+            )
         ids = torch.zeros((rows, width), dtype=torch.long)
         for i, p in enumerate(prompts):
             ids[i, : len(p)] = torch.tensor(list(p), dtype=torch.long)
         last = torch.tensor([len(p) - 1 for p in prompts], dtype=torch.long)
         blocks, offsets = self._placement(slots, [len(p) for p in prompts], width)
-        if self.cuda_graphs and rows <= _GRAPHED_PREFILL_ROWS:
+        if graphed:
             return self._graphed_prefill(ids, blocks, offsets, last)
         device = self.device
-        return self._prefill_forward(ids.to(device), blocks.to(device), offsets.to(device), last.to(device))
+        return self._padded_prefill(ids.to(device), blocks.to(device), offsets.to(device), last.to(device))
+
+    def _bucket_width(self, width: int) -> int:
+        """The width a graphed prefill of prompts up to ``width`` long is captured for."""
+        return min(self.context, _bucket(width, 64, 1 << 30) if width > 512 else -(-width // 64) * 64)
 
     def _placement(self, slots: Sequence[int], lengths: Sequence[int], width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The cache block and offset of each prompt position (``[rows, width]`` each); padding goes to the trash."""
@@ -313,7 +340,7 @@ class SlotDecoder:
     ) -> torch.Tensor:
         rows, width = ids.shape
         bucket_rows = _bucket(rows, 1, _GRAPHED_PREFILL_ROWS)
-        bucket_width = min(self.context, _bucket(width, 64, 1 << 30) if width > 512 else -(-width // 64) * 64)
+        bucket_width = self._bucket_width(width)
         self._pf_ids[:bucket_rows, :bucket_width].zero_()
         self._pf_ids[:rows, :width].copy_(ids)
         self._pf_blocks[:bucket_rows, :bucket_width].fill_(self.trash)  # padding rows and columns: the trash
@@ -325,7 +352,7 @@ class SlotDecoder:
         entry = self._prefill_graphs.get(key)
         if entry is None:
             entry = self._capture(
-                lambda: self._prefill_forward(
+                lambda: self._padded_prefill(
                     self._pf_ids[:bucket_rows, :bucket_width],
                     self._pf_blocks[:bucket_rows, :bucket_width],
                     self._pf_offsets[:bucket_rows, :bucket_width],
@@ -337,35 +364,52 @@ class SlotDecoder:
         graph.replay()
         return logits[:rows]
 
-    def _prefill_forward(
+    def _padded_prefill(
         self, ids: torch.Tensor, blocks: torch.Tensor, offsets: torch.Tensor, last: torch.Tensor
     ) -> torch.Tensor:
-        """The prefill itself: prompts ``ids`` (``[rows, width]``); logits at ``last``.
-
-        Each position's keys and values are written to cache block ``blocks`` at offset ``offsets``.
-        """
+        """A prefill of prompts right-padded to one width: ``ids`` ``[rows, width]``; logits at ``last``."""
         rows, width = ids.shape
+        gqa = self.kv_heads != self.heads
+
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=gqa)
+            return out.transpose(1, 2).reshape(rows, width, -1)
+
+        pick = (torch.arange(rows, device=self.device), last)
         cos, sin = self.cos[:width][None], self.sin[:width][None]
+        return self._prefill_forward(ids, blocks, offsets, pick, cos, sin, attend)
+
+    def _prefill_forward(
+        self,
+        ids: torch.Tensor,
+        blocks: torch.Tensor,
+        offsets: torch.Tensor,
+        pick: tuple[torch.Tensor, ...],
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attend: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor],
+    ) -> torch.Tensor:
+        """The prefill itself, padded (``ids`` ``[rows, width]``) or packed (``[tokens]``); logits at ``x[pick]``.
+
+        Each position's keys and values are written to cache block ``blocks`` at offset ``offsets``; ``cos`` and
+        ``sin`` are its rotary angles; ``attend(q, k, v, scale)`` is the causal attention of the layout.
+        """
         x = self.embed(ids)
         for n, layer in enumerate(self.layers):
             attn = layer.self_attn
             h = self._norm(layer.input_layernorm, x) if self.fused else layer.input_layernorm(x)
-            q, k, v = self._qkv(attn, h)  # [rows, width, heads, dim]
+            q, k, v = self._qkv(attn, h)  # [..., heads, dim]
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-            self.k_cache[n][blocks, :, offsets] = k  # [rows, width] cells of [kv_heads, dim] each
+            self.k_cache[n][blocks, :, offsets] = k  # cells of [kv_heads, dim] each
             self.v_cache[n][blocks, :, offsets] = v
-            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-            out = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, scale=attn.scaling, enable_gqa=self.kv_heads != self.heads
-            )
-            out = out.transpose(1, 2).reshape(rows, width, -1)
+            out = attend(q, k, v, attn.scaling)
             if self.fused:
                 x = x + attn.o_proj(out)
                 x = x + self._mlp(layer.mlp, self._norm(layer.post_attention_layernorm, x))
             else:
                 x = self._finish_layer(layer, x, out)
-        x = x[torch.arange(rows, device=self.device), last]
-        return self.lm_head(self.norm(x))  # type: ignore[no-any-return]
+        return self.lm_head(self.norm(x[pick]))  # type: ignore[no-any-return]
 
     # -- decode ------------------------------------------------------------------------------------------------
 
