@@ -235,13 +235,13 @@ def test_bfloat16_paged_logits_match_the_transformers_forward(tiny_model_dir: Pa
 
 
 def _tiny_llama_gqa(device: str) -> torch.nn.Module:
-    """A tiny random Llama with grouped-query attention (8 query heads, 2 KV heads), no tokenizer needed."""
+    """A tiny random Llama with grouped-query attention (8 query heads of 16 dimensions, 2 KV heads)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(11)
     config = LlamaConfig(
         vocab_size=300,
-        hidden_size=64,
+        hidden_size=128,
         intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=8,
@@ -347,3 +347,24 @@ def test_bfloat16_packed_flash_prefill_matches_the_transformers_forward(tiny_mod
             with torch.inference_mode():
                 ref = net(input_ids=torch.tensor([prompt], device="cuda")).logits[0, -1].float()
             assert (logits[row].float() - ref).norm() / ref.norm() < 2e-2
+
+
+def test_heads_too_narrow_for_the_fused_kernels_take_the_plain_step() -> None:
+    """Triton's dot products need 16 dimensions: a model with 8-dimensional heads decodes on the unfused step."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ftkit.serve.engines.continuous.slots import _fusable
+
+    def llama(hidden: int) -> torch.nn.Module:
+        config = LlamaConfig(
+            vocab_size=64,
+            hidden_size=hidden,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=8,
+            num_key_value_heads=2,
+        )
+        return LlamaForCausalLM(config)
+
+    assert not _fusable(llama(64))  # 8 per head
+    assert _fusable(llama(128))

@@ -223,10 +223,7 @@ class ContinuousBatcher(JobQueue):
                 length = len(job.prompt) + len(job.tokens)  # a preempted job resumes from what it has
                 # The budget bounds the positions the prefill computes: the prompts' own where the decoder packs
                 # them end to end, else the batch padded to its longest prompt.
-                if self.decoder.packed:
-                    cost = total + length
-                else:
-                    cost = (len(taken) + 1) * max(longest, length)
+                cost = total + length if self.decoder.packed else (len(taken) + 1) * max(longest, length)
                 if taken and cost > self.prefill_tokens:
                     break
                 # Its prompt and first decoded position, and room for every running row to grow by a block.

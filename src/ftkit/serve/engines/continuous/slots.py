@@ -78,7 +78,7 @@ BLOCK_SIZE = 32
 _GRAPHED_PREFILL_ROWS = 16
 """Prefills of at most this many prompts replay CUDA graphs (see :meth:`SlotDecoder.prefill`)."""
 
-_GRAPHED_PREFILL_POSITIONS = 4096
+_GRAPHED_PREFILL_POSITIONS = 2048
 """Where prompts can be packed, a graph serves a prefill only up to this many padded positions (see prefill)."""
 
 
@@ -491,8 +491,16 @@ def _eps(norm: Any) -> float:
 
 
 def _fusable(model: Any) -> bool:
-    """Whether the fused kernels compute this model's layers exactly: RMSNorms with a plain weight, SiLU gates."""
-    if getattr(model.config, "hidden_act", None) not in {"silu", "swish"}:
+    """Whether the fused kernels compute this model's layers.
+
+    They need RMSNorms with a plain weight, SiLU gates, and heads of at least 16 dimensions (the attention kernel's
+    dot products reduce over the head, and Triton's need 16 or more).
+    """
+    config = model.config
+    if getattr(config, "hidden_act", None) not in {"silu", "swish"}:
+        return False
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    if head_dim < 16:
         return False
     layer = model.model.layers[0]
     norms = (layer.input_layernorm, layer.post_attention_layernorm, model.model.norm)
