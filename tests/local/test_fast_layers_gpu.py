@@ -49,8 +49,8 @@ def test_bf16_outputs_and_gradients_match_with_the_switches(kind: str) -> None:
 
     def spy(*args: Any, **kwargs: Any) -> Any:
         calls["n"] += 1
-        if not kwargs.get("copy_kv", True):  # the strided value view reaches the kernel as it is
-            assert args[2].stride(-1) == 1
+        if not kwargs.get("copy_kv", True):  # the strided value view reaches the kernel as it is, not copied
+            assert attention._strided_ok(args[2])
         return varlen(*args, **kwargs)
 
     expected = run(reference, inputs)

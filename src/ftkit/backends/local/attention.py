@@ -92,6 +92,17 @@ def _per_example(
     return torch.cat(outs, dim=2).transpose(1, 2)
 
 
+def _strided_ok(x: Any) -> bool:
+    """Strictly private: whether the flash kernel reads ``x`` (tokens, heads, dim) without a contiguous copy.
+
+    A unit stride along the head dimension (``mha_varlen_fwd``/``bwd`` check it and take the row and head strides
+    as parameters), and rows, heads and the start 16-byte aligned, as its vectorised loads need.
+    """
+    itemsize = x.element_size()
+    aligned = (x.stride(0) * itemsize) % 16 == 0 and (x.stride(1) * itemsize) % 16 == 0
+    return bool(x.stride(-1) == 1 and aligned and x.data_ptr() % 16 == 0)
+
+
 def varlen_attention(
     query: Any,
     key: Any,
@@ -154,7 +165,7 @@ def varlen_attention(
         else:
             k = k.repeat_interleave(query.shape[1] // k.shape[1], dim=1)
             v = v.repeat_interleave(query.shape[1] // v.shape[1], dim=1)
-    if copy_kv or k.stride(-1) != 1 or v.stride(-1) != 1:
+    if copy_kv or not (_strided_ok(k) and _strided_ok(v)):
         k, v = k.contiguous(), v.contiguous()
     # the query contiguous: the kernel's output (and its gradient) takes the query's layout
     return fn(query.contiguous(), k, v, cu, cu, max_len, max_len, **extra)

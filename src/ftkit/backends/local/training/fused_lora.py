@@ -79,7 +79,7 @@ def _adapter(module: Any, x: Any, torch: Any) -> tuple[Any, Any, float] | None:
     if len(active) != 1:
         return None
     name = active[0]
-    if name not in module.lora_A or name in module.lora_variant or module.use_dora.get(name, False):
+    if name not in module.lora_A or name in getattr(module, "lora_variant", {}) or module.use_dora.get(name, False):
         return None
     if not isinstance(module.lora_dropout[name], torch.nn.Identity):
         return None
