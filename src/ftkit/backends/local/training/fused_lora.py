@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import types
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["install", "lora_linear_function"]
@@ -97,18 +98,24 @@ def _adapter(module: Any, x: Any, torch: Any) -> tuple[Any, Any, float] | None:
     return lora_a.weight, lora_b.weight, float(module.scaling[name])
 
 
-def _forward(module: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
-    """Strictly private: the installed forward; peft's own wherever the fused one would not compute the same."""
-    import torch
+def _make_forward(torch: Any, function: Any) -> Callable[..., Any]:
+    """Strictly private: the installed forward; peft's own wherever the fused one would not compute the same.
 
-    adapter = None if args or kwargs else _adapter(module, x, torch)
-    if adapter is None:
-        return type(module).forward(module, x, *args, **kwargs)
-    lora_a, lora_b, scaling = adapter
-    base = module.base_layer
-    flat = x.reshape(-1, x.shape[-1])  # the leading dimensions folded: a view for a contiguous input
-    out = lora_linear_function().apply(flat, base.weight, base.bias, lora_a, lora_b, scaling)
-    return out.view(*x.shape[:-1], out.shape[-1])
+    ``torch`` and the autograd function come in through the closure: a compiled layer traces this forward, and
+    building the function's class inside a traced call would break the graph.
+    """
+
+    def forward(module: Any, x: Any, *args: Any, **kwargs: Any) -> Any:
+        adapter = None if args or kwargs else _adapter(module, x, torch)
+        if adapter is None:
+            return type(module).forward(module, x, *args, **kwargs)
+        lora_a, lora_b, scaling = adapter
+        base = module.base_layer
+        flat = x.reshape(-1, x.shape[-1])  # the leading dimensions folded: a view for a contiguous input
+        out = function.apply(flat, base.weight, base.bias, lora_a, lora_b, scaling)
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    return forward
 
 
 def install(model: Any) -> int:
@@ -125,11 +132,12 @@ def install(model: Any) -> int:
     except ImportError:
         return 0
     count = 0
+    forward = _make_forward(torch, lora_linear_function())
     for module in model.modules():
         if type(module) is not LoraLinear or type(module.base_layer) is not torch.nn.Linear:
             continue
         if module.fan_in_fan_out or "forward" in vars(module):
             continue
-        setattr(module, "forward", types.MethodType(_forward, module))  # noqa: B010 - an instance attribute
+        setattr(module, "forward", types.MethodType(forward, module))  # noqa: B010 - an instance attribute
         count += 1
     return count
