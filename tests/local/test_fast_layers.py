@@ -179,6 +179,24 @@ class TestSameResults:
         inputs = packed_inputs(reference)
         assert_same(run(fast, inputs), run(reference, inputs))
 
+    def test_compiled_layers_trace_both_forwards_whole(self) -> None:
+        """torch.compile per decoder layer (``torch_compile: true``): one graph, no breaks, the same gradients."""
+        from torch._dynamo.utils import counters
+
+        reference = lora(tiny_model("phi3"))
+        fast = copy.deepcopy(reference)
+        fused_lora.install(fast)
+        attention_forward.install(fast)
+        inputs = packed_inputs(reference)
+        del inputs["ftkit_bounds"]  # the loop passes no tuple to compiled layers (a recompile per batch)
+        torch._dynamo.reset()
+        counters.clear()
+        for layer in fast.get_base_model().model.layers:
+            layer.compile(backend="aot_eager")  # dynamo's tracing without a C compiler
+        assert_same(run(fast, inputs), run(reference, inputs))
+        assert not counters["graph_break"]
+        torch._dynamo.reset()
+
     def test_the_fused_function_has_the_exact_gradients(self) -> None:
         """gradcheck in float64, the frozen weight and the bias trained too (every branch of the backward)."""
         generator = torch.Generator().manual_seed(3)
