@@ -15,11 +15,12 @@ Each path runs in its own process (clean peak memory; liger-kernel patches trans
 - ``22gib``: the same with ``gpu_memory_gib: 22`` (a 24 GB card) and ``max_seq_length: 4096``;
 - ``qlora``: ``fast`` with ``quantize: 4bit`` (bitsandbytes NF4, double quantization, bf16 compute);
 - ``qlora-22gib``: ``qlora`` planned for 22 GiB;
-- ``--ablate``: on a shallower model of the same layer shape, each optimisation switched on in turn;
+- ``--ablate``: on a shallower model of the same layer shape, each optimisation switched on in turn
+  (``--ablate-from N`` runs row N and those after it only, the earlier rows' switches applied);
 - ``--profile``: a torch profiler table of a few steps of ``fast``.
 
     python benchmarks/bench_train_gpu.py [--shapes phi3,llama3-8b] [--only stock,fast,qlora] [--steps 24]
-        [--ablate] [--profile] [--json out.json]
+        [--ablate [--ablate-from N]] [--profile] [--json out.json]
 """
 
 from __future__ import annotations
@@ -61,12 +62,21 @@ WORDS = [f"w{i}" for i in range(600)]
 ABLATIONS: list[tuple[str, dict[str, Any]]] = [
     (
         "ftkit loop, stock kernels (SDPA mask, fp32 adapters, full logits)",
-        {"attention": "sdpa", "liger": False, "label_only_loss": False, "bf16_adapters": False},
+        {
+            "attention": "sdpa",
+            "liger": False,
+            "label_only_loss": False,
+            "bf16_adapters": False,
+            "fused_lora": False,
+            "split_qkv": False,
+        },
     ),
     ("+ bf16 adapters (float32 masters)", {"bf16_adapters": True}),
     ("+ varlen flash attention (no mask)", {"attention": "ftkit_varlen"}),
     ("+ head at label positions only, chunked", {"label_only_loss": True}),
     ("+ liger RMSNorm/SwiGLU/RoPE + fused linear CE", {"liger": True}),
+    ("+ fused LoRA layers (scale and add in the GEMMs)", {"fused_lora": True}),
+    ("+ ftkit attention forward (split qkv, no k/v copies)", {"split_qkv": True}),
     ("+ torch.compile per decoder layer", {"compile_layers": True}),
 ]
 
@@ -367,6 +377,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", type=int, default=32)
     parser.add_argument("--ablate", action="store_true", help="the per-optimisation table")
     parser.add_argument("--ablate-layers", type=int, default=8)
+    parser.add_argument(
+        "--ablate-from",
+        type=int,
+        default=0,
+        help="run the ablation rows from this one (0-based; earlier rows' "
+        "changes still apply), e.g. 4: liger and the rows after it",
+    )
     parser.add_argument("--profile", action="store_true")
     parser.add_argument(
         "--only", default="stock,fast,qlora", help="side-by-side variants: stock, fast, 22gib, qlora, qlora-22gib"
@@ -415,8 +432,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.ablate:
         shallow = build(root, args.ablate_layers, args.small)
         tuning: dict[str, Any] = {}
-        for label, change in ABLATIONS:
+        for row, (label, change) in enumerate(ABLATIONS):
             tuning.update(change)
+            if row < args.ablate_from:  # its change still applies to the rows below (they are cumulative)
+                continue
             r = spawn("fast", shallow, data, cache, args.steps, tuning, args.timeout, args.batch)
             r["label"] = label
             ablations.append(r)

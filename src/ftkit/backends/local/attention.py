@@ -24,7 +24,7 @@ from typing import Any
 
 from ...flash_varlen import varlen_kernel
 
-__all__ = ["IMPLEMENTATION", "register", "varlen_kernel"]
+__all__ = ["IMPLEMENTATION", "register", "varlen_attention", "varlen_kernel"]
 
 IMPLEMENTATION = "ftkit_varlen"
 
@@ -68,6 +68,85 @@ def _per_example(
     return torch.cat(outs, dim=2).transpose(1, 2)
 
 
+def _strided_ok(x: Any) -> bool:
+    """Strictly private: whether the flash kernel reads ``x`` (tokens, heads, dim) without a contiguous copy.
+
+    A unit stride along the head dimension (``mha_varlen_fwd``/``bwd`` check it and take the row and head strides
+    as parameters), and rows, heads and the start 16-byte aligned, as its vectorised loads need.
+    """
+    itemsize = x.element_size()
+    aligned = (x.stride(0) * itemsize) % 16 == 0 and (x.stride(1) * itemsize) % 16 == 0
+    return bool(x.stride(-1) == 1 and aligned and x.data_ptr() % 16 == 0)
+
+
+def varlen_attention(
+    query: Any,
+    key: Any,
+    value: Any,
+    bounds: tuple[int, ...] | None,
+    cu_seq_lens: Any,
+    max_length: int | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    *,
+    copy_kv: bool = True,
+) -> Any:
+    """Causal attention of each example of a packed row to itself, in the (tokens, heads, dim) layout.
+
+    Args:
+        query: (tokens, heads, head dim).
+        key: (tokens, kv heads, head dim).
+        value: (tokens, kv heads, head dim).
+        bounds: The examples' boundaries on the host (``ftkit_bounds``), or ``None``.
+        cu_seq_lens: The same boundaries as an int32 device tensor (``cu_seq_lens_q``), or ``None``.
+        max_length: The longest example (``max_length_q``), or ``None`` to compute it from ``bounds``.
+        scaling: Softmax scale (default: 1/sqrt(head dim)).
+        dropout: Attention dropout probability.
+        sliding_window: The layer's sliding window, if any.
+        copy_kv: Make key and value contiguous before the flash kernel. The kernel reads any tensor whose last
+            dimension has unit stride (its row and head strides are parameters: ``mha_varlen_fwd``/``bwd`` in
+            PyTorch's ``flash_api.cpp`` check ``stride(-1) == 1`` only), so a caller that hands it views of a
+            projection's output (a split of a fused qkv) passes ``False`` and saves the copies.
+
+    Returns:
+        The attention output as (tokens, heads, head dim).
+    """
+    import torch
+
+    tokens, head_dim = query.shape[0], query.shape[2]
+    scale = scaling if scaling is not None else 1 / math.sqrt(head_dim)
+    bounds = tuple(bounds) if bounds else (0, tokens)
+    max_len = int(max_length or max(b - a for a, b in itertools.pairwise(bounds)))
+    window = sliding_window if sliding_window and sliding_window < max_len else None
+    kernel = varlen_kernel() if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) else None
+    if kernel is not None and not kernel[2] and not math.isclose(scale, 1 / math.sqrt(head_dim)):
+        kernel = None  # an older varlen_attn without `scale` cannot do this layer's scale
+    if kernel is not None and window is not None and "window_size" not in kernel[1]:
+        kernel = None  # an older varlen_attn has no sliding window
+    if kernel is None or dropout > 0:
+        q, k, v = (x.transpose(0, 1)[None] for x in (query, key, value))  # (1, heads, tokens, dim)
+        return _per_example(torch, q, k, v, bounds, scale, dropout, window)[0]
+    fn, causal, has_scale, has_gqa = kernel
+    cu = cu_seq_lens if cu_seq_lens is not None else torch.tensor(bounds, dtype=torch.int32, device=query.device)
+    extra: dict[str, Any] = dict(causal)
+    if window is not None:
+        extra["window_size"] = (window - 1, 0)  # the key itself and window - 1 before it, as transformers' mask
+    if has_scale:
+        extra["scale"] = scale
+    k, v = key, value
+    if k.shape[1] != query.shape[1]:
+        if has_gqa:
+            extra["enable_gqa"] = True
+        else:
+            k = k.repeat_interleave(query.shape[1] // k.shape[1], dim=1)
+            v = v.repeat_interleave(query.shape[1] // v.shape[1], dim=1)
+    if copy_kv or not (_strided_ok(k) and _strided_ok(v)):
+        k, v = k.contiguous(), v.contiguous()
+    # the query contiguous: the kernel's output (and its gradient) takes the query's layout
+    return fn(query.contiguous(), k, v, cu, cu, max_len, max_len, **extra)
+
+
 def varlen_attention_forward(
     module: Any,  # noqa: ARG001 - part of that signature
     query: Any,
@@ -95,41 +174,22 @@ def varlen_attention_forward(
     Returns:
         The attention output as (1, tokens, heads, head dim), and no weights.
     """
-    import torch
-
     del attention_mask  # none is built: the boundaries say everything
     if query.shape[0] != 1:
         raise ValueError(f"{IMPLEMENTATION} attends over one packed row, got a batch of {query.shape[0]}")
-    tokens, head_dim = query.shape[2], query.shape[3]
-    scale = scaling if scaling is not None else 1 / math.sqrt(head_dim)
-    bounds = kwargs.get("ftkit_bounds") or (0, tokens)
-    max_len = int(kwargs.get("max_length_q") or max(b - a for a, b in itertools.pairwise(bounds)))
-    window = sliding_window if sliding_window and sliding_window < max_len else None
-    kernel = varlen_kernel() if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) else None
-    if kernel is not None and not kernel[2] and not math.isclose(scale, 1 / math.sqrt(head_dim)):
-        kernel = None  # an older varlen_attn without `scale` cannot do this layer's scale
-    if kernel is not None and window is not None and "window_size" not in kernel[1]:
-        kernel = None  # an older varlen_attn has no sliding window
-    if kernel is None or dropout > 0:
-        return _per_example(torch, query, key, value, tuple(bounds), scale, dropout, window), None
-    fn, causal, has_scale, has_gqa = kernel
-    cu = kwargs.get("cu_seq_lens_q")
-    if cu is None:
-        cu = torch.tensor(bounds, dtype=torch.int32, device=query.device)
-    extra: dict[str, Any] = dict(causal)
-    if window is not None:
-        extra["window_size"] = (window - 1, 0)  # the key itself and window - 1 before it, as transformers' mask
-    if has_scale:
-        extra["scale"] = scale
-    q = query[0].transpose(0, 1)  # (tokens, heads, dim); the projections' layout, so usually no copy
-    k, v = key[0].transpose(0, 1), value[0].transpose(0, 1)
-    if k.shape[1] != q.shape[1]:
-        if has_gqa:
-            extra["enable_gqa"] = True
-        else:
-            k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-            v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-    out = fn(q.contiguous(), k.contiguous(), v.contiguous(), cu, cu, max_len, max_len, **extra)
+    # (tokens, heads, dim): the projections' layout, so usually no copy
+    q, k, v = (x[0].transpose(0, 1) for x in (query, key, value))
+    out = varlen_attention(
+        q,
+        k,
+        v,
+        kwargs.get("ftkit_bounds"),
+        kwargs.get("cu_seq_lens_q"),
+        kwargs.get("max_length_q"),
+        scaling,
+        dropout,
+        sliding_window,
+    )
     return out.unsqueeze(0), None
 
 

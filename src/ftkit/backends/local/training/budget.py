@@ -29,6 +29,8 @@ TUNING: dict[str, Any] = {
     "label_only_loss": True,  # the head only at label positions, chunked (else: whole-row logits)
     "bf16_adapters": True,  # adapters in the compute dtype, float32 masters in the optimizer
     "compile_layers": False,  # torch.compile each decoder layer
+    "fused_lora": True,  # on CUDA, LoRA's scale and add in the GEMMs, hand-written backward (see .fused_lora)
+    "split_qkv": True,  # ftkit's attention-layer forward: split qkv, no layout copies (see .attention_forward)
 }
 
 _CPU_BUDGET = 16384

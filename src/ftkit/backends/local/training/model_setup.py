@@ -1,7 +1,8 @@
 """Building the model a run trains: the base in its compute dtype, the fast kernels, the LoRA adapters.
 
 :func:`build_model` loads the base (4-bit for QLoRA, see :mod:`..qlora`), registers the varlen attention
-(:mod:`..attention`), applies liger-kernel's kernels on CUDA when installed, and wraps it with peft's LoRA;
+(:mod:`..attention`) and ftkit's attention-layer forward (:mod:`.attention_forward`), applies liger-kernel's
+kernels on CUDA when installed, wraps it with peft's LoRA and, on CUDA, fuses the LoRA layers (:mod:`.fused_lora`);
 :func:`prepare` turns on gradient checkpointing and compiled layers as the run's plan says.
 """
 
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ....exceptions import MissingDependencyError, Problem, ValidationError
 from .. import attention, qlora
+from . import attention_forward, fused_lora
 from .budget import TUNING
 from .hardware import import_torch
 
@@ -83,6 +85,8 @@ def build_model(config: TrainConfig, device: str, dtype: Any) -> Any:
     model.config.use_cache = False
     if device == "cuda" and TUNING["liger"]:
         _apply_liger(model)
+    if implementation == attention.IMPLEMENTATION and TUNING["split_qkv"]:
+        attention_forward.install(model)
     if not config.apply_lora:
         return model
     try:
@@ -111,6 +115,11 @@ def build_model(config: TrainConfig, device: str, dtype: Any) -> Any:
         ) from None
     if config.quantize != "none" and bf16_trainables:
         qlora.cast_adapters(adapted, dtype)
+    if device == "cuda" and TUNING["fused_lora"]:
+        # CUDA only, where the profile asked for it. A CPU with native bf16 replaces the base layers' forward
+        # (.cpu_bf16), where it falls back to peft's; on a float32 CPU it measured ~4% faster (SmolLM2's layer
+        # shape, one thread) but the CPU path is left as it was measured in docs/benchmarks.md.
+        fused_lora.install(adapted)
     return adapted
 
 
