@@ -3,23 +3,20 @@
 A padded prefill computes ``prompts x longest`` positions; at chat lengths (a median near 700 tokens and a tail to
 the context) most of that is padding: a prefill of a 3,000-token prompt with seven of 700 computes 24,000 positions
 for 7,900 real ones. Packed, the positions are the prompts' own, end to end, with their boundaries
-(``cu_seqlens``); on CUDA the attention is flash attention over those boundaries (:mod:`ftkit.flash_varlen`),
-elsewhere each prompt's slice goes through ``scaled_dot_product_attention`` on its own (the reference the tests
-compare with the padded prefill).
+(``cu_seqlens``); the attention is :func:`ftkit.flash_varlen.varlen_attention`, training's own: flash attention
+over those boundaries on CUDA in half precision, elsewhere each prompt's slice through
+``scaled_dot_product_attention`` on its own (the reference the tests compare with the padded prefill).
 """
 
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Sequence
-from typing import Any
 
 import attrs
 import torch
-import torch.nn.functional as F
 
-from ....flash_varlen import varlen_kernel
+from ....flash_varlen import varlen_attention, varlen_kernel
 
 __all__ = ["Packing", "attend", "flash_available", "pack"]
 
@@ -95,37 +92,5 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing, 
     Returns:
         ``[tokens, heads * dim]``.
     """
-    tokens = q.shape[0]
-    kernel = varlen_kernel() if flash_available(q.device, q.dtype) else None
-    if kernel is not None and (kernel[2] or math.isclose(scale, 1 / math.sqrt(q.shape[-1]))):
-        fn, causal, has_scale, has_gqa = kernel
-        extra: dict[str, Any] = dict(causal)
-        if has_scale:
-            extra["scale"] = scale
-        if k.shape[1] != q.shape[1]:
-            if has_gqa:
-                extra["enable_gqa"] = True
-            else:
-                k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-                v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
-        longest = packing.longest
-        out = fn(
-            q.contiguous(),
-            k.contiguous(),
-            v.contiguous(),
-            packing.cu_seqlens,
-            packing.cu_seqlens,
-            longest,
-            longest,
-            **extra,
-        )
-        return out.reshape(tokens, -1)  # type: ignore[no-any-return]
-    gqa = k.shape[1] != q.shape[1]
-    sizes = [b - a for a, b in itertools.pairwise(packing.bounds)]
-    outs = [
-        F.scaled_dot_product_attention(
-            qs.transpose(0, 1), ks.transpose(0, 1), vs.transpose(0, 1), is_causal=True, scale=scale, enable_gqa=gqa
-        ).transpose(0, 1)
-        for qs, ks, vs in zip(torch.split(q, sizes), torch.split(k, sizes), torch.split(v, sizes), strict=True)
-    ]
-    return torch.cat(outs).reshape(tokens, -1)
+    out = varlen_attention(q, k, v, packing.bounds, packing.cu_seqlens, packing.longest, scale)
+    return out.reshape(q.shape[0], -1)  # type: ignore[no-any-return]
