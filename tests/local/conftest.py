@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +14,29 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 # mlflow: the modules that need it skip without it; the GPU tests need only torch, transformers and peft.
+
+
+# liger-kernel patches transformers' modeling modules for the whole process (RMSNorm classes, the rotary function,
+# the MLP), not only the model it is applied to: after a GPU test that trained with it, a CPU test building a fresh
+# model in the same process would get Triton kernels on CPU tensors. GPU tests put the modules back afterwards.
+_LIGER_PATCHES = tuple(f"transformers.models.{m}.modeling_{m}" for m in ("phi3", "llama", "mistral", "qwen2", "qwen3"))
+
+
+@pytest.fixture(autouse=True)
+def _undo_liger_patches(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.get_closest_marker("gpu") is None:
+        yield
+        return
+    saved = {}
+    for name in _LIGER_PATCHES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        saved[module] = dict(vars(module))
+    yield
+    for module, names in saved.items():
+        vars(module).update(names)
 
 
 if TYPE_CHECKING:
