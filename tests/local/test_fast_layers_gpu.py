@@ -85,3 +85,27 @@ def test_training_with_and_without_the_switches_gives_the_same_losses(
     assert losses[True][0] == pytest.approx(losses[False][0], rel=1e-3)  # before the first step: the same model
     assert losses[True][1] == pytest.approx(losses[False][1], rel=3e-2)
     assert losses[True][1] < losses[True][0]
+
+
+def test_compiled_layers_train_as_the_eager_ones(
+    tiny_model_dir: Path, chat_files: ChatFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`torch_compile: true` (each decoder layer compiled) trains the same model as the eager loop, with ftkit's
+    fast layers and without them: the same first eval loss, and the final one within bf16 noise."""
+    losses: dict[tuple[bool, bool], tuple[float, float]] = {}
+    for compiled, fast in ((False, True), (True, False), (True, True)):
+        monkeypatch.setitem(budget.TUNING, "fused_lora", fast)
+        monkeypatch.setitem(budget.TUNING, "split_qkv", fast)
+        out = tmp_path / f"{compiled}-{fast}"
+        config = tiny_train_config(
+            tiny_model_dir, chat_files, out, max_steps=20, save_steps=10**6, torch_compile=compiled
+        )
+        result = train(config)
+        assert result.first_eval_loss is not None
+        assert result.final_eval_loss is not None
+        losses[compiled, fast] = (result.first_eval_loss, result.final_eval_loss)
+    print(f"\neval losses (compiled, fast layers): {losses}")
+    eager = losses[False, True]
+    for key in ((True, False), (True, True)):
+        assert losses[key][0] == pytest.approx(eager[0], rel=1e-2), key
+        assert losses[key][1] == pytest.approx(eager[1], rel=5e-2), key
