@@ -91,21 +91,25 @@ def test_compiled_layers_train_as_the_eager_ones(
     tiny_model_dir: Path, chat_files: ChatFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`torch_compile: true` (each decoder layer compiled) trains the same model as the eager loop, with ftkit's
-    fast layers and without them: the same first eval loss, and the final one within bf16 noise."""
-    losses: dict[tuple[bool, bool], tuple[float, float]] = {}
-    for compiled, fast in ((False, True), (True, False), (True, True)):
+    fast layers and without them, and with the flash kernel given strided or copied key/value: the same first eval
+    loss, and the final one within bf16 noise."""
+    losses: dict[str, tuple[float, float]] = {}
+    variants = {"eager": (False, True, True), "compiled, stock layers": (True, False, True)}
+    variants |= {"compiled, fast layers": (True, True, True), "compiled, fast layers, k/v copied": (True, True, False)}
+    for name, (compiled, fast, strided) in variants.items():
         monkeypatch.setitem(budget.TUNING, "fused_lora", fast)
         monkeypatch.setitem(budget.TUNING, "split_qkv", fast)
-        out = tmp_path / f"{compiled}-{fast}"
+        monkeypatch.setattr(flash_varlen, "strided_ok", flash_varlen.strided_ok if strided else lambda x: False)
+        out = tmp_path / name.replace(" ", "_").replace(",", "").replace("/", "")
         config = tiny_train_config(
             tiny_model_dir, chat_files, out, max_steps=20, save_steps=10**6, torch_compile=compiled
         )
         result = train(config)
         assert result.first_eval_loss is not None
         assert result.final_eval_loss is not None
-        losses[compiled, fast] = (result.first_eval_loss, result.final_eval_loss)
-    print(f"\neval losses (compiled, fast layers): {losses}")
-    eager = losses[False, True]
-    for key in ((True, False), (True, True)):
-        assert losses[key][0] == pytest.approx(eager[0], rel=1e-2), key
-        assert losses[key][1] == pytest.approx(eager[1], rel=5e-2), key
+        losses[name] = (result.first_eval_loss, result.final_eval_loss)
+    print(f"\neval losses (first, final): {losses}")
+    eager = losses.pop("eager")
+    for name, (first, final) in losses.items():
+        assert first == pytest.approx(eager[0], rel=1e-2), name
+        assert final == pytest.approx(eager[1], rel=5e-2), name
