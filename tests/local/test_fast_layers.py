@@ -344,3 +344,16 @@ class TestBuildModel:
         monkeypatch.setitem(budget.TUNING, "split_qkv", True)
         monkeypatch.setitem(budget.TUNING, "attention", "sdpa")
         assert replaced(model_setup.build_model(config, "cpu", torch.float32)) == (0, 0)
+
+    def test_compiled_layers_go_without_the_fast_layers(
+        self, tiny_model_dir: Path, chat_files: ChatFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A run that compiles its layers (``torch_compile``, CUDA only) keeps transformers' attention and peft's
+        LoRA forward: compiled with ftkit's two forwards, an H100 run trained nothing (docs/benchmarks.md)."""
+        config = tiny_train_config(tiny_model_dir, chat_files, tmp_path / "out", torch_compile=True)
+        assert budget.compiles_layers(config, "cuda")
+        assert not budget.compiles_layers(config, "cpu")
+        assert not budget.compiles_layers(tiny_train_config(tiny_model_dir, chat_files, tmp_path / "o2"), "cuda")
+        monkeypatch.setattr(model_setup, "compiles_layers", lambda _config, _device: True)
+        model = model_setup.build_model(config, "cpu", torch.float32)
+        assert not any("forward" in vars(m) for m in model.modules() if type(m).__name__ == "Phi3Attention")

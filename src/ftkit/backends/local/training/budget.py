@@ -19,7 +19,7 @@ from ..loss import fused_kernel
 if TYPE_CHECKING:
     from .config import TrainConfig
 
-__all__ = ["RESERVE_BYTES", "TUNING", "Plan", "make_plan", "split"]
+__all__ = ["RESERVE_BYTES", "TUNING", "Plan", "compiles_layers", "make_plan", "split"]
 
 # What the fast path turns on, each switchable for the benchmark's table of what each part gained
 # (benchmarks/bench_train_gpu.py sets these in its own process); the defaults are what a run uses.
@@ -66,11 +66,16 @@ def _activation_bytes_per_token(model_config: Any, dtype_bytes: int, checkpointi
     return float(layers * per_layer)
 
 
+def compiles_layers(config: TrainConfig, device: str) -> bool:
+    """Whether the run compiles each decoder layer (``torch_compile``, on CUDA only)."""
+    return device == "cuda" and (config.torch_compile or bool(TUNING["compile_layers"]))
+
+
 def make_plan(torch: Any, config: TrainConfig, model: Any, device: str, max_len: int) -> Plan:
     """The token budget and whether to checkpoint, fitted to the GPU's memory."""
     fused = device == "cuda" and bool(TUNING["liger"]) and fused_kernel() is not None
     label_only = bool(TUNING["label_only_loss"])
-    compile_layers = device == "cuda" and (config.torch_compile or bool(TUNING["compile_layers"]))
+    compile_layers = compiles_layers(config, device)
     wanted = config.max_tokens_per_micro_batch
     if device != "cuda":
         budget = wanted if wanted > 0 else max(max_len, _CPU_BUDGET)

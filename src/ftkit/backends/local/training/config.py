@@ -113,7 +113,8 @@ class TrainConfig:
         gpu_memory_gib: GPU memory to plan the budget for (``None``: the card's), e.g. 22 for a 24 GB card.
         token_cache_dir: Where tokenised data is cached (``None``: ``$FTKIT_HOME/cache/tokens``; ``""``: none).
         torch_compile: ``torch.compile`` each decoder layer on CUDA (measured on an H200: +4% tokens/s once
-            compiled, after about 35 s of compiling; worth it for runs of more than a few minutes).
+            compiled, after about 35 s of compiling). A compiled run goes without ftkit's own layer forwards
+            (compiled together they trained nothing on an H100; docs/benchmarks.md); off by default.
         processes: Training processes on this host (torchrun ranks, one per GPU; gloo processes on a CPU);
             ``per_device_train_batch_size`` is per process. See :mod:`.ranks`.
         sharding: With several processes: ``ddp`` (weights replicated), ``zero2`` (FSDP2 sharding gradients

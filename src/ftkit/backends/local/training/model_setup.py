@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ....exceptions import MissingDependencyError, Problem, ValidationError
 from .. import attention, qlora
 from . import attention_forward, fused_lora
-from .budget import TUNING
+from .budget import TUNING, compiles_layers
 from .hardware import import_torch
 
 if TYPE_CHECKING:
@@ -85,7 +85,12 @@ def build_model(config: TrainConfig, device: str, dtype: Any) -> Any:
     model.config.use_cache = False
     if device == "cuda" and TUNING["liger"]:
         _apply_liger(model)
-    if implementation == attention.IMPLEMENTATION and TUNING["split_qkv"]:
+    # Compiled layers keep transformers' own attention and peft's LoRA forward: on an H100 (torch 2.11) compiling
+    # the layers with ftkit's two forwards trained nothing (the loss stayed at its first value, with 6 GiB less
+    # memory, as if the adapters' backward were gone), while the eager loop and the CPU's compiled layers train
+    # alike; until a GPU run shows which part the compiler mishandles, a compiled run goes without both.
+    fast_layers = not compiles_layers(config, device)
+    if implementation == attention.IMPLEMENTATION and TUNING["split_qkv"] and fast_layers:
         attention_forward.install(model)
     if not config.apply_lora:
         return model
@@ -115,7 +120,7 @@ def build_model(config: TrainConfig, device: str, dtype: Any) -> Any:
         ) from None
     if config.quantize != "none" and bf16_trainables:
         qlora.cast_adapters(adapted, dtype)
-    if device == "cuda" and TUNING["fused_lora"]:
+    if device == "cuda" and TUNING["fused_lora"] and fast_layers:
         # CUDA only, where the profile asked for it. A CPU with native bf16 replaces the base layers' forward
         # (.cpu_bf16), where it falls back to peft's; on a float32 CPU it measured ~4% faster (SmolLM2's layer
         # shape, one thread) but the CPU path is left as it was measured in docs/benchmarks.md.
