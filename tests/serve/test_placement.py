@@ -210,3 +210,23 @@ def test_plan_that_does_not_fit_is_an_error_with_the_numbers() -> None:
             model_context=4096,
         )
     assert "lower max_context, or choose another GPU" in str(caught.value)
+
+
+def test_the_working_memory_covers_a_prefill_of_a_whole_context() -> None:
+    """A prompt longer than ``prefill_tokens`` is still prefilled (alone): on a long-context model the plan keeps
+    room for the activations of a whole context, not only of the budget, so such a prompt cannot run out of memory
+    after the cache took the rest."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from ftkit.serve.placement import _reserve_bytes, planned_context
+
+    assert planned_context(131_072, 0) == 131_072
+    assert planned_context(131_072, 8192) == 8192
+    assert planned_context(4096, 8192) == 4096
+    llama31 = SimpleNamespace(hidden_size=4096, intermediate_size=14336, vocab_size=128_256)
+    budget_only = _reserve_bytes(llama31, 256, 8192, torch.bfloat16)
+    whole = _reserve_bytes(llama31, 256, max(8192, planned_context(131_072, 0)), torch.bfloat16)
+    per_token = (3 * 14336 + 8 * 4096) * 2
+    assert whole - budget_only == (131_072 - 8192) * per_token  # about 8.9 GiB more

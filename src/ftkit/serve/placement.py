@@ -33,7 +33,7 @@ from .engines.continuous.slots import BLOCK_SIZE, kv_bytes_per_token, supports_c
 from .engines.generation import LoadedModel
 from .records import DeploymentRecord
 
-__all__ = ["KVPlan", "Placement", "load_deployment", "plan_kv", "resolve_device"]
+__all__ = ["KVPlan", "Placement", "load_deployment", "plan_kv", "planned_context", "resolve_device"]
 
 DEVICES = DEVICE_CHOICES
 
@@ -114,7 +114,11 @@ def _weight_bytes(config: Any, dtype: torch.dtype) -> int:
 
 
 def _reserve_bytes(config: Any, slots: int, prefill_tokens: int, dtype: torch.dtype) -> int:
-    """Working memory beyond weights and cache: one prefill's activations, the logits, graphs, allocator slack."""
+    """Working memory beyond weights and cache: one prefill's activations, the logits, graphs, allocator slack.
+
+    ``prefill_tokens`` is the most positions one prefill computes: the engine's budget, or a whole context where
+    that is longer (a prompt longer than the budget is still prefilled, alone).
+    """
     size = torch.empty((), dtype=dtype).element_size()
     hidden, inter = int(config.hidden_size), int(getattr(config, "intermediate_size", 4 * config.hidden_size))
     vocab = int(config.vocab_size)
@@ -141,6 +145,11 @@ class KVPlan:
     def tokens(self) -> int:
         """Positions the pool holds, shared by the rows in flight."""
         return self.blocks * self.block_size
+
+
+def planned_context(model_context: int, asked: int) -> int:
+    """Most positions of one request: an explicit ``max_context`` (0: none) within the model's own."""
+    return min(model_context, asked) if asked > 0 else model_context
 
 
 def plan_kv(
@@ -179,7 +188,7 @@ def plan_kv(
     Raises:
         ValueError: Not even one whole context fits, with the numbers and what to change.
     """
-    context = min(model_context, asked) if asked > 0 else model_context
+    context = planned_context(model_context, asked)
     # What this deployment may take: the free memory it found, at most its share of the whole GPU.
     allowed = min(free, int(total * fraction) - (total - free))
     room = allowed - weights - reserve
@@ -248,12 +257,13 @@ def load_deployment(
             raise ValueError(f"engine: continuous cannot serve this model: {why}")
         return _start(name, "static", LoadedModel(path, device, dtype), options, why_static=why)
     # The whole plan is checked before the weights are loaded: a deployment that does not fit allocates nothing.
+    context = planned_context(_model_context(config), settings.max_context)
     plan = plan_kv(
         device=str(device),
         free=free,
         total=total,
         weights=weights,
-        reserve=_reserve_bytes(config, options.slots, settings.prefill_tokens, dtype),
+        reserve=_reserve_bytes(config, options.slots, max(settings.prefill_tokens, context), dtype),
         slots=options.slots,
         per_token=kv_bytes_per_token(config, dtype),
         model_context=_model_context(config),
