@@ -87,29 +87,53 @@ def test_training_with_and_without_the_switches_gives_the_same_losses(
     assert losses[True][1] < losses[True][0]
 
 
-def test_compiled_layers_train_as_the_eager_ones(
+def _eval_losses(
+    tiny_model_dir: Path,
+    chat_files: ChatFiles,
+    out: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    compiled: bool,
+    strided: bool = True,
+) -> tuple[float, float]:
+    """The first and final eval losses of 20 steps on the GPU (both fast layers switched on)."""
+    monkeypatch.setitem(budget.TUNING, "fused_lora", True)
+    monkeypatch.setitem(budget.TUNING, "split_qkv", True)
+    monkeypatch.setattr(flash_varlen, "strided_ok", flash_varlen.strided_ok if strided else lambda x: False)
+    config = tiny_train_config(tiny_model_dir, chat_files, out, max_steps=20, save_steps=10**6, torch_compile=compiled)
+    result = train(config)
+    assert result.first_eval_loss is not None
+    assert result.final_eval_loss is not None
+    return result.first_eval_loss, result.final_eval_loss
+
+
+def test_a_compiled_run_trains_as_the_eager_one(
     tiny_model_dir: Path, chat_files: ChatFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`torch_compile: true` (each decoder layer compiled) trains the same model as the eager loop, with ftkit's
-    fast layers and without them, and with the flash kernel given strided or copied key/value: the same first eval
-    loss, and the final one within bf16 noise."""
-    losses: dict[str, tuple[float, float]] = {}
-    variants = {"eager": (False, True, True), "compiled, stock layers": (True, False, True)}
-    variants |= {"compiled, fast layers": (True, True, True), "compiled, fast layers, k/v copied": (True, True, False)}
-    for name, (compiled, fast, strided) in variants.items():
-        monkeypatch.setitem(budget.TUNING, "fused_lora", fast)
-        monkeypatch.setitem(budget.TUNING, "split_qkv", fast)
-        monkeypatch.setattr(flash_varlen, "strided_ok", flash_varlen.strided_ok if strided else lambda x: False)
-        out = tmp_path / name.replace(" ", "_").replace(",", "").replace("/", "")
-        config = tiny_train_config(
-            tiny_model_dir, chat_files, out, max_steps=20, save_steps=10**6, torch_compile=compiled
-        )
-        result = train(config)
-        assert result.first_eval_loss is not None
-        assert result.final_eval_loss is not None
-        losses[name] = (result.first_eval_loss, result.final_eval_loss)
-    print(f"\neval losses (first, final): {losses}")
-    eager = losses.pop("eager")
-    for name, (first, final) in losses.items():
-        assert first == pytest.approx(eager[0], rel=1e-2), name
-        assert final == pytest.approx(eager[1], rel=5e-2), name
+    """`torch_compile: true` as a run builds it (each decoder layer compiled, without ftkit's fast layers: see
+    model_setup.build_model) trains the eager loop's model: the same first eval loss, the final one within bf16
+    noise."""
+    eager = _eval_losses(tiny_model_dir, chat_files, tmp_path / "eager", monkeypatch, compiled=False)
+    compiled = _eval_losses(tiny_model_dir, chat_files, tmp_path / "compiled", monkeypatch, compiled=True)
+    print(f"\neval losses (first, final): eager {eager}, compiled {compiled}")
+    assert compiled[0] == pytest.approx(eager[0], rel=1e-2)
+    assert compiled[1] == pytest.approx(eager[1], rel=5e-2)
+
+
+@pytest.mark.xfail(
+    reason="compiled together with ftkit's fast layers, an H100 run trained nothing (docs/benchmarks.md); an XPASS "
+    "here says the guard in model_setup.build_model can go",
+    strict=False,
+)
+@pytest.mark.parametrize("strided", [True, False], ids=["kv-strided", "kv-copied"])
+def test_compiled_fast_layers_train_as_the_eager_ones(
+    tiny_model_dir: Path, chat_files: ChatFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, strided: bool
+) -> None:
+    """The diagnosis the guard waits for: compiled layers *with* the fused LoRA and attention forwards (the guard
+    bypassed), with key/value handed to the flash kernel strided or copied, against the eager loop."""
+    eager = _eval_losses(tiny_model_dir, chat_files, tmp_path / "eager", monkeypatch, compiled=False)
+    monkeypatch.setattr(model_setup, "compiles_layers", lambda _config, _device: False)  # install them anyway
+    got = _eval_losses(tiny_model_dir, chat_files, tmp_path / "compiled", monkeypatch, compiled=True, strided=strided)
+    print(f"\neval losses (first, final): eager {eager}, compiled with the fast layers {got}")
+    assert got[0] == pytest.approx(eager[0], rel=1e-2)
+    assert got[1] == pytest.approx(eager[1], rel=5e-2)
