@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import asyncio
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -68,3 +71,50 @@ def live(tmp_path_factory: pytest.TempPathFactory, tiny_model: RegisteredModel) 
         yield LiveEndpoint(endpoints=endpoints, info=info)
     finally:
         endpoints.delete_endpoint("ep-test")
+
+
+# Driving an engine through its Job interface (the server's side of it): the engine tests share these.
+
+
+def make_job(model: Any, prompt: Sequence[int], params: Any, *, stream: bool = True, timeout_s: float = 120) -> Any:
+    """A job of ``prompt`` for an engine serving ``model`` (a LoadedModel), on the running event loop."""
+    from ftkit.serve.contract.stops import RowText
+    from ftkit.serve.engines.base import Job
+
+    return Job(
+        prompt=prompt,
+        params=params,
+        loop=asyncio.get_running_loop(),
+        events=asyncio.Queue(),
+        deadline=time.monotonic() + timeout_s,
+        text=RowText(model.decode, params.stop, streaming=stream),
+        stream=stream,
+    )
+
+
+async def finish(job: Any) -> str:
+    """Wait for a job's end; return its reason (only text events may come before it)."""
+    while True:
+        kind, value = await asyncio.wait_for(job.events.get(), timeout=60)
+        if kind == "done":
+            return str(value)
+        assert kind == "text", (kind, value)
+
+
+def reference(model: Any, prompt: Sequence[int], params: Any) -> list[int]:
+    """The static path's answer for one request alone."""
+    tokens: list[int] = []
+    model.generate([prompt], [params], lambda _row, token: tokens.append(token) is None)
+    return tokens
+
+
+def answer_all(engine: Any, model: Any, prompts: Sequence[Sequence[int]], params: Any) -> list[list[int]]:
+    """Submit one job per prompt at once; each must end at its length; return their tokens."""
+
+    async def run() -> list[list[int]]:
+        jobs = [make_job(model, p, params) for p in prompts]
+        engine.submit(jobs)
+        assert [await finish(j) for j in jobs] == ["length"] * len(jobs)
+        return [j.tokens for j in jobs]
+
+    return asyncio.run(run())

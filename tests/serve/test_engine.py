@@ -18,11 +18,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from ftkit.serve.contract.requests import GenParams  # noqa: E402
-from ftkit.serve.contract.stops import RowText  # noqa: E402
 from ftkit.serve.engines.base import Job  # noqa: E402
 from ftkit.serve.engines.continuous.engine import ContinuousBatcher  # noqa: E402
 from ftkit.serve.engines.continuous.slots import SlotDecoder  # noqa: E402
 from ftkit.serve.engines.generation import LoadedModel  # noqa: E402
+
+from .conftest import answer_all, finish, make_job, reference  # noqa: E402
 
 QUESTIONS = ("hello there", "What is 12 plus 30?", "a b c d e f g h i j k l m n o p", "x", "Tell me about rivers.")
 
@@ -48,13 +49,6 @@ def prompts(model: LoadedModel) -> list[list[int]]:
     return [model.encode([{"role": "user", "content": q}], "messages", 64) for q in QUESTIONS]
 
 
-def reference(model: LoadedModel, prompt: Sequence[int], params: GenParams) -> list[int]:
-    """The static path's answer for one request alone."""
-    tokens: list[int] = []
-    model.generate([prompt], [params], lambda _row, token: tokens.append(token) is None)
-    return tokens
-
-
 @pytest.fixture
 def engine(model: LoadedModel, overlap: bool) -> Iterator[ContinuousBatcher]:
     decoder = SlotDecoder(model.model, slots=4, context=512)
@@ -64,40 +58,11 @@ def engine(model: LoadedModel, overlap: bool) -> Iterator[ContinuousBatcher]:
     worker.join(10)
 
 
-def make_job(
-    model: LoadedModel, prompt: Sequence[int], params: GenParams, *, stream: bool = True, timeout_s: float = 120
-) -> Job:
-    loop = asyncio.get_running_loop()
-    return Job(
-        prompt=prompt,
-        params=params,
-        loop=loop,
-        events=asyncio.Queue(),
-        deadline=time.monotonic() + timeout_s,
-        text=RowText(model.decode, params.stop, streaming=stream),
-        stream=stream,
-    )
-
-
-async def finish(job: Job) -> str:
-    while True:
-        kind, value = await asyncio.wait_for(job.events.get(), timeout=60)
-        if kind == "done":
-            return str(value)
-        assert kind == "text", (kind, value)
-
-
 def test_batched_greedy_equals_single(model: LoadedModel, prompts: list[list[int]], engine: ContinuousBatcher) -> None:
     params = GenParams(max_new_tokens=24)
     expected = [reference(model, p, params) for p in prompts]
-
-    async def run() -> list[list[int]]:
-        jobs = [make_job(model, p, params) for p in prompts]  # five jobs, four slots: one waits for a free slot
-        engine.submit(jobs)
-        assert [await finish(j) for j in jobs] == ["length"] * len(jobs)
-        return [j.tokens for j in jobs]
-
-    assert asyncio.run(run()) == expected
+    # five jobs, four slots: one waits for a free slot
+    assert answer_all(engine, model, prompts, params) == expected
     assert engine.running == 0
 
 

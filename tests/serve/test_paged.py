@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,12 +19,13 @@ from ftkit.serve.engines.continuous.blocks import BlockPool, blocks_for
 torch = pytest.importorskip("torch")
 
 from ftkit.serve.contract.requests import GenParams  # noqa: E402
-from ftkit.serve.contract.stops import RowText  # noqa: E402
-from ftkit.serve.engines.base import Job, Unsupported  # noqa: E402
+from ftkit.serve.engines.base import Unsupported  # noqa: E402
 from ftkit.serve.engines.continuous import kernels  # noqa: E402
 from ftkit.serve.engines.continuous.engine import ContinuousBatcher  # noqa: E402
 from ftkit.serve.engines.continuous.slots import SlotDecoder  # noqa: E402
 from ftkit.serve.engines.generation import LoadedModel  # noqa: E402
+
+from .conftest import answer_all, finish, make_job, reference  # noqa: E402
 
 QUESTIONS = ("hello there", "What is 12 plus 30?", "a b c d e f g h i j k l m n o p", "x", "Tell me about rivers.")
 
@@ -113,32 +113,6 @@ def test_scattered_blocks_decode_as_a_contiguous_cache_does(model: LoadedModel, 
         lengths = [n + 1 for n in lengths]
 
 
-def make_job(model: LoadedModel, prompt: Sequence[int], params: GenParams) -> Job:
-    return Job(
-        prompt=prompt,
-        params=params,
-        loop=asyncio.get_running_loop(),
-        events=asyncio.Queue(),
-        deadline=time.monotonic() + 120,
-        text=RowText(model.decode, params.stop, streaming=True),
-        stream=True,
-    )
-
-
-async def finish(job: Job) -> str:
-    while True:
-        kind, value = await asyncio.wait_for(job.events.get(), timeout=60)
-        if kind == "done":
-            return str(value)
-        assert kind == "text", (kind, value)
-
-
-def reference(model: LoadedModel, prompt: Sequence[int], params: GenParams) -> list[int]:
-    tokens: list[int] = []
-    model.generate([prompt], [params], lambda _row, token: tokens.append(token) is None)
-    return tokens
-
-
 @pytest.mark.parametrize(
     ("overlap", "packed"), [(False, False), (True, False), (True, True)], ids=["serial", "overlapped", "packed"]
 )
@@ -152,15 +126,8 @@ def test_running_out_of_blocks_preempts_and_never_corrupts(
     decoder = SlotDecoder(model.model, slots=5, context=256, blocks=blocks, block_size=8, packed=packed)
     worker = ContinuousBatcher("tight", model, decoder, max_queue=16, overlap=overlap)
     expected = [reference(model, p, params) for p in prompts]
-
-    async def run() -> list[list[int]]:
-        jobs = [make_job(model, p, params) for p in prompts]
-        worker.submit(jobs)
-        assert [await finish(j) for j in jobs] == ["length"] * len(jobs)
-        return [j.tokens for j in jobs]
-
     try:
-        assert asyncio.run(run()) == expected
+        assert answer_all(worker, model, prompts, params) == expected
         assert worker.preempted > 0  # the pool did run out
         assert worker.running == 0
         assert worker.pool.free == worker.pool.blocks  # every block came back
@@ -310,15 +277,8 @@ def test_a_packing_engine_budgets_real_tokens_and_answers_exactly(model: LoadedM
 
     decoder.prefill = spy  # type: ignore[method-assign]
     expected = [reference(model, p, params) for p in ordered]
-
-    async def run() -> list[list[int]]:
-        jobs = [make_job(model, p, params) for p in ordered]
-        worker.submit(jobs)
-        assert [await finish(j) for j in jobs] == ["length"] * len(jobs)
-        return [j.tokens for j in jobs]
-
     try:
-        assert asyncio.run(run()) == expected
+        assert answer_all(worker, model, ordered, params) == expected
         assert calls[0] == [len(ordered[0]), len(ordered[1])], calls
         assert all(sum(c) <= budget for c in calls), calls
         assert worker.pool.free == worker.pool.blocks
