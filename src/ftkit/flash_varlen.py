@@ -18,7 +18,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["strided_ok", "varlen_attention", "varlen_kernel"]
+__all__ = ["flash_runs", "strided_ok", "varlen_attention", "varlen_kernel"]
 
 _KERNEL: Any = None  # torch's varlen_attn and how to ask it for causal attention, once looked up
 
@@ -45,6 +45,16 @@ def varlen_kernel() -> tuple[Any, dict[str, Any], bool, bool] | None:
             else:
                 _KERNEL = False
     return None if _KERNEL is False else _KERNEL
+
+
+def flash_runs(device: Any, dtype: Any) -> bool:
+    """Whether :func:`varlen_attention` runs flash attention here (else it attends example by example).
+
+    Flash runs on CUDA in half precision, with a torch that has the kernel.
+    """
+    import torch
+
+    return device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) and varlen_kernel() is not None
 
 
 def _repeat_kv(x: Any, times: int) -> Any:
@@ -137,7 +147,7 @@ def varlen_attention(
     bounds = tuple(bounds) if bounds else (0, tokens)
     max_len = int(max_length or max(b - a for a, b in itertools.pairwise(bounds)))
     window = sliding_window if sliding_window and sliding_window < max_len else None
-    kernel = varlen_kernel() if query.is_cuda and query.dtype in (torch.bfloat16, torch.float16) else None
+    kernel = varlen_kernel() if flash_runs(query.device, query.dtype) else None
     if kernel is not None and not kernel[2] and not math.isclose(scale, 1 / math.sqrt(head_dim)):
         kernel = None  # an older varlen_attn without `scale` cannot do this layer's scale
     if kernel is not None and window is not None and "window_size" not in kernel[1]:

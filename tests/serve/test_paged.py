@@ -293,10 +293,10 @@ def test_bfloat16_packed_flash_prefill_matches_the_transformers_forward(tiny_mod
     its logits stay within 2% of the transformers forward pass over each prompt, on Phi-3 and on a GQA Llama."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    from ftkit.serve.engines.continuous import packing
+    from ftkit import flash_varlen
 
     model = LoadedModel(tiny_model_dir, "cuda")
-    assert packing.flash_available(model.device, torch.bfloat16)
+    assert flash_varlen.flash_runs(model.device, torch.bfloat16)
     prompts = [model.encode([{"role": "user", "content": q}], "messages", 64) for q in QUESTIONS]
     for net in (model.model, _tiny_llama_gqa("cuda").to(torch.bfloat16)):
         chosen = prompts if net is model.model else [[t % 300 for t in p] for p in prompts]

@@ -11,14 +11,14 @@ over those boundaries on CUDA in half precision, elsewhere each prompt's slice t
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 import torch
 
-from ....flash_varlen import varlen_attention, varlen_kernel
+from ....flash_varlen import varlen_attention
 
-__all__ = ["Packing", "attend", "flash_available", "pack"]
+__all__ = ["Packing", "attend", "pack"]
 
 
 @attrs.frozen
@@ -49,14 +49,20 @@ class Packing:
         return max(b - a for a, b in itertools.pairwise(self.bounds))
 
 
-def pack(prompts: Sequence[Sequence[int]], tables: torch.Tensor, block_size: int, device: torch.device) -> Packing:
+def pack(
+    prompts: Sequence[Sequence[int]],
+    tables: torch.Tensor,
+    block_size: int,
+    upload: Callable[[torch.Tensor], torch.Tensor],
+) -> Packing:
     """Lay prompts end to end with the cache cell of each of their positions.
 
     Args:
         prompts: Token ids of each prompt.
         tables: Each prompt's block table on the host (``[prompts, table width]``); it must cover the prompt.
         block_size: Positions per block.
-        device: Where the tensors go.
+        upload: Puts a host tensor on the decoder's device (:meth:`.slots.SlotDecoder.upload`: queued, not
+            waiting for a decode step in flight).
     """
     lengths = torch.tensor([len(p) for p in prompts], dtype=torch.long)
     bounds = (0, *itertools.accumulate(int(n) for n in lengths))
@@ -65,25 +71,15 @@ def pack(prompts: Sequence[Sequence[int]], tables: torch.Tensor, block_size: int
     positions = torch.arange(bounds[-1]) - torch.tensor(bounds[:-1], dtype=torch.long)[row]
     blocks = tables[row, positions // block_size].long()
     cu = torch.tensor(bounds, dtype=torch.int32)
-    pinned = device.type == "cuda"  # queued copies: a decode step may be in flight
-
-    def move(t: torch.Tensor) -> torch.Tensor:
-        return (t.pin_memory() if pinned else t).to(device, non_blocking=pinned)
-
     return Packing(
-        ids=move(ids),
-        positions=move(positions),
-        blocks=move(blocks),
-        offsets=move(positions % block_size),
-        last=move(torch.tensor(bounds[1:], dtype=torch.long) - 1),
-        cu_seqlens=move(cu),
+        ids=upload(ids),
+        positions=upload(positions),
+        blocks=upload(blocks),
+        offsets=upload(positions % block_size),
+        last=upload(torch.tensor(bounds[1:], dtype=torch.long) - 1),
+        cu_seqlens=upload(cu),
         bounds=bounds,
     )
-
-
-def flash_available(device: torch.device, dtype: torch.dtype) -> bool:
-    """Whether flash attention over packed prompts runs here (CUDA, half precision, a torch that has it)."""
-    return device.type == "cuda" and dtype in (torch.bfloat16, torch.float16) and varlen_kernel() is not None
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, packing: Packing, scale: float) -> torch.Tensor:

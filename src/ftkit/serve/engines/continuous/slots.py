@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ....flash_varlen import flash_runs
 from . import kernels, packing
 from .blocks import blocks_for
 
@@ -169,7 +170,7 @@ class SlotDecoder:
         self._pf_last = torch.zeros(_GRAPHED_PREFILL_ROWS, dtype=torch.long, device=self.device)
         self._pool: Any = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self.fused = fused and kernels.available(self.device) and _fusable(model)
-        self.packed = packing.flash_available(self.device, self.dtype) if packed is None else packed
+        self.packed = flash_runs(self.device, self.dtype) if packed is None else packed
         # Graph buckets are coarse (few graphs to capture); eager steps can follow the batch closely.
         self._row_step = 8 if self.cuda_graphs else 1
         self._ctx_step = 128 if self.cuda_graphs else 64
@@ -190,7 +191,7 @@ class SlotDecoder:
             return
         cells = torch.tensor(list(updates), dtype=torch.long)
         self._host_tables[cells[:, 0], cells[:, 1]] = cells[:, 2].to(torch.int32)
-        on_device = self._upload(cells)
+        on_device = self.upload(cells)
         self.tables[on_device[:, 0], on_device[:, 1]] = on_device[:, 2].to(torch.int32)
 
     def clear(self, slots: Sequence[int]) -> None:
@@ -199,10 +200,10 @@ class SlotDecoder:
             return
         index = torch.tensor(list(slots), dtype=torch.long)
         self._host_tables[index] = self.trash
-        self.tables[self._upload(index)] = self.trash
-        self.positions[self._upload(index[index < self.positions.shape[0]])] = 0  # graph padding rows read nothing
+        self.tables[self.upload(index)] = self.trash
+        self.positions[self.upload(index[index < self.positions.shape[0]])] = 0  # graph padding rows read nothing
 
-    def _upload(self, values: torch.Tensor) -> torch.Tensor:
+    def upload(self, values: torch.Tensor) -> torch.Tensor:
         """``values`` on the device without waiting for the GPU (a step may be in flight while tables change).
 
         A copy from pageable memory would wait for the stream; from pinned memory it is queued, and torch's pinned
@@ -302,7 +303,7 @@ class SlotDecoder:
             graphed = _bucket(rows, 1, _GRAPHED_PREFILL_ROWS) * self._bucket_width(width) <= _GRAPHED_PREFILL_POSITIONS
         if self.packed and not graphed:
             table = self._host_tables[torch.tensor(list(slots), dtype=torch.long)]
-            layout = packing.pack(prompts, table, self.block_size, self.device)
+            layout = packing.pack(prompts, table, self.block_size, self.upload)
             return self._prefill_forward(
                 layout.ids,
                 layout.blocks,
