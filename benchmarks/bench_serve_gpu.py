@@ -69,48 +69,42 @@ def build_model(out: Path, layers: int, *, tiny: bool = False, shape: str = "phi
     hf_tok.chat_template = CHAT_TEMPLATE
     hf_tok.save_pretrained(out)
     heads = 4 if tiny else 32
+    common = {
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "pad_token_id": WORDS + 1,
+        "eos_token_id": WORDS + 4,
+        "bos_token_id": WORDS + 1,
+        "tie_word_embeddings": False,
+    }
+    config: Any
     if shape == "llama3-8b":
-        llama = LlamaConfig(
+        config = LlamaConfig(
             hidden_size=128 if tiny else 4096,
             intermediate_size=256 if tiny else 14336,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
             num_key_value_heads=2 if tiny else 8,
             vocab_size=128256,
             max_position_embeddings=8192,
             rope_theta=500000.0,
             rms_norm_eps=1e-5,
-            pad_token_id=WORDS + 1,
-            eos_token_id=WORDS + 4,
-            bos_token_id=WORDS + 1,
-            tie_word_embeddings=False,
+            **common,
         )
-        torch.manual_seed(0)
-        with torch.device("cpu" if tiny else "cuda"):
-            llama_model = LlamaForCausalLM(llama).to(torch.float32 if tiny else torch.bfloat16)
-        llama_model.generation_config.eos_token_id = WORDS + 4
-        llama_model.save_pretrained(out)
-        del llama_model
-        torch.cuda.empty_cache()
-        return out
-    config = Phi3Config(
-        hidden_size=128 if tiny else 3072,
-        intermediate_size=256 if tiny else 8192,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        num_key_value_heads=heads,
-        vocab_size=32064,
-        max_position_embeddings=4096,
-        original_max_position_embeddings=4096,
-        pad_token_id=WORDS + 1,
-        eos_token_id=WORDS + 4,
-        bos_token_id=WORDS + 1,
-        sliding_window=None,
-        tie_word_embeddings=False,
-    )
+        cls: Any = LlamaForCausalLM
+    else:
+        config = Phi3Config(
+            hidden_size=128 if tiny else 3072,
+            intermediate_size=256 if tiny else 8192,
+            num_key_value_heads=heads,
+            vocab_size=32064,
+            max_position_embeddings=4096,
+            original_max_position_embeddings=4096,
+            sliding_window=None,
+            **common,
+        )
+        cls = Phi3ForCausalLM
     torch.manual_seed(0)
     with torch.device("cpu" if tiny else "cuda"):
-        model = Phi3ForCausalLM(config).to(torch.float32 if tiny else torch.bfloat16)
+        model = cls(config).to(torch.float32 if tiny else torch.bfloat16)
     model.generation_config.eos_token_id = WORDS + 4
     model.save_pretrained(out)
     del model
