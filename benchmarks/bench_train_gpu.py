@@ -17,10 +17,12 @@ Each path runs in its own process (clean peak memory; liger-kernel patches trans
 - ``qlora-22gib``: ``qlora`` planned for 22 GiB;
 - ``--ablate``: on a shallower model of the same layer shape, each optimisation switched on in turn
   (``--ablate-from N`` runs row N and those after it only, the earlier rows' switches applied);
-- ``--profile``: a torch profiler table of a few steps of ``fast``.
+- ``--profile``: where a few steps of ``fast`` spend their time (``profile_summary.py``: kernels by kind, the
+  GPU's idle gaps, the host's waits) and the torch profiler's table;
+- ``--try LABEL=JSON``: ``fast`` with ``budget.TUNING`` changes, beside the variants (A/B in one call).
 
     python benchmarks/bench_train_gpu.py [--shapes phi3,llama3-8b] [--only stock,fast,qlora] [--steps 24]
-        [--ablate [--ablate-from N]] [--profile] [--json out.json]
+        [--ablate [--ablate-from N]] [--profile] [--try LABEL=JSON ...] [--json out.json]
 """
 
 from __future__ import annotations
@@ -257,12 +259,20 @@ def run_ftkit(args: argparse.Namespace) -> dict[str, Any]:
         "loss": [round(x, 4) for x in sink.loss],
         "peak_gib": round(peak, 2),
     }
+    if cuda:  # the allocator's retries (a retry frees every cached block: a device-wide wait)
+        stats = torch.cuda.memory_stats()
+        out["alloc_retries"] = stats.get("num_alloc_retries", 0)
+        out["device_allocs"] = stats.get("num_device_alloc", 0)
     if profiler is not None:
         profiler.stop()
         table = profiler.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=70)
+        sys.path.insert(0, str(Path(__file__).parent))
+        from profile_summary import summarize
+
+        summary = summarize(profiler.events(), 3, torch.cuda.memory_stats() if cuda else None)
         if os.environ.get("OUT"):
-            Path(os.environ["OUT"], "profile.txt").write_text(table, encoding="utf-8")
-        print(table[:6000], file=sys.stderr)
+            Path(os.environ["OUT"], "profile.txt").write_text(summary + "\n\n" + table, encoding="utf-8")
+        print(summary, file=sys.stderr)
     return out
 
 
@@ -366,7 +376,7 @@ def spawn(
     result["wall_s"] = round(time.perf_counter() - began, 1)
     result["shape"] = shape
     if proc.stderr and variant == "profile":
-        print(proc.stderr[-6000:], file=sys.stderr)
+        print(proc.stderr[-9000:], file=sys.stderr)
     print(f"{variant}: {json.dumps(result)}", file=sys.stderr, flush=True)
     return result
 
@@ -385,6 +395,14 @@ def main(argv: list[str] | None = None) -> int:
         "changes still apply), e.g. 4: liger and the rows after it",
     )
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--try",
+        dest="tries",
+        action="append",
+        default=[],
+        metavar="LABEL=JSON",
+        help="``fast`` with budget.TUNING changes, on each shape, e.g. fused_off='{\"fused_lora\": false}'",
+    )
     parser.add_argument(
         "--only", default="stock,fast,qlora", help="side-by-side variants: stock, fast, 22gib, qlora, qlora-22gib"
     )
@@ -423,6 +441,11 @@ def main(argv: list[str] | None = None) -> int:
         only = args.only_llama if shape == "llama3-8b" and args.only_llama else args.only
         for variant in [v for v in only.split(",") if v]:
             results.append(spawn(variant, model, data, cache, args.steps, {}, args.timeout, args.batch, shape))
+        for tried in args.tries:
+            label, _, changes = tried.partition("=")
+            r = spawn("fast", model, data, cache, args.steps, json.loads(changes), args.timeout, args.batch, shape)
+            r["label"] = f"{shape} {label}"
+            results.append(r)
         if shape != "phi3" and len(params) > 1:
             shutil.rmtree(model, ignore_errors=True)  # 16 GB of disk
     if args.profile:

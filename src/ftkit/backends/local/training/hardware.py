@@ -5,7 +5,10 @@ torch and transformers are imported here, on first use, with a clear error when 
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ __all__ = [
     "bf16_base_matmuls",
     "compute_dtype",
     "cpu_has_native_bf16",
+    "cuda_allocator",
     "import_torch",
     "import_transformers",
     "pick_device",
@@ -96,3 +100,28 @@ def bf16_base_matmuls(device: str, precision: Precision, apply_lora: bool) -> bo
     trains a bf16 model instead, and a full fine-tune has no frozen projections.
     """
     return device == "cpu" and precision == "auto" and apply_lora and cpu_has_native_bf16()
+
+
+_ALLOC_ENV = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+
+
+@contextlib.contextmanager
+def cuda_allocator(torch: Any, device: str, expandable: bool) -> Iterator[bool]:
+    """While training on CUDA, the caching allocator grows segments instead of caching fixed-size blocks.
+
+    Packed micro-batches have a different length every time, so fixed-size cached blocks fragment; when a
+    request fits no cached block the allocator frees all of them, which waits for the whole device. Expandable
+    segments map more memory into one segment instead. The setting is process-wide, so it is put back
+    afterwards (``train()`` may run in a notebook's process) and left alone where the user configured the
+    allocator (``PYTORCH_CUDA_ALLOC_CONF``). Yields whether it was set.
+    """
+    wanted = expandable and device == "cuda" and not any(os.environ.get(k) for k in _ALLOC_ENV)
+    setter = getattr(getattr(torch.cuda, "memory", None), "_set_allocator_settings", None)
+    if not wanted or setter is None:
+        yield False
+        return
+    setter("expandable_segments:True")
+    try:
+        yield True
+    finally:
+        setter("expandable_segments:False")

@@ -304,44 +304,46 @@ def train(
         if stops.asked(should_stop):
             raise StopRequested
 
-    try:
-        with stops.loading(ranks, should_stop):  # loading and tokenising: nothing to keep, a stop cuts them short
-            loaded = load(torch, transformers, config, device, dtype, ranks, say, check)
-    except StopRequested:
-        done = checkpoints.latest_checkpoint(out) if resume else None
-        at = int(done.name.rsplit("-", 1)[-1]) if done is not None else 0
-        return TrainResult(global_step=at, total_steps=0, model_dir=None, stopped=True)
-    threads = torch.get_num_threads()
-    if device == "cpu" and sum(p.numel() for p in loaded.model.parameters()) < _SMALL_MODEL_PARAMS:
-        # Intra-op threads cost more than they save on tiny matrices (measured: 17x slower linear layers with
-        # 2 threads than with 1 on a 2-core machine), so small models train single-threaded.
-        torch.set_num_threads(1)
-    loaded = wrap_forward(torch, loaded, device, dtype, ranks)
-    steps = _Steps(torch, transformers, config, device, loaded, ranks, sink, stops.agreed(ranks, should_stop))
-    if resume:
-        steps.resume(out)
-    view = ProgressView(progress, steps.total_steps, steps.step)
-    try:
-        steps.run(view, say, stop_after_steps, should_stop)
-    finally:
-        view.close()
-        sink.flush()
-        torch.set_num_threads(threads)
+    # packed micro-batches vary in length: see hardware.cuda_allocator (process-wide, put back at the end)
+    with hardware.cuda_allocator(torch, device, bool(budget.TUNING["expandable_segments"])):
+        try:
+            with stops.loading(ranks, should_stop):  # loading and tokenising: nothing to keep, a stop cuts them short
+                loaded = load(torch, transformers, config, device, dtype, ranks, say, check)
+        except StopRequested:
+            done = checkpoints.latest_checkpoint(out) if resume else None
+            at = int(done.name.rsplit("-", 1)[-1]) if done is not None else 0
+            return TrainResult(global_step=at, total_steps=0, model_dir=None, stopped=True)
+        threads = torch.get_num_threads()
+        if device == "cpu" and sum(p.numel() for p in loaded.model.parameters()) < _SMALL_MODEL_PARAMS:
+            # Intra-op threads cost more than they save on tiny matrices (measured: 17x slower linear layers with
+            # 2 threads than with 1 on a 2-core machine), so small models train single-threaded.
+            torch.set_num_threads(1)
+        loaded = wrap_forward(torch, loaded, device, dtype, ranks)
+        steps = _Steps(torch, transformers, config, device, loaded, ranks, sink, stops.agreed(ranks, should_stop))
+        if resume:
+            steps.resume(out)
+        view = ProgressView(progress, steps.total_steps, steps.step)
+        try:
+            steps.run(view, say, stop_after_steps, should_stop)
+        finally:
+            view.close()
+            sink.flush()
+            torch.set_num_threads(threads)
 
-    runtime = time.perf_counter() - started
-    outcome = steps.outcome()
-    examples = (len(loaded.train_set), len(loaded.eval_set) if loaded.eval_set is not None else 0)
-    model_dir: Path | None = None
-    if not outcome.stopped and config.quantize != "none" and config.merge_lora_weights:
-        merge = finish.merge_inputs(torch, config, loaded, steps.named, device, ranks)
-        # The 4-bit model goes (nothing else holds it) so that the bf16 merged model fits where it ran.
-        del loaded, steps
-        model_dir = finish.save_merged(
-            torch, config, merge.tokenizer, merge.weights, merge.batches, merge.adapter, device, merge.plan
-        )
-    elif not outcome.stopped:
-        cpu_bf16.disable(torch, loaded.model)  # merge and save from the float32 weights
-        model_dir = finish.final_model(
-            config, loaded, steps.named, ranks, lambda: model_setup.build_model(config, "cpu", dtype)
-        )
+        runtime = time.perf_counter() - started
+        outcome = steps.outcome()
+        examples = (len(loaded.train_set), len(loaded.eval_set) if loaded.eval_set is not None else 0)
+        model_dir: Path | None = None
+        if not outcome.stopped and config.quantize != "none" and config.merge_lora_weights:
+            merge = finish.merge_inputs(torch, config, loaded, steps.named, device, ranks)
+            # The 4-bit model goes (nothing else holds it) so that the bf16 merged model fits where it ran.
+            del loaded, steps
+            model_dir = finish.save_merged(
+                torch, config, merge.tokenizer, merge.weights, merge.batches, merge.adapter, device, merge.plan
+            )
+        elif not outcome.stopped:
+            cpu_bf16.disable(torch, loaded.model)  # merge and save from the float32 weights
+            model_dir = finish.final_model(
+                config, loaded, steps.named, ranks, lambda: model_setup.build_model(config, "cpu", dtype)
+            )
     return finish.report(sink, ranks, out, outcome, model_dir, examples, runtime)

@@ -1,0 +1,64 @@
+"""benchmarks/profile_summary.py: the GPU benchmark's account of a profiled step, on synthetic events."""
+
+from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+from profile_summary import category, summarize
+
+
+def event(name: str, start: float, end: float, gpu: bool = True) -> Any:
+    return types.SimpleNamespace(
+        name=name,
+        device_type="DeviceType.CUDA" if gpu else "DeviceType.CPU",
+        time_range=types.SimpleNamespace(start=start, end=end),
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("nvjet_hsh_256x128_64x4_1x2_h_bz_coopA_NTN", "matmul"),
+        ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x256x64", "matmul"),
+        ("void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<128, 128>>", "flash attention"),
+        ("void at::native::elementwise_kernel<128, 4, direct_copy_kernel_cuda>", "copy/cat"),
+        ("_triton_rope", "triton (liger, inductor)"),
+        ("void at::native::vectorized_elementwise_kernel<4, CUDAFunctor_add<c10::BFloat16>>", "other element-wise"),
+        ("void at::native::(anonymous namespace)::fused_adam_kernel", "optimizer"),
+    ],
+)
+def test_kernels_fall_in_their_category(name: str, expected: str) -> None:
+    assert category(name) == expected
+
+
+def test_busy_idle_and_gaps_from_the_kernel_intervals() -> None:
+    events = [
+        event("nvjet_gemm", 0, 100),
+        event("flash_fwd", 100, 150),  # back to back: no gap
+        event("copy_kernel", 400, 450),  # 250 us idle before it
+        event("nvjet_gemm", 440, 600),  # overlaps the copy (another stream): counted once in "busy"
+        event("cudaStreamSynchronize", 150, 400, gpu=False),
+        event("aten::_local_scalar_dense", 150, 400, gpu=False),
+        event("aten::mm", 0, 10, gpu=False),  # not a wait: not listed
+    ]
+    report = summarize(events, steps=2, memory={"num_alloc_retries": 3})
+    assert "span 0.6 ms" in report
+    assert "GPU busy 58.3%" in report  # (150 + 200) of 600 us
+    assert "idle 0.2 ms" in report
+    assert "250  flash_fwd -> copy_kernel" in report
+    assert "cudaStreamSynchronize" in report
+    assert "aten::_local_scalar_dense" in report
+    assert "aten::mm" not in report
+    assert "num_alloc_retries 3" in report
+    matmul = next(line for line in report.splitlines() if line.strip().startswith("matmul"))
+    assert matmul.split()[1] == "0.1"  # 260 us over 2 steps: 0.13 ms a step
+
+
+def test_a_profile_without_kernels_says_so() -> None:
+    assert "no GPU kernels" in summarize([event("aten::mm", 0, 10, gpu=False)], steps=1)
