@@ -34,8 +34,12 @@ def _cuda(inputs: dict[str, Any]) -> dict[str, Any]:
     return {k: v.bfloat16() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in moved.items()}
 
 
-@pytest.mark.parametrize("kind", ["phi3", "llama"])
-def test_bf16_outputs_and_gradients_match_with_the_switches(kind: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "fused_rope"),
+    [("phi3", False), ("phi3", True), ("llama", False)],
+    ids=["phi3", "phi3-fused-rope", "llama"],
+)
+def test_bf16_outputs_and_gradients_match_with_the_switches(kind: str, fused_rope: bool) -> None:
     """bf16 on the GPU: logits and every gradient with both parts on are the stock layers', within bf16 rounding."""
     base = tiny_model(kind)
     model_setup._apply_liger(base)  # when installed, as training does (its RoPE patch is process-wide)
@@ -44,7 +48,7 @@ def test_bf16_outputs_and_gradients_match_with_the_switches(kind: str) -> None:
     reference = wrapped.to("cuda", torch.bfloat16)
     fast = copy.deepcopy(reference)
     assert fused_lora.install(fast) > 0
-    assert attention_forward.install(fast) == fast.get_base_model().config.num_hidden_layers
+    assert attention_forward.install(fast, fused_rope) == fast.get_base_model().config.num_hidden_layers
     calls = {"n": 0}
     varlen = attention.varlen_attention
 

@@ -7,7 +7,9 @@ layer a forward that splits with ``torch.split`` (backward: one concatenation), 
 ``apply_rotary_pos_emb`` as the stock forward does (liger-kernel's when it patched it), and calls
 :func:`..attention.varlen_attention` directly in the (tokens, heads, dim) layout the projections produce, without
 copying key and value to contiguous tensors first (the flash kernel reads strided rows). Separate q/k/v
-projections (Llama, Mistral, Qwen2, Qwen3 with its per-head q/k norms) get the same direct call.
+projections (Llama, Mistral, Qwen2, Qwen3 with its per-head q/k norms) get the same direct call. With
+``fused_rope`` (on CUDA with Triton), a fused qkv output is split and its q and k rotated by one kernel
+(:mod:`.qkv_rope`), whose backward writes the projection's gradient directly.
 
 The same function as the stock forward (the tests compare outputs and gradients): it runs for training forwards
 of a packed row only (module in training mode, the ``ftkit_varlen`` implementation, the row's boundaries in
@@ -23,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import attention
+from . import qkv_rope
 
 __all__ = ["SUPPORTED", "install"]
 
@@ -70,23 +73,35 @@ def _applies(module: Any, hidden: Any, kwargs: dict[str, Any]) -> bool:
     return kwargs.get("ftkit_bounds") is not None or kwargs.get("cu_seq_lens_q") is not None
 
 
-def _make_forward(rope_module: Any, window_source: str) -> Callable[..., Any]:
+def _rotated(
+    module: Any, hidden: Any, rope_module: Any, fused_rope: bool, position_embeddings: tuple[Any, Any]
+) -> tuple[Any, Any, Any]:
+    """Strictly private: q and k rotated and v, each (tokens, heads, dim), from the layer's projections."""
+    config = module.config
+    dim = module.head_dim
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    cos, sin = position_embeddings
+    if fused_rope and hasattr(module, "qkv_proj") and qkv_rope.available(hidden.device):
+        # one kernel from the projection's output to rotated, contiguous q and k (see .qkv_rope)
+        return qkv_rope.split_rope(module.qkv_proj(hidden)[0], cos[0], sin[0], heads, kv_heads, dim)
+    q, k, v = _projections(module, hidden, heads, kv_heads, dim)
+    # looked up at each call: liger-kernel replaces the modeling module's function with its own kernel
+    q, k = rope_module.apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+    # (tokens, heads, dim); v a view of the projection's output: no copy (see attention.varlen_attention's copy_kv)
+    return q[0].transpose(0, 1), k[0].transpose(0, 1), v[0]
+
+
+def _make_forward(rope_module: Any, window_source: str, fused_rope: bool) -> Callable[..., Any]:
     """Strictly private: the forward of one model type's attention layers."""
 
     def forward(module: Any, hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
         if args or not _applies(module, hidden_states, kwargs):
             return type(module).forward(module, hidden_states, *args, **kwargs)
-        config = module.config
-        dim = module.head_dim
-        heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-        q, k, v = _projections(module, hidden_states, heads, kv_heads, dim)
-        cos, sin = kwargs["position_embeddings"]
-        # looked up at each call: liger-kernel replaces the modeling module's function with its own kernel
-        q, k = rope_module.apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
+        q, k, v = _rotated(module, hidden_states, rope_module, fused_rope, kwargs["position_embeddings"])
         out = attention.varlen_attention(
-            q[0].transpose(0, 1),  # (tokens, heads, dim)
-            k[0].transpose(0, 1),
-            v[0],  # a view of the projection's output: no copy (see attention.varlen_attention's copy_kv)
+            q,
+            k,
+            v,
             kwargs.get("ftkit_bounds"),
             kwargs.get("cu_seq_lens_q"),
             kwargs.get("max_length_q"),
@@ -100,11 +115,16 @@ def _make_forward(rope_module: Any, window_source: str) -> Callable[..., Any]:
     return forward
 
 
-def install(model: Any) -> int:
+def install(model: Any, fused_rope: bool = False) -> int:
     """Give the attention layers of a supported model this forward; return how many got it.
 
     Supported: the model types of :data:`SUPPORTED`, with their own attention classes (an attention layer of
     another class, or whose forward someone already replaced, keeps its own).
+
+    Args:
+        model: The model (or its peft wrapper).
+        fused_rope: On CUDA with Triton, split a fused qkv projection's output and rotate q and k in one kernel
+            each way (:mod:`.qkv_rope`) instead of the model's ``apply_rotary_pos_emb`` on copies.
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     spec = SUPPORTED.get(str(getattr(base.config, "model_type", "")))
@@ -117,7 +137,7 @@ def install(model: Any) -> int:
         if type(module).__name__ != class_name or "forward" in vars(module):
             continue
         if forward is None:
-            forward = _make_forward(sys.modules[type(module).__module__], window_source)
+            forward = _make_forward(sys.modules[type(module).__module__], window_source, fused_rope)
         module.forward = types.MethodType(forward, module)
         count += 1
     return count

@@ -91,7 +91,7 @@ def build_model(config: TrainConfig, device: str, dtype: Any) -> Any:
     # alike; until a GPU run shows which part the compiler mishandles, a compiled run goes without both.
     fast_layers = not compiles_layers(config, device)
     if implementation == attention.IMPLEMENTATION and TUNING["split_qkv"] and fast_layers:
-        attention_forward.install(model)
+        attention_forward.install(model, fused_rope=bool(TUNING["split_rope"]))
     if not config.apply_lora:
         return model
     try:

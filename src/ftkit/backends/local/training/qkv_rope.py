@@ -1,0 +1,109 @@
+"""A fused q/k/v projection's output split and q and k rotated in one pass, and the gradient in one pass back.
+
+On a model with one fused qkv projection (Phi-3), q and k are strided views of the projection's output. The
+rotary embedding then costs, per layer: two contiguous copies of q and k and the rotation in place (liger-kernel's
+RoPE needs contiguous tensors) in the forward; the rotation of the gradients in place and the split's backward,
+a concatenation of the three gradients into the projection's gradient, in the backward. :func:`split_rope` does
+the forward in one kernel that reads q and k where the projection wrote them and writes them rotated, contiguous,
+for the flash kernel (value stays a view); its backward writes the rotated-back gradients of q and k and the
+gradient of v straight into the projection's gradient, in one kernel. Half the memory traffic, three kernels a
+layer instead of eight.
+
+Used by :mod:`.attention_forward` for fused-qkv models on CUDA when Triton is there (``TUNING["split_rope"]``);
+tested against transformers' rotation, in value and gradient, on the GPU (and under Triton's interpreter).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+__all__ = ["available", "split_rope"]
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def available(device: Any) -> bool:
+    """Whether :func:`split_rope` can run on ``device``: CUDA with Triton (or Triton's interpreter, for tests)."""
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        return False
+    try:
+        import triton  # noqa: F401 - torch's CUDA wheels carry it
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def _function() -> Any:
+    """The autograd function, built on first use (it subclasses ``torch.autograd.Function``)."""
+    import torch
+
+    from . import _qkv_rope_triton as kernels
+
+    def blocks(heads: int, kv_heads: int, dim: int) -> dict[str, int]:
+        return {"BLOCK_HQ": _pow2(heads), "BLOCK_HK": _pow2(kv_heads), "BLOCK_D": _pow2(dim)}
+
+    class SplitRope(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, qkv: Any, cos: Any, sin: Any, heads: int, kv_heads: int, dim: int) -> Any:
+            rows = qkv.shape[0]
+            q = torch.empty((rows, heads, dim), dtype=qkv.dtype, device=qkv.device)
+            k = torch.empty((rows, kv_heads, dim), dtype=qkv.dtype, device=qkv.device)
+            rot = cos.shape[-1]
+            kernels._split_rope_forward[(rows,)](
+                qkv, q, k, cos, sin, qkv.stride(0), cos.stride(0), heads, kv_heads,
+                ROT=rot, D=dim, **blocks(heads, kv_heads, dim),
+            )  # fmt: skip
+            ctx.save_for_backward(cos, sin)
+            ctx.shape = (heads, kv_heads, dim, qkv.shape[1])
+            # value as a view of the projection's output: the flash kernel reads strided rows
+            v = qkv[:, (heads + kv_heads) * dim :].view(rows, kv_heads, dim)
+            return q, k, v
+
+        @staticmethod
+        def backward(ctx: Any, dq: Any, dk: Any, dv: Any) -> tuple[Any, ...]:
+            cos, sin = ctx.saved_tensors
+            heads, kv_heads, dim, width = ctx.shape
+            like = next(g for g in (dq, dk, dv) if g is not None)
+            rows = like.shape[0]
+            parts = [
+                torch.zeros((rows, n, dim), dtype=like.dtype, device=like.device) if g is None else g
+                for g, n in ((dq, heads), (dk, kv_heads), (dv, kv_heads))
+            ]
+            # the kernel walks each row's heads at a stride of one head: other layouts are copied first
+            dq, dk, dv = (g if g.stride(2) == 1 and g.stride(1) == dim else g.contiguous() for g in parts)
+            out = torch.empty((rows, width), dtype=like.dtype, device=like.device)
+            kernels._split_rope_backward[(rows,)](
+                dq, dk, dv, out, cos, sin, dq.stride(0), dk.stride(0), dv.stride(0), out.stride(0), cos.stride(0),
+                heads, kv_heads, ROT=cos.shape[-1], D=dim, **blocks(heads, kv_heads, dim),
+            )  # fmt: skip
+            return out, None, None, None, None, None
+
+    return SplitRope
+
+
+def split_rope(qkv: Any, cos: Any, sin: Any, heads: int, kv_heads: int, dim: int) -> tuple[Any, Any, Any]:
+    """Split a fused projection's output into q, k and v and rotate q and k (transformers' ``rotate_half`` RoPE).
+
+    Args:
+        qkv: ``[tokens, (heads + 2 kv_heads) dim]`` with a unit last stride (a projection's output).
+        cos: ``[tokens, rotary_dim]``: each token's own row (``rotary_dim`` at most ``dim``, even; the rest of
+            each head passes through unrotated).
+        sin: Like ``cos``.
+        heads: Query heads.
+        kv_heads: Key/value heads.
+        dim: Head dimension.
+
+    Returns:
+        ``q`` ``[tokens, heads, dim]`` and ``k`` ``[tokens, kv_heads, dim]`` rotated and contiguous, and ``v``
+        ``[tokens, kv_heads, dim]``, a view of ``qkv``.
+    """
+    if qkv.stride(-1) != 1:
+        qkv = qkv.contiguous()
+    cos, sin = (t if t.stride(-1) == 1 else t.contiguous() for t in (cos, sin))
+    out: tuple[Any, Any, Any] = _function().apply(qkv, cos, sin, heads, kv_heads, dim)
+    return out
