@@ -55,6 +55,7 @@ def test_the_split_and_rotation_and_their_gradient_are_transformers(heads: int, 
     emb = torch.cat([angles, angles], dim=-1)
     cos, sin = emb.cos().to(device, dtype), emb.sin().to(device, dtype)
 
+    assert qkv_rope.usable(device)  # the on-device check passes where the kernels are right
     got = qkv_rope.split_rope(qkv, cos, sin, heads, kv, dim)
     expected = reference(qkv, cos, sin, heads, kv, dim)
     grads = [torch.randn(x.shape, generator=gen).to(device, dtype) for x in expected]
@@ -87,6 +88,55 @@ def test_a_missing_gradient_counts_as_zero() -> None:
     assert torch.equal(qkv.grad[:, 64:], torch.zeros_like(qkv.grad[:, 64:]))
 
 
+def test_the_self_checks_reference_is_transformers_rotation() -> None:
+    """qkv_rope.reference (what the on-device check compares the kernels with) is Phi-3's own rotation."""
+    gen = torch.Generator().manual_seed(1)
+    qkv = torch.randn(11, (4 + 2 * 2) * 16, generator=gen)
+    angles = torch.arange(11)[:, None] * torch.rand(4, generator=gen)  # a partial rotation: 8 of 16
+    emb = torch.cat([angles, angles], dim=-1)
+    for a, b in zip(
+        qkv_rope.reference(qkv, emb.cos(), emb.sin(), 4, 2, 16),
+        reference(qkv, emb.cos(), emb.sin(), 4, 2, 16),
+        strict=True,
+    ):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "expected", "logged"),
+    [
+        ("reference", True, None),
+        ("raises", False, "failed on cpu (no kernel image)"),
+        ("wrong", False, "disagrees with torch on cpu"),
+    ],
+)
+def test_the_kernels_are_used_only_where_they_check_out(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, kernel: str, expected: bool, logged: str | None
+) -> None:
+    """A Triton that cannot build the kernels, or builds them wrong, costs speed (the model's RoPE), not the run."""
+
+    def raises(*args: object) -> None:
+        raise RuntimeError("no kernel image")
+
+    def wrong(qkv: torch.Tensor, *args: object) -> tuple:
+        q, k, v = qkv_rope.reference(qkv, *args)  # type: ignore[arg-type]
+        return q + 1, k, v
+
+    chosen = {"reference": qkv_rope.reference, "raises": raises, "wrong": wrong}[kernel]
+    monkeypatch.setattr(qkv_rope, "split_rope", chosen)
+    qkv_rope._self_check.cache_clear()
+    try:
+        with caplog.at_level("WARNING"):
+            assert qkv_rope._self_check("cpu") is expected
+    finally:
+        qkv_rope._self_check.cache_clear()
+    if logged is None:
+        assert not caplog.records
+    else:
+        assert logged in caplog.text
+        assert "using the model's own rotation" in caplog.text
+
+
 def test_not_available_on_a_cpu_without_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert not qkv_rope.available(torch.device("cpu"))
@@ -108,4 +158,4 @@ def test_under_the_triton_interpreter() -> None:
         timeout=900,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "5 passed, 2 deselected" in done.stdout.strip().splitlines()[-1], done.stdout[-2000:]
+    assert "9 passed, 2 deselected" in done.stdout.strip().splitlines()[-1], done.stdout[-2000:]

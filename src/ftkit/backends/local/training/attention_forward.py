@@ -81,7 +81,7 @@ def _rotated(
     dim = module.head_dim
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     cos, sin = position_embeddings
-    if fused_rope and hasattr(module, "qkv_proj") and qkv_rope.available(hidden.device):
+    if fused_rope and hasattr(module, "qkv_proj") and qkv_rope.usable(hidden.device):
         # one kernel from the projection's output to rotated, contiguous q and k (see .qkv_rope)
         return qkv_rope.split_rope(module.qkv_proj(hidden)[0], cos[0], sin[0], heads, kv_heads, dim)
     q, k, v = _projections(module, hidden, heads, kv_heads, dim)

@@ -9,17 +9,21 @@ for the flash kernel (value stays a view); its backward writes the rotated-back 
 gradient of v straight into the projection's gradient, in one kernel. Half the memory traffic, three kernels a
 layer instead of eight.
 
-Used by :mod:`.attention_forward` for fused-qkv models on CUDA when Triton is there (``TUNING["split_rope"]``);
+Used by :mod:`.attention_forward` for fused-qkv models on CUDA when Triton is there and :func:`usable` (a
+one-time check of the compiled kernels against plain torch on the device) says so (``TUNING["split_rope"]``);
 tested against transformers' rotation, in value and gradient, on the GPU (and under Triton's interpreter).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from typing import Any
 
-__all__ = ["available", "split_rope"]
+__all__ = ["available", "split_rope", "usable"]
+
+_log = logging.getLogger(__name__)
 
 
 def _pow2(n: int) -> int:
@@ -35,6 +39,61 @@ def available(device: Any) -> bool:
     except ImportError:
         return False
     return True
+
+
+def usable(device: Any) -> bool:
+    """Whether to use :func:`split_rope` on ``device``: :func:`available`, and its kernels work there.
+
+    The compiled kernels must compute :func:`reference`'s values and gradients (checked once per device). A
+    failure is logged and the model's own rotation runs instead, so a Triton that cannot build these kernels
+    costs speed, not the run.
+    """
+    return available(device) and _self_check(str(device))
+
+
+@functools.cache
+def _self_check(device: str) -> bool:
+    """Strictly private: the kernels against plain torch on a small float32 input (forward and backward)."""
+    import torch
+
+    try:
+        gen = torch.Generator().manual_seed(0)
+        heads, kv, dim, rot, tokens = 4, 2, 32, 16, 9  # grouped heads and a partial rotation: every branch
+        qkv = torch.randn(tokens, (heads + 2 * kv) * dim, generator=gen).to(device).requires_grad_(True)
+        angles = torch.arange(tokens)[:, None] * torch.rand(rot // 2, generator=gen)
+        emb = torch.cat([angles, angles], dim=-1).to(device)
+        cos, sin = emb.cos(), emb.sin()
+        got = split_rope(qkv, cos, sin, heads, kv, dim)
+        expected = reference(qkv, cos, sin, heads, kv, dim)
+        grads = [torch.randn(x.shape, generator=gen).to(device) for x in expected]
+        (got_grad,) = torch.autograd.grad(got, qkv, grads)
+        (expected_grad,) = torch.autograd.grad(expected, qkv, grads)
+        pairs = [*zip(got, expected, strict=True), (got_grad, expected_grad)]
+        ok = all(torch.allclose(a, b, atol=1e-5, rtol=1e-5) for a, b in pairs)
+    except Exception as error:  # any failure to build or run the kernels means: do without them
+        _log.warning("the fused split+RoPE kernel failed on %s (%s); using the model's own rotation", device, error)
+        return False
+    if not ok:
+        _log.warning("the fused split+RoPE kernel disagrees with torch on %s; using the model's own rotation", device)
+    return ok
+
+
+def reference(qkv: Any, cos: Any, sin: Any, heads: int, kv_heads: int, dim: int) -> tuple[Any, Any, Any]:
+    """:func:`split_rope` in plain torch (transformers' ``rotate_half`` rotation of the first ``rotary_dim``)."""
+    import torch
+
+    tokens = qkv.shape[0]
+    q, k, v = qkv.split((heads * dim, kv_heads * dim, kv_heads * dim), dim=-1)
+    rot = cos.shape[-1]
+    c, s = cos[:, None], sin[:, None]
+
+    def rotate(x: Any) -> Any:
+        x = x.view(tokens, -1, dim)
+        part, rest = x[..., :rot], x[..., rot:]
+        first, second = part[..., : rot // 2], part[..., rot // 2 :]
+        return torch.cat([part * c + torch.cat([-second, first], dim=-1) * s, rest], dim=-1)
+
+    return rotate(q), rotate(k), v.view(tokens, kv_heads, dim)
 
 
 @functools.cache
