@@ -71,6 +71,7 @@ ABLATIONS: list[tuple[str, dict[str, Any]]] = [
             "bf16_adapters": False,
             "fused_lora": False,
             "split_qkv": False,
+            "split_rope": False,
         },
     ),
     ("+ bf16 adapters (float32 masters)", {"bf16_adapters": True}),
@@ -79,6 +80,7 @@ ABLATIONS: list[tuple[str, dict[str, Any]]] = [
     ("+ liger RMSNorm/SwiGLU/RoPE + fused linear CE", {"liger": True}),
     ("+ fused LoRA layers (scale and add in the GEMMs)", {"fused_lora": True}),
     ("+ ftkit attention forward (split qkv, no k/v copies)", {"split_qkv": True}),
+    ("+ fused split + RoPE kernel (Triton, fused-qkv models)", {"split_rope": True}),
     ("+ torch.compile per decoder layer", {"compile_layers": True}),
 ]
 

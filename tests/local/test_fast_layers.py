@@ -23,7 +23,7 @@ torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 
 from ftkit.backends.local import attention  # noqa: E402 - after the skips
-from ftkit.backends.local.training import attention_forward, budget, fused_lora, model_setup  # noqa: E402
+from ftkit.backends.local.training import attention_forward, budget, fused_lora, model_setup, qkv_rope  # noqa: E402
 
 TOKENS = (0, 11, 30)  # one packed row: examples of 11 and 19 tokens
 
@@ -170,6 +170,30 @@ class TestSameResults:
         linears = sum(type(m) is peft.tuners.lora.layer.Linear for m in fast.modules())
         assert count.fused == (linears if parts != "split_qkv" else 0)
         assert count.stock_attention == (layers if parts == "fused_lora" else 0)
+
+    def test_the_fused_split_rope_path_matches(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """With ``fused_rope`` the layer hands the fused qkv output, each token's cos/sin row and the head counts to
+        qkv_rope.split_rope and attends over what it returns (here its torch reference stands in for the Triton
+        kernel, which needs CUDA; the kernel itself is tested against the reference in test_qkv_rope.py)."""
+        reference = lora(tiny_model("phi3"))
+        fast = copy.deepcopy(reference)
+        calls = []
+
+        def split_rope(*args: Any) -> Any:
+            calls.append(args[0].shape)
+            return qkv_rope.reference(*args)
+
+        monkeypatch.setattr(qkv_rope, "usable", lambda _device: True)
+        monkeypatch.setattr(qkv_rope, "split_rope", split_rope)
+        layers = fast.get_base_model().config.num_hidden_layers
+        assert attention_forward.install(fast, fused_rope=True) == layers
+        inputs = packed_inputs(reference)
+        assert_same(run(fast, inputs), run(reference, inputs))
+        assert len(calls) == layers
+        config = fast.get_base_model().config
+        head_dim = config.hidden_size // config.num_attention_heads
+        width = (config.num_attention_heads + 2 * config.num_key_value_heads) * head_dim
+        assert calls[0] == (inputs["inputs_embeds"].shape[1], width)  # the projection's output, tokens x width
 
     def test_full_fine_tuning_attention_forward_matches(self) -> None:
         """Without LoRA (every weight trained), ftkit's attention forward gives transformers' gradients."""

@@ -80,6 +80,7 @@ def test_training_with_and_without_the_switches_gives_the_same_losses(
     for on in (False, True):
         monkeypatch.setitem(budget.TUNING, "fused_lora", on)
         monkeypatch.setitem(budget.TUNING, "split_qkv", on)
+        monkeypatch.setitem(budget.TUNING, "split_rope", on)
         config = tiny_train_config(tiny_model_dir, chat_files, tmp_path / str(on), max_steps=20, save_steps=10**6)
         result = train(config)
         assert result.first_eval_loss is not None

@@ -7,6 +7,7 @@ before Triton decorates the kernels); CI's CPU-only torch has no Triton and skip
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -72,6 +73,22 @@ def test_the_split_and_rotation_and_their_gradient_are_transformers(heads: int, 
     if rotary < dim:  # the unrotated tail of each head passes through untouched, forwards and back
         q_tail = got[0][..., rotary:]
         assert torch.equal(q_tail, qkv[:, : heads * dim].view(tokens, heads, dim)[..., rotary:])
+
+
+def test_a_phi3_model_with_the_kernel_computes_the_stock_model() -> None:
+    """The kernel inside ftkit's attention forward of a tiny LoRA'd Phi-3: the same logits and every gradient (float32,
+    interpreter; on the GPU in bf16 the same comparison is test_fast_layers_gpu.py's ``phi3-fused-rope``)."""
+    if _device().type == "cuda":
+        pytest.skip("on a GPU, test_fast_layers_gpu.py compares in bf16")
+    from ftkit.backends.local.training import attention_forward
+
+    from .test_fast_layers import assert_same, lora, packed_inputs, run, tiny_model
+
+    reference = lora(tiny_model("phi3"))
+    fast = copy.deepcopy(reference)
+    assert attention_forward.install(fast, fused_rope=True) == fast.get_base_model().config.num_hidden_layers
+    inputs = packed_inputs(reference)
+    assert_same(run(fast, inputs), run(reference, inputs))
 
 
 def test_a_missing_gradient_counts_as_zero() -> None:
@@ -158,4 +175,4 @@ def test_under_the_triton_interpreter() -> None:
         timeout=900,
     )
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "9 passed, 2 deselected" in done.stdout.strip().splitlines()[-1], done.stdout[-2000:]
+    assert "10 passed, 2 deselected" in done.stdout.strip().splitlines()[-1], done.stdout[-2000:]

@@ -31,7 +31,9 @@ TUNING: dict[str, Any] = {
     "compile_layers": False,  # torch.compile each decoder layer
     "fused_lora": True,  # on CUDA, LoRA's scale and add in the GEMMs, hand-written backward (see .fused_lora)
     "split_qkv": True,  # ftkit's attention-layer forward: split qkv, no layout copies (see .attention_forward)
-    "split_rope": True,  # with split_qkv on a fused-qkv model: split and rotate in one Triton kernel (.qkv_rope)
+    # with split_qkv on a fused-qkv model (Phi-3): split and rotate in one Triton kernel (.qkv_rope); off until
+    # measured on a GPU (docs/benchmarks.md)
+    "split_rope": False,
     "expandable_segments": False,  # on CUDA, the allocator's expandable segments (see hardware.cuda_allocator)
 }
 
