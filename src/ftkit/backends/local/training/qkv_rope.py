@@ -6,12 +6,13 @@ RoPE needs contiguous tensors) in the forward; the rotation of the gradients in 
 a concatenation of the three gradients into the projection's gradient, in the backward. :func:`split_rope` does
 the forward in one kernel that reads q and k where the projection wrote them and writes them rotated, contiguous,
 for the flash kernel (value stays a view); its backward writes the rotated-back gradients of q and k and the
-gradient of v straight into the projection's gradient, in one kernel. Half the memory traffic, three kernels a
-layer instead of eight.
+gradient of v straight into the projection's gradient, in one kernel. Half the memory traffic, two kernels a
+layer instead of five.
 
 Used by :mod:`.attention_forward` for fused-qkv models on CUDA when Triton is there and :func:`usable` (a
 one-time check of the compiled kernels against plain torch on the device) says so (``TUNING["split_rope"]``);
 tested against transformers' rotation, in value and gradient, on the GPU (and under Triton's interpreter).
+Off by default until measured on a GPU (docs/benchmarks.md).
 """
 
 from __future__ import annotations
