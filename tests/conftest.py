@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,32 @@ def pipeline_spec() -> Path:
     if not PIPELINE_SPEC.is_file():
         pytest.skip("../shared/fixtures is not present")
     return PIPELINE_SPEC
+
+
+@pytest.fixture
+def under_triton_interpreter() -> Callable[[str], str]:
+    """Run a test file's other tests (``-k "not interpreter"``) under Triton's interpreter in a child process.
+
+    ``TRITON_INTERPRET`` must be set before Triton decorates the kernels, so not in this process. Skips where
+    Triton is not installed (CI's CPU-only torch has none); returns pytest's summary line of a passing run.
+    """
+
+    def run(path: str) -> str:
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            pytest.skip("Triton is not installed (CI's CPU-only torch has none)")
+        done = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not interpreter", path],
+            env={**os.environ, "TRITON_INTERPRET": "1"},
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+        return done.stdout.strip().splitlines()[-1]
+
+    return run
 
 
 @pytest.fixture

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import copy
 import os
-import subprocess
-import sys
+from collections.abc import Callable
 
 import pytest
 
@@ -161,18 +160,5 @@ def test_not_available_on_a_cpu_without_the_interpreter(monkeypatch: pytest.Monk
 
 @pytest.mark.skipif(INTERPRETED, reason="runs the interpreter itself")
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the kernels run compiled on this machine's GPU")
-def test_under_the_triton_interpreter() -> None:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        pytest.skip("Triton is not installed (CI's CPU-only torch has none)")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not interpreter", __file__],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    assert "10 passed, 2 deselected" in done.stdout.strip().splitlines()[-1], done.stdout[-2000:]
+def test_under_the_triton_interpreter(under_triton_interpreter: Callable[[str], str]) -> None:
+    assert "10 passed, 2 deselected" in under_triton_interpreter(__file__)

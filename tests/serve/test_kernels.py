@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 import os
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -133,15 +132,5 @@ def test_the_fused_decoder_matches_the_unfused_one(device: str, tiny_model_dir: 
 
 @pytest.mark.skipif(INTERPRETED or kernels.triton is None, reason="needs Triton, and runs the interpreter itself")
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the kernels run compiled on this machine's GPU")
-def test_under_the_triton_interpreter() -> None:
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not interpreter", __file__],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
-    summary = done.stdout.strip().splitlines()[-1]
-    assert "6 passed, 1 skipped" in summary, done.stdout[-2000:]  # only the bfloat16 norm needs a GPU
+def test_under_the_triton_interpreter(under_triton_interpreter: Callable[[str], str]) -> None:
+    assert "6 passed, 1 skipped" in under_triton_interpreter(__file__)  # only the bfloat16 norm needs a GPU
