@@ -153,6 +153,18 @@ def test_the_kernels_are_used_only_where_they_check_out(
         assert "using the model's own rotation" in caplog.text
 
 
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_the_check_needs_no_gradient_mode_of_its_caller(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """A first training forward under no_grad or inference mode must not turn the kernels off for the process."""
+    monkeypatch.setattr(qkv_rope, "split_rope", qkv_rope.reference)
+    qkv_rope._self_check.cache_clear()
+    try:
+        with getattr(torch, mode)():
+            assert qkv_rope._self_check("cpu")
+    finally:
+        qkv_rope._self_check.cache_clear()
+
+
 def test_not_available_on_a_cpu_without_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert not qkv_rope.available(torch.device("cpu"))
@@ -161,4 +173,4 @@ def test_not_available_on_a_cpu_without_the_interpreter(monkeypatch: pytest.Monk
 @pytest.mark.skipif(INTERPRETED, reason="runs the interpreter itself")
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the kernels run compiled on this machine's GPU")
 def test_under_the_triton_interpreter(under_triton_interpreter: Callable[[str], str]) -> None:
-    assert "10 passed, 2 deselected" in under_triton_interpreter(__file__)
+    assert "12 passed, 2 deselected" in under_triton_interpreter(__file__)

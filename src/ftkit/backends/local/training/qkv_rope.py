@@ -58,22 +58,30 @@ def _self_check(device: str) -> bool:
     import torch
 
     try:
-        gen = torch.Generator().manual_seed(0)
-        heads, kv, dim, rot, tokens = 4, 2, 32, 16, 9  # grouped heads and a partial rotation: every branch
-        qkv = torch.randn(tokens, (heads + 2 * kv) * dim, generator=gen).to(device).requires_grad_(True)
-        angles = torch.arange(tokens)[:, None] * torch.rand(rot // 2, generator=gen)
-        emb = torch.cat([angles, angles], dim=-1).to(device)
-        cos, sin = emb.cos(), emb.sin()
-        got = split_rope(qkv, cos, sin, heads, kv, dim)
-        expected = reference(qkv, cos, sin, heads, kv, dim)
-        grads = [torch.randn(x.shape, generator=gen).to(device) for x in expected]
-        (got_grad,) = torch.autograd.grad(got, qkv, grads)
-        (expected_grad,) = torch.autograd.grad(expected, qkv, grads)
-        pairs = [*zip(got, expected, strict=True), (got_grad, expected_grad)]
-        ok = all(torch.allclose(a, b, atol=1e-5, rtol=1e-5) for a, b in pairs)
+        # the first training forward may run under no_grad or inference mode (an evaluation in training mode):
+        # the check needs gradients either way
+        with torch.inference_mode(False), torch.enable_grad():
+            return _compare(torch, device)
     except Exception as error:  # any failure to build or run the kernels means: do without them
         _log.warning("the fused split+RoPE kernel failed on %s (%s); using the model's own rotation", device, error)
         return False
+
+
+def _compare(torch: Any, device: str) -> bool:
+    """Strictly private: whether the kernels' values and gradients are the reference's (logged when not)."""
+    gen = torch.Generator().manual_seed(0)
+    heads, kv, dim, rot, tokens = 4, 2, 32, 16, 9  # grouped heads and a partial rotation: every branch
+    qkv = torch.randn(tokens, (heads + 2 * kv) * dim, generator=gen).to(device).requires_grad_(True)
+    angles = torch.arange(tokens)[:, None] * torch.rand(rot // 2, generator=gen)
+    emb = torch.cat([angles, angles], dim=-1).to(device)
+    cos, sin = emb.cos(), emb.sin()
+    got = split_rope(qkv, cos, sin, heads, kv, dim)
+    expected = reference(qkv, cos, sin, heads, kv, dim)
+    grads = [torch.randn(x.shape, generator=gen).to(device) for x in expected]
+    (got_grad,) = torch.autograd.grad(got, qkv, grads)
+    (expected_grad,) = torch.autograd.grad(expected, qkv, grads)
+    pairs = [*zip(got, expected, strict=True), (got_grad, expected_grad)]
+    ok = all(torch.allclose(a, b, atol=1e-5, rtol=1e-5) for a, b in pairs)
     if not ok:
         _log.warning("the fused split+RoPE kernel disagrees with torch on %s; using the model's own rotation", device)
     return ok
