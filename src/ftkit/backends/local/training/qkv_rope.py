@@ -27,10 +27,6 @@ __all__ = ["available", "split_rope", "usable"]
 _log = logging.getLogger(__name__)
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 def available(device: Any) -> bool:
     """Whether :func:`split_rope` can run on ``device``: CUDA with Triton (or Triton's interpreter, for tests)."""
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
@@ -109,11 +105,31 @@ def reference(qkv: Any, cos: Any, sin: Any, heads: int, kv_heads: int, dim: int)
 def _function() -> Any:
     """The autograd function, built on first use (it subclasses ``torch.autograd.Function``)."""
     import torch
+    import triton
 
     from . import _qkv_rope_triton as kernels
 
-    def blocks(heads: int, kv_heads: int, dim: int) -> dict[str, int]:
-        return {"BLOCK_HQ": _pow2(heads), "BLOCK_HK": _pow2(kv_heads), "BLOCK_D": _pow2(dim)}
+    def launch(
+        q_src: Any,
+        k_src: Any,
+        v_src: Any,
+        q_dst: Any,
+        k_dst: Any,
+        v_dst: Any,
+        cos: Any,
+        sin: Any,
+        heads: int,
+        kv_heads: int,
+        dim: int,
+        backward: bool,
+    ) -> None:
+        # every tensor is [rows, heads x dim] in its rows (a head's stride is dim): one row stride each
+        tensors = (q_src, k_src, v_src, q_dst, k_dst, v_dst)
+        kernels._split_rope[(q_src.shape[0],)](
+            *tensors, cos, sin, *(t.stride(0) for t in tensors), cos.stride(0), heads, kv_heads,
+            BACKWARD=backward, ROT=cos.shape[-1], D=dim, BLOCK_HQ=triton.next_power_of_2(heads),
+            BLOCK_HK=triton.next_power_of_2(kv_heads), BLOCK_D=triton.next_power_of_2(dim),
+        )  # fmt: skip
 
     class SplitRope(torch.autograd.Function):
         @staticmethod
@@ -121,15 +137,11 @@ def _function() -> Any:
             rows = qkv.shape[0]
             q = torch.empty((rows, heads, dim), dtype=qkv.dtype, device=qkv.device)
             k = torch.empty((rows, kv_heads, dim), dtype=qkv.dtype, device=qkv.device)
-            rot = cos.shape[-1]
-            kernels._split_rope_forward[(rows,)](
-                qkv, q, k, cos, sin, qkv.stride(0), cos.stride(0), heads, kv_heads,
-                ROT=rot, D=dim, **blocks(heads, kv_heads, dim),
-            )  # fmt: skip
-            ctx.save_for_backward(cos, sin)
-            ctx.shape = (heads, kv_heads, dim, qkv.shape[1])
             # value as a view of the projection's output: the flash kernel reads strided rows
             v = qkv[:, (heads + kv_heads) * dim :].view(rows, kv_heads, dim)
+            launch(qkv, qkv[:, heads * dim :], v, q, k, v, cos, sin, heads, kv_heads, dim, backward=False)
+            ctx.save_for_backward(cos, sin)
+            ctx.shape = (heads, kv_heads, dim, qkv.shape[1])
             return q, k, v
 
         @staticmethod
@@ -145,10 +157,8 @@ def _function() -> Any:
             # the kernel walks each row's heads at a stride of one head: other layouts are copied first
             dq, dk, dv = (g if g.stride(2) == 1 and g.stride(1) == dim else g.contiguous() for g in parts)
             out = torch.empty((rows, width), dtype=like.dtype, device=like.device)
-            kernels._split_rope_backward[(rows,)](
-                dq, dk, dv, out, cos, sin, dq.stride(0), dk.stride(0), dv.stride(0), out.stride(0), cos.stride(0),
-                heads, kv_heads, ROT=cos.shape[-1], D=dim, **blocks(heads, kv_heads, dim),
-            )  # fmt: skip
+            k_at, v_at = heads * dim, (heads + kv_heads) * dim
+            launch(dq, dk, dv, out, out[:, k_at:], out[:, v_at:], cos, sin, heads, kv_heads, dim, backward=True)
             return out, None, None, None, None, None
 
     return SplitRope
