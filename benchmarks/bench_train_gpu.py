@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 PEAK_TFLOPS = 989.0
+PROFILED_STEPS = 3  # --profile: steps the profiler records (after 3 skipped and 1 warm-up)
 LORA_TARGETS = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")
 # Phi-3-mini-4k-instruct
 SHAPE = {"hidden_size": 3072, "intermediate_size": 8192, "num_attention_heads": 32, "vocab_size": 32064}
@@ -228,7 +229,7 @@ def run_ftkit(args: argparse.Namespace) -> dict[str, Any]:
     if args.variant == "profile":
         profiler = torch.profiler.profile(
             activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA],
-            schedule=torch.profiler.schedule(wait=3, warmup=1, active=3, repeat=1),
+            schedule=torch.profiler.schedule(wait=3, warmup=1, active=PROFILED_STEPS, repeat=1),
         )
         profiler.start()
     sink = Windows(profiler)
@@ -271,7 +272,7 @@ def run_ftkit(args: argparse.Namespace) -> dict[str, Any]:
         sys.path.insert(0, str(Path(__file__).parent))
         from profile_summary import summarize
 
-        summary = summarize(profiler.events(), 3, torch.cuda.memory_stats() if cuda else None)
+        summary = summarize(profiler.events(), PROFILED_STEPS, torch.cuda.memory_stats() if cuda else None)
         if os.environ.get("OUT"):
             Path(os.environ["OUT"], "profile.txt").write_text(summary + "\n\n" + table, encoding="utf-8")
         print(summary, file=sys.stderr)
