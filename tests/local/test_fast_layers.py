@@ -124,10 +124,10 @@ def assert_same(a: tuple[Any, dict[str, Any]], b: tuple[Any, dict[str, Any]]) ->
 class Count:
     """Counts calls of the fused LoRA function and of the stock attention classes' forwards."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, model: Any) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, model: Any, *, in_epilogue: bool = False) -> None:
         self.fused = 0
         self.stock_attention = 0
-        function = fused_lora.lora_linear_function()
+        function = fused_lora.lora_linear_function(in_epilogue)
         apply = function.apply
 
         def counted_apply(*args: Any) -> Any:
@@ -151,16 +151,16 @@ KINDS = ["phi3", "llama", "mistral", "qwen2", "qwen3"]
 
 class TestSameResults:
     @pytest.mark.parametrize("kind", KINDS)
-    @pytest.mark.parametrize("parts", ["fused_lora", "split_qkv", "both"])
+    @pytest.mark.parametrize("parts", ["fused_lora", "in_epilogue", "split_qkv", "both"])
     def test_outputs_and_gradients_match_the_stock_layers(
         self, kind: str, parts: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         reference = lora(tiny_model(kind))
         fast = copy.deepcopy(reference)
-        count = Count(monkeypatch, fast)
+        count = Count(monkeypatch, fast, in_epilogue=parts == "in_epilogue")
         layers = fast.get_base_model().config.num_hidden_layers
-        if parts in ("fused_lora", "both"):
-            assert fused_lora.install(fast) > 0
+        if parts in ("fused_lora", "in_epilogue", "both"):
+            assert fused_lora.install(fast, in_epilogue=parts == "in_epilogue") > 0
         if parts in ("split_qkv", "both"):
             assert attention_forward.install(fast) == layers
         inputs = packed_inputs(reference)
@@ -169,7 +169,7 @@ class TestSameResults:
         assert_same(run(fast, inputs), expected)
         linears = sum(type(m) is peft.tuners.lora.layer.Linear for m in fast.modules())
         assert count.fused == (linears if parts != "split_qkv" else 0)
-        assert count.stock_attention == (layers if parts == "fused_lora" else 0)
+        assert count.stock_attention == (layers if parts in ("fused_lora", "in_epilogue") else 0)
 
     def test_the_fused_split_rope_path_matches(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """With ``fused_rope`` the layer hands the fused qkv output, each token's cos/sin row and the head counts to
@@ -221,18 +221,21 @@ class TestSameResults:
         assert not counters["graph_break"]
         torch._dynamo.reset()
 
-    def test_the_fused_function_has_the_exact_gradients(self) -> None:
+    @pytest.mark.parametrize("in_epilogue", [False, True], ids=["adapter-after", "in-epilogue"])
+    @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+    def test_the_fused_function_has_the_exact_gradients(self, in_epilogue: bool, with_bias: bool) -> None:
         """gradcheck in float64, the frozen weight and the bias trained too (every branch of the backward)."""
         generator = torch.Generator().manual_seed(3)
 
         def leaf(*shape: int) -> Any:
             return torch.randn(*shape, generator=generator, dtype=torch.float64).requires_grad_()
 
-        args = (leaf(5, 7), leaf(6, 7), leaf(6), leaf(3, 7), leaf(6, 3), 1.7)
-        assert torch.autograd.gradcheck(fused_lora.lora_linear_function().apply, args)
+        args = (leaf(5, 7), leaf(6, 7), leaf(6) if with_bias else None, leaf(3, 7), leaf(6, 3), 1.7)
+        function = fused_lora.lora_linear_function(in_epilogue)
+        assert torch.autograd.gradcheck(function.apply, args)
         x, w, bias, a, b, s = args
-        expected = x @ w.T + bias + (x @ a.T @ b.T) * s
-        torch.testing.assert_close(fused_lora.lora_linear_function().apply(*args), expected)
+        expected = x @ w.T + (x @ a.T @ b.T) * s + (bias if bias is not None else 0.0)
+        torch.testing.assert_close(function.apply(*args), expected)
 
 
 class TestFallbacks:

@@ -35,11 +35,11 @@ def _cuda(inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("kind", "fused_rope"),
-    [("phi3", False), ("phi3", True), ("llama", False)],
-    ids=["phi3", "phi3-fused-rope", "llama"],
+    ("kind", "fused_rope", "in_epilogue"),
+    [("phi3", False, False), ("phi3", True, False), ("phi3", False, True), ("llama", False, False)],
+    ids=["phi3", "phi3-fused-rope", "phi3-in-epilogue", "llama"],
 )
-def test_bf16_outputs_and_gradients_match_with_the_switches(kind: str, fused_rope: bool) -> None:
+def test_bf16_outputs_and_gradients_match_with_the_switches(kind: str, fused_rope: bool, in_epilogue: bool) -> None:
     """bf16 on the GPU: logits and every gradient with both parts on are the stock layers', within bf16 rounding."""
     base = tiny_model(kind)
     model_setup._apply_liger(base)  # when installed, as training does (its RoPE patch is process-wide)
@@ -47,7 +47,7 @@ def test_bf16_outputs_and_gradients_match_with_the_switches(kind: str, fused_rop
     inputs = _cuda(packed_inputs(wrapped))
     reference = wrapped.to("cuda", torch.bfloat16)
     fast = copy.deepcopy(reference)
-    assert fused_lora.install(fast) > 0
+    assert fused_lora.install(fast, in_epilogue=in_epilogue) > 0
     assert attention_forward.install(fast, fused_rope) == fast.get_base_model().config.num_hidden_layers
     calls = {"n": 0}
     varlen = attention.varlen_attention
@@ -81,6 +81,7 @@ def test_training_with_and_without_the_switches_gives_the_same_losses(
         monkeypatch.setitem(budget.TUNING, "fused_lora", on)
         monkeypatch.setitem(budget.TUNING, "split_qkv", on)
         monkeypatch.setitem(budget.TUNING, "split_rope", on)
+        monkeypatch.setitem(budget.TUNING, "lora_in_epilogue", on)
         config = tiny_train_config(tiny_model_dir, chat_files, tmp_path / str(on), max_steps=20, save_steps=10**6)
         result = train(config)
         assert result.first_eval_loss is not None

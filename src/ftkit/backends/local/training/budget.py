@@ -30,6 +30,9 @@ TUNING: dict[str, Any] = {
     "bf16_adapters": True,  # adapters in the compute dtype, float32 masters in the optimizer
     "compile_layers": False,  # torch.compile each decoder layer
     "fused_lora": True,  # on CUDA, LoRA's scale and add in the GEMMs, hand-written backward (see .fused_lora)
+    # with fused_lora: the adapter's thin product first, the base GEMM adding it in its epilogue (one memory-bound
+    # pass over each layer's output instead of two); off until measured on a GPU (docs/benchmarks.md)
+    "lora_in_epilogue": False,
     "split_qkv": True,  # ftkit's attention-layer forward: split qkv, no layout copies (see .attention_forward)
     # with split_qkv on a fused-qkv model (Phi-3): split and rotate in one Triton kernel (.qkv_rope); off until
     # measured on a GPU (docs/benchmarks.md)

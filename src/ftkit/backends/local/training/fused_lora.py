@@ -28,11 +28,18 @@ __all__ = ["install", "lora_linear_function"]
 
 
 @functools.cache
-def lora_linear_function() -> Any:
+def lora_linear_function(in_epilogue: bool = False) -> Any:
     """The autograd function ``(x, weight, bias, lora_a, lora_b, scaling) -> x W^T + b + s (x A^T) B^T``.
 
     ``x`` is 2-D (tokens, in features); ``bias`` may be ``None``. Built on first use (it subclasses
-    ``torch.autograd.Function``).
+    ``torch.autograd.Function``), once per variant.
+
+    Args:
+        in_epilogue: The order of the two full-size products, in the forward and for the input gradient.
+            ``False``: the base GEMM writes the result, then the adapter's thin product (inner dimension r)
+            reads and writes it again (``addmm_``): two memory-bound passes over a tokens x features tensor.
+            ``True``: the thin product writes the result first and the base GEMM adds it in its epilogue
+            (``beta=1``), where reading it overlaps a compute-bound kernel: one memory-bound pass.
     """
     import torch
 
@@ -40,8 +47,13 @@ def lora_linear_function() -> Any:
         @staticmethod
         def forward(ctx: Any, x: Any, weight: Any, bias: Any, lora_a: Any, lora_b: Any, scaling: float) -> Any:
             xa = torch.mm(x, lora_a.t())  # (tokens, r): small, kept for B's gradient
-            out = torch.nn.functional.linear(x, weight, bias)
-            out.addmm_(xa, lora_b.t(), alpha=scaling)  # += s * xa B^T, scale and add in the GEMM's epilogue
+            if in_epilogue:
+                scaled = xa * scaling  # the scale on the thin tensor, not on the result
+                out = torch.mm(scaled, lora_b.t()) if bias is None else torch.addmm(bias, scaled, lora_b.t())
+                out.addmm_(x, weight.t())  # the base product adds onto the adapter's share (beta=1)
+            else:
+                out = torch.nn.functional.linear(x, weight, bias)
+                out.addmm_(xa, lora_b.t(), alpha=scaling)  # += s * xa B^T, scale and add in the GEMM's epilogue
             ctx.save_for_backward(x, weight, lora_a, lora_b, xa)
             ctx.scaling = scaling
             return out
@@ -54,7 +66,10 @@ def lora_linear_function() -> Any:
             grad_x = grad_w = grad_bias = grad_a = grad_b = None
             # the gradient at A's output, (tokens, r): the scale applied to this small tensor, not to `grad`
             grad_xa: Any = torch.mm(grad, lora_b).mul_(s) if need_x or need_a else None
-            if need_x:
+            if need_x and in_epilogue:
+                grad_x = torch.mm(grad_xa, lora_a)
+                grad_x.addmm_(grad, weight)  # the base product adds onto the adapter's share (beta=1)
+            elif need_x:
                 grad_x = torch.mm(grad, weight)
                 grad_x.addmm_(grad_xa, lora_a)  # the adapter's share added in the GEMM's epilogue
             if need_w:
@@ -118,12 +133,13 @@ def _make_forward(torch: Any, function: Any) -> Callable[..., Any]:
     return forward
 
 
-def install(model: Any) -> int:
+def install(model: Any, *, in_epilogue: bool = False) -> int:
     """Give each eligible peft ``lora.Linear`` of ``model`` the fused forward; return how many got it.
 
     Eligible: peft's plain ``lora.Linear`` (not its bitsandbytes or other subclasses) over a plain
     ``torch.nn.Linear`` without ``fan_in_fan_out``, whose forward nobody replaced. The rest of the conditions
-    are checked at each call (see the module's description).
+    are checked at each call (see the module's description). ``in_epilogue`` picks the order of the two
+    full-size products (see :func:`lora_linear_function`).
     """
     import torch
 
@@ -132,7 +148,7 @@ def install(model: Any) -> int:
     except ImportError:
         return 0
     count = 0
-    forward = _make_forward(torch, lora_linear_function())
+    forward = _make_forward(torch, lora_linear_function(in_epilogue))
     for module in model.modules():
         if type(module) is not LoraLinear or type(module.base_layer) is not torch.nn.Linear:
             continue

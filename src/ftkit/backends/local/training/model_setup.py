@@ -124,7 +124,7 @@ def build_model(config: TrainConfig, device: str, dtype: Any) -> Any:
         # CUDA only, where the profile asked for it. A CPU with native bf16 replaces the base layers' forward
         # (.cpu_bf16), where it falls back to peft's; on a float32 CPU it measured ~4% faster (SmolLM2's layer
         # shape, one thread) but the CPU path is left as it was measured in docs/benchmarks.md.
-        fused_lora.install(adapted)
+        fused_lora.install(adapted, in_epilogue=bool(TUNING["lora_in_epilogue"]))
     return adapted
 
 
