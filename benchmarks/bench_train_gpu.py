@@ -74,6 +74,7 @@ ABLATIONS: list[tuple[str, dict[str, Any]]] = [
             "lora_in_epilogue": False,
             "split_qkv": False,
             "split_rope": False,
+            "gate_up_swiglu": False,
         },
     ),
     ("+ bf16 adapters (float32 masters)", {"bf16_adapters": True}),
@@ -84,6 +85,7 @@ ABLATIONS: list[tuple[str, dict[str, Any]]] = [
     ("+ fused LoRA, base GEMM adds the adapter's share in its epilogue", {"lora_in_epilogue": True}),
     ("+ ftkit attention forward (split qkv, no k/v copies)", {"split_qkv": True}),
     ("+ fused split + RoPE kernel (Triton, fused-qkv models)", {"split_rope": True}),
+    ("+ fused gate/up SwiGLU kernel (Triton, fused gate_up models)", {"gate_up_swiglu": True}),
     ("+ torch.compile per decoder layer", {"compile_layers": True}),
 ]
 

@@ -17,7 +17,14 @@ import torch
 
 from ftkit import flash_varlen
 from ftkit.backends.local import attention
-from ftkit.backends.local.training import attention_forward, budget, fused_lora, model_setup, train
+from ftkit.backends.local.training import (
+    attention_forward,
+    budget,
+    fused_lora,
+    gate_up_swiglu,
+    model_setup,
+    train,
+)
 
 from .conftest import ChatFiles, tiny_train_config
 from .test_fast_layers import lora, packed_inputs, rel, run, tiny_model
@@ -35,11 +42,11 @@ def _cuda(inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("kind", "fused_rope", "in_epilogue"),
-    [("phi3", False, False), ("phi3", True, False), ("phi3", False, True), ("llama", False, False)],
-    ids=["phi3", "phi3-fused-rope", "phi3-in-epilogue", "llama"],
+    ("kind", "switch"),
+    [("phi3", None), ("phi3", "fused_rope"), ("phi3", "in_epilogue"), ("phi3", "gate_up_swiglu"), ("llama", None)],
+    ids=["phi3", "phi3-fused-rope", "phi3-in-epilogue", "phi3-gate-up-swiglu", "llama"],
 )
-def test_bf16_outputs_and_gradients_match_with_the_switches(kind: str, fused_rope: bool, in_epilogue: bool) -> None:
+def test_bf16_outputs_and_gradients_match_with_the_switches(kind: str, switch: str | None) -> None:
     """bf16 on the GPU: logits and every gradient with both parts on are the stock layers', within bf16 rounding."""
     base = tiny_model(kind)
     model_setup._apply_liger(base)  # when installed, as training does (its RoPE patch is process-wide)
@@ -47,8 +54,10 @@ def test_bf16_outputs_and_gradients_match_with_the_switches(kind: str, fused_rop
     inputs = _cuda(packed_inputs(wrapped))
     reference = wrapped.to("cuda", torch.bfloat16)
     fast = copy.deepcopy(reference)
-    assert fused_lora.install(fast, in_epilogue=in_epilogue) > 0
-    assert attention_forward.install(fast, fused_rope) == fast.get_base_model().config.num_hidden_layers
+    assert fused_lora.install(fast, in_epilogue=switch == "in_epilogue") > 0
+    if switch == "gate_up_swiglu":
+        assert gate_up_swiglu.install(fast) == fast.get_base_model().config.num_hidden_layers
+    assert attention_forward.install(fast, switch == "fused_rope") == fast.get_base_model().config.num_hidden_layers
     calls = {"n": 0}
     varlen = attention.varlen_attention
 
@@ -82,6 +91,7 @@ def test_training_with_and_without_the_switches_gives_the_same_losses(
         monkeypatch.setitem(budget.TUNING, "split_qkv", on)
         monkeypatch.setitem(budget.TUNING, "split_rope", on)
         monkeypatch.setitem(budget.TUNING, "lora_in_epilogue", on)
+        monkeypatch.setitem(budget.TUNING, "gate_up_swiglu", on)
         config = tiny_train_config(tiny_model_dir, chat_files, tmp_path / str(on), max_steps=20, save_steps=10**6)
         result = train(config)
         assert result.first_eval_loss is not None

@@ -37,6 +37,9 @@ TUNING: dict[str, Any] = {
     # with split_qkv on a fused-qkv model (Phi-3): split and rotate in one Triton kernel (.qkv_rope); off until
     # measured on a GPU (docs/benchmarks.md)
     "split_rope": False,
+    # on a fused gate/up MLP (Phi-3): SwiGLU read from and its gradient written into the projection's output, one
+    # Triton kernel each way (.gate_up_swiglu); off until measured on a GPU (docs/benchmarks.md)
+    "gate_up_swiglu": False,
     "expandable_segments": False,  # on CUDA, the allocator's expandable segments (see hardware.cuda_allocator)
 }
 

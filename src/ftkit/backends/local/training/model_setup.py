@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ....exceptions import MissingDependencyError, Problem, ValidationError
 from .. import attention, qlora
-from . import attention_forward, fused_lora
+from . import attention_forward, fused_lora, gate_up_swiglu
 from .budget import TUNING, compiles_layers
 from .hardware import import_torch
 
@@ -92,6 +92,8 @@ def build_model(config: TrainConfig, device: str, dtype: Any) -> Any:
     fast_layers = not compiles_layers(config, device)
     if implementation == attention.IMPLEMENTATION and TUNING["split_qkv"] and fast_layers:
         attention_forward.install(model, fused_rope=bool(TUNING["split_rope"]))
+    if device == "cuda" and TUNING["gate_up_swiglu"] and fast_layers:
+        gate_up_swiglu.install(model)  # over liger's SwiGLU forward, which stays the fallback
     if not config.apply_lora:
         return model
     try:

@@ -18,32 +18,21 @@ Off by default until measured on a GPU (docs/benchmarks.md).
 from __future__ import annotations
 
 import functools
-import logging
-import os
 from typing import Any
+
+from . import kernel_check
 
 __all__ = ["available", "split_rope", "usable"]
 
-_log = logging.getLogger(__name__)
 
-
-def available(device: Any) -> bool:
-    """Whether :func:`split_rope` can run on ``device``: CUDA with Triton (or Triton's interpreter, for tests)."""
-    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        return False
-    try:
-        import triton  # noqa: F401 - torch's CUDA wheels carry it
-    except ImportError:
-        return False
-    return True
+available = kernel_check.available
 
 
 def usable(device: Any) -> bool:
     """Whether to use :func:`split_rope` on ``device``: :func:`available`, and its kernels work there.
 
-    The compiled kernels must compute :func:`reference`'s values and gradients (checked once per device). A
-    failure is logged and the model's own rotation runs instead, so a Triton that cannot build these kernels
-    costs speed, not the run.
+    The compiled kernels must compute :func:`reference`'s values and gradients (checked once per device, see
+    :mod:`.kernel_check`); otherwise the model's own rotation runs.
     """
     return available(device) and _self_check(str(device))
 
@@ -51,20 +40,11 @@ def usable(device: Any) -> bool:
 @functools.cache
 def _self_check(device: str) -> bool:
     """Strictly private: the kernels against plain torch on a small float32 input (forward and backward)."""
-    import torch
-
-    try:
-        # the first training forward may run under no_grad or inference mode (an evaluation in training mode):
-        # the check needs gradients either way
-        with torch.inference_mode(False), torch.enable_grad():
-            return _compare(torch, device)
-    except Exception as error:  # any failure to build or run the kernels means: do without them
-        _log.warning("the fused split+RoPE kernel failed on %s (%s); using the model's own rotation", device, error)
-        return False
+    return kernel_check.checked(_compare, device, "the fused split+RoPE kernel", "the model's own rotation")
 
 
 def _compare(torch: Any, device: str) -> bool:
-    """Strictly private: whether the kernels' values and gradients are the reference's (logged when not)."""
+    """Strictly private: whether the kernels' values and gradients are the reference's."""
     gen = torch.Generator().manual_seed(0)
     heads, kv, dim, rot, tokens = 4, 2, 32, 16, 9  # grouped heads and a partial rotation: every branch
     qkv = torch.randn(tokens, (heads + 2 * kv) * dim, generator=gen).to(device).requires_grad_(True)
@@ -77,10 +57,7 @@ def _compare(torch: Any, device: str) -> bool:
     (got_grad,) = torch.autograd.grad(got, qkv, grads)
     (expected_grad,) = torch.autograd.grad(expected, qkv, grads)
     pairs = [*zip(got, expected, strict=True), (got_grad, expected_grad)]
-    ok = all(torch.allclose(a, b, atol=1e-5, rtol=1e-5) for a, b in pairs)
-    if not ok:
-        _log.warning("the fused split+RoPE kernel disagrees with torch on %s; using the model's own rotation", device)
-    return ok
+    return all(torch.allclose(a, b, atol=1e-5, rtol=1e-5) for a, b in pairs)
 
 
 def reference(qkv: Any, cos: Any, sin: Any, heads: int, kv_heads: int, dim: int) -> tuple[Any, Any, Any]:
