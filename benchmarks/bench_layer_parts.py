@@ -122,7 +122,7 @@ def lora_part(torch: Any, tokens: int, rows: list[dict[str, Any]]) -> None:
 
         def fused(in_epilogue: bool, w: Any = w) -> Callable[..., Any]:
             function = fused_lora.lora_linear_function(in_epilogue)
-            return lambda x, a, b: function.apply(x, w, None, a, b, SCALE)
+            return lambda *t: function.apply(t[0], w, None, t[1], t[2], SCALE)  # (x, a, b)
 
         steps = {
             "adapter-after": fwd_bwd(torch, fused(False), [x, a, b], grad),
