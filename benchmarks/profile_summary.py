@@ -57,7 +57,10 @@ def _interval(event: Any) -> tuple[float, float]:
 
 
 def _is_gpu(event: Any) -> bool:
+    """A kernel or copy on the GPU (not a range the profiler or the user annotated, such as ``ProfilerStep#3``)."""
     kind = getattr(event, "device_type", None)
+    if getattr(event, "is_user_annotation", False) or event.name.startswith("ProfilerStep"):
+        return False
     return str(kind).endswith("CUDA")
 
 
@@ -141,7 +144,7 @@ def _kernel_report(kernels: Sequence[Any], steps: int) -> list[str]:
         lines.append(f"  {label:28} {t / 1e3 / steps:9.1f} {t / total:7.1%}")
     lines.append("top kernels (ms/step, calls/step, mean us, name):")
     for name, t in by_name.most_common(25):
-        lines.append(f"  {t / 1e3 / steps:8.1f} {count[name] / steps:8.0f} {t / count[name]:9.1f}  {_short(name)}")
+        lines.append(f"  {t / 1e3 / steps:8.1f} {count[name] / steps:8.0f} {t / count[name]:9.1f}  {_short(name, 200)}")
     gaps.sort(reverse=True)
     small = sum(g for g, *_ in gaps if g < 20)
     lines.append(

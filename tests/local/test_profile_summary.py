@@ -46,6 +46,7 @@ def test_busy_idle_and_gaps_from_the_kernel_intervals() -> None:
         event("cudaStreamSynchronize", 150, 400, gpu=False),
         event("aten::_local_scalar_dense", 150, 400, gpu=False),
         event("aten::mm", 0, 10, gpu=False),  # not a wait: not listed
+        event("ProfilerStep#1", 0, 600),  # the step's range the profiler draws on the GPU row: not a kernel
     ]
     report = summarize(events, steps=2, memory={"num_alloc_retries": 3})
     assert "span 0.6 ms" in report
@@ -55,9 +56,19 @@ def test_busy_idle_and_gaps_from_the_kernel_intervals() -> None:
     assert "cudaStreamSynchronize" in report
     assert "aten::_local_scalar_dense" in report
     assert "aten::mm" not in report
+    assert "ProfilerStep" not in report
+    assert "4 kernels" in report
     assert "num_alloc_retries 3" in report
     matmul = next(line for line in report.splitlines() if line.strip().startswith("matmul"))
     assert matmul.split()[1] == "0.1"  # 260 us over 2 steps: 0.13 ms a step
+
+
+def test_user_annotations_on_the_gpu_are_not_kernels() -> None:
+    annotated = event("my_region", 0, 500)
+    annotated.is_user_annotation = True
+    report = summarize([annotated, event("nvjet_gemm", 0, 100)], steps=1)
+    assert "1 kernels" in report
+    assert "my_region" not in report
 
 
 def test_a_profile_without_kernels_says_so() -> None:

@@ -31,15 +31,15 @@ TUNING: dict[str, Any] = {
     "compile_layers": False,  # torch.compile each decoder layer
     "fused_lora": True,  # on CUDA, LoRA's scale and add in the GEMMs, hand-written backward (see .fused_lora)
     # with fused_lora: the adapter's thin product first, the base GEMM adding it in its epilogue (one memory-bound
-    # pass over each layer's output instead of two); off until measured on a GPU (docs/benchmarks.md)
+    # pass over each layer's output instead of two); off: on an H100 a wash, faster on three of Phi-3-mini's four
+    # projections and slower on gate_up (docs/benchmarks.md)
     "lora_in_epilogue": False,
     "split_qkv": True,  # ftkit's attention-layer forward: split qkv, no layout copies (see .attention_forward)
-    # with split_qkv on a fused-qkv model (Phi-3): split and rotate in one Triton kernel (.qkv_rope); off until
-    # measured on a GPU (docs/benchmarks.md)
-    "split_rope": False,
+    # with split_qkv on a fused-qkv model (Phi-3): split and rotate in one Triton kernel (.qkv_rope)
+    "split_rope": True,
     # on a fused gate/up MLP (Phi-3): SwiGLU read from and its gradient written into the projection's output, one
-    # Triton kernel each way (.gate_up_swiglu); off until measured on a GPU (docs/benchmarks.md)
-    "gate_up_swiglu": False,
+    # Triton kernel each way (.gate_up_swiglu)
+    "gate_up_swiglu": True,
     "expandable_segments": False,  # on CUDA, the allocator's expandable segments (see hardware.cuda_allocator)
 }
 
