@@ -173,7 +173,7 @@ class TestSameResults:
 
     def test_the_fused_split_rope_path_matches(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """With ``fused_rope`` the layer hands the fused qkv output, each token's cos/sin row and the head counts to
-        qkv_rope.split_rope and attends over what it returns (here its torch reference stands in for the Triton
+        the kernel qkv_rope.kernel resolved at install, and attends over what it returns (here its torch reference stands in for the Triton
         kernel, which needs CUDA; the kernel itself is tested against the reference in test_qkv_rope.py)."""
         reference = lora(tiny_model("phi3"))
         fast = copy.deepcopy(reference)
@@ -183,10 +183,15 @@ class TestSameResults:
             calls.append(args[0].shape)
             return qkv_rope.reference(*args)
 
-        monkeypatch.setattr(qkv_rope, "usable", lambda _device: True)
-        monkeypatch.setattr(qkv_rope, "split_rope", split_rope)
+        monkeypatch.setattr(qkv_rope, "kernel", lambda _device: split_rope)
         layers = fast.get_base_model().config.num_hidden_layers
         assert attention_forward.install(fast, fused_rope=True) == layers
+
+        def no_lookup(*args: Any) -> Any:
+            raise AssertionError("resolved at install: a compiled layer would trace a lookup in its forward")
+
+        monkeypatch.setattr(qkv_rope, "kernel", no_lookup)
+        monkeypatch.setattr(qkv_rope, "usable", no_lookup)
         inputs = packed_inputs(reference)
         assert_same(run(fast, inputs), run(reference, inputs))
         assert len(calls) == layers

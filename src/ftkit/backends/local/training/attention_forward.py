@@ -29,6 +29,9 @@ from . import qkv_rope
 
 __all__ = ["SUPPORTED", "install"]
 
+# qkv_rope.split_rope's signature: (qkv, cos, sin, heads, kv heads, head dim) -> (q, k, v)
+SplitRope = Callable[[Any, Any, Any, int, int, int], tuple[Any, Any, Any]]
+
 # model type -> (its attention class, where the layer's sliding window comes from)
 SUPPORTED: dict[str, tuple[str, str]] = {
     "phi3": ("Phi3Attention", "config"),
@@ -74,16 +77,16 @@ def _applies(module: Any, hidden: Any, kwargs: dict[str, Any]) -> bool:
 
 
 def _rotated(
-    module: Any, hidden: Any, rope_module: Any, fused_rope: bool, position_embeddings: tuple[Any, Any]
+    module: Any, hidden: Any, rope_module: Any, split_rope: SplitRope | None, position_embeddings: tuple[Any, Any]
 ) -> tuple[Any, Any, Any]:
     """Strictly private: q and k rotated and v, each (tokens, heads, dim), from the layer's projections."""
     config = module.config
     dim = module.head_dim
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
     cos, sin = position_embeddings
-    if fused_rope and hasattr(module, "qkv_proj") and qkv_rope.usable(hidden.device):
+    if split_rope is not None and hasattr(module, "qkv_proj"):
         # one kernel from the projection's output to rotated, contiguous q and k (see .qkv_rope)
-        return qkv_rope.split_rope(module.qkv_proj(hidden)[0], cos[0], sin[0], heads, kv_heads, dim)
+        return split_rope(module.qkv_proj(hidden)[0], cos[0], sin[0], heads, kv_heads, dim)
     q, k, v = _projections(module, hidden, heads, kv_heads, dim)
     # looked up at each call: liger-kernel replaces the modeling module's function with its own kernel
     q, k = rope_module.apply_rotary_pos_emb(q.transpose(1, 2), k.transpose(1, 2), cos, sin)
@@ -91,13 +94,17 @@ def _rotated(
     return q[0].transpose(0, 1), k[0].transpose(0, 1), v[0]
 
 
-def _make_forward(rope_module: Any, window_source: str, fused_rope: bool) -> Callable[..., Any]:
-    """Strictly private: the forward of one model type's attention layers."""
+def _make_forward(rope_module: Any, window_source: str, split_rope: SplitRope | None) -> Callable[..., Any]:
+    """Strictly private: the forward of one model type's attention layers.
+
+    Everything it calls is resolved here, not at each call: a compiled layer traces this forward, and a check or
+    a cached builder inside it would run in the graph.
+    """
 
     def forward(module: Any, hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
         if args or not _applies(module, hidden_states, kwargs):
             return type(module).forward(module, hidden_states, *args, **kwargs)
-        q, k, v = _rotated(module, hidden_states, rope_module, fused_rope, kwargs["position_embeddings"])
+        q, k, v = _rotated(module, hidden_states, rope_module, split_rope, kwargs["position_embeddings"])
         out = attention.varlen_attention(
             q,
             k,
@@ -124,12 +131,14 @@ def install(model: Any, fused_rope: bool = False) -> int:
     Args:
         model: The model (or its peft wrapper).
         fused_rope: On CUDA with Triton, split a fused qkv projection's output and rotate q and k in one kernel
-            each way (:mod:`.qkv_rope`) instead of the model's ``apply_rotary_pos_emb`` on copies.
+            each way (:mod:`.qkv_rope`) instead of the model's ``apply_rotary_pos_emb`` on copies, where the
+            kernel checks out on the model's device (decided here, once).
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     spec = SUPPORTED.get(str(getattr(base.config, "model_type", "")))
     if spec is None:
         return 0
+    split_rope = qkv_rope.kernel(next(base.parameters()).device) if fused_rope else None
     class_name, window_source = spec
     count = 0
     forward: Callable[..., Any] | None = None
@@ -137,7 +146,7 @@ def install(model: Any, fused_rope: bool = False) -> int:
         if type(module).__name__ != class_name or "forward" in vars(module):
             continue
         if forward is None:
-            forward = _make_forward(sys.modules[type(module).__module__], window_source, fused_rope)
+            forward = _make_forward(sys.modules[type(module).__module__], window_source, split_rope)
         module.forward = types.MethodType(forward, module)
         count += 1
     return count

@@ -9,8 +9,8 @@ gradients of both over the saved projection output, which becomes the projection
 
 Used by :func:`install` for Phi-3's MLP on CUDA when Triton is there and :func:`usable` (a one-time check of the
 compiled kernels against plain torch on the device) says so (``TUNING["gate_up_swiglu"]``); tested against the
-stock MLP in value and gradient, on the GPU and under Triton's interpreter. Off by default until measured on a
-GPU (docs/benchmarks.md).
+stock MLP in value and gradient, on the GPU and under Triton's interpreter. On by default since measured on an
+H100 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 
 from . import kernel_check
 
-__all__ = ["available", "install", "reference", "swiglu", "usable"]
+__all__ = ["available", "install", "kernel", "reference", "swiglu", "usable"]
 
 # model type -> the MLP class whose forward :func:`install` replaces (a fused gate_up projection, SiLU)
 SUPPORTED = {"phi3": "Phi3MLP"}
@@ -111,18 +111,35 @@ def swiglu(gate_up: Any) -> Any:
     The backward writes the input's gradient over the input (saved for it, and needed by nobody else in a
     model's MLP): pass a tensor that nothing else keeps for its backward.
     """
+    return _apply(_function(), gate_up)
+
+
+def _apply(function: Any, gate_up: Any) -> Any:
+    """Strictly private: :func:`swiglu` through an already built autograd function."""
     if gate_up.stride(-1) != 1 or gate_up.shape[-1] % 2:
         raise ValueError(f"expected [tokens, 2 width] with a unit last stride, got {tuple(gate_up.shape)}")
-    out: Any = _function().apply(gate_up)
-    return out
+    return function.apply(gate_up)
 
 
-def _make_forward(previous: Callable[..., Any]) -> Callable[..., Any]:
-    """Strictly private: an MLP forward through :func:`swiglu`; ``previous`` (the MLP's own) where it cannot."""
+def kernel(device: Any) -> Callable[[Any], Any] | None:
+    """:func:`swiglu` for a model's forward on ``device``, or ``None`` where it is not :func:`usable` there.
+
+    Resolved once, when the forward is installed: the returned function touches no cache and runs no check, so a
+    layer compiled with ``torch.compile`` traces the kernel's call only.
+    """
+    if not usable(device):
+        return None
+    function = _function()
+    return lambda gate_up: _apply(function, gate_up)
+
+
+def _make_forward(swiglu: Callable[[Any], Any]) -> Callable[..., Any]:
+    """Strictly private: an MLP forward through ``swiglu``, as :func:`kernel` resolved it.
+
+    A compiled layer traces this forward: nothing in it may run a check or a cached builder.
+    """
 
     def forward(module: Any, hidden_states: Any) -> Any:
-        if not usable(hidden_states.device):
-            return previous(hidden_states)
         gate_up = module.gate_up_proj(hidden_states)
         hidden = swiglu(gate_up.reshape(-1, gate_up.shape[-1]))
         return module.down_proj(hidden.view(*gate_up.shape[:-1], hidden.shape[-1]))
@@ -134,21 +151,24 @@ def _make_forward(previous: Callable[..., Any]) -> Callable[..., Any]:
 def install(model: Any) -> int:
     """Give the fused gate/up SiLU MLPs of a supported model (:data:`SUPPORTED`) this forward; return how many.
 
-    An MLP keeps its own forward where another activation is configured. Where liger-kernel replaced the MLP's
-    forward with its SwiGLU, that forward is the one used where the kernel cannot run.
+    An MLP keeps its own forward (liger-kernel's SwiGLU where it replaced it) where another activation is
+    configured, and every MLP does where the kernel is not :func:`usable` on the model's device (decided here,
+    once).
     """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = base.config
     class_name = SUPPORTED.get(str(getattr(config, "model_type", "")))
     if class_name is None or getattr(config, "hidden_act", None) not in ("silu", "swish"):
         return 0
+    resolved = kernel(next(base.parameters()).device)
+    if resolved is None:
+        return 0
     count = 0
     for module in base.modules():
         if type(module).__name__ != class_name or not hasattr(module, "gate_up_proj"):
             continue
-        current = module.forward
-        if getattr(getattr(current, "__func__", None), "ftkit_gate_up_swiglu", False):
+        if getattr(getattr(module.forward, "__func__", None), "ftkit_gate_up_swiglu", False):
             continue
-        module.forward = types.MethodType(_make_forward(current), module)
+        module.forward = types.MethodType(_make_forward(resolved), module)
         count += 1
     return count

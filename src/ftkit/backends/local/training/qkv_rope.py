@@ -12,17 +12,18 @@ layer instead of five.
 Used by :mod:`.attention_forward` for fused-qkv models on CUDA when Triton is there and :func:`usable` (a
 one-time check of the compiled kernels against plain torch on the device) says so (``TUNING["split_rope"]``);
 tested against transformers' rotation, in value and gradient, on the GPU (and under Triton's interpreter).
-Off by default until measured on a GPU (docs/benchmarks.md).
+On by default since measured on an H100 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 from . import kernel_check
 
-__all__ = ["available", "split_rope", "usable"]
+__all__ = ["available", "kernel", "split_rope", "usable"]
 
 
 available = kernel_check.available
@@ -157,8 +158,30 @@ def split_rope(qkv: Any, cos: Any, sin: Any, heads: int, kv_heads: int, dim: int
         ``q`` ``[tokens, heads, dim]`` and ``k`` ``[tokens, kv_heads, dim]`` rotated and contiguous, and ``v``
         ``[tokens, kv_heads, dim]``, a view of ``qkv``.
     """
+    return _apply(_function(), qkv, cos, sin, heads, kv_heads, dim)
+
+
+def _apply(function: Any, qkv: Any, cos: Any, sin: Any, heads: int, kv_heads: int, dim: int) -> tuple[Any, Any, Any]:
+    """Strictly private: :func:`split_rope` through an already built autograd function."""
     if qkv.stride(-1) != 1:
         qkv = qkv.contiguous()
     cos, sin = (t if t.stride(-1) == 1 else t.contiguous() for t in (cos, sin))
-    out: tuple[Any, Any, Any] = _function().apply(qkv, cos, sin, heads, kv_heads, dim)
+    out: tuple[Any, Any, Any] = function.apply(qkv, cos, sin, heads, kv_heads, dim)
     return out
+
+
+def kernel(device: Any) -> Callable[[Any, Any, Any, int, int, int], tuple[Any, Any, Any]] | None:
+    """:func:`split_rope` for a model's forward on ``device``, or ``None`` where it is not :func:`usable` there.
+
+    Resolved once, when a forward is installed: the returned function touches no cache and runs no check, so a
+    layer compiled with ``torch.compile`` traces the kernel's call only (dynamo traces through ``functools.cache``
+    wrappers, and would re-run the check and rebuild the autograd class inside the graph).
+    """
+    if not usable(device):
+        return None
+    function = _function()
+
+    def split(qkv: Any, cos: Any, sin: Any, heads: int, kv_heads: int, dim: int) -> tuple[Any, Any, Any]:
+        return _apply(function, qkv, cos, sin, heads, kv_heads, dim)
+
+    return split
