@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 from collections.abc import Iterator
@@ -37,6 +38,20 @@ def _undo_liger_patches(request: pytest.FixtureRequest) -> Iterator[None]:
     yield
     for module, names in saved.items():
         vars(module).update(names)
+
+
+def self_check_with(
+    monkeypatch: pytest.MonkeyPatch, module: Any, attr: str, kernel: Any, mode: Any = contextlib.nullcontext
+) -> bool:
+    """A Triton kernel module's one-time device check (``module._self_check("cpu")``), with ``module.<attr>`` (the
+    kernel it checks) replaced by ``kernel``, run fresh inside the gradient mode ``mode()``."""
+    monkeypatch.setattr(module, attr, kernel)
+    module._self_check.cache_clear()
+    try:
+        with mode():
+            return bool(module._self_check("cpu"))
+    finally:
+        module._self_check.cache_clear()
 
 
 if TYPE_CHECKING:

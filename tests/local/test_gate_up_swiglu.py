@@ -17,6 +17,8 @@ torch = pytest.importorskip("torch")
 
 from ftkit.backends.local.training import gate_up_swiglu  # noqa: E402
 
+from .conftest import self_check_with  # noqa: E402
+
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -140,13 +142,8 @@ def test_the_kernels_are_used_only_where_they_check_out(
         return gate_up_swiglu.reference(gate_up) * 1.01
 
     chosen = {"reference": gate_up_swiglu.reference, "raises": raises, "wrong": wrong}[kernel]
-    monkeypatch.setattr(gate_up_swiglu, "swiglu", chosen)
-    gate_up_swiglu._self_check.cache_clear()
-    try:
-        with caplog.at_level("WARNING"), torch.inference_mode():  # the caller's gradient mode does not matter
-            assert gate_up_swiglu._self_check("cpu") is expected
-    finally:
-        gate_up_swiglu._self_check.cache_clear()
+    with caplog.at_level("WARNING"):  # under inference mode: the caller's gradient mode does not matter
+        assert self_check_with(monkeypatch, gate_up_swiglu, "swiglu", chosen, torch.inference_mode) is expected
     if logged is None:
         assert not caplog.records
     else:

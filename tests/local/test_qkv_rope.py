@@ -19,6 +19,8 @@ from transformers.models.phi3 import modeling_phi3  # noqa: E402
 
 from ftkit.backends.local.training import qkv_rope  # noqa: E402
 
+from .conftest import self_check_with  # noqa: E402
+
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # the Phi-3 module's own function, kept before liger-kernel (in a GPU test) patches the module
 STOCK_ROTATION = modeling_phi3.apply_rotary_pos_emb
@@ -139,13 +141,8 @@ def test_the_kernels_are_used_only_where_they_check_out(
         return q + 1, k, v
 
     chosen = {"reference": qkv_rope.reference, "raises": raises, "wrong": wrong}[kernel]
-    monkeypatch.setattr(qkv_rope, "split_rope", chosen)
-    qkv_rope._self_check.cache_clear()
-    try:
-        with caplog.at_level("WARNING"):
-            assert qkv_rope._self_check("cpu") is expected
-    finally:
-        qkv_rope._self_check.cache_clear()
+    with caplog.at_level("WARNING"):
+        assert self_check_with(monkeypatch, qkv_rope, "split_rope", chosen) is expected
     if logged is None:
         assert not caplog.records
     else:
@@ -156,13 +153,7 @@ def test_the_kernels_are_used_only_where_they_check_out(
 @pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
 def test_the_check_needs_no_gradient_mode_of_its_caller(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
     """A first training forward under no_grad or inference mode must not turn the kernels off for the process."""
-    monkeypatch.setattr(qkv_rope, "split_rope", qkv_rope.reference)
-    qkv_rope._self_check.cache_clear()
-    try:
-        with getattr(torch, mode)():
-            assert qkv_rope._self_check("cpu")
-    finally:
-        qkv_rope._self_check.cache_clear()
+    assert self_check_with(monkeypatch, qkv_rope, "split_rope", qkv_rope.reference, getattr(torch, mode))
 
 
 def test_not_available_on_a_cpu_without_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:

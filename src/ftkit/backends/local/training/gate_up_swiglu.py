@@ -40,12 +40,6 @@ def usable(device: Any) -> bool:
     return available(device) and _self_check(str(device))
 
 
-@functools.cache
-def _self_check(device: str) -> bool:
-    """Strictly private: the kernels against plain torch on a small float32 input (forward and backward)."""
-    return kernel_check.checked(_compare, device, "the fused gate/up SwiGLU kernel", "the MLP's own forward")
-
-
 def _compare(torch: Any, device: str) -> bool:
     """Strictly private: whether the kernels' values and gradients are the reference's."""
     gen = torch.Generator().manual_seed(0)
@@ -59,6 +53,10 @@ def _compare(torch: Any, device: str) -> bool:
         (d_gate_up,) = torch.autograd.grad(out, gate_up, grad)
         results.append((out, d_gate_up))
     return all(torch.allclose(a, b, atol=1e-5, rtol=1e-5) for a, b in zip(*results, strict=True))
+
+
+# the kernels against plain torch on a small float32 input, forward and backward, once per device
+_self_check = kernel_check.once_per_device(_compare, "the fused gate/up SwiGLU kernel", "the MLP's own forward")
 
 
 def reference(gate_up: Any) -> Any:

@@ -9,12 +9,13 @@ that cannot build a kernel costs speed, not the run.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["available", "checked"]
+__all__ = ["available", "checked", "once_per_device"]
 
 _log = logging.getLogger(__name__)
 
@@ -52,3 +53,13 @@ def checked(compare: Callable[[Any, str], bool], device: str, kernel: str, fallb
     if not ok:
         _log.warning("%s disagrees with torch on %s; using %s", kernel, device, fallback)
     return ok
+
+
+def once_per_device(compare: Callable[[Any, str], bool], kernel: str, fallback: str) -> Any:
+    """:func:`checked` for ``compare``, run once per device: a function ``device -> bool`` (its cache clears)."""
+
+    @functools.cache
+    def check(device: str) -> bool:
+        return checked(compare, device, kernel, fallback)
+
+    return check

@@ -38,12 +38,6 @@ def usable(device: Any) -> bool:
     return available(device) and _self_check(str(device))
 
 
-@functools.cache
-def _self_check(device: str) -> bool:
-    """Strictly private: the kernels against plain torch on a small float32 input (forward and backward)."""
-    return kernel_check.checked(_compare, device, "the fused split+RoPE kernel", "the model's own rotation")
-
-
 def _compare(torch: Any, device: str) -> bool:
     """Strictly private: whether the kernels' values and gradients are the reference's."""
     gen = torch.Generator().manual_seed(0)
@@ -59,6 +53,10 @@ def _compare(torch: Any, device: str) -> bool:
     (expected_grad,) = torch.autograd.grad(expected, qkv, grads)
     pairs = [*zip(got, expected, strict=True), (got_grad, expected_grad)]
     return all(torch.allclose(a, b, atol=1e-5, rtol=1e-5) for a, b in pairs)
+
+
+# the kernels against plain torch on a small float32 input, forward and backward, once per device
+_self_check = kernel_check.once_per_device(_compare, "the fused split+RoPE kernel", "the model's own rotation")
 
 
 def reference(qkv: Any, cos: Any, sin: Any, heads: int, kv_heads: int, dim: int) -> tuple[Any, Any, Any]:
