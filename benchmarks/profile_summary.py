@@ -84,7 +84,7 @@ def summarize(events: Iterable[Any], steps: int, memory: dict[str, Any] | None =
     if not kernels:
         lines.append("no GPU kernels in the profile")
     else:
-        lines += _kernel_report(kernels, steps)
+        lines += _kernel_report(kernels, steps, host)
     waits: dict[str, list[float]] = defaultdict(list)
     for e in host:
         if e.name in WAITS:
@@ -104,7 +104,30 @@ def summarize(events: Iterable[Any], steps: int, memory: dict[str, Any] | None =
     return "\n".join(lines)
 
 
-def _kernel_report(kernels: Sequence[Any], steps: int) -> list[str]:
+def _host_during(start: float, end: float, host: Sequence[Any]) -> str:
+    """What the host was inside while the GPU idled from ``start`` to ``end``: the innermost two host ranges
+    covering at least half of the gap (the shortest first), e.g. ``cudaStreamSynchronize < aten::item``."""
+    covering = []
+    for e in host:
+        a, b = _interval(e)
+        if e.name.startswith("ProfilerStep") or b <= start or a >= end:
+            continue
+        if min(b, end) - max(a, start) >= (end - start) / 2:
+            covering.append((b - a, e.name))
+    names: list[str] = []
+    for _, name in sorted(covering):
+        if name not in names:
+            names.append(name)
+        if len(names) == 2:
+            break
+    return " < ".join(_short(n, 50) for n in names) or "(no host range)"
+
+
+# idle gaps by length (us): where many short launch gaps and a few long waits are told apart
+_GAP_BUCKETS = ((0, 20), (20, 100), (100, 1000), (1000, float("inf")))
+
+
+def _kernel_report(kernels: Sequence[Any], steps: int, host: Sequence[Any] = ()) -> list[str]:
     busy_by_cat: Counter[str] = Counter()
     by_name: Counter[str] = Counter()
     count: Counter[str] = Counter()
@@ -119,14 +142,14 @@ def _kernel_report(kernels: Sequence[Any], steps: int) -> list[str]:
     span = span_end - span_start
     # the union of kernel intervals (streams may overlap): what the GPU was doing at all
     union = 0.0
-    gaps: list[tuple[float, str, str]] = []
+    gaps: list[tuple[float, str, str, float]] = []
     cur_start, cur_end = _interval(kernels[0])
     prev_name = kernels[0].name
     for e in kernels[1:]:
         start, end = _interval(e)
         if start > cur_end:
             union += cur_end - cur_start
-            gaps.append((start - cur_end, prev_name, e.name))
+            gaps.append((start - cur_end, prev_name, e.name, cur_end))
             cur_start, cur_end = start, end
         else:
             cur_end = max(cur_end, end)
@@ -146,11 +169,14 @@ def _kernel_report(kernels: Sequence[Any], steps: int) -> list[str]:
     for name, t in by_name.most_common(25):
         lines.append(f"  {t / 1e3 / steps:8.1f} {count[name] / steps:8.0f} {t / count[name]:9.1f}  {_short(name, 200)}")
     gaps.sort(reverse=True)
-    small = sum(g for g, *_ in gaps if g < 20)
-    lines.append(
-        f"idle gaps: {len(gaps)} ({len(gaps) / steps:.0f}/step); under 20 us: {small / 1e3 / steps:.1f} ms/step; "
-        "longest (us, kernel before -> kernel after):"
-    )
-    for g, before, after in gaps[:15]:
+    lines.append(f"idle gaps: {len(gaps)} ({len(gaps) / steps:.0f}/step); by length (count/step, ms/step):")
+    for low, high in _GAP_BUCKETS:
+        inside = [g for g, *_ in gaps if low <= g < high]
+        label = f"{low:.0f}-{high:.0f} us" if high != float("inf") else f"over {low:.0f} us"
+        lines.append(f"  {label:14} {len(inside) / steps:8.1f} {sum(inside) / 1e3 / steps:9.1f}")
+    lines.append("longest (us, kernel before -> kernel after; what the host was inside meanwhile):")
+    for g, before, after, at in gaps[:15]:
         lines.append(f"  {g:9.0f}  {_short(before, 60)} -> {_short(after, 60)}")
+        if host:
+            lines.append(f"             host: {_host_during(at, at + g, host)}")
     return lines

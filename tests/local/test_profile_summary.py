@@ -53,6 +53,9 @@ def test_busy_idle_and_gaps_from_the_kernel_intervals() -> None:
     assert "GPU busy 58.3%" in report  # (150 + 200) of 600 us
     assert "idle 0.2 ms" in report
     assert "250  flash_fwd -> copy_kernel" in report
+    assert "host: aten::_local_scalar_dense < cudaStreamSynchronize" in report  # innermost first (equal: by name)
+    bucket = next(line for line in report.splitlines() if line.strip().startswith("100-1000 us"))
+    assert bucket.split()[2:] == ["0.5", "0.1"]  # one gap of 250 us over 2 steps: 0.5 a step, 0.125 ms a step
     assert "cudaStreamSynchronize" in report
     assert "aten::_local_scalar_dense" in report
     assert "aten::mm" not in report
@@ -61,6 +64,20 @@ def test_busy_idle_and_gaps_from_the_kernel_intervals() -> None:
     assert "num_alloc_retries 3" in report
     matmul = next(line for line in report.splitlines() if line.strip().startswith("matmul"))
     assert matmul.split()[1] == "0.1"  # 260 us over 2 steps: 0.13 ms a step
+
+
+def test_the_host_range_covering_a_gap_is_named() -> None:
+    events = [
+        event("nvjet_gemm", 0, 100),
+        event("nvjet_gemm", 1100, 1200),  # a 1 ms gap
+        event("ProfilerStep#2", 0, 1200, gpu=False),  # never reported as the cause
+        event("autograd::engine::evaluate_function: LoraLinearBackward", 50, 1150, gpu=False),
+        event("aten::_local_scalar_dense", 120, 1090, gpu=False),
+        event("aten::mm", 100, 110, gpu=False),  # covers too little of the gap
+    ]
+    report = summarize(events, steps=1)
+    assert "host: aten::_local_scalar_dense < autograd::engine::evaluate_function: LoraLinear..." in report
+    assert "over 1000 us" in report
 
 
 def test_user_annotations_on_the_gpu_are_not_kernels() -> None:
