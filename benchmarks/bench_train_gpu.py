@@ -75,6 +75,7 @@ ABLATIONS: list[tuple[str, dict[str, Any]]] = [
             "split_qkv": False,
             "split_rope": False,
             "gate_up_swiglu": False,
+            "sync_free_loss": False,
         },
     ),
     ("+ bf16 adapters (float32 masters)", {"bf16_adapters": True}),
@@ -86,6 +87,7 @@ ABLATIONS: list[tuple[str, dict[str, Any]]] = [
     ("+ ftkit attention forward (split qkv, no k/v copies)", {"split_qkv": True}),
     ("+ fused split + RoPE kernel (Triton, fused-qkv models)", {"split_rope": True}),
     ("+ fused gate/up SwiGLU kernel (Triton, fused gate_up models)", {"gate_up_swiglu": True}),
+    ("+ label loss without host waits (ftkit's kernel instead of liger's)", {"sync_free_loss": True}),
     ("+ torch.compile per decoder layer", {"compile_layers": True}),
 ]
 

@@ -92,6 +92,7 @@ def test_training_with_and_without_the_switches_gives_the_same_losses(
         monkeypatch.setitem(budget.TUNING, "split_rope", on)
         monkeypatch.setitem(budget.TUNING, "lora_in_epilogue", on)
         monkeypatch.setitem(budget.TUNING, "gate_up_swiglu", on)
+        monkeypatch.setitem(budget.TUNING, "sync_free_loss", on)
         config = tiny_train_config(tiny_model_dir, chat_files, tmp_path / str(on), max_steps=20, save_steps=10**6)
         result = train(config)
         assert result.first_eval_loss is not None

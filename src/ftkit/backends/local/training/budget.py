@@ -40,6 +40,9 @@ TUNING: dict[str, Any] = {
     # on a fused gate/up MLP (Phi-3): SwiGLU read from and its gradient written into the projection's output, one
     # Triton kernel each way (.gate_up_swiglu)
     "gate_up_swiglu": True,
+    # the head's loss at label positions without liger's two host waits a micro-batch (.label_loss); off until
+    # measured on a GPU (docs/benchmarks.md)
+    "sync_free_loss": False,
     "expandable_segments": False,  # on CUDA, the allocator's expandable segments (see hardware.cuda_allocator)
 }
 
@@ -57,6 +60,7 @@ class Plan:
     fused_loss: bool
     label_only_loss: bool
     compile_layers: bool
+    sync_free_loss: bool = False  # the label loss without host waits (.label_loss) instead of liger's
 
 
 def _activation_bytes_per_token(model_config: Any, dtype_bytes: int, checkpointing: bool) -> float:
@@ -86,10 +90,11 @@ def make_plan(torch: Any, config: TrainConfig, model: Any, device: str, max_len:
     fused = device == "cuda" and bool(TUNING["liger"]) and fused_kernel() is not None
     label_only = bool(TUNING["label_only_loss"])
     compile_layers = compiles_layers(config, device)
+    sync_free = device == "cuda" and label_only and bool(TUNING["sync_free_loss"])
     wanted = config.max_tokens_per_micro_batch
     if device != "cuda":
         budget = wanted if wanted > 0 else max(max_len, _CPU_BUDGET)
-        return Plan(budget, bool(config.gradient_checkpointing), fused, label_only, compile_layers)
+        return Plan(budget, bool(config.gradient_checkpointing), fused, label_only, compile_layers, sync_free)
     if config.gpu_memory_gib is not None:
         limit = config.gpu_memory_gib * 2**30
     else:
@@ -104,7 +109,7 @@ def make_plan(torch: Any, config: TrainConfig, model: Any, device: str, max_len:
     weights += qlora.scratch_bytes(model, dtype_bytes)
     head = model.get_output_embeddings()
     vocab = int(head.weight.shape[0]) if head is not None else 0
-    loss_bytes = 0 if fused else 4096 * vocab * 10  # a chunk's float32 logits, their gradient, bf16 logits
+    loss_bytes = 0 if fused or sync_free else 4096 * vocab * 10  # a chunk's float32 logits, their gradient, bf16 logits
     free = limit - weights - trainable - loss_bytes - RESERVE_BYTES
     plain = _activation_bytes_per_token(model.config, dtype_bytes, checkpointing=False)
     saved = _activation_bytes_per_token(model.config, dtype_bytes, checkpointing=True)
@@ -129,7 +134,7 @@ def make_plan(torch: Any, config: TrainConfig, model: Any, device: str, max_len:
                 "training does not fit the GPU",
             )
         budget = max_len
-    return Plan(max(budget, 1), checkpointing, fused, label_only, compile_layers)
+    return Plan(max(budget, 1), checkpointing, fused, label_only, compile_layers, sync_free)
 
 
 def split(lengths: Any, indices: Sequence[int], budget: int, most: int | None = None) -> list[list[int]]:

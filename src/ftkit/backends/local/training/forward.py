@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..loss import label_cross_entropy
+from . import label_loss
 from .model_setup import causal_parts
 
 if TYPE_CHECKING:
@@ -53,7 +54,10 @@ def forward_loss(torch: Any, model: Any, batch: PackedArrays, device: str, plan:
     if parts is not None:
         decoder, head = parts
         hidden = decoder(input_ids=ids, position_ids=pos, use_cache=False, **kwargs).last_hidden_state[0]
-        return label_cross_entropy(hidden.index_select(0, where), head, targets, fused=plan.fused_loss)
+        at_labels = hidden.index_select(0, where)
+        if plan.sync_free_loss and label_loss.applies(head.weight, head.bias) and label_loss.usable(hidden.device):
+            return label_loss.cross_entropy(at_labels, head.weight, targets)
+        return label_cross_entropy(at_labels, head, targets, fused=plan.fused_loss)
     logits = model(input_ids=ids, position_ids=pos, use_cache=False, **kwargs).logits[0]
     if not plan.label_only_loss:  # the stock computation: the whole row's logits in float32
         full = torch.full((batch.num_tokens,), -100, dtype=torch.long, device=logits.device)
