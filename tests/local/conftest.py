@@ -40,6 +40,20 @@ def _undo_liger_patches(request: pytest.FixtureRequest) -> Iterator[None]:
         vars(module).update(names)
 
 
+def kernel_device() -> Any:
+    """Where a Triton kernel test runs: CUDA, or the CPU under Triton's interpreter (``TRITON_INTERPRET=1``, with
+    Triton installed); skips otherwise."""
+    import torch
+
+    from ftkit.backends.local.training import kernel_check
+
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if kernel_check.available(torch.device("cpu")):
+        return torch.device("cpu")
+    pytest.skip("the kernel needs CUDA (or Triton's interpreter)")
+
+
 def self_check_with(
     monkeypatch: pytest.MonkeyPatch, module: Any, attr: str, kernel: Any, mode: Any = contextlib.nullcontext
 ) -> bool:

@@ -17,17 +17,9 @@ torch = pytest.importorskip("torch")
 
 from ftkit.backends.local.training import gate_up_swiglu  # noqa: E402
 
-from .conftest import self_check_with  # noqa: E402
+from .conftest import kernel_device, self_check_with  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if INTERPRETED and gate_up_swiglu.available(torch.device("cpu")):
-        return torch.device("cpu")
-    pytest.skip("the kernel needs CUDA (or Triton's interpreter)")
 
 
 def stock_mlp_activation(gate_up: torch.Tensor) -> torch.Tensor:
@@ -38,7 +30,7 @@ def stock_mlp_activation(gate_up: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("width", [96, 1024, 1500, 8192], ids=["narrow", "one-block", "partial-block", "phi3-mini"])
 def test_the_activation_and_its_gradient_are_phi3s(width: int) -> None:
-    device = _device()
+    device = kernel_device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # the interpreter computes through numpy
     gen = torch.Generator().manual_seed(0)
     tokens = 13 if width < 8192 or device.type == "cuda" else 3
@@ -60,7 +52,7 @@ def test_the_activation_and_its_gradient_are_phi3s(width: int) -> None:
 
 def test_the_gradient_is_written_over_the_projections_output() -> None:
     """No full-size gradient is allocated: the saved input's storage becomes its gradient (nobody else keeps it)."""
-    device = _device()
+    device = kernel_device()
     leaf = torch.randn(5, 2 * 64, device=device, requires_grad=True)
     gate_up = leaf * 2
     out = gate_up_swiglu.swiglu(gate_up)
@@ -74,7 +66,7 @@ def test_the_gradient_is_written_over_the_projections_output() -> None:
 def test_a_phi3_model_with_the_kernel_computes_the_stock_model(monkeypatch: pytest.MonkeyPatch) -> None:
     """The kernel inside a tiny LoRA'd Phi-3's MLPs: the same logits and every gradient (float32, interpreter; the
     bf16 comparison on a GPU is test_fast_layers_gpu.py's ``phi3-gate-up-swiglu``)."""
-    if _device().type == "cuda":
+    if kernel_device().type == "cuda":
         pytest.skip("on a GPU, test_fast_layers_gpu.py compares in bf16")
     from .test_fast_layers import assert_same, lora, packed_inputs, run, tiny_model
 

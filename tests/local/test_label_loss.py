@@ -18,17 +18,9 @@ torch = pytest.importorskip("torch")
 
 from ftkit.backends.local.training import budget, forward, label_loss  # noqa: E402
 
-from .conftest import self_check_with  # noqa: E402
+from .conftest import kernel_device, self_check_with  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if INTERPRETED and label_loss.available(torch.device("cpu")):
-        return torch.device("cpu")
-    pytest.skip("the kernel needs CUDA (or Triton's interpreter)")
 
 
 @pytest.mark.parametrize(
@@ -37,7 +29,7 @@ def _device() -> torch.device:
     ids=["one-block", "chunks-and-partial-block", "phi3-vocabulary"],
 )
 def test_the_loss_and_its_gradient_are_torchs(rows: int, width: int, vocab: int) -> None:
-    device = _device()
+    device = kernel_device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # the interpreter computes through numpy
     gen = torch.Generator().manual_seed(0)
     weight = (torch.randn(vocab, width, generator=gen) / width**0.5).to(device, dtype)
@@ -59,7 +51,7 @@ def test_the_loss_and_its_gradient_are_torchs(rows: int, width: int, vocab: int)
 
 
 def test_evaluation_needs_no_gradient() -> None:
-    device = _device()
+    device = kernel_device()
     weight = torch.randn(300, 8, device=device)
     hidden = torch.randn(6, 8, device=device)
     targets = torch.randint(0, 300, (6,), device=device)

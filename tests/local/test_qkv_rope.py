@@ -19,19 +19,11 @@ from transformers.models.phi3 import modeling_phi3  # noqa: E402
 
 from ftkit.backends.local.training import qkv_rope  # noqa: E402
 
-from .conftest import self_check_with  # noqa: E402
+from .conftest import kernel_device, self_check_with  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # the Phi-3 module's own function, kept before liger-kernel (in a GPU test) patches the module
 STOCK_ROTATION = modeling_phi3.apply_rotary_pos_emb
-
-
-def _device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if INTERPRETED and qkv_rope.available(torch.device("cpu")):
-        return torch.device("cpu")
-    pytest.skip("the kernel needs CUDA (or Triton's interpreter)")
 
 
 def reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int, kv: int, dim: int) -> tuple:
@@ -48,7 +40,7 @@ def reference(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: in
     ids=["mha", "gqa", "partial-rotary", "phi3-mini-heads"],
 )
 def test_the_split_and_rotation_and_their_gradient_are_transformers(heads: int, kv: int, dim: int, rotary: int) -> None:
-    device = _device()
+    device = kernel_device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # the interpreter computes through numpy
     gen = torch.Generator().manual_seed(0)
     tokens = 37
@@ -79,7 +71,7 @@ def test_the_split_and_rotation_and_their_gradient_are_transformers(heads: int, 
 def test_a_phi3_model_with_the_kernel_computes_the_stock_model() -> None:
     """The kernel inside ftkit's attention forward of a tiny LoRA'd Phi-3: the same logits and every gradient (float32,
     interpreter; on the GPU in bf16 the same comparison is test_fast_layers_gpu.py's ``phi3-fused-rope``)."""
-    if _device().type == "cuda":
+    if kernel_device().type == "cuda":
         pytest.skip("on a GPU, test_fast_layers_gpu.py compares in bf16")
     from ftkit.backends.local.training import attention_forward
 
@@ -94,7 +86,7 @@ def test_a_phi3_model_with_the_kernel_computes_the_stock_model() -> None:
 
 def test_a_missing_gradient_counts_as_zero() -> None:
     """Attention that uses q and k only (v's gradient None) still gets a full-width projection gradient."""
-    device = _device()
+    device = kernel_device()
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     qkv = torch.randn(5, 3 * 2 * 16, device=device, dtype=dtype, requires_grad=True)
     cos = torch.ones(5, 16, device=device, dtype=dtype)
