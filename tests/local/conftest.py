@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 from collections.abc import Iterator
@@ -52,20 +51,6 @@ def kernel_device() -> Any:
     if kernel_check.available(torch.device("cpu")):
         return torch.device("cpu")
     pytest.skip("the kernel needs CUDA (or Triton's interpreter)")
-
-
-def self_check_with(
-    monkeypatch: pytest.MonkeyPatch, module: Any, attr: str, kernel: Any, mode: Any = contextlib.nullcontext
-) -> bool:
-    """A Triton kernel module's one-time device check (``module._self_check("cpu")``), with ``module.<attr>`` (the
-    kernel it checks) replaced by ``kernel``, run fresh inside the gradient mode ``mode()``."""
-    monkeypatch.setattr(module, attr, kernel)
-    module._self_check.cache_clear()
-    try:
-        with mode():
-            return bool(module._self_check("cpu"))
-    finally:
-        module._self_check.cache_clear()
 
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 
 from ftkit.backends.local.training import gate_up_swiglu  # noqa: E402
 
-from .conftest import kernel_device, self_check_with  # noqa: E402
+from .conftest import kernel_device  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -112,35 +112,6 @@ def test_a_tensor_it_cannot_read_is_refused() -> None:
 def test_the_self_checks_reference_is_phi3s_activation() -> None:
     source = torch.randn(6, 2 * 40)
     torch.testing.assert_close(gate_up_swiglu.reference(source), stock_mlp_activation(source))
-
-
-@pytest.mark.parametrize(
-    ("kernel", "expected", "logged"),
-    [
-        ("reference", True, None),
-        ("raises", False, "failed on cpu (no kernel image)"),
-        ("wrong", False, "disagrees with torch on cpu"),
-    ],
-)
-def test_the_kernels_are_used_only_where_they_check_out(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, kernel: str, expected: bool, logged: str | None
-) -> None:
-    """A Triton that cannot build the kernels, or builds them wrong, costs speed (the MLP's own forward), not the run."""
-
-    def raises(gate_up: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError("no kernel image")
-
-    def wrong(gate_up: torch.Tensor) -> torch.Tensor:
-        return gate_up_swiglu.reference(gate_up) * 1.01
-
-    chosen = {"reference": gate_up_swiglu.reference, "raises": raises, "wrong": wrong}[kernel]
-    with caplog.at_level("WARNING"):  # under inference mode: the caller's gradient mode does not matter
-        assert self_check_with(monkeypatch, gate_up_swiglu, "swiglu", chosen, torch.inference_mode) is expected
-    if logged is None:
-        assert not caplog.records
-    else:
-        assert logged in caplog.text
-        assert "using the MLP's own forward" in caplog.text
 
 
 @pytest.mark.skipif(INTERPRETED, reason="runs the interpreter itself")

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 
 from ftkit.backends.local.training import budget, forward, label_loss  # noqa: E402
 
-from .conftest import kernel_device, self_check_with  # noqa: E402
+from .conftest import kernel_device  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -135,35 +135,6 @@ def test_the_plan_asks_for_it_on_cuda_only(monkeypatch: pytest.MonkeyPatch) -> N
     config.torch_compile = False  # type: ignore[attr-defined]
     plan = budget.make_plan(torch, config, tiny_model("llama"), "cpu", 64)  # type: ignore[arg-type]
     assert plan.sync_free_loss is False
-
-
-@pytest.mark.parametrize(
-    ("kernel", "expected", "logged"),
-    [
-        ("reference", True, None),
-        ("raises", False, "failed on cpu (no kernel image)"),
-        ("wrong", False, "disagrees with torch on cpu"),
-    ],
-)
-def test_the_kernel_is_used_only_where_it_checks_out(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, kernel: str, expected: bool, logged: str | None
-) -> None:
-    """A Triton that cannot build the kernel, or builds it wrong, costs speed (liger's loss), not the run."""
-
-    def raises(*args: Any) -> Any:
-        raise RuntimeError("no kernel image")
-
-    def wrong(hidden: Any, weight: Any, targets: Any) -> Any:
-        return label_loss.reference(hidden, weight, targets) * 1.01
-
-    chosen = {"reference": label_loss.reference, "raises": raises, "wrong": wrong}[kernel]
-    with caplog.at_level("WARNING"):
-        assert self_check_with(monkeypatch, label_loss, "cross_entropy", chosen, torch.no_grad) is expected
-    if logged is None:
-        assert not caplog.records
-    else:
-        assert logged in caplog.text
-        assert "using liger-kernel's fused loss" in caplog.text
 
 
 @pytest.mark.skipif(INTERPRETED, reason="runs the interpreter itself")
