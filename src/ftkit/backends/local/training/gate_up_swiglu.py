@@ -109,13 +109,19 @@ def swiglu(gate_up: Any) -> Any:
     The backward writes the input's gradient over the input (saved for it, and needed by nobody else in a
     model's MLP): pass a tensor that nothing else keeps for its backward.
     """
-    return _apply(_function(), gate_up)
+    _require_layout(gate_up)  # before building the kernel: a wrong input is the caller's error wherever it runs
+    return _function().apply(gate_up)
+
+
+def _require_layout(gate_up: Any) -> None:
+    """Strictly private: refuse what the kernel cannot read (a strided last dimension, an odd width)."""
+    if gate_up.stride(-1) != 1 or gate_up.shape[-1] % 2:
+        raise ValueError(f"expected [tokens, 2 width] with a unit last stride, got {tuple(gate_up.shape)}")
 
 
 def _apply(function: Any, gate_up: Any) -> Any:
     """Strictly private: :func:`swiglu` through an already built autograd function."""
-    if gate_up.stride(-1) != 1 or gate_up.shape[-1] % 2:
-        raise ValueError(f"expected [tokens, 2 width] with a unit last stride, got {tuple(gate_up.shape)}")
+    _require_layout(gate_up)
     return function.apply(gate_up)
 
 
