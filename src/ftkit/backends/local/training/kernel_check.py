@@ -1,10 +1,11 @@
 """Where ftkit's own Triton kernels for training may run, and their one-time check on a device.
 
-A kernel module (:mod:`.qkv_rope`, :mod:`.gate_up_swiglu`) runs on CUDA with Triton, or under Triton's
-interpreter (``TRITON_INTERPRET=1``, for tests on a CPU): :func:`available`. Before its first use on a device,
-its compiled kernels are compared with plain torch on a small input, values and gradients: :func:`checked`. A
-failure to build or run them, or a disagreement, is logged and the model's own code runs instead, so a Triton
-that cannot build a kernel costs speed, not the run.
+A kernel module (:mod:`.qkv_rope`, :mod:`.gate_up_swiglu`, :mod:`.label_loss`) runs on CUDA with Triton, or
+under Triton's interpreter (``TRITON_INTERPRET=1``, for tests on a CPU): :func:`available`. Before its first use
+on a device, its compiled kernels are compared with plain torch on a small input, values and gradients
+(:func:`checked`, once per device: :func:`once_per_device`, :func:`usable`). A failure to build or run them, or
+a disagreement, is logged and the model's own code runs instead, so a Triton that cannot build a kernel costs
+speed, not the run.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["available", "checked", "once_per_device"]
+__all__ = ["available", "checked", "once_per_device", "usable"]
 
 _log = logging.getLogger(__name__)
 
@@ -63,3 +64,11 @@ def once_per_device(compare: Callable[[Any, str], bool], kernel: str, fallback: 
         return checked(compare, device, kernel, fallback)
 
     return check
+
+
+def usable(device: Any, check: Callable[[str], bool]) -> bool:
+    """Whether a kernel module's kernels may run on ``device``.
+
+    They may where Triton is :func:`available` and the module's ``check`` (:func:`once_per_device`) passes.
+    """
+    return available(device) and check(str(device))

@@ -35,7 +35,7 @@ def applies(weight: Any, bias: Any) -> bool:
 
 def usable(device: Any) -> bool:
     """Whether to use :func:`cross_entropy` on ``device``: :func:`available`, and its kernel works there."""
-    return available(device) and _self_check(str(device))
+    return kernel_check.usable(device, _self_check)
 
 
 def reference(hidden: Any, weight: Any, targets: Any) -> Any:

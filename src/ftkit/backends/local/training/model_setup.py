@@ -93,7 +93,7 @@ def build_model(config: TrainConfig, device: str, dtype: Any) -> Any:
     if implementation == attention.IMPLEMENTATION and TUNING["split_qkv"] and fast_layers:
         attention_forward.install(model, fused_rope=bool(TUNING["split_rope"]))
     if device == "cuda" and TUNING["gate_up_swiglu"] and fast_layers:
-        gate_up_swiglu.install(model)  # over liger's SwiGLU forward, which stays the fallback
+        gate_up_swiglu.install(model)  # over liger's SwiGLU forward, which stays where the kernel cannot run
     if not config.apply_lora:
         return model
     try:

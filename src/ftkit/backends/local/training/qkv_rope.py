@@ -35,7 +35,7 @@ def usable(device: Any) -> bool:
     The compiled kernels must compute :func:`reference`'s values and gradients (checked once per device, see
     :mod:`.kernel_check`); otherwise the model's own rotation runs.
     """
-    return available(device) and _self_check(str(device))
+    return kernel_check.usable(device, _self_check)
 
 
 def _compare(torch: Any, device: str) -> bool:
