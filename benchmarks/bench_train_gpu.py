@@ -76,6 +76,7 @@ ABLATIONS: list[tuple[str, dict[str, Any]]] = [
             "split_rope": False,
             "gate_up_swiglu": False,
             "sync_free_loss": False,
+            "fused_add_norm": False,
         },
     ),
     ("+ bf16 adapters (float32 masters)", {"bf16_adapters": True}),
@@ -88,6 +89,7 @@ ABLATIONS: list[tuple[str, dict[str, Any]]] = [
     ("+ fused split + RoPE kernel (Triton, fused-qkv models)", {"split_rope": True}),
     ("+ fused gate/up SwiGLU kernel (Triton, fused gate_up models)", {"gate_up_swiglu": True}),
     ("+ label loss without host waits (ftkit's kernel instead of liger's)", {"sync_free_loss": True}),
+    ("+ attention residual add and MLP RMSNorm fused (liger)", {"fused_add_norm": True}),
     ("+ torch.compile per decoder layer", {"compile_layers": True}),
 ]
 
@@ -405,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile", action="store_true")
     parser.add_argument(
+        "--profile-try", default="{}", metavar="JSON", help="budget.TUNING changes for the --profile run"
+    )
+    parser.add_argument(
         "--try",
         dest="tries",
         action="append",
@@ -459,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(model, ignore_errors=True)  # 16 GB of disk
     if args.profile:
         model = build(root, args.layers, args.small)
-        results.append(spawn("profile", model, data, cache, 8, {}, args.timeout, args.batch))
+        results.append(spawn("profile", model, data, cache, 8, json.loads(args.profile_try), args.timeout, args.batch))
     ablations: list[dict[str, Any]] = []
     if args.ablate:
         shallow = build(root, args.ablate_layers, args.small)

@@ -18,6 +18,7 @@ import torch
 from ftkit import flash_varlen
 from ftkit.backends.local import attention
 from ftkit.backends.local.training import (
+    add_norm,
     attention_forward,
     budget,
     fused_lora,
@@ -43,8 +44,24 @@ def _cuda(inputs: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("kind", "switch"),
-    [("phi3", None), ("phi3", "fused_rope"), ("phi3", "in_epilogue"), ("phi3", "gate_up_swiglu"), ("llama", None)],
-    ids=["phi3", "phi3-fused-rope", "phi3-in-epilogue", "phi3-gate-up-swiglu", "llama"],
+    [
+        ("phi3", None),
+        ("phi3", "fused_rope"),
+        ("phi3", "in_epilogue"),
+        ("phi3", "gate_up_swiglu"),
+        ("phi3", "fused_add_norm"),
+        ("llama", None),
+        ("llama", "fused_add_norm"),
+    ],
+    ids=[
+        "phi3",
+        "phi3-fused-rope",
+        "phi3-in-epilogue",
+        "phi3-gate-up-swiglu",
+        "phi3-add-norm",
+        "llama",
+        "llama-add-norm",
+    ],
 )
 def test_bf16_outputs_and_gradients_match_with_the_switches(kind: str, switch: str | None) -> None:
     """bf16 on the GPU: logits and every gradient with both parts on are the stock layers', within bf16 rounding."""
@@ -57,6 +74,10 @@ def test_bf16_outputs_and_gradients_match_with_the_switches(kind: str, switch: s
     assert fused_lora.install(fast, in_epilogue=switch == "in_epilogue") > 0
     if switch == "gate_up_swiglu":
         assert gate_up_swiglu.install(fast) == fast.get_base_model().config.num_hidden_layers
+    if switch == "fused_add_norm":
+        if add_norm.kernel() is None:
+            pytest.skip("needs liger-kernel with its fused add + RMSNorm")
+        assert add_norm.install(fast) == fast.get_base_model().config.num_hidden_layers
     assert attention_forward.install(fast, switch == "fused_rope") == fast.get_base_model().config.num_hidden_layers
     calls = {"n": 0}
     varlen = attention.varlen_attention
@@ -93,6 +114,7 @@ def test_training_with_and_without_the_switches_gives_the_same_losses(
         monkeypatch.setitem(budget.TUNING, "lora_in_epilogue", on)
         monkeypatch.setitem(budget.TUNING, "gate_up_swiglu", on)
         monkeypatch.setitem(budget.TUNING, "sync_free_loss", on)
+        monkeypatch.setitem(budget.TUNING, "fused_add_norm", on)
         config = tiny_train_config(tiny_model_dir, chat_files, tmp_path / str(on), max_steps=20, save_steps=10**6)
         result = train(config)
         assert result.first_eval_loss is not None

@@ -43,6 +43,9 @@ TUNING: dict[str, Any] = {
     # the head's loss at label positions without liger's two host waits a micro-batch (.label_loss); off until
     # measured on a GPU (docs/benchmarks.md)
     "sync_free_loss": False,
+    # with liger: a Llama-family layer's attention residual add and the MLP's RMSNorm in liger's one fused kernel
+    # (.add_norm); off until measured on a GPU
+    "fused_add_norm": False,
     "expandable_segments": False,  # on CUDA, the allocator's expandable segments (see hardware.cuda_allocator)
 }
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ....exceptions import MissingDependencyError, Problem, ValidationError
 from .. import attention, qlora
-from . import attention_forward, fused_lora, gate_up_swiglu
+from . import add_norm, attention_forward, fused_lora, gate_up_swiglu
 from .budget import TUNING, compiles_layers
 from .hardware import import_torch
 
@@ -85,6 +85,8 @@ def build_model(config: TrainConfig, device: str, dtype: Any) -> Any:
     model.config.use_cache = False
     if device == "cuda" and TUNING["liger"]:
         _apply_liger(model)
+        if TUNING["fused_add_norm"]:
+            add_norm.install(model)  # where liger's RMSNorm replaced the layers' (installed or not) and fuses
     # Compiled layers keep transformers' own attention and peft's LoRA forward: on an H100 (torch 2.11) compiling
     # the layers with ftkit's two forwards trained nothing (the loss stayed at its first value, with 6 GiB less
     # memory, as if the adapters' backward were gone), while the eager loop and the CPU's compiled layers train
