@@ -85,8 +85,6 @@ def build_model(config: TrainConfig, device: str, dtype: Any) -> Any:
     model.config.use_cache = False
     if device == "cuda" and TUNING["liger"]:
         _apply_liger(model)
-        if TUNING["fused_add_norm"]:
-            add_norm.install(model)  # where liger's RMSNorm replaced the layers' (installed or not) and fuses
     # Compiled layers keep transformers' own attention and peft's LoRA forward: on an H100 (torch 2.11) compiling
     # the layers with ftkit's two forwards trained nothing (the loss stayed at its first value, with 6 GiB less
     # memory, as if the adapters' backward were gone), while the eager loop and the CPU's compiled layers train
@@ -96,6 +94,8 @@ def build_model(config: TrainConfig, device: str, dtype: Any) -> Any:
         attention_forward.install(model, fused_rope=bool(TUNING["split_rope"]))
     if device == "cuda" and TUNING["gate_up_swiglu"] and fast_layers:
         gate_up_swiglu.install(model)  # over liger's SwiGLU forward, which stays where the kernel cannot run
+    if device == "cuda" and TUNING["liger"] and TUNING["fused_add_norm"] and fast_layers:
+        add_norm.install(model)  # the layers whose norms liger replaced, where its fused kernel is there
     if not config.apply_lora:
         return model
     try:
