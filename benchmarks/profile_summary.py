@@ -3,7 +3,9 @@
 ``summarize(events, steps)`` reads the events of a ``torch.profiler`` run (``profiler.events()``) and returns a
 plain-text report: kernel time by category (matrix products, flash attention, Triton kernels, copies, ...), the
 top kernels, the span the GPU was idle (the union of kernel intervals against the profiled wall span), the
-longest idle gaps with the kernels around them, and the host calls that wait for the GPU or the allocator.
+longest idle gaps with the kernels around them, the host calls that wait for the GPU or the allocator, and which
+host operations launched the copies and fills (``cudaMemcpyAsync``/``cudaMemsetAsync``, e.g. ``aten::copy_ <
+aten::contiguous < LoraLinearBackward``).
 Used by ``bench_train_gpu.py --profile``; tested on synthetic events in ``tests/test_profile_summary.py``.
 """
 
@@ -98,6 +100,7 @@ def summarize(events: Iterable[Any], steps: int, memory: dict[str, Any] | None =
                 lines.append(
                     f"  {name:30} {len(d):7d} {sum(d) / 1e3:9.1f} {sum(d) / 1e3 / steps:9.1f} {max(d) / 1e3:9.2f}"
                 )
+    lines += _launchers(host, steps)
     if memory:
         keys = ("num_alloc_retries", "num_device_alloc", "num_device_free", "num_sync_all_streams", "num_ooms")
         lines.append("allocator: " + ", ".join(f"{k} {memory.get(k, 0)}" for k in keys))
@@ -121,6 +124,32 @@ def _host_during(start: float, end: float, host: Sequence[Any]) -> str:
         if len(names) == 2:
             break
     return " < ".join(_short(n, 50) for n in names) or "(no host range)"
+
+
+# the runtime calls whose launching host operation the report names: where copies and fills come from
+LAUNCHES = ("cudaMemcpyAsync", "cudaMemsetAsync")
+
+
+def _launchers(host: Sequence[Any], steps: int, depth: int = 3) -> list[str]:
+    """The host operations that made the copy and fill calls, by count: each call's ``depth`` nearest enclosing
+    host ranges (``cpu_parent``, innermost first), e.g. ``aten::copy_ < aten::contiguous < LoraLinearBackward``."""
+    by_chain: Counter[tuple[str, str]] = Counter()
+    for e in host:
+        if e.name not in LAUNCHES:
+            continue
+        chain: list[str] = []
+        parent = getattr(e, "cpu_parent", None)
+        while parent is not None and len(chain) < depth:
+            if not parent.name.startswith("ProfilerStep"):
+                chain.append(_short(parent.name, 50))
+            parent = getattr(parent, "cpu_parent", None)
+        by_chain[(e.name, " < ".join(chain) or "(no host range)")] += 1
+    if not by_chain:
+        return []
+    lines = ["copies and fills by what launched them (calls/step, call, host ranges innermost first):"]
+    for (call, chain), n in by_chain.most_common(12):
+        lines.append(f"  {n / steps:8.1f}  {call:16} {chain}")
+    return lines
 
 
 # idle gaps by length (us): where many short launch gaps and a few long waits are told apart

@@ -80,6 +80,34 @@ def test_the_host_range_covering_a_gap_is_named() -> None:
     assert "over 1000 us" in report
 
 
+def test_copies_and_fills_are_traced_to_the_host_operations_that_made_them() -> None:
+    backward = event("LoraLinearBackward", 0, 900, gpu=False)
+    contiguous = event("aten::contiguous", 10, 100, gpu=False)
+    contiguous.cpu_parent = backward
+    copy = event("aten::copy_", 20, 90, gpu=False)
+    copy.cpu_parent = contiguous
+    step = event("ProfilerStep#1", 0, 1000, gpu=False)
+    zeros = event("aten::zeros", 200, 210, gpu=False)
+    zeros.cpu_parent = step  # the step's range is never named
+    events = [event("Memcpy DtoD (Device -> Device)", 30, 80), backward, contiguous, copy, step, zeros]
+    for start in (30, 40, 50, 60):
+        launch = event("cudaMemcpyAsync", start, start + 5, gpu=False)
+        launch.cpu_parent = copy
+        events.append(launch)
+    fill = event("cudaMemsetAsync", 201, 202, gpu=False)
+    fill.cpu_parent = zeros
+    orphan = event("cudaMemsetAsync", 300, 301, gpu=False)
+    report = summarize([*events, fill, orphan], steps=2)
+    lines = report.splitlines()
+    start = lines.index("copies and fills by what launched them (calls/step, call, host ranges innermost first):")
+    assert lines[start + 1].split(None, 2) == [
+        "2.0",
+        "cudaMemcpyAsync",
+        "aten::copy_ < aten::contiguous < LoraLinearBackward",
+    ]
+    assert sorted(line.split(None, 2)[2] for line in lines[start + 2 : start + 4]) == ["(no host range)", "aten::zeros"]
+
+
 def test_user_annotations_on_the_gpu_are_not_kernels() -> None:
     annotated = event("my_region", 0, 500)
     annotated.is_user_annotation = True
