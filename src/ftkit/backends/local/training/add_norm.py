@@ -47,10 +47,10 @@ def kernel() -> AddNorm | None:
         return None
 
     def fused(hidden: Any, residual: Any, norm: Any) -> tuple[Any, Any]:
-        normed, total = liger_fused_add_rms_norm(
+        # the norm's settings are the ones liger's instance patch gave it (epsilon, offset, casting, in place)
+        return liger_fused_add_rms_norm(  # type: ignore[no-any-return]
             hidden, residual, norm.weight, norm.variance_epsilon, norm.offset, norm.casting_mode, norm.in_place
         )
-        return normed, total
 
     return fused
 

@@ -29,9 +29,6 @@ from . import qkv_rope
 
 __all__ = ["SUPPORTED", "install"]
 
-# qkv_rope.split_rope's signature: (qkv, cos, sin, heads, kv heads, head dim) -> (q, k, v)
-SplitRope = Callable[[Any, Any, Any, int, int, int], tuple[Any, Any, Any]]
-
 # model type -> (its attention class, where the layer's sliding window comes from)
 SUPPORTED: dict[str, tuple[str, str]] = {
     "phi3": ("Phi3Attention", "config"),
@@ -77,7 +74,11 @@ def _applies(module: Any, hidden: Any, kwargs: dict[str, Any]) -> bool:
 
 
 def _rotated(
-    module: Any, hidden: Any, rope_module: Any, split_rope: SplitRope | None, position_embeddings: tuple[Any, Any]
+    module: Any,
+    hidden: Any,
+    rope_module: Any,
+    split_rope: qkv_rope.SplitRopeKernel | None,
+    position_embeddings: tuple[Any, Any],
 ) -> tuple[Any, Any, Any]:
     """Strictly private: q and k rotated and v, each (tokens, heads, dim), from the layer's projections."""
     config = module.config
@@ -94,7 +95,9 @@ def _rotated(
     return q[0].transpose(0, 1), k[0].transpose(0, 1), v[0]
 
 
-def _make_forward(rope_module: Any, window_source: str, split_rope: SplitRope | None) -> Callable[..., Any]:
+def _make_forward(
+    rope_module: Any, window_source: str, split_rope: qkv_rope.SplitRopeKernel | None
+) -> Callable[..., Any]:
     """Strictly private: the forward of one model type's attention layers.
 
     Everything it calls is resolved here, not at each call: a compiled layer traces this forward, and a check or

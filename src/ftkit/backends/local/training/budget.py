@@ -15,6 +15,7 @@ import attrs
 from ....exceptions import Problem, ValidationError
 from .. import attention, qlora
 from ..loss import fused_kernel
+from . import label_loss
 
 if TYPE_CHECKING:
     from .config import TrainConfig
@@ -88,12 +89,21 @@ def compiles_layers(config: TrainConfig, device: str) -> bool:
     return device == "cuda" and (config.torch_compile or bool(TUNING["compile_layers"]))
 
 
+def _sync_free(torch: Any, model: Any) -> bool:
+    """Strictly private: whether the sync-free loss (.label_loss) computes this model's head and works on its GPU.
+
+    Decided with the plan, so that the loss's memory is reserved for the loss that runs.
+    """
+    head = model.get_output_embeddings()
+    return head is not None and label_loss.applies(head.weight, head.bias) and label_loss.usable(torch.device("cuda"))
+
+
 def make_plan(torch: Any, config: TrainConfig, model: Any, device: str, max_len: int) -> Plan:
     """The token budget and whether to checkpoint, fitted to the GPU's memory."""
     fused = device == "cuda" and bool(TUNING["liger"]) and fused_kernel() is not None
     label_only = bool(TUNING["label_only_loss"])
     compile_layers = compiles_layers(config, device)
-    sync_free = device == "cuda" and label_only and bool(TUNING["sync_free_loss"])
+    sync_free = device == "cuda" and label_only and bool(TUNING["sync_free_loss"]) and _sync_free(torch, model)
     wanted = config.max_tokens_per_micro_batch
     if device != "cuda":
         budget = wanted if wanted > 0 else max(max_len, _CPU_BUDGET)

@@ -55,6 +55,7 @@ def forward_loss(torch: Any, model: Any, batch: PackedArrays, device: str, plan:
         decoder, head = parts
         hidden = decoder(input_ids=ids, position_ids=pos, use_cache=False, **kwargs).last_hidden_state[0]
         at_labels = hidden.index_select(0, where)
+        # make_plan asks for it only where it applies and works; a plan made by hand is checked here as well
         if plan.sync_free_loss and label_loss.applies(head.weight, head.bias) and label_loss.usable(hidden.device):
             return label_loss.cross_entropy(at_labels, head.weight, targets)
         return label_cross_entropy(at_labels, head, targets, fused=plan.fused_loss)

@@ -5,8 +5,8 @@ count back to the host in its forward (``.item()``) and compares the incoming gr
 (``torch.equal``): two waits for the GPU per micro-batch, after which the GPU idles while the host launches the
 next kernels (the profile in docs/benchmarks.md: the GPU idle for 15% of a step). Here the same computation (a
 chunk of rows' logits at a time, the loss and the logits' gradient from one Triton kernel, the input's gradient
-from the chunk's gradient, logits never kept) takes the label count from the host, where the loop already has it,
-and scales the input's gradient by the incoming one on the device.
+from the chunk's gradient, logits never kept) returns the sum (the loop divides by the label count it already has
+on the host) and scales the input's gradient by the incoming one on the device.
 
 For a frozen head without bias (LoRA, the default), all targets valid (the loop passes label positions only).
 Checked once per device against plain torch, values and gradient (:mod:`.kernel_check`); switched by

@@ -23,7 +23,10 @@ from typing import Any
 
 from . import kernel_check
 
-__all__ = ["available", "kernel", "split_rope", "usable"]
+__all__ = ["SplitRopeKernel", "available", "kernel", "split_rope", "usable"]
+
+# :func:`split_rope`'s signature: (qkv, cos, sin, heads, kv heads, head dim) -> (q, k, v)
+SplitRopeKernel = Callable[[Any, Any, Any, int, int, int], tuple[Any, Any, Any]]
 
 
 available = kernel_check.available
@@ -168,7 +171,7 @@ def _apply(function: Any, qkv: Any, cos: Any, sin: Any, heads: int, kv_heads: in
     return out
 
 
-def kernel(device: Any) -> Callable[[Any, Any, Any, int, int, int], tuple[Any, Any, Any]] | None:
+def kernel(device: Any) -> SplitRopeKernel | None:
     """:func:`split_rope` for a model's forward on ``device``, or ``None`` where it is not :func:`usable` there.
 
     Resolved once, when a forward is installed: the returned function touches no cache and runs no check, so a
